@@ -1,0 +1,352 @@
+//! `loadtest sink`: a fast SMTP sink with fault injection chosen by rate or by recipient.
+//!
+//! Recipient prefixes choose behaviour (as KumoMTA's test sinks do): `perm-...@` gets
+//! `550 5.1.1` at RCPT; `temp-N-...@` gets `451 4.2.0` for its first N attempts (N defaults to
+//! 2), counted per address for the life of the sink; `slow-...@` delays the end-of-data reply by
+//! `--delay` (default 10 s). Rates apply to every message at end of data.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Args;
+
+use ringmta::config::resolved::{Listener, ListenerRole};
+use ringmta::net::listen::bind_all;
+use ringmta::net::transport::Transport;
+
+#[derive(Debug, Args)]
+pub struct SinkArgs {
+    /// Address to listen on (port 0 picks one; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:2626")]
+    listen: SocketAddr,
+    /// Fraction of messages answered 451 at end of data.
+    #[arg(long, default_value_t = 0.0)]
+    tempfail: f64,
+    /// Fraction of messages answered 554 at end of data.
+    #[arg(long, default_value_t = 0.0)]
+    permfail: f64,
+    /// Delay in ms before every end-of-data reply (and the stall of `slow-` recipients, default 10000).
+    #[arg(long)]
+    delay: Option<u64>,
+    /// Append "<message-id> <recipients>" for every accepted message to this file.
+    #[arg(long)]
+    record: Option<std::path::PathBuf>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Exit after accepting this many messages.
+    #[arg(long)]
+    exit_after: Option<u64>,
+}
+
+struct Shared {
+    args: SinkArgs,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    stop: AtomicBool,
+    temp_attempts: Mutex<HashMap<String, u32>>,
+    record: Option<std::sync::mpsc::Sender<String>>,
+}
+
+pub fn run(args: SinkArgs) -> Result<()> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1);
+    let bound = bind_all(
+        &[Listener {
+            addr: args.listen,
+            role: ListenerRole::Smtp,
+        }],
+        threads,
+    )?;
+    let record = args.record.clone().map(|path| {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .expect("open --record file");
+            while let Ok(line) = rx.recv() {
+                let _ = writeln!(f, "{line}");
+                while let Ok(more) = rx.try_recv() {
+                    let _ = writeln!(f, "{more}");
+                }
+                let _ = f.flush();
+            }
+        });
+        tx
+    });
+    let shared = Arc::new(Shared {
+        args,
+        accepted: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        temp_attempts: Mutex::new(HashMap::new()),
+        record,
+    });
+    let sigset = ringmta::net::signals::block();
+    let addr = bound[0].addr;
+    for (i, socket) in bound
+        .into_iter()
+        .next()
+        .map(|b| b.sockets)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            tokio_uring::start(async move {
+                let listener = tokio_uring::net::TcpListener::from_std(socket);
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64 + 1);
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    tokio_uring::spawn(serve(Arc::clone(&shared), Transport::new(stream), seed));
+                }
+            })
+        });
+    }
+    println!("loadtest sink listening on {addr}");
+    let started = Instant::now();
+    if let Some(n) = shared.args.exit_after {
+        let s = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            while s.accepted.load(Ordering::Relaxed) < n {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // SAFETY-free way to wake the main thread: signal ourselves.
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(std::process::id().to_string())
+                .status();
+        });
+    }
+    ringmta::net::signals::wait(&sigset);
+    shared.stop.store(true, Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    let n = shared.accepted.load(Ordering::Relaxed);
+    println!(
+        "loadtest sink: {n} accepted, {} rejected in {secs:.2} s ({:.0} msg/s)",
+        shared.rejected.load(Ordering::Relaxed),
+        n as f64 / secs.max(1e-9)
+    );
+    // Let the recorder drain.
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(())
+}
+
+#[derive(Default)]
+struct Txn {
+    rcpts: Vec<String>,
+    slow: bool,
+}
+
+async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
+    let mut input: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut raw = Vec::with_capacity(16 * 1024);
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"220 sink.loadtest ESMTP loadtest sink\r\n");
+    let mut txn = Txn::default();
+    let mut in_data = false;
+    let mut msgid: Option<String> = None;
+    let mut fresh = false;
+    let mut data_from = 0usize;
+    let shared = Rc::new(shared);
+    loop {
+        if !out.is_empty() {
+            let (res, buf) = t.write_all(std::mem::take(&mut out)).await;
+            out = buf;
+            out.clear();
+            if res.is_err() {
+                break;
+            }
+        }
+        let (res, buf) = t.read_raw(std::mem::take(&mut raw)).await;
+        raw = buf;
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if t.decode(&mut raw, &mut input).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let mut pos = 0;
+        let mut quit = false;
+        while pos < input.len() {
+            if in_data {
+                if fresh && msgid.is_none() {
+                    msgid = find_message_id(&input[pos..input.len().min(pos + 8192)]);
+                }
+                // The terminator is CRLF "." CRLF; the 354 left us at a line start, so a body
+                // that is only "." CRLF is an empty message.
+                let end = if fresh && input[pos..].starts_with(b".\r\n") {
+                    Some(pos + 3)
+                } else {
+                    memfind(&input[data_from..], b"\r\n.\r\n").map(|i| data_from + i + 5)
+                };
+                let Some(end) = end else {
+                    if input.len() - pos >= 3 {
+                        fresh = false;
+                    }
+                    // Keep a short tail: a terminator may straddle two reads.
+                    let keep_from = input.len().saturating_sub(4).max(pos);
+                    input.drain(..keep_from);
+                    pos = 0;
+                    data_from = 0;
+                    break;
+                };
+                pos = end;
+                in_data = false;
+                let reply = end_of_data(&shared, &txn, msgid.take(), &mut rng);
+                if txn.slow || shared.args.delay.is_some() {
+                    let ms = shared.args.delay.unwrap_or(10_000);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                out.extend_from_slice(reply.as_bytes());
+                txn = Txn::default();
+                continue;
+            }
+            let Some(nl) = input[pos..].iter().position(|b| *b == b'\n') else {
+                break;
+            };
+            let line = String::from_utf8_lossy(&input[pos..pos + nl])
+                .trim_end_matches('\r')
+                .to_owned();
+            pos += nl + 1;
+            let upper = line.to_ascii_uppercase();
+            if upper.starts_with("EHLO") {
+                out.extend_from_slice(b"250-sink.loadtest\r\n250-PIPELINING\r\n250-SIZE 0\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n");
+            } else if upper.starts_with("HELO") {
+                out.extend_from_slice(b"250 sink.loadtest\r\n");
+            } else if upper.starts_with("MAIL") {
+                txn = Txn::default();
+                out.extend_from_slice(b"250 2.1.0 Ok\r\n");
+            } else if upper.starts_with("RCPT") {
+                let addr = line
+                    .split_once('<')
+                    .and_then(|(_, r)| r.split_once('>'))
+                    .map(|(a, _)| a.to_owned())
+                    .unwrap_or_default();
+                out.extend_from_slice(rcpt_reply(&shared, &addr, &mut txn).as_bytes());
+            } else if upper.starts_with("DATA") {
+                if txn.rcpts.is_empty() {
+                    out.extend_from_slice(b"554 5.5.1 No valid recipients\r\n");
+                } else {
+                    out.extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
+                    in_data = true;
+                    fresh = true;
+                    data_from = pos;
+                }
+            } else if upper.starts_with("RSET") {
+                txn = Txn::default();
+                out.extend_from_slice(b"250 2.0.0 Ok\r\n");
+            } else if upper.starts_with("NOOP") {
+                out.extend_from_slice(b"250 2.0.0 Ok\r\n");
+            } else if upper.starts_with("QUIT") {
+                out.extend_from_slice(b"221 2.0.0 Bye\r\n");
+                quit = true;
+                break;
+            } else {
+                out.extend_from_slice(b"502 5.5.2 Not implemented\r\n");
+            }
+        }
+        if pos > 0 {
+            input.drain(..pos.min(input.len()));
+            data_from = data_from.saturating_sub(pos);
+        }
+        if quit {
+            let _ = t.write_all(std::mem::take(&mut out)).await;
+            break;
+        }
+    }
+    t.close().await;
+}
+
+fn rcpt_reply(shared: &Shared, addr: &str, txn: &mut Txn) -> &'static str {
+    let local = addr.split('@').next().unwrap_or("").to_ascii_lowercase();
+    if local.starts_with("perm-") {
+        return "550 5.1.1 User unknown\r\n";
+    }
+    if let Some(rest) = local.strip_prefix("temp-") {
+        let n: u32 = rest
+            .split('-')
+            .next()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(2);
+        let mut map = shared
+            .temp_attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let seen = map.entry(addr.to_ascii_lowercase()).or_insert(0);
+        *seen += 1;
+        if *seen <= n {
+            return "451 4.2.0 Mailbox temporarily unavailable, try again later\r\n";
+        }
+    }
+    if local.starts_with("slow-") {
+        txn.slow = true;
+    }
+    txn.rcpts.push(addr.to_owned());
+    "250 2.1.5 Ok\r\n"
+}
+
+fn end_of_data(shared: &Shared, txn: &Txn, msgid: Option<String>, rng: &mut u64) -> String {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let roll = (*rng >> 11) as f64 / (1u64 << 53) as f64;
+    if roll < shared.args.permfail {
+        shared.rejected.fetch_add(1, Ordering::Relaxed);
+        return "554 5.6.0 Rejected by sink\r\n".into();
+    }
+    if roll < shared.args.permfail + shared.args.tempfail {
+        shared.rejected.fetch_add(1, Ordering::Relaxed);
+        return "451 4.3.0 Temporary failure in sink\r\n".into();
+    }
+    let n = shared.accepted.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Some(tx) = &shared.record {
+        let _ = tx.send(format!(
+            "{} {}",
+            msgid.unwrap_or_else(|| "-".into()),
+            txn.rcpts.join(",")
+        ));
+    }
+    format!("250 2.0.0 Ok: queued as sink{n}\r\n")
+}
+
+fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn find_message_id(head: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    for line in text.split("\r\n") {
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("message-id")
+        {
+            return Some(value.trim().to_owned());
+        }
+    }
+    None
+}

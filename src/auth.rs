@@ -1,0 +1,283 @@
+//! Credential checks off the worker cores.
+//!
+//! argon2 verification takes tens of milliseconds by design; running it on a worker would stall
+//! every other session of that core. Sessions send credentials to a small pool of verifier
+//! threads and get the outcome back through a oneshot channel. The pool also keeps the per-IP
+//! failure throttle (shared by all cores, so an attacker spreading connections over cores gains
+//! nothing) and a short-lived cache of successful verifications keyed by a secret-keyed hash,
+//! so an application that opens a session per message pays argon2 once per cache lifetime, not
+//! once per message.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use tokio::sync::oneshot;
+
+use crate::config::resolved::{Secret, User};
+use crate::smtp::{AuthOutcome, AuthUser, SenderPattern};
+
+/// How long a successful verification is remembered.
+const CACHE_TTL: Duration = Duration::from_secs(600);
+
+/// Per-IP throttle settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ThrottlePolicy {
+    /// Failures allowed within `window` before every attempt from that IP is refused.
+    pub max_failures: u32,
+    /// Length of the window.
+    pub window: Duration,
+}
+
+struct Entry {
+    secret: Secret,
+    allowed: Vec<SenderPattern>,
+}
+
+struct State {
+    users: HashMap<String, Entry>,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    cache: Mutex<HashMap<u64, Instant>>,
+    hasher: std::hash::RandomState,
+    policy: ThrottlePolicy,
+}
+
+struct Job {
+    username: String,
+    password: String,
+    ip: IpAddr,
+    reply: oneshot::Sender<AuthOutcome>,
+}
+
+/// Handle to the verifier pool; cheap to clone, one per worker.
+#[derive(Clone)]
+pub struct AuthService {
+    tx: crossbeam_channel::Sender<Job>,
+}
+
+impl AuthService {
+    /// Starts `threads` verifier threads for `users`.
+    pub fn start(users: &[User], policy: ThrottlePolicy, threads: usize) -> AuthService {
+        let users = users
+            .iter()
+            .map(|u| {
+                let allowed = u
+                    .allowed_senders
+                    .iter()
+                    .filter_map(|p| SenderPattern::parse(p).ok())
+                    .collect();
+                (
+                    u.username.to_lowercase(),
+                    Entry {
+                        secret: u.secret.clone(),
+                        allowed,
+                    },
+                )
+            })
+            .collect();
+        let state = Arc::new(State {
+            users,
+            failures: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::new()),
+            hasher: std::hash::RandomState::new(),
+            policy,
+        });
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(4096);
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let state = Arc::clone(&state);
+            std::thread::Builder::new()
+                .name(format!("ringmta-auth-{i}"))
+                .spawn(move || {
+                    for job in rx {
+                        let outcome = state.verify(&job.username, &job.password, job.ip);
+                        let _ = job.reply.send(outcome);
+                    }
+                })
+                // Invariant: thread creation fails only when the process is out of resources at
+                // start-up, where aborting with the reason is the right outcome.
+                .expect("spawn auth thread");
+        }
+        AuthService { tx }
+    }
+
+    /// Verifies credentials off-core. A full queue counts as a temporary refusal.
+    pub async fn verify(&self, username: String, password: String, ip: IpAddr) -> AuthOutcome {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .try_send(Job {
+                username,
+                password,
+                ip,
+                reply,
+            })
+            .is_err()
+        {
+            return AuthOutcome::Throttled;
+        }
+        rx.await.unwrap_or(AuthOutcome::BadCredentials)
+    }
+}
+
+impl State {
+    fn verify(&self, username: &str, password: &str, ip: IpAddr) -> AuthOutcome {
+        let now = Instant::now();
+        if self.is_throttled(ip, now) {
+            return AuthOutcome::Throttled;
+        }
+        let key = username.to_lowercase();
+        let Some(entry) = self.users.get(&key) else {
+            // Same cost as a real check so that user names cannot be probed by timing.
+            let _ = argon2::Argon2::default().hash_password_into(
+                password.as_bytes(),
+                b"ringmta-dummy-salt",
+                &mut [0u8; 32],
+            );
+            self.record_failure(ip, now);
+            return AuthOutcome::BadCredentials;
+        };
+        let tag = self.hasher.hash_one((&key, password));
+        let cached = self
+            .cache
+            .lock()
+            .map(|c| c.get(&tag).is_some_and(|t| *t > now))
+            .unwrap_or(false);
+        let ok = cached
+            || match &entry.secret {
+                Secret::Plain(p) => constant_time_eq(p.as_bytes(), password.as_bytes()),
+                Secret::Argon2(phc) => PasswordHash::new(phc)
+                    .map(|h| {
+                        argon2::Argon2::default()
+                            .verify_password(password.as_bytes(), &h)
+                            .is_ok()
+                    })
+                    .unwrap_or(false),
+            };
+        if !ok {
+            self.record_failure(ip, now);
+            return AuthOutcome::BadCredentials;
+        }
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() > 100_000 {
+                c.retain(|_, t| *t > now);
+            }
+            c.insert(tag, now + CACHE_TTL);
+        }
+        AuthOutcome::Success(AuthUser {
+            name: username.to_owned(),
+            allowed_senders: entry.allowed.clone(),
+        })
+    }
+
+    fn is_throttled(&self, ip: IpAddr, now: Instant) -> bool {
+        let Ok(map) = self.failures.lock() else {
+            return false;
+        };
+        map.get(&ip).is_some_and(|(n, since)| {
+            *n >= self.policy.max_failures && now.duration_since(*since) < self.policy.window
+        })
+    }
+
+    fn record_failure(&self, ip: IpAddr, now: Instant) {
+        let Ok(mut map) = self.failures.lock() else {
+            return;
+        };
+        if map.len() > 100_000 {
+            let window = self.policy.window;
+            map.retain(|_, (_, since)| now.duration_since(*since) < window);
+        }
+        let e = map.entry(ip).or_insert((0, now));
+        if now.duration_since(e.1) >= self.policy.window {
+            *e = (0, now);
+        }
+        e.0 += 1;
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Hashes a password as argon2id with a random salt (for `ringmta hash-password`).
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    let salt = SaltString::generate(&mut OsRng);
+    Ok(argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(secret: Secret) -> User {
+        User {
+            username: "alice@example.com".into(),
+            secret,
+            allowed_senders: vec!["*@example.com".into()],
+        }
+    }
+
+    fn run(service: &AuthService, u: &str, p: &str, ip: &str) -> AuthOutcome {
+        tokio_uring::start(service.verify(u.into(), p.into(), ip.parse().unwrap()))
+    }
+
+    #[test]
+    fn argon2_hash_verifies_and_wrong_password_fails() {
+        let hash = hash_password("s3cret").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        let policy = ThrottlePolicy {
+            max_failures: 10,
+            window: Duration::from_secs(60),
+        };
+        let svc = AuthService::start(&[user(Secret::Argon2(hash))], policy, 1);
+        assert!(
+            matches!(run(&svc, "alice@example.com", "s3cret", "127.0.0.1"), AuthOutcome::Success(u) if u.allowed_senders.len() == 1)
+        );
+        assert!(matches!(
+            run(&svc, "ALICE@example.com", "s3cret", "127.0.0.1"),
+            AuthOutcome::Success(_)
+        ));
+        assert!(matches!(
+            run(&svc, "alice@example.com", "nope", "127.0.0.1"),
+            AuthOutcome::BadCredentials
+        ));
+        assert!(matches!(
+            run(&svc, "bob@example.com", "s3cret", "127.0.0.1"),
+            AuthOutcome::BadCredentials
+        ));
+    }
+
+    #[test]
+    fn failures_throttle_the_ip_not_others() {
+        let policy = ThrottlePolicy {
+            max_failures: 3,
+            window: Duration::from_secs(60),
+        };
+        let svc = AuthService::start(&[user(Secret::Plain("pw".into()))], policy, 1);
+        for _ in 0..3 {
+            assert!(matches!(
+                run(&svc, "alice@example.com", "bad", "127.0.0.9"),
+                AuthOutcome::BadCredentials
+            ));
+        }
+        // Even the right password is refused from the throttled address...
+        assert!(matches!(
+            run(&svc, "alice@example.com", "pw", "127.0.0.9"),
+            AuthOutcome::Throttled
+        ));
+        // ...but not from another one.
+        assert!(matches!(
+            run(&svc, "alice@example.com", "pw", "127.0.0.10"),
+            AuthOutcome::Success(_)
+        ));
+    }
+}

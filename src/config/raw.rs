@@ -1,0 +1,169 @@
+//! The configuration file as written: serde structs, no validation beyond types.
+//!
+//! Every field documents its unit and default. Unknown keys are an error (`deny_unknown_fields`)
+//! so a typo never silently falls back to a default. `resolved.rs` turns this into checked types.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Name used in the greeting, EHLO, Received headers and DSNs. Default: the system host name.
+    pub hostname: Option<String>,
+    /// Spool directory. Default: `./ringmta-spool`.
+    pub spool_dir: Option<String>,
+    /// Worker threads; 0 = one per core. Default: 0.
+    pub threads: Option<usize>,
+    /// Listening addresses.
+    #[serde(default)]
+    pub listen: RawListen,
+    /// Certificate and key. Default: a self-signed pair generated in `spool_dir/tls/`.
+    pub tls: Option<RawTls>,
+    /// Relay policy of the `smtp` port.
+    #[serde(default)]
+    pub relay: RawRelay,
+    /// Users allowed to authenticate.
+    pub users: Option<Vec<RawUser>>,
+    /// Session and message limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Spool tuning.
+    #[serde(default)]
+    pub spool: RawSpool,
+    /// Outbound delivery.
+    #[serde(default)]
+    pub delivery: RawDelivery,
+    /// Content retention.
+    #[serde(default)]
+    pub retention: RawRetention,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[listen]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    /// Relay-role SMTP (port 25 role). Default: `["127.0.0.1:2525"]`.
+    pub smtp: Option<Vec<String>>,
+    /// Submission with STARTTLS (port 587 role). Default: `["127.0.0.1:2587"]`.
+    pub submission: Option<Vec<String>>,
+    /// Submission with implicit TLS (port 465 role). Default: `["127.0.0.1:2465"]`.
+    pub submissions: Option<Vec<String>>,
+    /// HTTP API and metrics. Default: `"127.0.0.1:8025"`.
+    pub http: Option<String>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain path.
+    pub cert: String,
+    /// PEM private key path (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+/// `[relay]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelay {
+    /// CIDR blocks allowed to relay on the `smtp` port without AUTH. Default: `["127.0.0.0/8", "::1/128"]`.
+    pub trusted_networks: Option<Vec<String>>,
+}
+
+/// One `[[users]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    /// Login name.
+    pub username: String,
+    /// argon2id PHC string from `ringmta hash-password`.
+    pub password_hash: Option<String>,
+    /// Plaintext password (accepted with a warning).
+    pub password: Option<String>,
+    /// Envelope senders this user may use: exact, `*@domain` or `*`. Default: the username.
+    pub allowed_senders: Option<Vec<String>>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest message, e.g. `"25MB"`. Default: 25 MB.
+    pub max_message_size: Option<String>,
+    /// Recipients per transaction. Default: 1000.
+    pub max_recipients: Option<usize>,
+    /// Longest command line in bytes, CRLF included. Default: 2048.
+    pub max_line_length: Option<usize>,
+    /// Bad commands before the session is closed with 421. Default: 20.
+    pub max_bad_commands: Option<u32>,
+    /// Idle time allowed while waiting for a command, e.g. `"5m"`. Default: 5m (RFC 5321 §4.5.3.2.7).
+    pub command_timeout: Option<String>,
+    /// Idle time allowed between data chunks. Default: 5m.
+    pub data_timeout: Option<String>,
+    /// Concurrent connections per worker thread; more get 421. Default: 10000.
+    pub max_connections_per_core: Option<usize>,
+    /// Failed AUTH attempts per session before 421. Default: 3.
+    pub max_auth_failures: Option<u32>,
+    /// Failed AUTH attempts per client IP within `auth_failure_window` before throttling. Default: 10.
+    pub auth_failures_per_ip: Option<u32>,
+    /// Window of the per-IP AUTH failure count. Default: 5m.
+    pub auth_failure_window: Option<String>,
+}
+
+/// `[spool]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    /// `"fsync"` (default) or `"none"` (benchmarks only: a 250 is then NOT durable).
+    pub durability: Option<String>,
+    /// Preallocated segment size. Default: 64MiB.
+    pub segment_size: Option<String>,
+    /// Largest spool per worker thread; beyond it new mail gets 452 4.3.1. Default: 0 = unlimited.
+    pub max_size: Option<String>,
+}
+
+/// `[delivery]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelivery {
+    /// Static next hops by recipient domain (`"*"` matches every other domain). Default: none (MX).
+    pub routes: Option<BTreeMap<String, String>>,
+    /// DNS servers (`ip:port`). Default: the system resolver.
+    pub nameservers: Option<Vec<String>>,
+    /// Delays between attempts; the last one repeats. Default: 5m, 10m, 20m, 40m, 1h.
+    pub retry_schedule: Option<Vec<String>>,
+    /// Give up and bounce after this long. Default: 5d.
+    pub max_queue_lifetime: Option<String>,
+    /// Send one delay DSN after this long. Default: 4h.
+    pub delay_notice_after: Option<String>,
+    /// Connections per destination. Default: 16.
+    pub max_connections: Option<usize>,
+    /// Messages per outbound connection before it is closed. Default: 100.
+    pub max_messages_per_connection: Option<usize>,
+    /// Path of the JSON-lines event log. Default: `spool_dir/events.jsonl`.
+    pub event_log: Option<String>,
+}
+
+/// `[retention]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Keep a message's body this long after its final outcome. Default: 30d.
+    pub content: Option<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `"text"` (default) or `"json"`.
+    pub format: Option<String>,
+    /// tracing filter, e.g. `"info"`. Default: `info` (or `RUST_LOG`).
+    pub level: Option<String>,
+}

@@ -1,0 +1,74 @@
+//! Small identifier newtypes shared by every layer.
+//!
+//! Ids are newtypes, never bare `u64`s, so a queue id cannot be passed where a connection id or
+//! a transaction id is expected.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The id of one accepted message, unique across the whole spool and across restarts.
+///
+/// Layout: the high 56 bits are a per-shard monotonic counter seeded from the clock in
+/// milliseconds, the low 8 bits are the shard (core) index. Displayed as 16 lowercase hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueId(pub u64);
+
+impl QueueId {
+    /// Builds an id from a shard index and that shard's counter value.
+    pub fn new(shard: u8, counter: u64) -> Self {
+        QueueId((counter << 8) | u64::from(shard))
+    }
+
+    /// The shard (core) that owns this message's records.
+    pub fn shard(self) -> u8 {
+        (self.0 & 0xff) as u8
+    }
+
+    /// The per-shard counter part.
+    pub fn counter(self) -> u64 {
+        self.0 >> 8
+    }
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Error returned when a string is not a valid queue id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid queue id {0:?}: expected 16 hex digits")]
+pub struct ParseQueueIdError(pub String);
+
+impl FromStr for QueueId {
+    type Err = ParseQueueIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 16 {
+            return Err(ParseQueueIdError(s.to_owned()));
+        }
+        u64::from_str_radix(s, 16)
+            .map(QueueId)
+            .map_err(|_| ParseQueueIdError(s.to_owned()))
+    }
+}
+
+/// One SMTP transaction inside a session; pairs an `Event::Commit` with its `handle_commit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TxnId(pub u64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_id_round_trips_through_text() {
+        let id = QueueId::new(3, 0x1234_5678_9abc);
+        assert_eq!(id.shard(), 3);
+        assert_eq!(id.counter(), 0x1234_5678_9abc);
+        assert_eq!(id.to_string().parse::<QueueId>(), Ok(id));
+        assert!("xyz".parse::<QueueId>().is_err());
+        assert!("000000000000000g".parse::<QueueId>().is_err());
+    }
+}

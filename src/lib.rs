@@ -1,0 +1,17 @@
+//! ringmta: a thread-per-core io_uring mail transfer agent with a durable mmap spool.
+//!
+//! Layers, bottom up: `smtp` (sans-IO protocol), `spool` (durable records), `config`, `auth`,
+//! `message` (headers added at acceptance), `net` (io_uring glue, the only module with
+//! sockets), `server` (start-up and shutdown). See `docs/architecture.md`.
+
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod ids;
+pub mod message;
+pub mod net;
+pub mod server;
+pub mod smtp;
+pub mod spool;

@@ -1,0 +1,236 @@
+//! Drives one `ServerSession` over one connection: read, hand bytes over, write replies, arm the
+//! timer the session asks for, and carry out its events (AUTH check, STARTTLS, commit).
+//!
+//! No SMTP knowledge lives here. The only decisions are mechanical: a read stays in flight
+//! while a timer or the shutdown signal wakes the loop (dropping it could lose bytes the kernel
+//! already took), and input the session did not consume is kept and offered again once the
+//! session stops waiting.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::config::resolved::ListenerRole;
+use crate::ids::QueueId;
+use crate::ids::TxnId;
+use crate::net::tls::tls_info;
+use crate::net::transport::Transport;
+use crate::net::worker::Core;
+use crate::smtp::{CommitError, Event, PeerInfo, ServerSession, Transaction};
+
+type ReadFuture = Pin<Box<dyn std::future::Future<Output = (std::io::Result<usize>, Vec<u8>)>>>;
+
+/// Serves one accepted connection to completion.
+pub async fn serve(
+    core: Rc<Core>,
+    stream: tokio_uring::net::TcpStream,
+    peer: SocketAddr,
+    role: ListenerRole,
+) {
+    let mut transport = Transport::new(stream);
+    let shared = Arc::clone(&core.shared);
+    let is_trusted = shared
+        .config
+        .trusted_networks
+        .iter()
+        .any(|c| c.contains(peer.ip()));
+    let peer_info = PeerInfo {
+        addr: peer,
+        is_trusted,
+    };
+
+    let mut tls = None;
+    if role == ListenerRole::Submissions {
+        if let Err(e) = transport
+            .accept_tls(Arc::clone(&shared.tls), Vec::new())
+            .await
+        {
+            tracing::debug!(%peer, error = %e, "implicit tls handshake failed");
+            transport.close().await;
+            return;
+        }
+        tls = transport.tls().map(tls_info);
+    }
+    let session_config = Arc::clone(shared.session_config(role));
+    let mut session = ServerSession::new(session_config, peer_info, tls, Instant::now());
+    let mut driver = Driver {
+        core,
+        transport,
+        peer,
+        input: Vec::with_capacity(4096),
+        out: Vec::with_capacity(1024),
+    };
+    driver.run(&mut session).await;
+    driver.transport.close().await;
+}
+
+struct Driver {
+    core: Rc<Core>,
+    transport: Transport,
+    peer: SocketAddr,
+    /// Plaintext received and not yet consumed by the session.
+    input: Vec<u8>,
+    /// Reply bytes to send; reused.
+    out: Vec<u8>,
+}
+
+impl Driver {
+    async fn run(&mut self, session: &mut ServerSession) {
+        let mut shutdown = self.core.shutdown.clone();
+        let mut shutdown_seen = *shutdown.borrow();
+        if shutdown_seen {
+            session.handle_shutdown(Instant::now());
+        }
+        let mut pending_read: Option<ReadFuture> = None;
+        let mut raw = Vec::new();
+        loop {
+            // Carry out everything the session asked for; this may unblock buffered input.
+            match self.pump(session).await {
+                Pump::Close => return,
+                Pump::Fed => continue,
+                Pump::Idle => {}
+            }
+            let read = pending_read
+                .get_or_insert_with(|| Box::pin(self.transport.read_raw(std::mem::take(&mut raw))));
+            let deadline = session.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                (res, buf) = read.as_mut() => {
+                    pending_read = None;
+                    raw = buf;
+                    match res {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            if let Err(e) = self.transport.decode(&mut raw, &mut self.input).await {
+                                tracing::debug!(peer = %self.peer, error = %e, "tls error");
+                                return;
+                            }
+                            self.feed(session);
+                        }
+                    }
+                }
+                _ = sleep => session.handle_timeout(Instant::now()),
+                _ = shutdown.changed(), if !shutdown_seen => {
+                    shutdown_seen = true;
+                    session.handle_shutdown(Instant::now());
+                }
+            }
+        }
+    }
+
+    fn feed(&mut self, session: &mut ServerSession) -> bool {
+        if self.input.is_empty() {
+            return false;
+        }
+        let used = session.handle_input(&self.input, Instant::now());
+        self.input.drain(..used.min(self.input.len()));
+        used > 0
+    }
+
+    async fn flush(&mut self, session: &mut ServerSession) -> bool {
+        session.poll_output(&mut self.out);
+        if self.out.is_empty() {
+            return true;
+        }
+        let (res, mut buf) = self
+            .transport
+            .write_all(std::mem::take(&mut self.out))
+            .await;
+        buf.clear();
+        self.out = buf;
+        res.is_ok()
+    }
+
+    async fn pump(&mut self, session: &mut ServerSession) -> Pump {
+        let mut unblocked = false;
+        loop {
+            if !self.flush(session).await {
+                return Pump::Close;
+            }
+            let Some(event) = session.poll_event() else {
+                break;
+            };
+            match event {
+                Event::Close => {
+                    let _ = self.flush(session).await;
+                    return Pump::Close;
+                }
+                Event::Authenticate {
+                    username, password, ..
+                } => {
+                    let outcome = self
+                        .core
+                        .shared
+                        .auth
+                        .verify(username, password, self.peer.ip())
+                        .await;
+                    session.handle_auth_result(outcome, Instant::now());
+                    unblocked = true;
+                }
+                Event::StartTls => {
+                    if !self.flush(session).await {
+                        return Pump::Close;
+                    }
+                    // RFC 3207 §4.2 / CVE-2011-0411: whatever plaintext followed STARTTLS is
+                    // dropped; the session has already consumed it.
+                    self.input.clear();
+                    if let Err(e) = self
+                        .transport
+                        .accept_tls(Arc::clone(&self.core.shared.tls), Vec::new())
+                        .await
+                    {
+                        tracing::debug!(peer = %self.peer, error = %e, "starttls handshake failed");
+                        return Pump::Close;
+                    }
+                    let info = self.transport.tls().map(tls_info);
+                    if let Some(info) = info {
+                        session.handle_tls_established(info, Instant::now());
+                    }
+                    let mut none = Vec::new();
+                    if self
+                        .transport
+                        .decode(&mut none, &mut self.input)
+                        .await
+                        .is_err()
+                    {
+                        return Pump::Close;
+                    }
+                    unblocked = true;
+                }
+                Event::Commit(txn, transaction) => {
+                    let result = self.commit(txn, *transaction).await;
+                    session.handle_commit(txn, result, Instant::now());
+                    unblocked = true;
+                }
+            }
+        }
+        if unblocked && self.feed(session) {
+            return Pump::Fed;
+        }
+        if unblocked && !self.input.is_empty() {
+            // The session may have produced output from the leftover even without consuming.
+            return Pump::Fed;
+        }
+        Pump::Idle
+    }
+
+    async fn commit(&mut self, _txn: TxnId, t: Transaction) -> Result<QueueId, CommitError> {
+        self.core.commit(t, SystemTime::now()).await
+    }
+}
+
+enum Pump {
+    /// The connection must close.
+    Close,
+    /// Buffered input was handed to the session; run the pump again before reading.
+    Fed,
+    /// Nothing more to do until the peer sends something.
+    Idle,
+}

@@ -1,0 +1,192 @@
+//! A TCP stream on io_uring, optionally wrapped in rustls: the seam between the runtime and the
+//! protocols.
+//!
+//! tokio-uring's operations take buffers by value: a buffer belongs to the kernel while an
+//! operation is in flight and comes back with the result. Reads are split in two so that a
+//! pending read never borrows the TLS state: `read_raw` is a plain socket read that may stay in
+//! flight across a timer or shutdown wake-up, and `decode` turns the bytes it returned into
+//! plaintext. Only this folder knows about tokio-uring; a move to another runtime touches only
+//! `src/net/`.
+
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tokio_uring::net::TcpStream;
+
+/// Size of one socket read.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// A connection's byte transport.
+pub struct Transport {
+    stream: Rc<TcpStream>,
+    tls: Option<Box<rustls::Connection>>,
+    /// Ciphertext waiting to be written; reused between writes.
+    tls_out: Vec<u8>,
+}
+
+impl Transport {
+    /// Wraps an accepted stream (TCP_NODELAY is set here: without it small replies wait on
+    /// delayed ACKs and TLS handshakes crawl).
+    pub fn new(stream: TcpStream) -> Self {
+        let _ = stream.set_nodelay(true);
+        Transport {
+            stream: Rc::new(stream),
+            tls: None,
+            tls_out: Vec::new(),
+        }
+    }
+
+    /// Whether TLS is active.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The TLS state once TLS is active (version and cipher for the Received header).
+    pub fn tls(&self) -> Option<&rustls::CommonState> {
+        self.tls.as_deref().map(|c| &**c)
+    }
+
+    /// Connects to `addr` with TCP_NODELAY.
+    pub async fn connect(addr: std::net::SocketAddr) -> io::Result<Transport> {
+        Ok(Transport::new(TcpStream::connect(addr).await?))
+    }
+
+    /// A socket read of raw bytes appended to `buf`'s spare capacity. The returned future owns
+    /// only the stream handle and the buffer, so it can stay pending while the caller does
+    /// other work.
+    pub fn read_raw(
+        &self,
+        mut buf: Vec<u8>,
+    ) -> impl Future<Output = (io::Result<usize>, Vec<u8>)> + 'static {
+        let stream = Rc::clone(&self.stream);
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        async move { stream.read(buf).await }
+    }
+
+    /// Turns raw bytes from `read_raw` into plaintext appended to `plain`. Without TLS the raw
+    /// bytes are the plaintext and are moved, not copied. With TLS, plaintext that rustls already
+    /// holds (for example data that arrived with the handshake) is drained even when `raw` is
+    /// empty.
+    pub async fn decode(&mut self, raw: &mut Vec<u8>, plain: &mut Vec<u8>) -> io::Result<()> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            if plain.is_empty() {
+                std::mem::swap(raw, plain);
+            } else {
+                plain.extend_from_slice(raw);
+                raw.clear();
+            }
+            return Ok(());
+        };
+        let mut input = &raw[..];
+        while !input.is_empty() {
+            tls.read_tls(&mut input)?;
+            tls.process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+        raw.clear();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match tls.reader().read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => plain.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        // Key updates and alerts may need to be answered.
+        self.flush_tls().await
+    }
+
+    /// Writes all of `data` (through TLS when active). Returns the buffer for reuse.
+    pub async fn write_all(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            if let Err(e) = tls.writer().write_all(&data) {
+                return (Err(e), data);
+            }
+            return (self.flush_tls().await, data);
+        }
+        let (res, buf) = self.stream.write_all(data).await;
+        (res, buf)
+    }
+
+    async fn flush_tls(&mut self) -> io::Result<()> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Ok(());
+        };
+        while tls.wants_write() {
+            let mut out = std::mem::take(&mut self.tls_out);
+            out.clear();
+            tls.write_tls(&mut out)?;
+            let (res, buf) = self.stream.write_all(out).await;
+            self.tls_out = buf;
+            res?;
+        }
+        Ok(())
+    }
+
+    /// Runs a server-side TLS handshake on this stream (implicit TLS or after STARTTLS).
+    /// `pending` holds raw bytes already read from the socket that belong to the handshake.
+    pub async fn accept_tls(
+        &mut self,
+        config: Arc<rustls::ServerConfig>,
+        pending: Vec<u8>,
+    ) -> io::Result<()> {
+        let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        self.handshake(rustls::Connection::Server(conn), pending)
+            .await
+    }
+
+    /// Runs a client-side TLS handshake (outbound STARTTLS or implicit TLS).
+    pub async fn connect_tls(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<()> {
+        let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+        self.handshake(rustls::Connection::Client(conn), Vec::new())
+            .await
+    }
+
+    async fn handshake(&mut self, conn: rustls::Connection, pending: Vec<u8>) -> io::Result<()> {
+        self.tls = Some(Box::new(conn));
+        let mut raw = pending;
+        loop {
+            // Invariant: set at the top of this function and never cleared during it.
+            let tls = self.tls.as_deref_mut().expect("set above");
+            let mut input = &raw[..];
+            while !input.is_empty() {
+                tls.read_tls(&mut input)?;
+                tls.process_new_packets()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            }
+            raw.clear();
+            let handshaking = tls.is_handshaking();
+            self.flush_tls().await?;
+            if !handshaking {
+                return Ok(());
+            }
+            let (res, buf) = self.read_raw(raw).await;
+            raw = buf;
+            if res? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed during tls handshake",
+                ));
+            }
+        }
+    }
+
+    /// Best-effort orderly close: TLS close_notify, then shutdown of both directions so that an
+    /// abandoned in-flight read completes and the descriptor is released.
+    pub async fn close(&mut self) {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.send_close_notify();
+            let _ = self.flush_tls().await;
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}

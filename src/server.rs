@@ -1,0 +1,192 @@
+//! Start-up and shutdown of `ringmta serve`: lock the spool, recover the shards, bind, start the
+//! workers, wait for signals, and stop cleanly.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+
+use crate::auth::{AuthService, ThrottlePolicy};
+use crate::config::Config;
+use crate::config::resolved::{Durability, ListenerRole, Secret, TlsSource, User};
+use crate::net::listen::bind_all;
+use crate::net::worker::{self, Shared, WorkerSpec, unix_ms};
+use crate::smtp::{PortRole, SessionConfig, SessionLimits};
+use crate::spool::{self, Shard, ShardConfig};
+
+/// Runs the server until SIGTERM or SIGINT. Returns after every worker has flushed its shard.
+pub fn serve(config: Config) -> Result<()> {
+    // Signals go to the main thread only: block them before any thread exists (threads inherit
+    // the mask), or a second SIGTERM could reach a thread with the default action and kill the
+    // process mid-flush.
+    let sigset = crate::net::signals::block();
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.spool_dir)
+        .with_context(|| format!("cannot create spool_dir {}", config.spool_dir.display()))?;
+    let _lock = spool::lock(&config.spool_dir)?;
+    if config.spool.durability == Durability::None {
+        tracing::warn!(
+            "spool.durability = \"none\": a 250 does NOT mean the message is on disk; benchmarks only"
+        );
+    }
+
+    let (cert, key) = match &config.tls {
+        TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
+        TlsSource::SelfSigned => {
+            crate::net::tls::ensure_self_signed(&config.spool_dir.join("tls"), &config.hostname)?
+        }
+    };
+    let tls = crate::net::tls::server_config(&cert, &key)?;
+
+    let users = match &config.users {
+        Some(users) => users.clone(),
+        None => vec![dev_user(&config.spool_dir)?],
+    };
+    for u in &users {
+        if matches!(u.secret, Secret::Plain(_)) && config.users.is_some() {
+            tracing::warn!(user = %u.username, "plaintext password in config; use password_hash from `ringmta hash-password`");
+        }
+    }
+    let policy = ThrottlePolicy {
+        max_failures: config.limits.auth_failures_per_ip,
+        window: config.limits.auth_failure_window,
+    };
+    let auth = AuthService::start(&users, policy, config.threads.clamp(1, 4));
+
+    let sessions = [PortRole::Relay, PortRole::Submission, PortRole::Submissions]
+        .map(|role| Arc::new(session_config(&config, role)));
+    let shared = Arc::new(Shared {
+        config: Arc::clone(&config),
+        tls,
+        auth,
+        sessions,
+    });
+
+    // Recover every shard before accepting anything.
+    let now_ms = unix_ms(SystemTime::now());
+    let mut shards = Vec::new();
+    for i in 0..config.threads {
+        let cfg = ShardConfig {
+            dir: config.spool_dir.clone(),
+            shard: i as u8,
+            segment_size: config.spool.segment_size,
+            max_bytes: config.spool.max_size,
+            durability: match config.spool.durability {
+                Durability::Fsync => spool::Durability::Fsync,
+                Durability::None => spool::Durability::None,
+            },
+        };
+        let (shard, report) =
+            Shard::open(cfg, now_ms).with_context(|| format!("cannot open spool shard {i}"))?;
+        tracing::info!(shard = i, "{report}");
+        shards.push(shard);
+    }
+
+    let bound = bind_all(&config.listeners, config.threads)?;
+    let mut ready = String::from("ringmta ready:");
+    for b in &bound {
+        let name = match b.role {
+            ListenerRole::Smtp => "smtp",
+            ListenerRole::Submission => "submission",
+            ListenerRole::Submissions => "submissions",
+        };
+        ready.push_str(&format!(" {name}={}", b.addr));
+        tracing::info!(role = name, addr = %b.addr, "listening");
+    }
+
+    let mut per_worker: Vec<Vec<(std::net::TcpListener, ListenerRole)>> =
+        (0..config.threads).map(|_| Vec::new()).collect();
+    for b in bound {
+        for (i, s) in b.sockets.into_iter().enumerate() {
+            per_worker[i].push((s, b.role));
+        }
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut handles = Vec::new();
+    for (i, (listeners, shard)) in per_worker.into_iter().zip(shards).enumerate() {
+        let spec = WorkerSpec {
+            index: i as u8,
+            listeners,
+            shard,
+        };
+        let shared = Arc::clone(&shared);
+        let rx = shutdown_rx.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("ringmta-w{i}"))
+                .spawn(move || worker::run(spec, shared, rx))
+                .context("cannot start worker thread")?,
+        );
+    }
+    println!("{ready}");
+    tracing::info!(threads = config.threads, hostname = %config.hostname, "ringmta started");
+
+    loop {
+        let sig = crate::net::signals::wait(&sigset);
+        if sig == libc::SIGHUP {
+            tracing::warn!("SIGHUP: configuration reload is not implemented yet; ignoring");
+            continue;
+        }
+        tracing::info!(
+            signal = sig,
+            "shutting down: no new connections, finishing transactions in flight"
+        );
+        break;
+    }
+    let _ = shutdown_tx.send(true);
+    for h in handles {
+        let _ = h.join();
+    }
+    tracing::info!("ringmta stopped");
+    Ok(())
+}
+
+fn session_config(config: &Config, role: PortRole) -> SessionConfig {
+    let l = &config.limits;
+    SessionConfig {
+        hostname: config.hostname.clone(),
+        role,
+        limits: SessionLimits {
+            max_line_length: l.max_line_length,
+            max_message_size: l.max_message_size,
+            max_recipients: l.max_recipients,
+            max_bad_commands: l.max_bad_commands,
+            max_auth_failures: l.max_auth_failures,
+            command_timeout: l.command_timeout,
+            data_timeout: l.data_timeout,
+        },
+        starttls_available: true,
+    }
+}
+
+/// The development user of a config without `[[users]]`: created once, its password kept in
+/// `spool_dir/dev-user` (mode 0600) and printed at every start.
+fn dev_user(spool_dir: &std::path::Path) -> Result<User> {
+    let path: PathBuf = spool_dir.join("dev-user");
+    let password = match std::fs::read_to_string(&path) {
+        Ok(p) if !p.trim().is_empty() => p.trim().to_owned(),
+        _ => {
+            use rand::Rng;
+            let p: String = rand::thread_rng()
+                .sample_iter(&rand::distributions::Alphanumeric)
+                .take(20)
+                .map(char::from)
+                .collect();
+            std::fs::write(&path, &p)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+            p
+        }
+    };
+    let username = "dev@localhost".to_owned();
+    println!("ringmta dev user: {username} password: {password} (no [[users]] configured)");
+    Ok(User {
+        username,
+        secret: Secret::Plain(password),
+        allowed_senders: vec!["*".into()],
+    })
+}

@@ -1,0 +1,587 @@
+//! Pure record encoding: frame layout, checksum, and the archived record types.
+//!
+//! This module does no I/O and holds no state. It turns records into frame bytes and checks frame
+//! bytes on the way back; `segment.rs` decides where those bytes live and when they become durable.
+//!
+//! A frame is a 16-byte header followed by the payload, padded with zeros to 16 bytes:
+//!
+//! ```text
+//! offset 0  payload_len u32 LE   0 means "end of written data" (preallocated space reads as zeros)
+//! offset 4  format_version u8    FORMAT_VERSION
+//! offset 5  kind u8              RecordKind
+//! offset 6  flags u16 LE         0 (reserved; any other value is rejected)
+//! offset 8  crc32c u32 LE        over header bytes 0..8 and 12..16, then the payload
+//! offset 12 meta_len u32 LE      length of the rkyv archive at the start of the payload
+//! offset 16 payload              rkyv archive [+ zero padding to 16 + raw body for messages]
+//! ```
+//!
+//! Invariants: every frame starts at a 16-byte aligned offset and its length is a multiple of 16,
+//! so each payload (and each rkyv root) sits on a 16-byte boundary; the padding after the payload
+//! is zero, and [`decode_frame`] rejects a frame whose padding is not, so that any single flipped
+//! byte anywhere in a frame is detected.
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Length of a frame header in bytes.
+pub const FRAME_HEADER_LEN: usize = 16;
+/// Alignment of frames and payloads.
+pub const FRAME_ALIGN: usize = 16;
+/// The frame format version this code writes and the only one it reads.
+pub const FORMAT_VERSION: u8 = 1;
+/// Largest payload a frame can describe (`payload_len` is a `u32`, kept aligned).
+pub const MAX_PAYLOAD_LEN: usize = (u32::MAX as usize) & !(FRAME_ALIGN - 1);
+
+/// What a frame holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    /// A [`MessageMeta`] archive followed by the raw body.
+    Message = 1,
+    /// A [`StatusRecord`] archive.
+    Status = 2,
+    /// A [`Placeholder`] archive (ledger only).
+    Placeholder = 3,
+}
+
+impl RecordKind {
+    /// Parses the on-disk kind byte.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Message),
+            2 => Some(Self::Status),
+            3 => Some(Self::Placeholder),
+            _ => None,
+        }
+    }
+}
+
+/// Envelope and session facts of an accepted message; the body follows it in the payload.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct MessageMeta {
+    /// The [`crate::ids::QueueId`] value; assigned by the shard on append.
+    pub id: u64,
+    /// When the final dot (or last BDAT chunk) arrived, in ms since the Unix epoch.
+    pub received_at_ms: u64,
+    /// MAIL FROM address, empty for the null reverse path.
+    pub reverse_path: String,
+    /// RFC 3461 RET: 0 not given, 1 FULL, 2 HDRS.
+    pub ret: u8,
+    /// RFC 3461 ENVID.
+    pub envid: Option<String>,
+    /// BODY= parameter: 0 7BIT/not given, 1 8BITMIME, 2 BINARYMIME.
+    pub body_type: u8,
+    /// Whether the SMTPUTF8 parameter was given.
+    pub smtputf8: bool,
+    /// Recipients in RCPT order; a status record's `rcpt` indexes this list.
+    pub recipients: Vec<RecipientMeta>,
+    /// Authenticated user, if any.
+    pub auth_user: Option<String>,
+    /// Client socket address as text.
+    pub client_addr: String,
+    /// EHLO/HELO argument.
+    pub helo: String,
+    /// TLS protocol and cipher as text, if TLS was used.
+    pub tls: Option<String>,
+    /// A DSN we generated: never a DSN about it.
+    pub is_dsn: bool,
+}
+
+/// One RCPT TO of a message.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct RecipientMeta {
+    /// The forward path.
+    pub address: String,
+    /// RFC 3461 NOTIFY bits: 1 never, 2 success, 4 failure, 8 delay; 0 = not given.
+    pub notify: u8,
+    /// RFC 3461 ORCPT, as given.
+    pub orcpt: Option<String>,
+}
+
+/// The outcome of one step for one recipient of a message.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct StatusRecord {
+    /// The [`crate::ids::QueueId`] value of the message.
+    pub id: u64,
+    /// Index into the message's recipients.
+    pub rcpt: u32,
+    /// A [`StatusKind`] as `u8`.
+    pub kind: u8,
+    /// Delivery attempt number this status ends (1 for the first attempt).
+    pub attempt: u32,
+    /// When this happened, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// When to try again (meaningful for `Deferred`), ms since the Unix epoch.
+    pub next_attempt_ms: u64,
+    /// The remote reply or local error text.
+    pub reply: String,
+    /// The remote host that answered, if any.
+    pub remote: String,
+    /// Bounce classifier category.
+    pub category: String,
+}
+
+/// What a status record says. `Delivered`, `Failed` and `Deleted` are final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum StatusKind {
+    /// A transient failure; retry at `next_attempt_ms`.
+    Deferred = 0,
+    /// Accepted by the next hop (final).
+    Delivered = 1,
+    /// Permanently failed (final).
+    Failed = 2,
+    /// Removed by an operator (final).
+    Deleted = 3,
+    /// A delay DSN was sent for this recipient.
+    DelayNotified = 4,
+    /// The DSN for the final outcome was sent.
+    DsnSent = 5,
+}
+
+impl StatusKind {
+    /// Parses the stored kind byte.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::Deferred,
+            1 => Self::Delivered,
+            2 => Self::Failed,
+            3 => Self::Deleted,
+            4 => Self::DelayNotified,
+            5 => Self::DsnSent,
+            _ => return None,
+        })
+    }
+
+    /// Whether no further delivery attempt follows this status.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Delivered | Self::Failed | Self::Deleted)
+    }
+}
+
+/// What stays of a purged message in the ledger: envelope and outcome, no body.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Placeholder {
+    /// The [`crate::ids::QueueId`] value.
+    pub id: u64,
+    /// When the message was received, ms since the Unix epoch.
+    pub received_at_ms: u64,
+    /// When its last recipient reached a final status, ms since the Unix epoch.
+    pub final_at_ms: u64,
+    /// When the body was purged, ms since the Unix epoch.
+    pub purged_at_ms: u64,
+    /// MAIL FROM address, empty for the null reverse path.
+    pub reverse_path: String,
+    /// RFC 3461 ENVID.
+    pub envid: Option<String>,
+    /// Body size in bytes before the purge.
+    pub body_len: u64,
+    /// Outcome per recipient, in RCPT order.
+    pub recipients: Vec<PlaceholderRecipient>,
+}
+
+/// The final outcome of one recipient of a purged message.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct PlaceholderRecipient {
+    /// The forward path.
+    pub address: String,
+    /// The final [`StatusKind`] as `u8`.
+    pub kind: u8,
+    /// Number of delivery attempts.
+    pub attempts: u32,
+    /// When the final status was recorded.
+    pub at_ms: u64,
+    /// The last reply text.
+    pub reply: String,
+}
+
+/// Why a frame was rejected. Recovery treats every one of these as "never written".
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Fewer bytes remain than the frame needs.
+    #[error("frame needs {need} bytes but only {have} remain")]
+    Truncated {
+        /// Bytes the header claims (header + padded payload).
+        need: usize,
+        /// Bytes available from the frame start.
+        have: usize,
+    },
+    /// The version byte is not [`FORMAT_VERSION`].
+    #[error("unknown format version {0}")]
+    Version(u8),
+    /// The kind byte is unknown.
+    #[error("unknown record kind {0}")]
+    Kind(u8),
+    /// Reserved flag bits are set.
+    #[error("reserved flags {0:#06x} set")]
+    Flags(u16),
+    /// `meta_len` does not fit the payload or the kind.
+    #[error("meta length {meta_len} invalid for payload length {payload_len}")]
+    MetaLen {
+        /// The stored meta length.
+        meta_len: u32,
+        /// The stored payload length.
+        payload_len: u32,
+    },
+    /// The checksum does not match.
+    #[error("crc32c mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Crc {
+        /// CRC stored in the header.
+        stored: u32,
+        /// CRC computed over the bytes.
+        computed: u32,
+    },
+    /// Padding after the payload is not zero.
+    #[error("non-zero padding after the payload")]
+    Padding,
+    /// The checksum matched but the rkyv archive failed validation.
+    #[error("invalid {kind:?} archive")]
+    Archive {
+        /// Which record kind failed.
+        kind: RecordKind,
+    },
+    /// A zero length followed by non-zero bytes: a frame whose header never reached the disk.
+    #[error("zero length followed by non-zero bytes")]
+    DataAfterEnd,
+    /// The archive holds a value out of range (unknown status kind).
+    #[error("status record with unknown kind {0}")]
+    StatusKind(u8),
+}
+
+/// A frame whose header, checksum and padding are valid. The archive is not validated yet.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame<'a> {
+    /// What it holds.
+    pub kind: RecordKind,
+    /// The rkyv archive (exactly `meta_len` bytes, starts 16-byte aligned).
+    pub meta: &'a [u8],
+    /// Bytes after the padded archive: the body for messages, empty otherwise.
+    pub body: &'a [u8],
+    /// Bytes the frame occupies, header and padding included (a multiple of 16).
+    pub len: usize,
+}
+
+/// Rounds up to the frame alignment.
+pub fn align16(n: usize) -> usize {
+    (n + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
+}
+
+/// Total frame length for a payload of `payload_len` bytes.
+pub fn frame_len(payload_len: usize) -> usize {
+    FRAME_HEADER_LEN + align16(payload_len)
+}
+
+/// Payload length of a record whose archive is `meta_len` bytes and body `body_len` bytes.
+///
+/// The body, when present, starts at `align16(meta_len)` so that the archive's root stays at the
+/// end of its own `meta_len` bytes (where rkyv looks for it).
+pub fn payload_len(meta_len: usize, body_len: usize) -> usize {
+    if body_len == 0 {
+        meta_len
+    } else {
+        align16(meta_len) + body_len
+    }
+}
+
+/// Builds a frame header with its checksum over `payload_parts` (which must add up to
+/// `payload_len`, zero padding between archive and body included).
+pub fn frame_header(
+    kind: RecordKind,
+    payload_len: u32,
+    meta_len: u32,
+    payload_parts: &[&[u8]],
+) -> [u8; FRAME_HEADER_LEN] {
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    h[0..4].copy_from_slice(&payload_len.to_le_bytes());
+    h[4] = FORMAT_VERSION;
+    h[5] = kind as u8;
+    // h[6..8] flags = 0; h[8..12] crc, filled below.
+    h[12..16].copy_from_slice(&meta_len.to_le_bytes());
+    let crc = frame_crc(&h, payload_parts);
+    h[8..12].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Encodes a whole frame into a new buffer (ledger appends and tests; segments write in place).
+pub fn encode_frame(kind: RecordKind, meta: &[u8], body: &[u8]) -> Vec<u8> {
+    let plen = payload_len(meta.len(), body.len());
+    let pad = [0u8; FRAME_ALIGN];
+    let gap = &pad[..plen - meta.len() - body.len()];
+    let mut out = Vec::with_capacity(frame_len(plen));
+    // Lengths come from in-memory archives far below 4 GiB; callers check MAX_PAYLOAD_LEN.
+    let h = frame_header(kind, plen as u32, meta.len() as u32, &[meta, gap, body]);
+    out.extend_from_slice(&h);
+    out.extend_from_slice(meta);
+    out.extend_from_slice(gap);
+    out.extend_from_slice(body);
+    out.resize(frame_len(plen), 0);
+    out
+}
+
+/// Decodes the frame at the start of `buf` (which runs to the end of the written region).
+///
+/// Returns `Ok(None)` at a zero length (the clean end of written data), `Ok(Some(frame))` for a
+/// frame whose header, checksum and padding are valid, and an error otherwise. The caller
+/// validates the archive with [`check_message`] / [`check_status`] / [`check_placeholder`].
+pub fn decode_frame(buf: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
+    if buf.len() < FRAME_HEADER_LEN {
+        if buf.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        return Err(FrameError::Truncated {
+            need: FRAME_HEADER_LEN,
+            have: buf.len(),
+        });
+    }
+    let h = &buf[..FRAME_HEADER_LEN];
+    let plen = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    if plen == 0 {
+        return Ok(None);
+    }
+    if h[4] != FORMAT_VERSION {
+        return Err(FrameError::Version(h[4]));
+    }
+    let kind = RecordKind::from_u8(h[5]).ok_or(FrameError::Kind(h[5]))?;
+    let flags = u16::from_le_bytes([h[6], h[7]]);
+    if flags != 0 {
+        return Err(FrameError::Flags(flags));
+    }
+    let stored = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    let meta_len = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+    let plen_us = plen as usize;
+    let need = frame_len(plen_us);
+    if need > buf.len() {
+        return Err(FrameError::Truncated {
+            need,
+            have: buf.len(),
+        });
+    }
+    let m = meta_len as usize;
+    let meta_ok = match kind {
+        RecordKind::Message => m > 0 && (m == plen_us || align16(m) < plen_us),
+        RecordKind::Status | RecordKind::Placeholder => m == plen_us,
+    };
+    if !meta_ok {
+        return Err(FrameError::MetaLen {
+            meta_len,
+            payload_len: plen,
+        });
+    }
+    let payload = &buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + plen_us];
+    let computed = frame_crc(h, &[payload]);
+    if computed != stored {
+        return Err(FrameError::Crc { stored, computed });
+    }
+    // Padding is outside the checksum; require zeros so every byte of the frame is checked.
+    if buf[FRAME_HEADER_LEN + plen_us..need]
+        .iter()
+        .any(|&b| b != 0)
+    {
+        return Err(FrameError::Padding);
+    }
+    let body_start = if m == plen_us { m } else { align16(m) };
+    if payload[m..body_start].iter().any(|&b| b != 0) {
+        return Err(FrameError::Padding);
+    }
+    Ok(Some(Frame {
+        kind,
+        meta: &payload[..m],
+        body: &payload[body_start..],
+        len: need,
+    }))
+}
+
+/// Serialises a record with rkyv into an aligned buffer.
+pub fn archive<T>(value: &T) -> Result<AlignedVec, rancor::Error>
+where
+    T: for<'a> Serialize<
+        rkyv::api::high::HighSerializer<
+            AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rancor::Error,
+        >,
+    >,
+{
+    rkyv::to_bytes::<rancor::Error>(value)
+}
+
+/// Validates a message archive (checked rkyv access). `meta` must be 16-byte aligned.
+pub fn check_message(meta: &[u8]) -> Result<&ArchivedMessageMeta, FrameError> {
+    rkyv::access::<ArchivedMessageMeta, rancor::Error>(meta).map_err(|_| FrameError::Archive {
+        kind: RecordKind::Message,
+    })
+}
+
+/// Validates a status archive, including its kind byte. `meta` must be 16-byte aligned.
+pub fn check_status(meta: &[u8]) -> Result<&ArchivedStatusRecord, FrameError> {
+    let rec = rkyv::access::<ArchivedStatusRecord, rancor::Error>(meta).map_err(|_| {
+        FrameError::Archive {
+            kind: RecordKind::Status,
+        }
+    })?;
+    if StatusKind::from_u8(rec.kind).is_none() {
+        return Err(FrameError::StatusKind(rec.kind));
+    }
+    Ok(rec)
+}
+
+/// Validates a placeholder archive. `meta` must be 16-byte aligned.
+pub fn check_placeholder(meta: &[u8]) -> Result<&ArchivedPlaceholder, FrameError> {
+    rkyv::access::<ArchivedPlaceholder, rancor::Error>(meta).map_err(|_| FrameError::Archive {
+        kind: RecordKind::Placeholder,
+    })
+}
+
+/// CRC32C over the header without its crc field, then the payload parts in order.
+fn frame_crc(h: &[u8], payload_parts: &[&[u8]]) -> u32 {
+    let mut crc = crc32c::crc32c(&h[0..8]);
+    crc = crc32c::crc32c_append(crc, &h[12..16]);
+    for part in payload_parts {
+        crc = crc32c::crc32c_append(crc, part);
+    }
+    crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_meta() -> impl Strategy<Value = MessageMeta> {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            ".{0,40}",
+            0u8..3,
+            proptest::option::of("[a-z0-9]{0,20}"),
+            proptest::collection::vec(
+                (
+                    "[a-z]{1,10}@[a-z]{1,10}",
+                    0u8..16,
+                    proptest::option::of(".{0,10}"),
+                ),
+                1..5,
+            ),
+            any::<bool>(),
+        )
+            .prop_map(|(id, at, rp, ret, envid, rcpts, dsn)| MessageMeta {
+                id,
+                received_at_ms: at,
+                reverse_path: rp,
+                ret,
+                envid,
+                body_type: 1,
+                smtputf8: dsn,
+                recipients: rcpts
+                    .into_iter()
+                    .map(|(address, notify, orcpt)| RecipientMeta {
+                        address,
+                        notify,
+                        orcpt,
+                    })
+                    .collect(),
+                auth_user: None,
+                client_addr: "127.0.0.1:1".into(),
+                helo: "h".into(),
+                tls: Some("TLS1.3".into()),
+                is_dsn: dsn,
+            })
+    }
+
+    /// Copies into a 16-aligned buffer so that rkyv's alignment check holds, as in a mapping.
+    fn aligned(bytes: &[u8]) -> AlignedVec<16> {
+        let mut v = AlignedVec::<16>::new();
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    fn message_frame(meta: &MessageMeta, body: &[u8]) -> Vec<u8> {
+        let a = archive(meta).unwrap();
+        encode_frame(RecordKind::Message, &a, body)
+    }
+
+    proptest! {
+        #[test]
+        fn message_round_trips(meta in arb_meta(), body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let buf = aligned(&message_frame(&meta, &body));
+            prop_assert_eq!(buf.len() % FRAME_ALIGN, 0);
+            let f = decode_frame(&buf).unwrap().unwrap();
+            prop_assert_eq!(f.kind, RecordKind::Message);
+            prop_assert_eq!(f.len, buf.len());
+            prop_assert_eq!(f.body, &body[..]);
+            let back: MessageMeta =
+                rkyv::deserialize::<_, rancor::Error>(check_message(f.meta).unwrap()).unwrap();
+            prop_assert_eq!(back, meta);
+        }
+
+        #[test]
+        fn status_round_trips(id in any::<u64>(), rcpt in any::<u32>(), kind in 0u8..6,
+                              at in any::<u64>(), reply in ".{0,80}") {
+            let rec = StatusRecord { id, rcpt, kind, attempt: 3, at_ms: at, next_attempt_ms: at / 2,
+                reply, remote: "mx.example".into(), category: "greylisted".into() };
+            let buf = aligned(&encode_frame(RecordKind::Status, &archive(&rec).unwrap(), &[]));
+            let f = decode_frame(&buf).unwrap().unwrap();
+            let back: StatusRecord =
+                rkyv::deserialize::<_, rancor::Error>(check_status(f.meta).unwrap()).unwrap();
+            prop_assert_eq!(back, rec);
+        }
+
+        #[test]
+        fn any_flipped_byte_is_detected(meta in arb_meta(), body in proptest::collection::vec(any::<u8>(), 0..64),
+                                        pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mut frame = message_frame(&meta, &body);
+            let i = pos.index(frame.len());
+            frame[i] ^= 1 << bit;
+            let buf = aligned(&frame);
+            match decode_frame(&buf) {
+                // A flipped length byte can turn the header into "end of data": never a record.
+                Ok(None) => prop_assert!(i < 4),
+                Ok(Some(_)) => prop_assert!(false, "flip at {} accepted", i),
+                Err(_) => {}
+            }
+        }
+
+        #[test]
+        fn truncation_is_detected(meta in arb_meta(), body in proptest::collection::vec(any::<u8>(), 0..64),
+                                  cut in any::<prop::sample::Index>()) {
+            let frame = message_frame(&meta, &body);
+            let k = cut.index(frame.len());
+            // Shorter buffer: always rejected or read as the end.
+            let short = aligned(&frame[..k]);
+            prop_assert!(!matches!(decode_frame(&short), Ok(Some(_))));
+            // Zero-filled after the cut (preallocated space): rejected unless the lost bytes were
+            // zeros already, in which case the frame is byte-identical to the original.
+            let mut zeroed = frame.clone();
+            zeroed[k..].fill(0);
+            let buf = aligned(&zeroed);
+            if let Ok(Some(f)) = decode_frame(&buf) {
+                prop_assert_eq!(&zeroed, &frame);
+                prop_assert_eq!(f.len, frame.len());
+            }
+        }
+    }
+
+    #[test]
+    fn zero_header_is_the_end() {
+        assert!(matches!(decode_frame(&[0u8; 64]), Ok(None)));
+        assert!(matches!(decode_frame(&[]), Ok(None)));
+    }
+
+    #[test]
+    fn body_starts_after_padded_archive() {
+        let meta = MessageMeta::default();
+        let a = archive(&meta).unwrap();
+        let frame = aligned(&encode_frame(RecordKind::Message, &a, b"body"));
+        let f = decode_frame(&frame).unwrap().unwrap();
+        assert_eq!(f.meta.len(), a.len());
+        assert_eq!(f.body, b"body");
+        let body_off = f.body.as_ptr() as usize - frame.as_ptr() as usize;
+        assert_eq!(body_off, FRAME_HEADER_LEN + align16(a.len()));
+    }
+}

@@ -1,0 +1,615 @@
+//! Segment files: creation with reserved space, the shared mapping, appends, and flushes.
+//!
+//! This is the only module of the spool with `unsafe` code (mapping files and reading rkyv
+//! archives without re-validating them). It never decides *what* to write; `mod.rs` does.
+//!
+//! What is durable after each call (Linux semantics):
+//!
+//! - [`Segment::create`]: the file exists under its final name with all of its space reserved
+//!   (`fallocate`) and a valid file header, and both are durable: the file is fsynced before the
+//!   rename from its temporary name, and the caller fsyncs the directory after it
+//!   ([`sync_dir`]). A crash before that leaves at most a `*.tmp` file, which recovery removes.
+//! - [`Segment::append`]: nothing. The frame is in the page cache (visible to readers of the file)
+//!   and becomes durable only when a later `fdatasync` of the segment file returns `Ok`.
+//! - [`Segment::sync_data`] (`fdatasync(2)`): every frame appended before the call is durable.
+//!   On Linux `fdatasync` writes back all dirty page-cache pages of the file, including pages
+//!   dirtied through a `MAP_SHARED` mapping (the kernel tracks them with write faults), so no
+//!   `msync` is needed; `msync(MS_SYNC)` is the same range writeback. Size and extent changes needed
+//!   to read the data back are included; the size never changes after `create` anyway.
+//!
+//! Crash ordering: `append` copies the payload first and the header last, but the kernel may write
+//! dirty pages back in any order, so after a crash any subset of an unsynced frame's pages may be
+//! on disk. The CRC in the header covers the payload, so every such mix reads as a bad frame (or a
+//! zero length) and recovery stops there; see docs/spool-format.md.
+//!
+//! Invariants of a [`Segment`]:
+//! - `end` is a multiple of 16, at least [`FILE_HEADER_LEN`], at most the mapping length; every
+//!   frame in `[FILE_HEADER_LEN, end)` has passed [`record::decode_frame`] and checked rkyv access
+//!   (when scanned) or was produced by rkyv in this process (when appended).
+//! - `frames` holds the start offset of each of those frames, ascending. Zero-copy reads accept
+//!   only offsets found there, which is what makes the unchecked rkyv access sound.
+//! - Bytes in `[end, len)` of the active segment have never been written by this process.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{Ordering, fence};
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
+use rkyv::util::AlignedVec;
+
+use super::record::{
+    self, ArchivedMessageMeta, ArchivedStatusRecord, FRAME_HEADER_LEN, Frame, FrameError,
+    RecordKind,
+};
+
+/// Length of the file header at the start of every segment and of the ledger.
+pub const FILE_HEADER_LEN: usize = 64;
+/// Magic of a segment file.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"RINGSPL1";
+/// Magic of the ledger file.
+pub const LEDGER_MAGIC: &[u8; 8] = b"RINGLDG1";
+/// File header format version.
+pub const FILE_FORMAT_VERSION: u32 = 1;
+
+/// Why a file header was rejected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// The file is shorter than a header.
+    #[error("file is {0} bytes, shorter than the 64-byte header")]
+    Short(u64),
+    /// Wrong magic bytes.
+    #[error("bad magic {0:02x?}")]
+    Magic([u8; 8]),
+    /// Unknown file format version.
+    #[error("unknown file format version {0}")]
+    Version(u32),
+    /// Header checksum mismatch.
+    #[error("header crc32c mismatch")]
+    Crc,
+    /// Shard or sequence number differ from the file name.
+    #[error("header says shard {shard} seq {seq:016x}, file name disagrees")]
+    Mismatch {
+        /// Shard in the header.
+        shard: u8,
+        /// Sequence number in the header.
+        seq: u64,
+    },
+}
+
+/// Encodes a file header: magic, version, shard, seq, creation time, CRC32C of bytes 0..60.
+pub fn file_header(magic: &[u8; 8], shard: u8, seq: u64, created_ms: u64) -> [u8; FILE_HEADER_LEN] {
+    let mut h = [0u8; FILE_HEADER_LEN];
+    h[0..8].copy_from_slice(magic);
+    h[8..12].copy_from_slice(&FILE_FORMAT_VERSION.to_le_bytes());
+    h[12] = shard;
+    h[16..24].copy_from_slice(&seq.to_le_bytes());
+    h[24..32].copy_from_slice(&created_ms.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..60]);
+    h[60..64].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Decodes a file header, returning (shard, seq).
+pub fn parse_file_header(buf: &[u8], magic: &[u8; 8]) -> Result<(u8, u64), HeaderError> {
+    if buf.len() < FILE_HEADER_LEN {
+        return Err(HeaderError::Short(buf.len() as u64));
+    }
+    let mut m = [0u8; 8];
+    m.copy_from_slice(&buf[..8]);
+    if &m != magic {
+        return Err(HeaderError::Magic(m));
+    }
+    let stored = u32::from_le_bytes([buf[60], buf[61], buf[62], buf[63]]);
+    if crc32c::crc32c(&buf[..60]) != stored {
+        return Err(HeaderError::Crc);
+    }
+    let version = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
+    if version != FILE_FORMAT_VERSION {
+        return Err(HeaderError::Version(version));
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&buf[16..24]);
+    Ok((buf[12], u64::from_le_bytes(seq)))
+}
+
+/// File name of segment `seq`.
+pub fn segment_file_name(seq: u64) -> String {
+    format!("seg-{seq:016x}")
+}
+
+/// Parses a segment file name back to its seq; `None` for any other file.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("seg-")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// fsyncs a directory so that entries created, renamed or removed in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads a whole file into a 16-byte aligned buffer (readers that must not map: a live spool
+/// may be purged or, for the ledger, have a torn tail truncated while they read).
+pub fn read_aligned(path: &Path) -> io::Result<AlignedVec<16>> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len() as usize;
+    let mut buf = AlignedVec::<16>::with_capacity(len);
+    buf.resize(len, 0);
+    let mut done = 0;
+    while done < len {
+        match file.read_at(&mut buf[done..], done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.resize(done, 0);
+    Ok(buf)
+}
+
+/// A validated record handed to a scan visitor.
+#[derive(Clone, Copy, Debug)]
+pub enum Rec<'a> {
+    /// A message: archived meta and raw body.
+    Message(&'a ArchivedMessageMeta, &'a [u8]),
+    /// A status record.
+    Status(&'a ArchivedStatusRecord),
+}
+
+/// Where a scan stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanEnd {
+    /// Offset just past the last valid frame.
+    pub end: u64,
+    /// Set when the scan stopped at an invalid frame (or non-zero bytes after the end).
+    pub torn: Option<TornTail>,
+}
+
+/// A torn or corrupt tail that recovery dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// Offset of the first byte not read as data.
+    pub offset: u64,
+    /// Bytes from `offset` to the last non-zero byte of the file (what was dropped).
+    pub bytes: u64,
+    /// Why the frame at `offset` was rejected.
+    pub reason: FrameError,
+}
+
+enum Map {
+    Empty,
+    Read(Mmap),
+    Write(MmapMut),
+    Owned(AlignedVec<16>),
+}
+
+impl Map {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Map::Empty => &[],
+            Map::Read(m) => m,
+            Map::Write(m) => m,
+            Map::Owned(v) => v,
+        }
+    }
+}
+
+/// How to load an existing segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// Map it read-only (the caller holds the spool lock: nobody truncates the file).
+    Map,
+    /// Copy it into memory (offline readers while a server may run).
+    Read,
+}
+
+/// One segment file, mapped (or copied) whole.
+pub struct Segment {
+    /// Sequence number, from the file name.
+    pub seq: u64,
+    /// Path of the file.
+    pub path: PathBuf,
+    /// Set when the file header is invalid: no records are read from it and it is never purged.
+    pub header_error: Option<HeaderError>,
+    file: Option<File>,
+    map: Map,
+    end: usize,
+    frames: Vec<u64>,
+}
+
+impl Segment {
+    /// Creates segment `seq` in `dir` with `size` bytes reserved, ready for appends.
+    ///
+    /// Durable on return: the file (header and reserved size) and its rename. The caller must
+    /// fsync `dir` to make the directory entry durable. `ENOSPC`/`EDQUOT` come back as they are
+    /// and the partial file is removed.
+    pub fn create(dir: &Path, shard: u8, seq: u64, size: u64, now_ms: u64) -> io::Result<Segment> {
+        debug_assert!(size as usize >= FILE_HEADER_LEN && size.is_multiple_of(16));
+        let path = dir.join(segment_file_name(seq));
+        let tmp = dir.join(format!("{}.tmp", segment_file_name(seq)));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        let prepared = reserve(&file, size)
+            .and_then(|()| file.write_all_at(&file_header(SEGMENT_MAGIC, shard, seq, now_ms), 0))
+            .and_then(|()| file.sync_all())
+            .and_then(|()| fs::rename(&tmp, &path));
+        if let Err(e) = prepared {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        // SAFETY: the file was just created by us, is exclusively ours (the spool lock keeps other
+        // ringmta processes out and the tool only reads), and is never truncated while mapped:
+        // purge only unlinks, which keeps the pages alive. Its whole length is reserved by
+        // `fallocate`, so stores through the mapping cannot hit ENOSPC (no SIGBUS).
+        let map = unsafe { MmapOptions::new().len(size as usize).map_mut(&file)? };
+        Ok(Segment {
+            seq,
+            path,
+            header_error: None,
+            file: Some(file),
+            map: Map::Write(map),
+            end: FILE_HEADER_LEN,
+            frames: Vec::new(),
+        })
+    }
+
+    /// Loads an existing segment for reading and checks its file header against `shard`/`seq`.
+    /// Records are not read until [`Segment::scan`].
+    pub fn load(path: &Path, shard: u8, seq: u64, how: Load) -> io::Result<Segment> {
+        let (file, map) = match how {
+            Load::Read => (None, Map::Owned(read_aligned(path)?)),
+            Load::Map => {
+                let file = File::open(path)?;
+                let len = file.metadata()?.len();
+                let map = if len == 0 {
+                    Map::Empty
+                } else {
+                    // SAFETY: the caller holds the spool lock, so no other ringmta process writes
+                    // this file, and this process never writes to or truncates a recovered
+                    // segment (appends go to a new one; purge only unlinks). The bytes are
+                    // treated as untrusted until `scan` validates them.
+                    Map::Read(unsafe { Mmap::map(&file)? })
+                };
+                (Some(file), map)
+            }
+        };
+        let header_error = match parse_file_header(map.bytes(), SEGMENT_MAGIC) {
+            Ok((s, q)) if s == shard && q == seq => None,
+            Ok((s, q)) => Some(HeaderError::Mismatch { shard: s, seq: q }),
+            Err(e) => Some(e),
+        };
+        Ok(Segment {
+            seq,
+            path: path.to_owned(),
+            header_error,
+            file,
+            map,
+            end: FILE_HEADER_LEN,
+            frames: Vec::new(),
+        })
+    }
+
+    /// Reads every frame from the header on, in order, handing each valid record to `visit`,
+    /// and stops at the first zero length (clean end) or invalid frame (torn/corrupt tail).
+    ///
+    /// Validation is complete: header, CRC32C, zero padding and checked rkyv access. With
+    /// `full_tail`, a clean end is also checked for non-zero bytes after it (a torn frame whose
+    /// header never reached the disk); that reads the whole unused part of the file, so only the
+    /// offline check asks for it.
+    pub fn scan(&mut self, full_tail: bool, mut visit: impl FnMut(u64, Rec<'_>)) -> ScanEnd {
+        self.frames.clear();
+        self.end = FILE_HEADER_LEN;
+        if self.header_error.is_some() {
+            return ScanEnd { end: 0, torn: None };
+        }
+        let bytes = self.map.bytes();
+        let mut pos = FILE_HEADER_LEN;
+        let torn = loop {
+            let rest = &bytes[pos..];
+            let frame = match record::decode_frame(rest) {
+                Ok(None) => {
+                    let tail = if full_tail {
+                        rest
+                    } else {
+                        &rest[..rest.len().min(FRAME_HEADER_LEN)]
+                    };
+                    break match last_nonzero(tail) {
+                        0 => None,
+                        n => Some(TornTail {
+                            offset: pos as u64,
+                            bytes: n as u64,
+                            reason: FrameError::DataAfterEnd,
+                        }),
+                    };
+                }
+                Ok(Some(f)) => f,
+                Err(reason) => {
+                    break Some(TornTail {
+                        offset: pos as u64,
+                        bytes: last_nonzero(rest) as u64,
+                        reason,
+                    });
+                }
+            };
+            match validate(&frame) {
+                Ok(rec) => visit(pos as u64, rec),
+                Err(reason) => {
+                    break Some(TornTail {
+                        offset: pos as u64,
+                        bytes: last_nonzero(rest) as u64,
+                        reason,
+                    });
+                }
+            }
+            self.frames.push(pos as u64);
+            pos += frame.len;
+        };
+        self.end = pos;
+        ScanEnd {
+            end: pos as u64,
+            torn,
+        }
+    }
+
+    /// Appends one frame: `meta` (an rkyv archive made in this process) then `body` parts.
+    /// Returns the frame's offset, or `None` when it does not fit (or the segment is read-only).
+    ///
+    /// Durable on return: nothing (see the module doc). The payload is copied before the header,
+    /// so a concurrent reader of the file sees either no frame or a complete one with a valid CRC
+    /// (or, torn by a racing read, an invalid one).
+    pub fn append(&mut self, kind: RecordKind, meta: &[u8], body: &[&[u8]]) -> Option<u64> {
+        let Map::Write(map) = &mut self.map else {
+            return None;
+        };
+        let body_len: usize = body.iter().map(|p| p.len()).sum();
+        let plen = record::payload_len(meta.len(), body_len);
+        let flen = record::frame_len(plen);
+        if plen > record::MAX_PAYLOAD_LEN || self.end + flen > map.len() {
+            return None;
+        }
+        let start = self.end;
+        let payload_at = start + FRAME_HEADER_LEN;
+        let body_at = payload_at + (plen - body_len);
+        map[payload_at..payload_at + meta.len()].copy_from_slice(meta);
+        // Zero the gaps explicitly rather than trusting the preallocation to read as zeros.
+        map[payload_at + meta.len()..body_at].fill(0);
+        let mut at = body_at;
+        for part in body {
+            map[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        map[at..start + flen].fill(0);
+        // Header last: its CRC covers the payload bytes exactly as they are in the mapping.
+        let h = record::frame_header(
+            kind,
+            plen as u32,
+            meta.len() as u32,
+            &[&map[payload_at..payload_at + plen]],
+        );
+        fence(Ordering::Release);
+        map[start..payload_at].copy_from_slice(&h);
+        self.frames.push(start as u64);
+        self.end = start + flen;
+        Some(start as u64)
+    }
+
+    /// `fdatasync(2)` of the segment file: on `Ok`, every frame appended before the call is
+    /// durable. After an `Err` the state of unsynced frames is unknown (the kernel may have
+    /// dropped the dirty pages); the caller must not retry and claim success.
+    pub fn sync_data(&self) -> io::Result<()> {
+        match &self.file {
+            Some(f) => f.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    /// The open file, if loaded with [`Load::Map`] or created.
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
+    /// Size of the file in bytes (the mapping covers all of it).
+    pub fn len(&self) -> u64 {
+        self.map.bytes().len() as u64
+    }
+
+    /// Whether the file is empty (zero bytes).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Offset just past the last valid frame.
+    pub fn end(&self) -> u64 {
+        self.end as u64
+    }
+
+    /// Number of valid frames.
+    pub fn record_count(&self) -> u64 {
+        self.frames.len() as u64
+    }
+
+    /// Bytes still free for frames (0 for read-only segments).
+    pub fn remaining(&self) -> u64 {
+        match &self.map {
+            Map::Write(m) => (m.len() - self.end) as u64,
+            _ => 0,
+        }
+    }
+
+    /// Turns a writable segment into a read-only one: later appends return `None`.
+    pub fn seal(&mut self) {
+        if let Map::Write(m) = std::mem::replace(&mut self.map, Map::Empty) {
+            // The mapping stays; only our right to append ends. MmapMut -> Mmap keeps the pages.
+            match m.make_read_only() {
+                Ok(r) => self.map = Map::Read(r),
+                Err(_) => {
+                    // mprotect failed; nothing can be appended anyway since the map is gone, so
+                    // reads of this segment would fail. Remap read-only from the file instead.
+                    if let Some(f) = &self.file {
+                        // SAFETY: as in `load`: our file, never truncated while mapped.
+                        if let Ok(r) = unsafe { Mmap::map(f) } {
+                            self.map = Map::Read(r);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The message record at `offset`, zero-copy: archived meta and body.
+    ///
+    /// `None` unless `offset` is the start of a validated message frame of this segment.
+    pub fn message_at(&self, offset: u64) -> Option<(&ArchivedMessageMeta, &[u8])> {
+        let (kind, meta, body) = self.frame_at(offset)?;
+        if kind != RecordKind::Message {
+            return None;
+        }
+        // SAFETY: `frame_at` only returns frames listed in `self.frames`, each of which passed
+        // checked rkyv access in `scan` or was archived by rkyv in this process (`append`); the
+        // bytes are never rewritten afterwards (appends only go past `end`), and `meta` starts at
+        // a 16-byte aligned offset of a page-aligned mapping or an AlignedVec<16>.
+        let meta = unsafe { rkyv::access_unchecked::<ArchivedMessageMeta>(meta) };
+        Some((meta, body))
+    }
+
+    /// The status record at `offset`, zero-copy; `None` unless it is a validated status frame.
+    pub fn status_at(&self, offset: u64) -> Option<&ArchivedStatusRecord> {
+        let (kind, meta, _) = self.frame_at(offset)?;
+        if kind != RecordKind::Status {
+            return None;
+        }
+        // SAFETY: as in `message_at`.
+        Some(unsafe { rkyv::access_unchecked::<ArchivedStatusRecord>(meta) })
+    }
+
+    /// Splits a validated frame at `offset` into (kind, archive, body) without re-hashing it.
+    fn frame_at(&self, offset: u64) -> Option<(RecordKind, &[u8], &[u8])> {
+        self.frames.binary_search(&offset).ok()?;
+        let bytes = self.map.bytes();
+        let at = offset as usize;
+        let h = &bytes[at..at + FRAME_HEADER_LEN];
+        let plen = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let mlen = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
+        let kind = RecordKind::from_u8(h[5])?;
+        let payload = &bytes[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + plen];
+        let body_start = if mlen == plen {
+            mlen
+        } else {
+            record::align16(mlen)
+        };
+        Some((kind, &payload[..mlen], &payload[body_start..]))
+    }
+}
+
+/// Reserves `size` bytes for the file so that later stores through a mapping cannot fail.
+fn reserve(file: &File, size: u64) -> io::Result<()> {
+    let len =
+        libc::off_t::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    loop {
+        // SAFETY: plain syscall on a valid open file descriptor owned by `file`.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // Filesystems without fallocate: writing zeros allocates the blocks just the same.
+            Some(libc::EOPNOTSUPP) => return write_zeros(file, size),
+            _ => return Err(err),
+        }
+    }
+}
+
+fn write_zeros(file: &File, size: u64) -> io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < size {
+        let n = (size - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Validates the archive of a frame that passed the header and CRC checks.
+fn validate<'a>(frame: &Frame<'a>) -> Result<Rec<'a>, FrameError> {
+    match frame.kind {
+        RecordKind::Message => Ok(Rec::Message(record::check_message(frame.meta)?, frame.body)),
+        RecordKind::Status => Ok(Rec::Status(record::check_status(frame.meta)?)),
+        // Placeholders belong in the ledger only.
+        RecordKind::Placeholder => Err(FrameError::Kind(RecordKind::Placeholder as u8)),
+    }
+}
+
+/// Length of `bytes` up to and including its last non-zero byte.
+fn last_nonzero(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_header_round_trips_and_rejects_damage() {
+        let h = file_header(SEGMENT_MAGIC, 7, 42, 1000);
+        assert_eq!(parse_file_header(&h, SEGMENT_MAGIC), Ok((7, 42)));
+        assert!(matches!(
+            parse_file_header(&h, LEDGER_MAGIC),
+            Err(HeaderError::Magic(_))
+        ));
+        for i in 0..FILE_HEADER_LEN {
+            let mut bad = h;
+            bad[i] ^= 0x10;
+            assert!(parse_file_header(&bad, SEGMENT_MAGIC).is_err(), "byte {i}");
+        }
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(0xabc)),
+            Some(0xabc)
+        );
+        assert_eq!(parse_segment_file_name("seg-0000000000000abc.tmp"), None);
+    }
+
+    #[test]
+    fn appended_frames_are_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 1, 5, 4096, 0).unwrap();
+        let meta = record::archive(&record::MessageMeta::default()).unwrap();
+        let off = seg
+            .append(RecordKind::Message, &meta, &[b"ab", b"cd"])
+            .unwrap();
+        assert_eq!(off, FILE_HEADER_LEN as u64);
+        seg.sync_data().unwrap();
+        let bytes = read_aligned(&seg.path).unwrap();
+        assert_eq!(bytes.len(), 4096);
+        let f = record::decode_frame(&bytes[off as usize..])
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.body, b"abcd");
+        let (_, body) = seg.message_at(off).unwrap();
+        assert_eq!(body, b"abcd");
+        assert!(
+            seg.message_at(off + 16).is_none(),
+            "only validated frame starts are readable"
+        );
+        assert!(seg.status_at(off).is_none());
+        // A frame that does not fit is refused, and nothing is written.
+        let big = vec![1u8; 8192];
+        assert!(seg.append(RecordKind::Message, &meta, &[&big]).is_none());
+        let mut again = Segment::load(&seg.path, 1, 5, Load::Map).unwrap();
+        let mut n = 0;
+        let end = again.scan(true, |_, _| n += 1);
+        assert_eq!((n, end.torn), (1, None));
+    }
+}

@@ -1,0 +1,245 @@
+//! "A 250 means durable": crash, corruption, disk-full and locking tests against the binary.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Raw, Server, base_config, python};
+
+const CLIENT: &str = include_str!("client.py");
+
+fn listed_ids(server: &Server) -> BTreeSet<String> {
+    let (code, text, err) = server.cli(&["queue", "ls"]);
+    assert_eq!(code, 0, "queue ls failed: {err}");
+    text.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.len() == 16 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .map(String::from)
+        .collect()
+}
+
+/// Submits for a while from several real clients while the server is SIGKILLed at
+/// pseudo-random moments and restarted; every id that got a 250 must be in the spool.
+#[test]
+fn sigkill_during_load_loses_no_acknowledged_message() {
+    let mut server = Server::start("");
+    let mut acknowledged = BTreeSet::new();
+    let mut seed = Instant::now().elapsed().as_nanos() as u64 | 1;
+    for round in 0..5 {
+        let port = server.port("smtp").to_string();
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                Command::new("python3")
+                    .arg("-c")
+                    .arg(CLIENT)
+                    .args(["--port", &port, "--seconds", "2.5", "--size", "2000"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = 300 + seed % 1500;
+        std::thread::sleep(Duration::from_millis(delay));
+        server.kill();
+        for c in clients {
+            let out = c.wait_with_output().unwrap();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(id) = line.strip_prefix("OK ") {
+                    acknowledged.insert(id.to_owned());
+                }
+            }
+        }
+        eprintln!(
+            "round {round}: killed after {delay} ms, {} acknowledged so far",
+            acknowledged.len()
+        );
+        server.launch();
+    }
+    server.stop();
+    assert!(
+        acknowledged.len() > 20,
+        "the load did not run: {}",
+        acknowledged.len()
+    );
+    let present = listed_ids(&server);
+    let lost: Vec<_> = acknowledged.difference(&present).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages lost: {lost:?}",
+        lost.len()
+    );
+}
+
+#[test]
+fn torn_tail_is_cut_reported_and_nothing_committed_is_lost() {
+    let mut server = Server::start("");
+    let (code, out, _) = python(
+        CLIENT,
+        &[
+            "--port".into(),
+            server.port("smtp").to_string(),
+            "--count".into(),
+            "5".into(),
+        ],
+    );
+    assert_eq!(code, 0);
+    let ids: BTreeSet<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("OK "))
+        .map(String::from)
+        .collect();
+    assert_eq!(ids.len(), 5, "{out}");
+    server.stop();
+
+    // Write garbage just past the last written byte of every non-empty segment: a torn append.
+    let mut damaged = 0;
+    for entry in walk(&server.dir) {
+        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("seg-") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&entry).unwrap();
+        let Some(last) = bytes.iter().rposition(|b| *b != 0) else {
+            continue;
+        };
+        let at = (last + 16) & !15;
+        if at + 64 > bytes.len() || last < 64 {
+            continue;
+        }
+        bytes[at..at + 48].copy_from_slice(&[0x5a; 48]);
+        std::fs::write(&entry, &bytes).unwrap();
+        damaged += 1;
+    }
+    assert!(damaged > 0, "no segment with data found");
+
+    let (code, report, err) = server.cli(&["spool", "check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        report.to_lowercase().contains("torn") || report.to_lowercase().contains("corrupt"),
+        "{report}"
+    );
+
+    server.launch();
+    server.stop();
+    let present = listed_ids(&server);
+    assert!(
+        ids.is_subset(&present),
+        "lost: {:?}",
+        ids.difference(&present).collect::<Vec<_>>()
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn second_instance_on_the_same_spool_is_refused() {
+    let server = Server::start("");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmta"))
+        .args(["serve", "--config"])
+        .arg(&server.config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lock") || err.contains("another"), "{err}");
+}
+
+/// A small tmpfs fills up: new mail gets 452 4.3.1, the server keeps serving, and it accepts
+/// again once space returns. Needs root (CI runs as root); skipped otherwise.
+#[test]
+fn disk_full_gives_452_and_recovers_when_space_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("SKIP: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let dir = mnt.join("spool");
+    let cfg = base_config(&dir, "[spool]\nsegment_size = \"1MiB\"\n")
+        .replace("threads = 2", "threads = 1");
+    let mut server = Server::start_in(&dir, &cfg);
+    let port = server.port("smtp").to_string();
+
+    let (_, out, _) = python(
+        CLIENT,
+        &[
+            "--port".into(),
+            port.clone(),
+            "--count".into(),
+            "20".into(),
+            "--size".into(),
+            "300000".into(),
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    let accepted: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("OK ")).collect();
+    assert!(!accepted.is_empty(), "{out}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("ERR data 452 4.3.1")),
+        "{out}"
+    );
+
+    // The server still answers and still refuses cleanly.
+    let mut c = Raw::connect(server.addr("smtp"));
+    assert!(c.reply().starts_with("220"));
+    assert!(c.cmd("EHLO x").starts_with("250"));
+
+    // Space returns.
+    assert!(
+        Command::new("mount")
+            .args(["-o", "remount,size=32m"])
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (_, out2, _) = python(
+        CLIENT,
+        &[
+            "--port".into(),
+            port,
+            "--count".into(),
+            "2".into(),
+            "--size".into(),
+            "300000".into(),
+        ],
+    );
+    assert!(out2.lines().all(|l| l.starts_with("OK ")), "{out2}");
+
+    server.stop();
+    let present = listed_ids(&server);
+    for id in accepted {
+        assert!(present.contains(id), "acknowledged {id} lost");
+    }
+}

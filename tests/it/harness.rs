@@ -1,0 +1,250 @@
+//! Starts the real `ringmta` binary on 127.0.0.1 port 0 with a temporary spool, and runs real
+//! clients (Python smtplib, swaks) against it.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Password of the test user `alice@example.com`.
+pub const PASSWORD: &str = "correct horse";
+
+/// A running server; killed (SIGKILL) on drop unless stopped.
+pub struct Server {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub addrs: HashMap<String, SocketAddr>,
+    pub dev_password: Option<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// The default config for tests: every listener on port 0, two threads, one user.
+pub fn base_config(spool: &Path, extra: &str) -> String {
+    format!(
+        r#"hostname = "mx.test"
+spool_dir = "{spool}"
+threads = 2
+[listen]
+smtp = ["127.0.0.1:0"]
+submission = ["127.0.0.1:0"]
+submissions = ["127.0.0.1:0"]
+http = ""
+[[users]]
+username = "alice@example.com"
+password = "{PASSWORD}"
+allowed_senders = ["alice@example.com", "*@alice.example"]
+{extra}
+"#,
+        spool = spool.display()
+    )
+}
+
+impl Server {
+    /// Starts a server on a fresh temporary spool with `base_config` plus `extra` TOML.
+    pub fn start(extra: &str) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("spool");
+        let mut s = Server::start_in(&dir, &base_config(&dir, extra));
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a server with the given config text (written next to the spool).
+    pub fn start_in(dir: &Path, config: &str) -> Server {
+        std::fs::create_dir_all(dir).unwrap();
+        let config_path = dir.with_extension("toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut s = Server {
+            child: None,
+            dir: dir.to_owned(),
+            config_path,
+            addrs: HashMap::new(),
+            dev_password: None,
+            _tmp: None,
+        };
+        s.launch();
+        s
+    }
+
+    /// (Re)starts the process with the same config and spool.
+    pub fn launch(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmta"))
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ringmta");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        self.addrs.clear();
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("ringmta did not print its ready line within 60 s");
+            if let Some(rest) = line.strip_prefix("ringmta dev user: ") {
+                self.dev_password = rest
+                    .split(" password: ")
+                    .nth(1)
+                    .and_then(|p| p.split(' ').next())
+                    .map(String::from);
+            }
+            if let Some(rest) = line.strip_prefix("ringmta ready:") {
+                for kv in rest.split_whitespace() {
+                    let (k, v) = kv.split_once('=').unwrap();
+                    self.addrs.insert(k.to_owned(), v.parse().unwrap());
+                }
+                break;
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// Address of a listener role: "smtp", "submission" or "submissions".
+    pub fn addr(&self, role: &str) -> SocketAddr {
+        self.addrs[role]
+    }
+
+    /// Port of a listener role.
+    pub fn port(&self, role: &str) -> u16 {
+        self.addr(role).port()
+    }
+
+    /// SIGKILL: the crash case.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded); returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        unsafe_kill(c.id() as i32, 15);
+        for _ in 0..600 {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// Sends a signal without waiting.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            unsafe_kill(c.id() as i32, sig);
+        }
+    }
+
+    /// Runs `ringmta <args> --config <this config>` and returns (status, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringmta"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .expect("run ringmta cli");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+fn unsafe_kill(pid: i32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a Python 3 script with the given arguments; returns (status, stdout, stderr).
+pub fn python(script: &str, args: &[String]) -> (i32, String, String) {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 is required for the integration tests");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Whether a program is on PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A raw SMTP client over a std TcpStream for byte-exact tests.
+pub struct Raw {
+    pub stream: std::net::TcpStream,
+    reader: BufReader<std::net::TcpStream>,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Raw { stream, reader }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one complete (possibly multi-line) reply.
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap_or(0);
+            if n == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    /// Sends a line (CRLF appended) and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+}

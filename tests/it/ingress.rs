@@ -1,0 +1,396 @@
+//! Submission and relay through the real server with smtplib, swaks and raw bytes.
+
+use crate::harness::{PASSWORD, Raw, Server, have, python};
+
+const CLIENT: &str = include_str!("client.py");
+
+fn client(server: &Server, role: &str, args: &[&str]) -> Vec<String> {
+    let mut argv = vec!["--port".to_owned(), server.port(role).to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let (code, out, err) = python(CLIENT, &argv);
+    assert_eq!(code, 0, "client failed: {err}");
+    out.lines().map(String::from).collect()
+}
+
+fn queued_id(line: &str) -> String {
+    let id = line
+        .strip_prefix("OK ")
+        .unwrap_or_else(|| panic!("not accepted: {line}"));
+    assert_eq!(id.len(), 16, "queue id {id:?}");
+    id.to_owned()
+}
+
+#[test]
+fn smtplib_implicit_tls_auth_plain_is_queued_and_in_the_spool() {
+    let mut s = Server::start("");
+    let out = client(
+        &s,
+        "submissions",
+        &[
+            "--mode",
+            "ssl",
+            "--auth",
+            "plain",
+            "--to",
+            "bob@example.net",
+            "--to",
+            "carol@example.org",
+        ],
+    );
+    let id = queued_id(&out[0]);
+    s.stop();
+    let (code, text, err) = s.cli(&["queue", "show", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("alice@example.com"), "{text}");
+    assert!(
+        text.contains("bob@example.net") && text.contains("carol@example.org"),
+        "{text}"
+    );
+}
+
+#[test]
+fn smtplib_starttls_auth_login_is_queued() {
+    let s = Server::start("");
+    let out = client(
+        &s,
+        "submission",
+        &["--mode", "starttls", "--auth", "login", "--count", "3"],
+    );
+    assert_eq!(out.len(), 3, "{out:?}");
+    for line in &out {
+        queued_id(line);
+    }
+}
+
+#[test]
+fn smtplib_login_default_mechanism_works() {
+    let s = Server::start("");
+    let out = client(&s, "submissions", &["--mode", "ssl", "--auth", "default"]);
+    queued_id(&out[0]);
+}
+
+#[test]
+fn submission_without_auth_gets_530() {
+    let s = Server::start("");
+    let out = client(&s, "submission", &["--mode", "starttls"]);
+    assert!(out[0].starts_with("ERR mail 530 5.7.0"), "{out:?}");
+}
+
+#[test]
+fn wrong_password_gets_535() {
+    let s = Server::start("");
+    let out = client(
+        &s,
+        "submissions",
+        &["--mode", "ssl", "--auth", "plain", "--password", "nope"],
+    );
+    assert!(out[0].contains(" 535 5.7.8"), "{out:?}");
+}
+
+#[test]
+fn sender_not_allowed_gets_550() {
+    let s = Server::start("");
+    let out = client(
+        &s,
+        "submissions",
+        &[
+            "--mode",
+            "ssl",
+            "--auth",
+            "plain",
+            "--sender",
+            "mallory@evil.example",
+        ],
+    );
+    assert!(out[0].starts_with("ERR mail 550 5.7.1"), "{out:?}");
+    let ok = client(
+        &s,
+        "submissions",
+        &[
+            "--mode",
+            "ssl",
+            "--auth",
+            "plain",
+            "--sender",
+            "news@alice.example",
+        ],
+    );
+    queued_id(&ok[0]);
+}
+
+#[test]
+fn relay_port_trusted_network_relays_without_auth() {
+    let s = Server::start("");
+    let out = client(&s, "smtp", &[]);
+    queued_id(&out[0]);
+}
+
+#[test]
+fn relay_port_untrusted_client_is_denied_554() {
+    let s = Server::start("[relay]\ntrusted_networks = [\"10.0.0.0/8\"]\n");
+    let out = client(&s, "smtp", &[]);
+    assert!(out[0].starts_with("ERR rcpt 554 5.7.1"), "{out:?}");
+}
+
+#[test]
+fn auth_is_not_offered_before_tls() {
+    let s = Server::start("");
+    let mut c = Raw::connect(s.addr("submission"));
+    assert!(c.reply().starts_with("220 mx.test"));
+    let ehlo = c.cmd("EHLO client.test");
+    assert!(ehlo.contains("STARTTLS"), "{ehlo}");
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    let auth = c.cmd("AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAGNvcnJlY3QgaG9yc2U=");
+    assert!(auth.starts_with("538 5.7.11"), "{auth}");
+}
+
+#[test]
+fn size_declared_too_big_gets_552() {
+    let s = Server::start("[limits]\nmax_message_size = \"10KB\"\n");
+    let out = client(&s, "smtp", &["--mail-options", "SIZE=20000"]);
+    assert!(out[0].starts_with("ERR mail 552 5.3.4"), "{out:?}");
+    let out = client(&s, "smtp", &["--size", "20000"]);
+    assert!(out[0].starts_with("ERR data 552 5.3.4"), "{out:?}");
+    let out = client(&s, "smtp", &["--size", "5000"]);
+    queued_id(&out[0]);
+}
+
+#[test]
+fn too_many_recipients_gets_452() {
+    let s = Server::start("[limits]\nmax_recipients = 2\n");
+    let out = client(
+        &s,
+        "smtp",
+        &[
+            "--to",
+            "a@x.example",
+            "--to",
+            "b@x.example",
+            "--to",
+            "c@x.example",
+        ],
+    );
+    assert!(
+        out.iter().any(|l| l.starts_with("ERR rcpt 452 4.5.3")),
+        "{out:?}"
+    );
+    assert!(out.last().unwrap().starts_with("OK "), "{out:?}");
+}
+
+#[test]
+fn pipelined_transaction_in_one_write_is_accepted() {
+    let s = Server::start("");
+    let mut c = Raw::connect(s.addr("smtp"));
+    c.reply();
+    c.cmd("EHLO client.test");
+    c.send(b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n");
+    assert_eq!(c.reply(), "250 2.1.0 Ok\r\n");
+    assert_eq!(c.reply(), "250 2.1.5 Ok\r\n");
+    assert_eq!(c.reply(), "250 2.1.5 Ok\r\n");
+    assert!(c.reply().starts_with("354 "));
+    c.send(b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    assert!(c.reply().starts_with("250 2.0.0 Ok: queued as "));
+    assert_eq!(c.reply(), "221 2.0.0 Bye\r\n");
+}
+
+#[test]
+fn disconnect_mid_data_leaves_nothing_in_the_spool() {
+    let mut s = Server::start("");
+    let mut c = Raw::connect(s.addr("smtp"));
+    c.reply();
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@client.test>");
+    c.cmd("RCPT TO:<b@example.net>");
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: half\r\n\r\nthis message never ends");
+    drop(c);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    s.stop();
+    let (code, text, err) = s.cli(&["queue", "ls"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!text.contains("b@example.net"), "{text}");
+}
+
+#[test]
+fn starttls_plaintext_injection_is_discarded() {
+    // CVE-2011-0411: commands pipelined after STARTTLS in the same packet must never be
+    // answered inside the TLS session.
+    let s = Server::start("");
+    let script = r#"
+import socket, ssl, sys
+port = int(sys.argv[1])
+raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+f = raw.makefile("rb")
+def reply(fh):
+    lines = []
+    while True:
+        l = fh.readline()
+        lines.append(l)
+        if len(l) < 4 or l[3:4] != b"-":
+            return b"".join(lines)
+reply(f)
+raw.sendall(b"EHLO x\r\n"); reply(f)
+raw.sendall(b"STARTTLS\r\nRSET\r\nMAIL FROM:<evil@x>\r\n")
+print(reply(f).decode().strip())
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+t = ctx.wrap_socket(raw, server_hostname="mx.test")
+t.sendall(b"NOOP\r\n")
+tf = t.makefile("rb")
+print(reply(tf).decode().strip())
+"#;
+    let (code, out, err) = python(script, &[s.port("submission").to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "220 2.0.0 Ready to start TLS");
+    // The first reply inside TLS answers our NOOP, not the injected RSET.
+    assert_eq!(lines[1], "250 2.0.0 Ok");
+}
+
+#[test]
+fn swaks_submission_with_starttls_and_auth() {
+    if !have("swaks") {
+        eprintln!("SKIP: swaks is not installed (apt-get install swaks)");
+        return;
+    }
+    let s = Server::start("");
+    let out = std::process::Command::new("swaks")
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &s.port("submission").to_string(),
+        ])
+        .args([
+            "--tls",
+            "--auth",
+            "LOGIN",
+            "--auth-user",
+            "alice@example.com",
+            "--auth-password",
+            PASSWORD,
+        ])
+        .args([
+            "--from",
+            "alice@example.com",
+            "--to",
+            "bob@example.net",
+            "--helo",
+            "swaks.test",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("250 2.0.0 Ok: queued as "), "{text}");
+    assert!(text.contains("235 2.7.0"), "{text}");
+}
+
+#[test]
+fn swaks_bdat_chunking_is_queued() {
+    if !have("swaks") {
+        eprintln!("SKIP: swaks is not installed (apt-get install swaks)");
+        return;
+    }
+    let s = Server::start("");
+    let out = std::process::Command::new("swaks")
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &s.port("smtp").to_string(),
+        ])
+        .args([
+            "--from",
+            "a@client.test",
+            "--to",
+            "bob@example.net",
+            "--helo",
+            "swaks.test",
+        ])
+        .arg("--pipeline")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("queued as"), "{text}");
+}
+
+#[test]
+fn idle_session_times_out_with_421() {
+    let s = Server::start("[limits]\ncommand_timeout = \"1s\"\n");
+    let mut c = Raw::connect(s.addr("smtp"));
+    c.reply();
+    let r = c.reply();
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+}
+
+#[test]
+fn too_many_connections_get_421() {
+    // One worker so that SO_REUSEPORT's spreading cannot make the count uneven.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let cfg = crate::harness::base_config(&dir, "[limits]\nmax_connections_per_core = 2\n")
+        .replace("threads = 2", "threads = 1");
+    let s = Server::start_in(&dir, &cfg);
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        let mut c = Raw::connect(s.addr("smtp"));
+        let greeting = c.reply();
+        if greeting.starts_with("421 4.3.2") {
+            refused += 1;
+        } else {
+            assert!(greeting.starts_with("220"), "{greeting}");
+            open.push(c);
+        }
+    }
+    assert_eq!(open.len(), 2);
+    assert_eq!(refused, 4);
+    // Closing one frees its slot.
+    drop(open.pop());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut c = Raw::connect(s.addr("smtp"));
+    assert!(c.reply().starts_with("220"));
+}
+
+#[test]
+fn sigterm_answers_idle_sessions_421_and_exits_0() {
+    let mut s = Server::start("");
+    let mut c = Raw::connect(s.addr("smtp"));
+    c.reply();
+    c.cmd("EHLO client.test");
+    s.signal(15);
+    let r = c.reply();
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+    assert_eq!(s.stop(), Some(0));
+}
+
+#[test]
+fn dev_defaults_print_a_working_user() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let cfg = format!(
+        "spool_dir = \"{}\"\nthreads = 1\n[listen]\nsmtp = [\"127.0.0.1:0\"]\nsubmission = [\"127.0.0.1:0\"]\nsubmissions = [\"127.0.0.1:0\"]\nhttp = \"\"\n",
+        dir.display()
+    );
+    let s = Server::start_in(&dir, &cfg);
+    let pw = s.dev_password.clone().expect("dev user printed");
+    let out = client(
+        &s,
+        "submissions",
+        &[
+            "--mode",
+            "ssl",
+            "--auth",
+            "plain",
+            "--user",
+            "dev@localhost",
+            "--password",
+            &pw,
+            "--sender",
+            "anyone@anywhere.example",
+        ],
+    );
+    queued_id(&out[0]);
+    assert!(dir.join("tls/cert.pem").exists());
+}

@@ -1,0 +1,5 @@
+//! Integration tests: the real binary on loopback, driven by real clients.
+
+mod durability;
+mod harness;
+mod ingress;
