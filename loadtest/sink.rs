@@ -40,6 +40,10 @@ pub struct SinkArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Write every accepted message (recipients on the first line, then the data) to a file in
+    /// this directory.
+    #[arg(long)]
+    maildir: Option<std::path::PathBuf>,
     /// Exit after accepting this many messages.
     #[arg(long)]
     exit_after: Option<u64>,
@@ -167,6 +171,8 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
     let mut in_data = false;
     let mut msgid: Option<String> = None;
     let mut fresh = false;
+    let keep_body = shared.args.maildir.is_some();
+    let mut body: Vec<u8> = Vec::new();
     let mut data_from = 0usize;
     let shared = Rc::new(shared);
     loop {
@@ -208,14 +214,26 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
                     }
                     // Keep a short tail: a terminator may straddle two reads.
                     let keep_from = input.len().saturating_sub(4).max(pos);
+                    if keep_body {
+                        body.extend_from_slice(&input[pos..keep_from]);
+                    }
                     input.drain(..keep_from);
                     pos = 0;
                     data_from = 0;
                     break;
                 };
+                if keep_body {
+                    body.extend_from_slice(&input[pos..end.saturating_sub(3).max(pos)]);
+                }
                 pos = end;
                 in_data = false;
                 let reply = end_of_data(&shared, &txn, msgid.take(), &mut rng);
+                if keep_body {
+                    if reply.starts_with("250") {
+                        save(&shared, &txn, &body);
+                    }
+                    body.clear();
+                }
                 if txn.slow || shared.args.delay.is_some() {
                     let ms = shared.args.delay.unwrap_or(10_000);
                     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -330,6 +348,31 @@ fn end_of_data(shared: &Shared, txn: &Txn, msgid: Option<String>, rng: &mut u64)
         ));
     }
     format!("250 2.0.0 Ok: queued as sink{n}\r\n")
+}
+
+/// Writes one message: the recipients, a blank line, then the un-stuffed data.
+fn save(shared: &Shared, txn: &Txn, data: &[u8]) {
+    let Some(dir) = &shared.args.maildir else {
+        return;
+    };
+    let n = shared.accepted.load(Ordering::Relaxed);
+    let mut text = format!("X-Sink-Recipients: {}\r\n", txn.rcpts.join(",")).into_bytes();
+    // RFC 5321 §4.5.2: remove the leading dot of stuffed lines.
+    let mut at_line_start = true;
+    let mut i = 0;
+    while i < data.len() {
+        let b = data[i];
+        if !(at_line_start && b == b'.') {
+            text.push(b);
+        }
+        at_line_start = b == b'\n';
+        i += 1;
+    }
+    let tmp = dir.join(format!(".tmp-{n}-{}", std::process::id()));
+    let path = dir.join(format!("msg-{n:08}.eml"));
+    if std::fs::write(&tmp, &text).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
 }
 
 fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {

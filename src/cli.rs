@@ -51,6 +51,23 @@ pub enum Command {
     },
     /// Read a password on stdin, print an argon2id hash for `password_hash`.
     HashPassword,
+    /// Bounce classification tools.
+    Bounce {
+        /// What to do.
+        #[command(subcommand)]
+        action: BounceAction,
+    },
+}
+
+/// `ringmta bounce ...`
+#[derive(Debug, Subcommand)]
+pub enum BounceAction {
+    /// Read one remote reply per line on stdin; print one JSON classification per line.
+    Classify {
+        /// Operator rules (TOML) tried before the built-in ones.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
 }
 
 /// `ringmta queue ...`
@@ -60,6 +77,12 @@ pub enum QueueAction {
     Ls,
     /// Show one message: envelope, per-recipient state, or its purge placeholder.
     Show {
+        /// Queue id (16 hex digits).
+        id: String,
+    },
+    /// Delete a message: every recipient not yet final is marked deleted (no DSN). The server
+    /// must be stopped (the spool is locked while it runs).
+    Delete {
         /// Queue id (16 hex digits).
         id: String,
     },
@@ -95,6 +118,32 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("{hash}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bounce {
+            action: BounceAction::Classify { rules },
+        } => {
+            use crate::bounce::classify::Classifier;
+            let mut classifier = Classifier::builtin();
+            if let Some(path) = rules {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                classifier = classifier.with_operator_rules(Classifier::from_toml(
+                    &text,
+                    &path.display().to_string(),
+                )?);
+            }
+            let stdin = std::io::stdin();
+            let mut out = std::io::stdout().lock();
+            for line in std::io::BufRead::lines(stdin.lock()) {
+                let line = line.context("cannot read stdin")?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let c = classifier.classify_line(&line);
+                serde_json::to_writer(&mut out, &c)?;
+                std::io::Write::write_all(&mut out, b"\n")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Spool {
             config,
             action: SpoolAction::Check,
@@ -112,12 +161,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn queue(dir: &Path, action: QueueAction) -> Result<ExitCode> {
+    if let QueueAction::Delete { id } = &action {
+        let id: QueueId = id.parse()?;
+        let n = delete(dir, id)?;
+        println!("{id}: {n} recipient(s) marked deleted");
+        return Ok(ExitCode::SUCCESS);
+    }
     let snapshot = crate::spool::read_spool(dir)?;
     match action {
         QueueAction::Ls => {
             print!("{}", listing(&snapshot));
             Ok(ExitCode::SUCCESS)
         }
+        QueueAction::Delete { .. } => unreachable!("handled above"),
         QueueAction::Show { id } => {
             let id: QueueId = id.parse()?;
             match describe(&snapshot, id) {
@@ -129,6 +185,45 @@ fn queue(dir: &Path, action: QueueAction) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// Marks every non-final recipient of `id` as deleted, durably. Needs the spool lock.
+fn delete(dir: &Path, id: QueueId) -> Result<usize> {
+    use crate::spool::{Shard, ShardConfig, StatusKind, StatusRecord};
+    let _lock = crate::spool::lock(dir).context(
+        "cannot lock the spool: is the server running? stop it first (live queue operations come with the HTTP API)",
+    )?;
+    let now = crate::net::worker::unix_ms(std::time::SystemTime::now());
+    // Appends after open go to a fresh segment; keep it small for a one-off command.
+    let cfg = ShardConfig {
+        segment_size: 1 << 20,
+        ..ShardConfig::new(dir, id.shard())
+    };
+    let (mut shard, _) = Shard::open(cfg, now)?;
+    let Some(state) = shard.state(id).cloned() else {
+        bail!("no message {id} in {}", dir.display())
+    };
+    let mut n = 0;
+    for (i, r) in state.recipients.iter().enumerate() {
+        if r.is_final() {
+            continue;
+        }
+        let rec = StatusRecord {
+            id: id.0,
+            rcpt: i as u32,
+            kind: StatusKind::Deleted as u8,
+            attempt: r.attempts,
+            at_ms: now,
+            next_attempt_ms: 0,
+            reply: "deleted by operator".into(),
+            remote: String::new(),
+            category: String::new(),
+        };
+        shard.append_status(&rec)?;
+        n += 1;
+    }
+    shard.sync()?;
+    Ok(n)
 }
 
 /// One line per message: id, received time, size, state counts, sender, recipients.

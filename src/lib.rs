@@ -7,11 +7,14 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod bounce;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod ids;
 pub mod message;
 pub mod net;
+pub mod queue;
 pub mod server;
 pub mod smtp;
 pub mod spool;

@@ -57,11 +57,28 @@ pub fn serve(config: Config) -> Result<()> {
 
     let sessions = [PortRole::Relay, PortRole::Submission, PortRole::Submissions]
         .map(|role| Arc::new(session_config(&config, role)));
+    let mut classifier = crate::bounce::classify::Classifier::builtin();
+    if let Some(path) = &config.delivery.bounce_rules {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read bounce rules {}", path.display()))?;
+        let extra =
+            crate::bounce::classify::Classifier::from_toml(&text, &path.display().to_string())?;
+        classifier = classifier.with_operator_rules(extra);
+    }
+    let events =
+        crate::delivery::events::EventLog::open(&config.delivery.event_log).with_context(|| {
+            format!(
+                "cannot open event log {}",
+                config.delivery.event_log.display()
+            )
+        })?;
     let shared = Arc::new(Shared {
         config: Arc::clone(&config),
         tls,
         auth,
         sessions,
+        classifier: Arc::new(classifier),
+        events,
     });
 
     // Recover every shard before accepting anything.

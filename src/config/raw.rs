@@ -146,6 +146,14 @@ pub struct RawDelivery {
     pub max_connections: Option<usize>,
     /// Messages per outbound connection before it is closed. Default: 100.
     pub max_messages_per_connection: Option<usize>,
+    /// TCP port of MX hosts. Default: 25 (tests point it at a sink).
+    pub smtp_port: Option<u16>,
+    /// Outbound STARTTLS: `"opportunistic"` (default), `"required"` or `"disabled"`.
+    pub tls: Option<String>,
+    /// Connect timeout. Default: 30s.
+    pub connect_timeout: Option<String>,
+    /// Extra bounce classification rules (TOML), tried before the built-in ones.
+    pub bounce_rules: Option<String>,
     /// Path of the JSON-lines event log. Default: `spool_dir/events.jsonl`.
     pub event_log: Option<String>,
 }

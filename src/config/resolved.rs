@@ -192,6 +192,25 @@ pub struct DeliverySettings {
     pub max_messages_per_connection: usize,
     /// JSON-lines event log path.
     pub event_log: PathBuf,
+    /// Port of MX hosts.
+    pub smtp_port: u16,
+    /// Outbound STARTTLS policy.
+    pub tls: OutboundTls,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Operator bounce rules file.
+    pub bounce_rules: Option<PathBuf>,
+}
+
+/// Outbound STARTTLS policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundTls {
+    /// Use STARTTLS when offered (RFC 3207 §4.1, RFC 7435).
+    Opportunistic,
+    /// Refuse to deliver without TLS.
+    Required,
+    /// Never use STARTTLS.
+    Disabled,
 }
 
 /// Log output format.
@@ -595,6 +614,25 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
             .as_ref()
             .map(PathBuf::from)
             .unwrap_or_else(|| spool_dir.join("events.jsonl")),
+        smtp_port: d.smtp_port.unwrap_or(25),
+        tls: match d.tls.as_deref() {
+            None | Some("opportunistic") => OutboundTls::Opportunistic,
+            Some("required") => OutboundTls::Required,
+            Some("disabled") => OutboundTls::Disabled,
+            Some(other) => {
+                r.problem(
+                    "delivery.tls",
+                    format!("{other:?} is not \"opportunistic\", \"required\" or \"disabled\""),
+                );
+                OutboundTls::Opportunistic
+            }
+        },
+        connect_timeout: r.duration(
+            "delivery.connect_timeout",
+            d.connect_timeout.as_ref(),
+            Duration::from_secs(30),
+        ),
+        bounce_rules: d.bounce_rules.as_ref().map(PathBuf::from),
     };
 
     let retention_content = r.duration(

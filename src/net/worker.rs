@@ -17,8 +17,11 @@ use tokio::sync::{Notify, watch};
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::config::resolved::{Durability, ListenerRole};
+use crate::delivery::route::Router;
+use crate::delivery::{Delivery, DeliveryConfig};
 use crate::ids::QueueId;
 use crate::message::prepended_headers;
+use crate::queue::schedule::RetryPolicy;
 use crate::smtp::{CommitError, SessionConfig, Transaction};
 use crate::spool::{NewMessage, Shard, SpoolError};
 
@@ -32,6 +35,10 @@ pub struct Shared {
     pub auth: AuthService,
     /// Session settings per role: smtp, submission, submissions.
     pub sessions: [Arc<SessionConfig>; 3],
+    /// Bounce classifier (built-in plus operator rules).
+    pub classifier: Arc<crate::bounce::classify::Classifier>,
+    /// Delivery event log.
+    pub events: crate::delivery::events::EventLog,
 }
 
 impl Shared {
@@ -63,6 +70,8 @@ pub struct Core {
     pub shutdown: watch::Receiver<bool>,
     /// Counter for generated Message-IDs.
     unique: Cell<u64>,
+    /// This core's delivery, set once at start (an `Rc` cycle that lives as long as the thread).
+    pub delivery: RefCell<Option<Rc<Delivery>>>,
 }
 
 impl Core {
@@ -93,6 +102,7 @@ impl Core {
         };
         if self.shared.config.spool.durability == Durability::None {
             self.shard.borrow_mut().mark_durable(ticket.0);
+            self.hand_to_delivery(id);
             return Ok(id);
         }
         self.kick.notify_one();
@@ -103,9 +113,57 @@ impl Core {
         match seen {
             Ok(v) if v.0 >= ticket.0 => {
                 tracing::debug!(%id, "queued");
+                self.hand_to_delivery(id);
                 Ok(id)
             }
             _ => Err(CommitError::SpoolIo),
+        }
+    }
+
+    fn hand_to_delivery(&self, id: QueueId) {
+        if let Some(d) = self.delivery.borrow().as_ref() {
+            d.submit(id);
+        }
+    }
+
+    /// Asks the commit task to flush what was appended (status records, DSNs).
+    pub fn kick_commit(&self) {
+        if self.shared.config.spool.durability == Durability::None {
+            let mut shard = self.shard.borrow_mut();
+            let seq = shard.appended_seq();
+            shard.mark_durable(seq);
+            return;
+        }
+        self.kick.notify_one();
+    }
+
+    /// Removes segments whose messages are all final and past `retention.content`, leaving
+    /// placeholders in the ledger. Runs at start and every minute.
+    async fn purge_loop(self: Rc<Self>) {
+        let retention_ms = self.shared.config.retention_content.as_millis() as u64;
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let now = unix_ms(SystemTime::now());
+            if let Err(e) = self.shard.borrow_mut().rotate_if_settled(now) {
+                tracing::warn!(shard = self.index, error = %e, "segment rotation failed");
+            }
+            match self.shard.borrow_mut().purge(now, retention_ms) {
+                Ok(r) if !r.purged.is_empty() || !r.removed.is_empty() => {
+                    tracing::info!(
+                        shard = self.index,
+                        messages = r.purged.len(),
+                        segments = r.removed.len(),
+                        "purged content past retention"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(shard = self.index, error = %e, "purge failed"),
+            }
+            let period = Duration::from_millis(retention_ms.clamp(1000, 60_000));
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
         }
     }
 
@@ -183,8 +241,11 @@ pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool
             connections: Cell::new(0),
             shutdown,
             unique: Cell::new(0),
+            delivery: RefCell::new(None),
         });
         tokio_uring::spawn(Rc::clone(&core).commit_loop());
+        tokio_uring::spawn(Rc::clone(&core).purge_loop());
+        start_delivery(&core);
         for (listener, role) in spec.listeners {
             let listener = tokio_uring::net::TcpListener::from_std(listener);
             tokio_uring::spawn(accept_loop(Rc::clone(&core), listener, role));
@@ -206,6 +267,45 @@ pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool
             "worker stopped"
         );
     });
+}
+
+fn start_delivery(core: &Rc<Core>) {
+    use crate::config::resolved::OutboundTls;
+    use crate::smtp::client::TlsPolicy;
+    let config = &core.shared.config;
+    let d = &config.delivery;
+    let router = match Router::new(d.routes.clone(), &d.nameservers, d.smtp_port) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the dns resolver; delivery is off on this core");
+            return;
+        }
+    };
+    let settings = DeliveryConfig {
+        policy: RetryPolicy {
+            schedule: d.retry_schedule.clone(),
+            max_lifetime: d.max_queue_lifetime,
+            delay_notice_after: d.delay_notice_after,
+        },
+        max_connections: d.max_connections,
+        max_messages_per_connection: d.max_messages_per_connection,
+        hostname: config.hostname.clone(),
+        tls: match d.tls {
+            OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
+            OutboundTls::Required => TlsPolicy::Required,
+            OutboundTls::Disabled => TlsPolicy::Disabled,
+        },
+        connect_timeout: d.connect_timeout,
+    };
+    let delivery = Delivery::new(
+        Rc::clone(core),
+        settings,
+        router,
+        Arc::clone(&core.shared.classifier),
+        core.shared.events.clone(),
+    );
+    *core.delivery.borrow_mut() = Some(Rc::clone(&delivery));
+    tokio_uring::spawn(delivery.run());
 }
 
 async fn accept_loop(core: Rc<Core>, listener: tokio_uring::net::TcpListener, role: ListenerRole) {

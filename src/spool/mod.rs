@@ -976,6 +976,23 @@ impl Shard {
         Ok(())
     }
 
+    /// Seals the active segment and starts a new one when it holds records and every message of
+    /// the shard is final. Without this an idle shard would keep delivered content in its active
+    /// segment (which purge never removes) until the segment fills. Returns whether it rotated.
+    pub fn rotate_if_settled(&mut self, now_ms: u64) -> Result<bool, SpoolError> {
+        let Some(last) = self.segments.last() else {
+            return Ok(false);
+        };
+        if !self.has_active
+            || last.seg.record_count() == 0
+            || !self.index.values().all(MessageState::is_final)
+        {
+            return Ok(false);
+        }
+        self.new_segment(RecordKind::Status, 0, now_ms)?;
+        Ok(true)
+    }
+
     /// The placeholder of an indexed message, built from its mapping and state.
     fn placeholder(&self, id: QueueId, now_ms: u64) -> Option<Placeholder> {
         let view = self.message(id)?;

@@ -243,3 +243,29 @@ fn disk_full_gives_452_and_recovers_when_space_returns() {
         assert!(present.contains(id), "acknowledged {id} lost");
     }
 }
+
+#[test]
+fn queue_delete_marks_recipients_deleted_and_refuses_while_running() {
+    let mut server = Server::start("");
+    let (_, out, _) = python(CLIENT, &["--port".into(), server.port("smtp").to_string()]);
+    let id = out
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("OK "))
+        .expect("accepted")
+        .to_owned();
+    let (code, _, err) = server.cli(&["queue", "delete", &id]);
+    assert_ne!(code, 0);
+    assert!(err.contains("server running"), "{err}");
+    server.stop();
+    let (code, text, err) = server.cli(&["queue", "delete", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("1 recipient(s) marked deleted"), "{text}");
+    let (_, show, _) = server.cli(&["queue", "show", &id]);
+    assert!(show.contains("deleted"), "{show}");
+    // Deleted stays deleted across a restart: delivery never picks it up again.
+    server.launch();
+    server.stop();
+    let (_, show, _) = server.cli(&["queue", "show", &id]);
+    assert!(show.contains("deleted"), "{show}");
+}

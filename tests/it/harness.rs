@@ -22,8 +22,15 @@ pub struct Server {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// The default config for tests: every listener on port 0, two threads, one user.
+/// The default config for tests: every listener on port 0, two threads, one user. Unless the
+/// test configures `[delivery]`, all mail is routed to a closed loopback port so that nothing
+/// ever leaves the machine (no DNS either).
 pub fn base_config(spool: &Path, extra: &str) -> String {
+    let delivery = if extra.contains("[delivery]") {
+        ""
+    } else {
+        NOWHERE
+    };
     format!(
         r#"hostname = "mx.test"
 spool_dir = "{spool}"
@@ -38,10 +45,15 @@ username = "alice@example.com"
 password = "{PASSWORD}"
 allowed_senders = ["alice@example.com", "*@alice.example"]
 {extra}
+{delivery}
 "#,
         spool = spool.display()
     )
 }
+
+/// Routes everything to a closed port on loopback, retried hourly.
+pub const NOWHERE: &str =
+    "[delivery]\nroutes = { \"*\" = \"127.0.0.1:1\" }\nretry_schedule = [\"1h\"]\n";
 
 impl Server {
     /// Starts a server on a fresh temporary spool with `base_config` plus `extra` TOML.
@@ -247,4 +259,128 @@ impl Raw {
         self.send(format!("{line}\r\n").as_bytes());
         self.reply()
     }
+}
+
+/// A `loadtest sink` process that stores every accepted message in a directory.
+pub struct Sink {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args([
+                "sink",
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "1",
+                "--maildir",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn loadtest sink");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .expect("sink address");
+        Sink { child, addr, dir }
+    }
+
+    /// Every stored message as text, in arrival order.
+    pub fn messages(&self) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned())
+            .collect()
+    }
+
+    /// Waits (bounded) until `pred` holds for the stored messages; returns them.
+    pub fn wait_for(&self, what: &str, secs: u64, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let m = self.messages();
+            if pred(&m) {
+                return m;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "timed out after {secs} s waiting for {what}; sink has {} message(s):\n{}",
+                    m.len(),
+                    m.join("\n----\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A DNS server on loopback serving a JSON zone (see dns_server.py).
+pub struct Dns {
+    child: Child,
+    pub port: u16,
+}
+
+impl Dns {
+    pub fn start(zone: &str) -> Option<Dns> {
+        let mut child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/it/dns_server.py"
+            ))
+            .arg(zone)
+            .arg("300")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .ok()?;
+        let port = line.trim().rsplit(' ').next()?.parse().ok()?;
+        Some(Dns { child, port })
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads the JSON-lines event log of a spool.
+pub fn events(spool: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(spool.join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }

@@ -370,8 +370,9 @@ fn dev_defaults_print_a_working_user() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("spool");
     let cfg = format!(
-        "spool_dir = \"{}\"\nthreads = 1\n[listen]\nsmtp = [\"127.0.0.1:0\"]\nsubmission = [\"127.0.0.1:0\"]\nsubmissions = [\"127.0.0.1:0\"]\nhttp = \"\"\n",
-        dir.display()
+        "spool_dir = \"{}\"\nthreads = 1\n[listen]\nsmtp = [\"127.0.0.1:0\"]\nsubmission = [\"127.0.0.1:0\"]\nsubmissions = [\"127.0.0.1:0\"]\nhttp = \"\"\n{}",
+        dir.display(),
+        crate::harness::NOWHERE
     );
     let s = Server::start_in(&dir, &cfg);
     let pw = s.dev_password.clone().expect("dev user printed");

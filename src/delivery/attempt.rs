@@ -1,0 +1,361 @@
+//! One outbound connection to one destination: route, connect, drive a `ClientSession`, and
+//! deliver queued jobs until the queue is empty or the per-connection limit is reached.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::bounce::classify::ConnFailure;
+use crate::net::transport::Transport;
+use crate::smtp::client::{
+    ClientConfig, ClientError, ClientEvent, ClientSession, ClientTimeouts, OutboundEnvelope,
+    OutboundRecipient,
+};
+use crate::smtp::{Reply, ReplyLimits};
+
+use super::route::NextHop;
+use super::{AttemptResult, Delivery, Job};
+
+/// Runs one connection for `domain` until its queue is empty (or the connection fails).
+pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
+    let hops = match delivery.router().resolve(domain).await {
+        Ok(h) => h,
+        Err(e) => {
+            let failure = e.as_failure();
+            let detail = e.to_string();
+            for job in delivery.drain_jobs(domain) {
+                fail_job(&delivery, &job, failure, &detail, "");
+            }
+            return;
+        }
+    };
+    let Some((mut transport, hop)) = connect_any(&delivery, &hops).await else {
+        let detail = format!("cannot connect to any mail host of {domain}");
+        for job in delivery.drain_jobs(domain) {
+            fail_job(&delivery, &job, ConnFailure::Refused, &detail, "");
+        }
+        return;
+    };
+    let cfg = delivery.config();
+    let client = ClientConfig {
+        helo: cfg.hostname.clone(),
+        tls: cfg.tls,
+        pipelining: true,
+        auth: None,
+        timeouts: ClientTimeouts::default(),
+        reply_limits: ReplyLimits::default(),
+    };
+    let mut session = ClientSession::new(client, false, Instant::now());
+    let mut sent = 0usize;
+    let mut current: Option<Job> = None;
+    let mut raw = Vec::with_capacity(16 * 1024);
+    let mut plain = Vec::with_capacity(4096);
+    let mut out = Vec::new();
+    let remote = hop.name.clone();
+    loop {
+        session.poll_output(&mut out);
+        if !out.is_empty() {
+            let (res, buf) = transport.write_all(std::mem::take(&mut out)).await;
+            out = buf;
+            out.clear();
+            if let Err(e) = res {
+                abort(
+                    &delivery,
+                    current.take(),
+                    ConnFailure::Reset,
+                    &format!("write to {remote}: {e}"),
+                    &remote,
+                );
+                break;
+            }
+        }
+        let mut closed = false;
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                ClientEvent::StartTls => {
+                    let name = rustls::pki_types::ServerName::try_from(hop.name.clone())
+                        .unwrap_or_else(|_| {
+                            rustls::pki_types::ServerName::IpAddress(hop.addrs[0].ip().into())
+                        });
+                    if let Err(e) = transport
+                        .connect_tls(Arc::clone(delivery.tls()), name)
+                        .await
+                    {
+                        abort(
+                            &delivery,
+                            current.take(),
+                            ConnFailure::Tls,
+                            &format!("tls with {remote}: {e}"),
+                            &remote,
+                        );
+                        closed = true;
+                        break;
+                    }
+                    session.handle_tls_established(Instant::now());
+                }
+                ClientEvent::Ready => {
+                    if sent >= delivery.config().max_messages_per_connection {
+                        session.quit(Instant::now());
+                        continue;
+                    }
+                    let Some(job) = delivery.next_job(&hop_key(domain)) else {
+                        session.quit(Instant::now());
+                        continue;
+                    };
+                    if !start_job(&delivery, &mut session, &job) {
+                        continue;
+                    }
+                    sent += 1;
+                    current = Some(job);
+                }
+                ClientEvent::Outcome(o) => {
+                    if let Some(job) = current.take() {
+                        let results: Vec<_> = job
+                            .rcpts
+                            .iter()
+                            .zip(o.recipients.iter())
+                            .map(|(r, reply)| (*r, result_of(reply, &remote)))
+                            .collect();
+                        delivery.record(job.id, &results);
+                    }
+                }
+                ClientEvent::Failed(e) => {
+                    let (failure, detail) = match &e {
+                        ClientError::Refused(r) if current.is_some() => {
+                            // A reply that ends the session (e.g. 421) during a transaction.
+                            let job = current.take();
+                            if let Some(job) = job {
+                                let results: Vec<_> = job
+                                    .rcpts
+                                    .iter()
+                                    .map(|r2| (*r2, result_of(r, &remote)))
+                                    .collect();
+                                delivery.record(job.id, &results);
+                            }
+                            (ConnFailure::Protocol, e.to_string())
+                        }
+                        ClientError::Refused(r) => {
+                            // The greeting or EHLO was refused: every queued job gets that reply.
+                            let r = r.clone();
+                            for job in delivery.drain_jobs(domain) {
+                                let results: Vec<_> = job
+                                    .rcpts
+                                    .iter()
+                                    .map(|x| (*x, result_of(&r, &remote)))
+                                    .collect();
+                                delivery.record(job.id, &results);
+                            }
+                            (ConnFailure::Protocol, e.to_string())
+                        }
+                        ClientError::TlsUnavailable(_) => (ConnFailure::Tls, e.to_string()),
+                        ClientError::Timeout => {
+                            (ConnFailure::Timeout, format!("timeout talking to {remote}"))
+                        }
+                        _ => (ConnFailure::Protocol, e.to_string()),
+                    };
+                    abort(&delivery, current.take(), failure, &detail, &remote);
+                    closed = true;
+                    break;
+                }
+                ClientEvent::Closed => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if closed {
+            session.poll_output(&mut out);
+            if !out.is_empty() {
+                let _ = transport.write_all(std::mem::take(&mut out)).await;
+            }
+            break;
+        }
+        session.poll_output(&mut out);
+        if !out.is_empty() {
+            continue;
+        }
+        let read = transport.read_raw(std::mem::take(&mut raw));
+        let deadline = session.poll_timeout();
+        let (res, buf) = match deadline {
+            Some(d) => match tokio::time::timeout_at(tokio::time::Instant::from_std(d), read).await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    session.handle_timeout(Instant::now());
+                    raw = Vec::with_capacity(16 * 1024);
+                    continue;
+                }
+            },
+            None => read.await,
+        };
+        raw = buf;
+        match res {
+            Ok(n) if n > 0 => {
+                if let Err(e) = transport.decode(&mut raw, &mut plain).await {
+                    abort(
+                        &delivery,
+                        current.take(),
+                        ConnFailure::Tls,
+                        &format!("tls with {remote}: {e}"),
+                        &remote,
+                    );
+                    break;
+                }
+                session.handle_input(&plain, Instant::now());
+                plain.clear();
+            }
+            _ => {
+                abort(
+                    &delivery,
+                    current.take(),
+                    ConnFailure::Reset,
+                    &format!("connection to {remote} closed"),
+                    &remote,
+                );
+                break;
+            }
+        }
+    }
+    transport.close().await;
+}
+
+/// The destination key used for queues (the recipient domain).
+fn hop_key(domain: &str) -> String {
+    domain.to_owned()
+}
+
+/// Sends a job's envelope and body; false when the message is gone (deleted meanwhile).
+fn start_job(delivery: &Delivery, session: &mut ClientSession, job: &Job) -> bool {
+    let shard = delivery.core().shard.borrow();
+    let Some(view) = shard.message(job.id) else {
+        return false;
+    };
+    let meta = view.meta;
+    let recipients = job
+        .rcpts
+        .iter()
+        .filter_map(|r| meta.recipients.get(*r as usize))
+        .map(|m| OutboundRecipient {
+            address: m.address.as_str().to_owned(),
+            notify: notify_param(m.notify),
+            orcpt: m.orcpt.as_ref().map(|o| o.as_str().to_owned()),
+        })
+        .collect();
+    let envelope = OutboundEnvelope {
+        reverse_path: meta.reverse_path.as_str().to_owned(),
+        recipients,
+        eight_bit: meta.body_type == 1,
+        smtputf8: meta.smtputf8,
+        ret: match meta.ret {
+            1 => Some("FULL".into()),
+            2 => Some("HDRS".into()),
+            _ => None,
+        },
+        envid: meta.envid.as_ref().map(|e| e.as_str().to_owned()),
+    };
+    // The body goes from the mapping straight into the session's stuffing buffer.
+    session.send_message(&envelope, view.body, Instant::now());
+    true
+}
+
+fn notify_param(bits: u8) -> Option<String> {
+    if bits == 0 {
+        return None;
+    }
+    if bits & 1 != 0 {
+        return Some("NEVER".into());
+    }
+    let mut v = Vec::new();
+    if bits & 2 != 0 {
+        v.push("SUCCESS");
+    }
+    if bits & 4 != 0 {
+        v.push("FAILURE");
+    }
+    if bits & 8 != 0 {
+        v.push("DELAY");
+    }
+    Some(v.join(","))
+}
+
+fn result_of(reply: &Reply, remote: &str) -> AttemptResult {
+    let text = reply_line(reply);
+    if (200..300).contains(&reply.code) {
+        return AttemptResult::Delivered {
+            reply: text,
+            remote: remote.to_owned(),
+        };
+    }
+    AttemptResult::Refused {
+        code: reply.code,
+        enhanced: reply.enhanced.map(|e| (e.class, e.subject, e.detail)),
+        reply: text,
+        remote: remote.to_owned(),
+    }
+}
+
+/// The reply as one line: code, enhanced code and the text lines joined.
+fn reply_line(reply: &Reply) -> String {
+    let mut s = reply.code.to_string();
+    if let Some(e) = reply.enhanced {
+        s.push(' ');
+        s.push_str(&e.to_string());
+    }
+    for l in &reply.lines {
+        s.push(' ');
+        s.push_str(l.trim());
+    }
+    s
+}
+
+fn abort(delivery: &Delivery, job: Option<Job>, failure: ConnFailure, detail: &str, remote: &str) {
+    if let Some(job) = job {
+        fail_job(delivery, &job, failure, detail, remote);
+    }
+}
+
+fn fail_job(delivery: &Delivery, job: &Job, failure: ConnFailure, detail: &str, remote: &str) {
+    let results: Vec<_> = job
+        .rcpts
+        .iter()
+        .map(|r| {
+            (
+                *r,
+                AttemptResult::Connection {
+                    failure,
+                    detail: detail.to_owned(),
+                    remote: remote.to_owned(),
+                },
+            )
+        })
+        .collect();
+    delivery.record(job.id, &results);
+}
+
+/// Connects to the first reachable address of the first reachable host.
+async fn connect_any(delivery: &Delivery, hops: &[NextHop]) -> Option<(Transport, NextHop)> {
+    let timeout = delivery.config().connect_timeout;
+    for hop in hops {
+        for addr in &hop.addrs {
+            if let Some(t) = connect(*addr, timeout).await {
+                return Some((t, hop.clone()));
+            }
+        }
+    }
+    None
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Option<Transport> {
+    match tokio::time::timeout(timeout, Transport::connect(addr)).await {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "connect failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%addr, "connect timed out");
+            None
+        }
+    }
+}

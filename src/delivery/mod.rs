@@ -1,0 +1,665 @@
+//! Outbound delivery on one worker core: the retry timer wheel, per-destination ready queues
+//! and connection pools, outcome recording, DSNs and the event log.
+//!
+//! Each core delivers the messages of its own spool shard. The shard is single-writer (status
+//! records go where the message is), and the body is sent straight from the shard's mapping, so
+//! no body is ever copied between cores. Connections are reused per destination within a core;
+//! with N cores a busy destination sees at most N × `max_connections` connections. See
+//! `docs/delivery.md`.
+
+pub mod attempt;
+pub mod events;
+pub mod route;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+
+use crate::bounce::classify::{Action, Category, Classification, Classifier, ConnFailure, Failure};
+use crate::bounce::dsn::{self, DsnAction, DsnInput, DsnKind, DsnRecipient, ReturnContent};
+use crate::ids::QueueId;
+use crate::net::worker::{Core, unix_ms};
+use crate::queue::schedule::{NextStep, RetryPolicy, after_failure, delay_notice_due};
+use crate::queue::wheel::TimerWheel;
+use crate::spool::{MessageMeta, NewMessage, RecipientMeta, StatusKind, StatusRecord};
+
+use events::{Event as LogEvent, EventLog};
+use route::Router;
+
+/// Tick of the retry wheel.
+const TICK_MS: u64 = 100;
+
+/// One batch of recipients of one message going to one destination in one transaction.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The message.
+    pub id: QueueId,
+    /// Recipient indexes (all in the same domain).
+    pub rcpts: Vec<u32>,
+}
+
+/// A destination (recipient domain) with its ready queue and connection count.
+#[derive(Default)]
+pub struct Destination {
+    /// Jobs ready to go.
+    pub queue: VecDeque<Job>,
+    /// Open connections.
+    pub active: usize,
+}
+
+/// The result of one attempt for one recipient.
+#[derive(Clone, Debug)]
+pub enum AttemptResult {
+    /// A 2xx to the end of data.
+    Delivered {
+        /// The reply text.
+        reply: String,
+        /// The host that took it.
+        remote: String,
+    },
+    /// An SMTP reply refused it (the classifier decides retry or bounce).
+    Refused {
+        /// Reply code.
+        code: u16,
+        /// Enhanced code.
+        enhanced: Option<(u8, u16, u16)>,
+        /// The whole reply as one line.
+        reply: String,
+        /// The host that said it.
+        remote: String,
+    },
+    /// No SMTP reply: connection, TLS or DNS trouble.
+    Connection {
+        /// What went wrong.
+        failure: ConnFailure,
+        /// Human-readable detail.
+        detail: String,
+        /// The host, when one was reached.
+        remote: String,
+    },
+}
+
+/// Delivery settings for one core.
+pub struct DeliveryConfig {
+    /// Retry policy.
+    pub policy: RetryPolicy,
+    /// Connections per destination on this core.
+    pub max_connections: usize,
+    /// Messages per connection.
+    pub max_messages_per_connection: usize,
+    /// Our EHLO name and the Reporting-MTA.
+    pub hostname: String,
+    /// STARTTLS policy for outbound connections.
+    pub tls: crate::smtp::client::TlsPolicy,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+}
+
+/// Per-core delivery state. Lives in an `Rc` on the worker thread.
+pub struct Delivery {
+    core: Rc<Core>,
+    config: DeliveryConfig,
+    router: Router,
+    classifier: std::sync::Arc<Classifier>,
+    wheel: RefCell<TimerWheel<(QueueId, u32)>>,
+    dests: RefCell<HashMap<String, Destination>>,
+    /// Messages made durable since the last loop turn, to schedule now.
+    fresh: RefCell<Vec<QueueId>>,
+    kick: Notify,
+    events: EventLog,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    dsn_counter: Cell<u64>,
+}
+
+impl Delivery {
+    /// Builds the delivery state and schedules every pending recipient found by recovery.
+    pub fn new(
+        core: Rc<Core>,
+        config: DeliveryConfig,
+        router: Router,
+        classifier: std::sync::Arc<Classifier>,
+        events: EventLog,
+    ) -> Rc<Delivery> {
+        let now = unix_ms(SystemTime::now());
+        let mut wheel = TimerWheel::new(TICK_MS, now);
+        for (id, rcpt, next) in core.shard.borrow().pending() {
+            wheel.insert(next, (id, rcpt));
+        }
+        Rc::new(Delivery {
+            core,
+            config,
+            router,
+            classifier,
+            wheel: RefCell::new(wheel),
+            dests: RefCell::new(HashMap::new()),
+            fresh: RefCell::new(Vec::new()),
+            kick: Notify::new(),
+            events,
+            tls: crate::net::tls::outbound_client_config(),
+            dsn_counter: Cell::new(0),
+        })
+    }
+
+    /// Hands a durable message to delivery (called after its 250 went out).
+    pub fn submit(&self, id: QueueId) {
+        self.fresh.borrow_mut().push(id);
+        self.kick.notify_one();
+    }
+
+    /// Number of recipients waiting in the wheel.
+    pub fn scheduled(&self) -> usize {
+        self.wheel.borrow().len()
+    }
+
+    /// The scheduler loop: wakes on the next deadline or on new mail, moves due recipients to
+    /// their destination queues and starts connections.
+    pub async fn run(self: Rc<Self>) {
+        let mut shutdown = self.core.shutdown.clone();
+        let mut due = Vec::new();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let now = unix_ms(SystemTime::now());
+            let fresh: Vec<QueueId> = std::mem::take(&mut *self.fresh.borrow_mut());
+            {
+                let shard = self.core.shard.borrow();
+                for id in fresh {
+                    if let Some(st) = shard.state(id) {
+                        for (i, r) in st.recipients.iter().enumerate() {
+                            if !r.is_final() {
+                                due.push((id, i as u32));
+                            }
+                        }
+                    }
+                }
+            }
+            self.wheel.borrow_mut().advance(now, &mut due);
+            if !due.is_empty() {
+                self.dispatch(&mut due, now);
+            }
+            let sleep_ms = self
+                .wheel
+                .borrow()
+                .next_deadline()
+                .map(|d| d.saturating_sub(now).clamp(TICK_MS, 1000))
+                .unwrap_or(1000);
+            tokio::select! {
+                _ = self.kick.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Groups due recipients into jobs per (message, domain) and queues them.
+    fn dispatch(self: &Rc<Self>, due: &mut Vec<(QueueId, u32)>, now: u64) {
+        let mut jobs: HashMap<(QueueId, String), Vec<u32>> = HashMap::new();
+        {
+            let shard = self.core.shard.borrow();
+            for (id, rcpt) in due.drain(..) {
+                let (Some(st), Some(view)) = (shard.state(id), shard.message(id)) else {
+                    continue;
+                };
+                let Some(r) = st.recipients.get(rcpt as usize) else {
+                    continue;
+                };
+                // Stale wheel entries (already final, or rescheduled later) are skipped.
+                if r.is_final() || r.next_attempt_ms > now + TICK_MS {
+                    continue;
+                }
+                let Some(meta) = view.meta.recipients.get(rcpt as usize) else {
+                    continue;
+                };
+                let domain = domain_of(meta.address.as_str());
+                let entry = jobs.entry((id, domain)).or_default();
+                if !entry.contains(&rcpt) {
+                    entry.push(rcpt);
+                }
+            }
+        }
+        let mut touched = HashSet::new();
+        {
+            let mut dests = self.dests.borrow_mut();
+            for ((id, domain), rcpts) in jobs {
+                dests
+                    .entry(domain.clone())
+                    .or_default()
+                    .queue
+                    .push_back(Job { id, rcpts });
+                touched.insert(domain);
+            }
+        }
+        for domain in touched {
+            self.start_connections(&domain);
+        }
+    }
+
+    /// Starts connections for a destination up to its limit.
+    fn start_connections(self: &Rc<Self>, domain: &str) {
+        loop {
+            let start = {
+                let mut dests = self.dests.borrow_mut();
+                let Some(d) = dests.get_mut(domain) else {
+                    return;
+                };
+                let want = d.queue.len().min(self.config.max_connections);
+                if d.active < want {
+                    d.active += 1;
+                    true
+                } else {
+                    false
+                }
+            };
+            if !start {
+                return;
+            }
+            let this = Rc::clone(self);
+            let domain = domain.to_owned();
+            tokio_uring::spawn(async move {
+                attempt::connection(Rc::clone(&this), &domain).await;
+                let more = {
+                    let mut dests = this.dests.borrow_mut();
+                    let d = dests.entry(domain.clone()).or_default();
+                    d.active -= 1;
+                    !d.queue.is_empty()
+                };
+                if more {
+                    this.start_connections(&domain);
+                }
+            });
+        }
+    }
+
+    /// Takes the next job for a destination.
+    pub fn next_job(&self, domain: &str) -> Option<Job> {
+        self.dests.borrow_mut().get_mut(domain)?.queue.pop_front()
+    }
+
+    /// Takes every queued job of a destination (when the destination is unreachable).
+    pub fn drain_jobs(&self, domain: &str) -> Vec<Job> {
+        self.dests
+            .borrow_mut()
+            .get_mut(domain)
+            .map(|d| d.queue.drain(..).collect())
+            .unwrap_or_default()
+    }
+
+    /// Records one attempt's result for some recipients of a message: status records, retry
+    /// scheduling, DSNs and the event log.
+    pub fn record(&self, id: QueueId, results: &[(u32, AttemptResult)]) {
+        let now_time = SystemTime::now();
+        let now = unix_ms(now_time);
+        let mut failed_dsn = Vec::new();
+        let mut delay_dsn = Vec::new();
+        let mut success_dsn = Vec::new();
+        {
+            let mut shard = self.core.shard.borrow_mut();
+            let Some(st) = shard.state(id).cloned() else {
+                return;
+            };
+            let Some(view) = shard.message(id) else {
+                return;
+            };
+            let received = st.received_at_ms;
+            let is_dsn = view.meta.is_dsn;
+            let null_sender = view.meta.reverse_path.is_empty();
+            let mut addresses = Vec::new();
+            let mut notify = Vec::new();
+            for (rcpt, _) in results {
+                let m = view.meta.recipients.get(*rcpt as usize);
+                addresses.push(m.map(|m| m.address.as_str().to_owned()).unwrap_or_default());
+                notify.push(m.map(|m| m.notify).unwrap_or(0));
+            }
+            let may_notify = !is_dsn && !null_sender;
+            for (i, (rcpt, result)) in results.iter().enumerate() {
+                let Some(rs) = st.recipients.get(*rcpt as usize) else {
+                    continue;
+                };
+                if rs.is_final() {
+                    continue;
+                }
+                let attempt = rs.attempts + 1;
+                let address = &addresses[i];
+                let n = notify[i];
+                let (kind, reply, remote, class) = match result {
+                    AttemptResult::Delivered { reply, remote } => {
+                        (StatusKind::Delivered, reply.clone(), remote.clone(), None)
+                    }
+                    AttemptResult::Refused {
+                        code,
+                        enhanced,
+                        reply,
+                        remote,
+                    } => {
+                        let c = self.classifier.classify(&Failure::Reply {
+                            code: *code,
+                            enhanced: *enhanced,
+                            text: reply,
+                        });
+                        let kind = if c.action == Action::Bounce {
+                            StatusKind::Failed
+                        } else {
+                            StatusKind::Deferred
+                        };
+                        (kind, reply.clone(), remote.clone(), Some(c))
+                    }
+                    AttemptResult::Connection {
+                        failure,
+                        detail,
+                        remote,
+                    } => {
+                        let c = self.classifier.classify(&Failure::Connection(*failure));
+                        let kind = if c.action == Action::Bounce {
+                            StatusKind::Failed
+                        } else {
+                            StatusKind::Deferred
+                        };
+                        (kind, detail.clone(), remote.clone(), Some(c))
+                    }
+                };
+                let (kind, reply, next) = if kind == StatusKind::Deferred {
+                    match after_failure(&self.config.policy, attempt, received, now) {
+                        NextStep::RetryAt(t) => (kind, reply, t),
+                        NextStep::Expire => (
+                            StatusKind::Failed,
+                            format!("delivery time expired; last error: {reply}"),
+                            0,
+                        ),
+                    }
+                } else {
+                    (kind, reply, 0)
+                };
+                let category = class.map(|c| c.category);
+                let rec = StatusRecord {
+                    id: id.0,
+                    rcpt: *rcpt,
+                    kind: kind as u8,
+                    attempt,
+                    at_ms: now,
+                    next_attempt_ms: next,
+                    reply: reply.clone(),
+                    remote: remote.clone(),
+                    category: category.map(category_name).unwrap_or("").to_owned(),
+                };
+                if let Err(e) = shard.append_status(&rec) {
+                    tracing::error!(%id, error = %e, "cannot record delivery status");
+                }
+                self.events.log(LogEvent {
+                    at_ms: now,
+                    id,
+                    recipient: address.clone(),
+                    outcome: match kind {
+                        StatusKind::Delivered => "delivered",
+                        StatusKind::Failed => "bounced",
+                        _ => "deferred",
+                    },
+                    remote: remote.clone(),
+                    reply: reply.clone(),
+                    category: category.map(category_name),
+                    attempt,
+                    next_attempt_ms: (next > 0).then_some(next),
+                });
+                let dsn_rcpt = || DsnRecipientFacts {
+                    rcpt: *rcpt,
+                    address: address.clone(),
+                    reply: reply.clone(),
+                    remote: remote.clone(),
+                    class,
+                };
+                match kind {
+                    StatusKind::Deferred => {
+                        self.wheel.borrow_mut().insert(next, (id, *rcpt));
+                        let wants_delay = n == 0 || n & 8 != 0;
+                        if may_notify
+                            && wants_delay
+                            && n & 1 == 0
+                            && delay_notice_due(
+                                &self.config.policy,
+                                received,
+                                now,
+                                rs.delay_notified,
+                            )
+                        {
+                            delay_dsn.push(dsn_rcpt());
+                        }
+                    }
+                    // RFC 3461 §4.1: without NOTIFY, failures are reported; NEVER silences.
+                    StatusKind::Failed if may_notify && n & 1 == 0 && (n == 0 || n & 4 != 0) => {
+                        failed_dsn.push(dsn_rcpt());
+                    }
+                    StatusKind::Delivered if may_notify && n & 2 != 0 => {
+                        success_dsn.push(dsn_rcpt());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (kind, list) in [
+            (DsnKind::Failure, failed_dsn),
+            (DsnKind::Delay, delay_dsn),
+            (DsnKind::Success, success_dsn),
+        ] {
+            if !list.is_empty() {
+                self.send_dsn(id, kind, &list, now_time);
+            }
+        }
+        self.core.kick_commit();
+    }
+
+    /// Builds a DSN about `id` and queues it (null reverse-path, marked as a DSN so that no DSN
+    /// is ever sent about it).
+    fn send_dsn(&self, id: QueueId, kind: DsnKind, facts: &[DsnRecipientFacts], now: SystemTime) {
+        let now_ms = unix_ms(now);
+        let (bytes, to) = {
+            let shard = self.core.shard.borrow();
+            let Some(view) = shard.message(id) else {
+                return;
+            };
+            let meta = view.meta;
+            let to = meta.reverse_path.as_str().to_owned();
+            let recipients: Vec<DsnRecipient> = facts
+                .iter()
+                .map(|f| {
+                    let rm = meta.recipients.get(f.rcpt as usize);
+                    DsnRecipient {
+                        original_recipient: rm
+                            .and_then(|m| m.orcpt.as_ref().map(|o| o.as_str().to_owned())),
+                        final_recipient: f.address.clone(),
+                        action: match kind {
+                            DsnKind::Failure => DsnAction::Failed,
+                            DsnKind::Delay => DsnAction::Delayed,
+                            DsnKind::Success => DsnAction::Delivered,
+                        },
+                        status: status_code(kind, &f.reply, f.class),
+                        remote_mta: (!f.remote.is_empty()).then(|| format!("dns;{}", f.remote)),
+                        diagnostic: (!f.reply.is_empty()).then(|| format!("smtp; {}", f.reply)),
+                        last_attempt: now,
+                        will_retry_until: (kind == DsnKind::Delay).then(|| {
+                            std::time::UNIX_EPOCH
+                                + Duration::from_millis(meta.received_at_ms.to_native())
+                                + self.config.policy.max_lifetime
+                        }),
+                    }
+                })
+                .collect();
+            let n = self.dsn_counter.get() + 1;
+            self.dsn_counter.set(n);
+            let message_id = format!("<dsn.{id}.{n}.{now_ms}@{}>", self.config.hostname);
+            let boundary = format!("{id}.{n}.{now_ms}/{}", self.config.hostname);
+            let from = format!("MAILER-DAEMON@{}", self.config.hostname);
+            let envid = meta.envid.as_ref().map(|e| e.as_str().to_owned());
+            let return_content = match (kind, meta.ret) {
+                (_, 2) => ReturnContent::Headers,
+                (DsnKind::Failure, _) => ReturnContent::Full,
+                _ => ReturnContent::Headers,
+            };
+            let input = DsnInput {
+                kind,
+                reporting_mta: &self.config.hostname,
+                from: &from,
+                to: &to,
+                envid: envid.as_deref(),
+                arrival_date: std::time::UNIX_EPOCH
+                    + Duration::from_millis(meta.received_at_ms.to_native()),
+                date: now,
+                message_id: &message_id,
+                boundary: &boundary,
+                recipients: &recipients,
+                original: view.body,
+                return_content,
+                max_returned_body: 256 * 1024,
+            };
+            (dsn::render(&input), to)
+        };
+        let meta = MessageMeta {
+            id: 0,
+            received_at_ms: now_ms,
+            reverse_path: String::new(),
+            ret: 0,
+            envid: None,
+            body_type: 1,
+            smtputf8: false,
+            recipients: vec![RecipientMeta {
+                address: to,
+                notify: 1,
+                orcpt: None,
+            }],
+            auth_user: None,
+            client_addr: "local".into(),
+            helo: self.config.hostname.clone(),
+            tls: None,
+            is_dsn: true,
+        };
+        let parts: [&[u8]; 1] = [&bytes];
+        let appended = self
+            .core
+            .shard
+            .borrow_mut()
+            .append_message(&NewMessage { meta, body: &parts }, now_ms);
+        match appended {
+            Ok((dsn_id, _)) => {
+                tracing::info!(%id, %dsn_id, kind = ?kind, "dsn queued");
+                for f in facts {
+                    let rec = StatusRecord {
+                        id: id.0,
+                        rcpt: f.rcpt,
+                        kind: if kind == DsnKind::Delay {
+                            StatusKind::DelayNotified
+                        } else {
+                            StatusKind::DsnSent
+                        } as u8,
+                        attempt: 0,
+                        at_ms: now_ms,
+                        next_attempt_ms: 0,
+                        reply: String::new(),
+                        remote: String::new(),
+                        category: String::new(),
+                    };
+                    let _ = self.core.shard.borrow_mut().append_status(&rec);
+                }
+                self.submit(dsn_id);
+            }
+            Err(e) => tracing::error!(%id, error = %e, "cannot queue dsn"),
+        }
+    }
+
+    /// The per-core settings.
+    pub fn config(&self) -> &DeliveryConfig {
+        &self.config
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The outbound TLS configuration.
+    pub fn tls(&self) -> &std::sync::Arc<rustls::ClientConfig> {
+        &self.tls
+    }
+
+    /// The core (shard access).
+    pub fn core(&self) -> &Rc<Core> {
+        &self.core
+    }
+}
+
+struct DsnRecipientFacts {
+    rcpt: u32,
+    address: String,
+    reply: String,
+    remote: String,
+    class: Option<Classification>,
+}
+
+/// The RFC 3464 Status for a recipient: the remote enhanced code when there is one, else one
+/// derived from the category.
+fn status_code(kind: DsnKind, reply: &str, class: Option<Classification>) -> (u8, u16, u16) {
+    if kind == DsnKind::Success {
+        return (2, 0, 0);
+    }
+    if let Some(code) = enhanced_in(reply)
+        && (kind == DsnKind::Failure && code.0 == 5 || kind == DsnKind::Delay && code.0 == 4)
+    {
+        return code;
+    }
+    let class_digit = if kind == DsnKind::Delay { 4 } else { 5 };
+    let (s, d) = match class.map(|c| c.category) {
+        Some(Category::UserUnknown) => (1, 1),
+        Some(Category::HostUnknown) => (1, 2),
+        Some(Category::MailboxFull) => (2, 2),
+        Some(Category::MessageTooBig) => (3, 4),
+        Some(Category::Blocklisted | Category::Spam | Category::Policy | Category::RelayDenied) => {
+            (7, 1)
+        }
+        Some(Category::Tls) => (7, 10),
+        _ if reply.starts_with("delivery time expired") => (4, 7),
+        _ => (0, 0),
+    };
+    (class_digit, s, d)
+}
+
+fn enhanced_in(reply: &str) -> Option<(u8, u16, u16)> {
+    let word = reply.split_whitespace().nth(1)?;
+    let mut it = word.split('.');
+    let c: u8 = it.next()?.parse().ok()?;
+    let s: u16 = it.next()?.parse().ok()?;
+    let d: u16 = it.next()?.parse().ok()?;
+    (matches!(c, 2 | 4 | 5) && it.next().is_none()).then_some((c, s, d))
+}
+
+/// Lower-case domain of an address (the part after the last `@`).
+pub fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .unwrap_or(address)
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// The category's name as in the event log and `bounce classify` output.
+pub fn category_name(c: Category) -> &'static str {
+    match c {
+        Category::UserUnknown => "user_unknown",
+        Category::MailboxDisabled => "mailbox_disabled",
+        Category::MailboxFull => "mailbox_full",
+        Category::Blocklisted => "blocklisted",
+        Category::Greylisted => "greylisted",
+        Category::RateLimited => "rate_limited",
+        Category::Spam => "spam",
+        Category::Virus => "virus",
+        Category::Policy => "policy",
+        Category::MessageTooBig => "message_too_big",
+        Category::RelayDenied => "relay_denied",
+        Category::HostUnknown => "host_unknown",
+        Category::Tls => "tls",
+        Category::Protocol => "protocol",
+        Category::Temporary => "temporary",
+        Category::Other => "other",
+    }
+}

@@ -1,0 +1,248 @@
+//! Where mail for a domain goes: static routes first, then DNS MX (RFC 5321 §5.1) with the
+//! implicit-MX fallback to A/AAAA, null MX (RFC 7505) and NXDOMAIN as permanent outcomes, and
+//! SERVFAIL or timeouts as temporary ones.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::{Resolver, TokioResolver};
+
+use crate::bounce::classify::ConnFailure;
+use crate::config::resolved::Route as StaticRoute;
+
+/// One host to try, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    /// Host name (for logs, the Remote-MTA field and TLS SNI).
+    pub name: String,
+    /// Addresses to connect to, in order.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Why a domain cannot be routed now.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The domain publishes a null MX: it accepts no mail (RFC 7505 §3). Permanent.
+    #[error("domain {0} does not accept mail (null MX)")]
+    NullMx(String),
+    /// The domain does not exist. Permanent.
+    #[error("domain {0} does not exist (NXDOMAIN)")]
+    NxDomain(String),
+    /// No address for any host. Permanent when the names do not exist; here treated as retry.
+    #[error("no address found for the mail hosts of {0}")]
+    NoAddress(String),
+    /// A temporary DNS failure (SERVFAIL, timeout, network).
+    #[error("temporary dns failure for {domain}: {reason}")]
+    Temporary {
+        /// The domain.
+        domain: String,
+        /// What the resolver said.
+        reason: String,
+    },
+}
+
+impl RouteError {
+    /// The connection-level failure the bounce classifier knows this as.
+    pub fn as_failure(&self) -> ConnFailure {
+        match self {
+            RouteError::NullMx(_) => ConnFailure::DnsNullMx,
+            RouteError::NxDomain(_) => ConnFailure::DnsNxDomain,
+            RouteError::NoAddress(_) => ConnFailure::DnsNoAddress,
+            RouteError::Temporary { reason, .. } if reason.contains("timed out") => {
+                ConnFailure::DnsTimeout
+            }
+            RouteError::Temporary { .. } => ConnFailure::DnsServFail,
+        }
+    }
+}
+
+/// Resolves next hops. One per worker thread (the resolver's tasks run on that thread).
+pub struct Router {
+    routes: Vec<StaticRoute>,
+    resolver: TokioResolver,
+    smtp_port: u16,
+}
+
+impl Router {
+    /// Builds the router: `nameservers` empty means the system resolver.
+    pub fn new(
+        routes: Vec<StaticRoute>,
+        nameservers: &[SocketAddr],
+        smtp_port: u16,
+    ) -> Result<Router, NetError> {
+        let mut opts = ResolverOpts::default();
+        opts.timeout = Duration::from_secs(5);
+        opts.attempts = 2;
+        let builder = if nameservers.is_empty() {
+            Resolver::builder_tokio()?
+        } else {
+            let servers = nameservers
+                .iter()
+                .map(|ns| {
+                    let mut c = NameServerConfig::udp_and_tcp(ns.ip());
+                    for conn in &mut c.connections {
+                        conn.port = ns.port();
+                    }
+                    c
+                })
+                .collect();
+            Resolver::builder_with_config(
+                ResolverConfig::from_parts(None, vec![], servers),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        let resolver = builder.with_options(opts).build()?;
+        Ok(Router {
+            routes,
+            resolver,
+            smtp_port,
+        })
+    }
+
+    /// The static route for a domain, if any (exact match, then `*`).
+    fn static_route(&self, domain: &str) -> Option<&str> {
+        self.routes
+            .iter()
+            .find(|r| r.domain == domain)
+            .or_else(|| self.routes.iter().find(|r| r.domain == "*"))
+            .map(|r| r.next_hop.as_str())
+    }
+
+    /// The hosts to try for `domain`, best first.
+    pub async fn resolve(&self, domain: &str) -> Result<Vec<NextHop>, RouteError> {
+        if let Some(hop) = self.static_route(domain) {
+            return self.resolve_static(domain, hop).await;
+        }
+        if let Some(ip) = address_literal(domain) {
+            return Ok(vec![NextHop {
+                name: domain.to_owned(),
+                addrs: vec![SocketAddr::new(ip, self.smtp_port)],
+            }]);
+        }
+        let fqdn = format!("{}.", domain.trim_end_matches('.'));
+        let mut exchanges: Vec<(u16, String)> = match self.resolver.mx_lookup(fqdn.as_str()).await {
+            Ok(lookup) => lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    hickory_resolver::proto::rr::RData::MX(mx) => {
+                        Some((mx.preference, mx.exchange.to_utf8()))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => match classify_dns(&e) {
+                DnsOutcome::NxDomain => return Err(RouteError::NxDomain(domain.to_owned())),
+                // RFC 5321 §5.1: no MX records → the domain itself is the implicit MX.
+                DnsOutcome::NoRecords => vec![(0, fqdn.clone())],
+                DnsOutcome::Temporary => {
+                    return Err(RouteError::Temporary {
+                        domain: domain.to_owned(),
+                        reason: e.to_string(),
+                    });
+                }
+            },
+        };
+        // RFC 7505 §3: a single MX with the root as exchange means "no mail".
+        if exchanges.len() == 1 && (exchanges[0].1 == "." || exchanges[0].1.is_empty()) {
+            return Err(RouteError::NullMx(domain.to_owned()));
+        }
+        exchanges.retain(|(_, e)| e != "." && !e.is_empty());
+        exchanges.sort_by_key(|(p, _)| *p);
+        let mut hops = Vec::new();
+        let mut temporary = None;
+        for (_, name) in exchanges {
+            match self.lookup_addrs(&name, self.smtp_port).await {
+                Ok(addrs) if !addrs.is_empty() => hops.push(NextHop {
+                    name: name.trim_end_matches('.').to_owned(),
+                    addrs,
+                }),
+                Ok(_) => {}
+                Err(e) => temporary = Some(e),
+            }
+        }
+        if hops.is_empty() {
+            return Err(match temporary {
+                Some(reason) => RouteError::Temporary {
+                    domain: domain.to_owned(),
+                    reason,
+                },
+                None => RouteError::NoAddress(domain.to_owned()),
+            });
+        }
+        Ok(hops)
+    }
+
+    async fn resolve_static(&self, domain: &str, hop: &str) -> Result<Vec<NextHop>, RouteError> {
+        if let Ok(addr) = hop.parse::<SocketAddr>() {
+            return Ok(vec![NextHop {
+                name: hop.to_owned(),
+                addrs: vec![addr],
+            }]);
+        }
+        let (host, port) = hop.rsplit_once(':').unwrap_or((hop, "25"));
+        let port: u16 = port.parse().unwrap_or(25);
+        match self.lookup_addrs(host, port).await {
+            Ok(addrs) if !addrs.is_empty() => Ok(vec![NextHop {
+                name: host.to_owned(),
+                addrs,
+            }]),
+            Ok(_) => Err(RouteError::NoAddress(domain.to_owned())),
+            Err(reason) => Err(RouteError::Temporary {
+                domain: domain.to_owned(),
+                reason,
+            }),
+        }
+    }
+
+    async fn lookup_addrs(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let name = if host.ends_with('.') {
+            host.to_owned()
+        } else {
+            format!("{host}.")
+        };
+        match self.resolver.lookup_ip(name.as_str()).await {
+            Ok(ips) => Ok(ips.iter().map(|ip| SocketAddr::new(ip, port)).collect()),
+            Err(e) => match classify_dns(&e) {
+                DnsOutcome::NxDomain | DnsOutcome::NoRecords => Ok(Vec::new()),
+                DnsOutcome::Temporary => Err(e.to_string()),
+            },
+        }
+    }
+}
+
+enum DnsOutcome {
+    NxDomain,
+    NoRecords,
+    Temporary,
+}
+
+fn classify_dns(e: &NetError) -> DnsOutcome {
+    match e {
+        NetError::Dns(DnsError::NoRecordsFound(nr))
+            if nr.response_code == ResponseCode::NXDomain =>
+        {
+            DnsOutcome::NxDomain
+        }
+        NetError::Dns(DnsError::NoRecordsFound(_)) => DnsOutcome::NoRecords,
+        NetError::Dns(DnsError::ResponseCode(ResponseCode::NXDomain)) => DnsOutcome::NxDomain,
+        _ => DnsOutcome::Temporary,
+    }
+}
+
+/// `[1.2.3.4]` or `[IPv6:...]` domains (RFC 5321 §4.1.3).
+fn address_literal(domain: &str) -> Option<IpAddr> {
+    let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
+    let inner = inner
+        .strip_prefix("IPv6:")
+        .or_else(|| inner.strip_prefix("ipv6:"))
+        .unwrap_or(inner);
+    inner.parse().ok()
+}

@@ -1,0 +1,304 @@
+//! End-to-end delivery: ringmta relays to a real sink on loopback, retries, bounces, sends DSNs
+//! and resolves MX records through a real DNS server on loopback.
+
+use crate::harness::{Dns, Raw, Server, Sink, events, python};
+
+const CLIENT: &str = include_str!("client.py");
+
+fn submit(server: &Server, args: &[&str]) -> Vec<String> {
+    let mut argv = vec!["--port".to_owned(), server.port("smtp").to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let (code, out, err) = python(CLIENT, &argv);
+    assert_eq!(code, 0, "client failed: {err}");
+    out.lines().map(String::from).collect()
+}
+
+fn routed_to(sink: &Sink, extra: &str) -> String {
+    format!(
+        "[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n{extra}",
+        sink.addr
+    )
+}
+
+fn to_header(msg: &str) -> &str {
+    msg.lines().next().unwrap_or("")
+}
+
+#[test]
+fn accepted_mail_reaches_the_sink_with_a_received_header() {
+    let sink = Sink::start();
+    let s = Server::start(&routed_to(&sink, ""));
+    let out = submit(&s, &["--count", "3", "--to", "bob@example.net"]);
+    assert!(out.iter().all(|l| l.starts_with("OK ")), "{out:?}");
+    let msgs = sink.wait_for("3 deliveries", 30, |m| m.len() >= 3);
+    for m in &msgs {
+        assert_eq!(to_header(m), "X-Sink-Recipients: bob@example.net");
+        assert!(
+            m.contains("Received: from client.test ([127.0.0.1])"),
+            "{m}"
+        );
+        assert!(m.contains("by mx.test (ringmta) with ESMTP"), "{m}");
+        assert!(m.contains("Subject: test "), "{m}");
+    }
+    let ev = events(&s.dir);
+    assert_eq!(
+        ev.iter().filter(|e| e["outcome"] == "delivered").count(),
+        3,
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn temporary_failures_are_retried_and_permanent_ones_bounce_with_a_dsn() {
+    let sink = Sink::start();
+    let s = Server::start(&routed_to(&sink, "retry_schedule = [\"1s\"]\n"));
+    let out = submit(
+        &s,
+        &[
+            "--to",
+            "temp-2-x@example.net",
+            "--to",
+            "perm-y@example.net",
+            "--to",
+            "ok@example.net",
+        ],
+    );
+    assert!(out.last().unwrap().starts_with("OK "), "{out:?}");
+    let msgs = sink.wait_for("the retried delivery and the DSN", 40, |m| {
+        m.iter()
+            .any(|x| to_header(x).contains("temp-2-x@example.net"))
+            && m.iter()
+                .any(|x| to_header(x) == "X-Sink-Recipients: alice@example.com")
+    });
+    // The accepted recipient went through at the first attempt, with the others refused at RCPT.
+    assert!(
+        msgs.iter()
+            .any(|x| to_header(x) == "X-Sink-Recipients: ok@example.net"),
+        "{msgs:?}"
+    );
+    let dsn = msgs
+        .iter()
+        .find(|x| to_header(x) == "X-Sink-Recipients: alice@example.com")
+        .unwrap();
+    assert!(dsn.contains("multipart/report"), "{dsn}");
+    assert!(dsn.contains("report-type=delivery-status"), "{dsn}");
+    assert!(dsn.contains("perm-y@example.net"), "{dsn}");
+    assert!(dsn.contains("550 5.1.1"), "{dsn}");
+    assert!(dsn.contains("Action: failed"), "{dsn}");
+    assert!(
+        !dsn.contains("Final-Recipient: rfc822;temp-2-x"),
+        "only the bounced recipient: {dsn}"
+    );
+    let ev = events(&s.dir);
+    let temp: Vec<_> = ev
+        .iter()
+        .filter(|e| e["recipient"] == "temp-2-x@example.net")
+        .collect();
+    assert_eq!(
+        temp.iter().filter(|e| e["outcome"] == "deferred").count(),
+        2,
+        "{temp:?}"
+    );
+    assert_eq!(temp.last().unwrap()["outcome"], "delivered");
+    let perm: Vec<_> = ev
+        .iter()
+        .filter(|e| e["recipient"] == "perm-y@example.net")
+        .collect();
+    assert_eq!(perm.len(), 1);
+    assert_eq!(perm[0]["outcome"], "bounced");
+    assert_eq!(perm[0]["category"], "user_unknown");
+}
+
+#[test]
+fn expired_recipient_gets_delivery_time_expired_and_one_delay_notice() {
+    let sink = Sink::start();
+    let extra =
+        "retry_schedule = [\"1s\"]\nmax_queue_lifetime = \"4s\"\ndelay_notice_after = \"1s\"\n";
+    let s = Server::start(&routed_to(&sink, extra));
+    let out = submit(&s, &["--to", "temp-1000-z@example.net"]);
+    assert!(out[0].starts_with("OK "), "{out:?}");
+    let msgs = sink.wait_for("the expiry DSN", 40, |m| {
+        m.iter().any(|x| x.contains("delivery time expired"))
+    });
+    let to_sender: Vec<_> = msgs
+        .iter()
+        .filter(|x| to_header(x) == "X-Sink-Recipients: alice@example.com")
+        .collect();
+    let delays = to_sender
+        .iter()
+        .filter(|x| x.contains("Action: delayed"))
+        .count();
+    let failures = to_sender
+        .iter()
+        .filter(|x| x.contains("Action: failed"))
+        .count();
+    assert_eq!(delays, 1, "exactly one delay DSN: {to_sender:?}");
+    assert_eq!(failures, 1, "{to_sender:?}");
+    let failure = to_sender
+        .iter()
+        .find(|x| x.contains("Action: failed"))
+        .unwrap();
+    assert!(
+        failure.contains("451 4.2.0"),
+        "the last reply is quoted: {failure}"
+    );
+}
+
+#[test]
+fn null_sender_and_notify_never_get_no_dsn_but_notify_success_does() {
+    let sink = Sink::start();
+    let s = Server::start(&routed_to(&sink, ""));
+    let mut c = Raw::connect(s.addr("smtp"));
+    c.reply();
+    c.cmd("EHLO client.test");
+    // A bounce (null reverse-path) that bounces: never a DSN about a DSN.
+    assert!(c.cmd("MAIL FROM:<>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<perm-a@example.net>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: bounce\r\n\r\nx\r\n.").starts_with("250"));
+    // NOTIFY=NEVER: no DSN; NOTIFY=SUCCESS: a success DSN.
+    assert!(
+        c.cmd("MAIL FROM:<carol@client.test> ENVID=env-42")
+            .starts_with("250")
+    );
+    assert!(
+        c.cmd("RCPT TO:<perm-b@example.net> NOTIFY=NEVER")
+            .starts_with("250")
+    );
+    assert!(
+        c.cmd("RCPT TO:<happy@example.net> NOTIFY=SUCCESS ORCPT=rfc822;happy@example.net")
+            .starts_with("250")
+    );
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: notify\r\n\r\nx\r\n.").starts_with("250"));
+    let msgs = sink.wait_for("delivery and the success DSN", 30, |m| {
+        m.iter()
+            .any(|x| to_header(x) == "X-Sink-Recipients: carol@client.test")
+    });
+    let dsns: Vec<_> = msgs
+        .iter()
+        .filter(|x| x.contains("multipart/report"))
+        .collect();
+    assert_eq!(dsns.len(), 1, "{dsns:?}");
+    assert!(dsns[0].contains("Action: delivered"), "{}", dsns[0]);
+    assert!(
+        dsns[0].contains("Original-Envelope-Id: env-42"),
+        "{}",
+        dsns[0]
+    );
+    assert!(
+        dsns[0].contains("Original-Recipient: rfc822;happy@example.net"),
+        "{}",
+        dsns[0]
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let ev = events(&s.dir);
+    assert_eq!(
+        ev.iter().filter(|e| e["outcome"] == "bounced").count(),
+        2,
+        "{ev:?}"
+    );
+    assert_eq!(
+        sink.messages()
+            .iter()
+            .filter(|x| x.contains("multipart/report"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn mx_routing_through_a_dns_server_on_loopback() {
+    let sink = Sink::start();
+    let zone = r#"{"mx.test": {"MX": [[10, "mail.mx.test."], [20, "backup.mx.test."]]},
+        "mail.mx.test": {"A": ["127.0.0.1"]}, "backup.mx.test": {"A": ["127.0.0.1"]},
+        "alice.example": {"MX": [[10, "mail.mx.test."]]},
+        "implicit.test": {"A": ["127.0.0.1"]},
+        "nullmx.test": {"MX": [[0, "."]]}, "servfail.test": "SERVFAIL"}"#;
+    let Some(dns) = Dns::start(zone) else {
+        eprintln!("SKIP: python3 with dnslib is needed (pip install dnslib)");
+        return;
+    };
+    let extra = format!(
+        "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nsmtp_port = {}\nretry_schedule = [\"1h\"]\n",
+        dns.port,
+        sink.addr.port()
+    );
+    let s = Server::start(&extra);
+    let out = submit(
+        &s,
+        &[
+            "--sender",
+            "news@alice.example",
+            "--to",
+            "a@mx.test",
+            "--to",
+            "b@implicit.test",
+            "--to",
+            "c@nullmx.test",
+            "--to",
+            "d@nxdomain.test",
+            "--to",
+            "e@servfail.test",
+        ],
+    );
+    assert!(out[0].starts_with("OK "), "{out:?}");
+    let msgs = sink.wait_for("MX and implicit-MX deliveries and the DSN", 30, |m| {
+        m.iter().any(|x| to_header(x).contains("a@mx.test"))
+            && m.iter().any(|x| to_header(x).contains("b@implicit.test"))
+            && m.iter()
+                .any(|x| to_header(x) == "X-Sink-Recipients: news@alice.example")
+    });
+    let ev = events(&s.dir);
+    let outcome = |r: &str| {
+        ev.iter()
+            .filter(|e| e["recipient"] == r)
+            .map(|e| e["outcome"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(outcome("c@nullmx.test"), ["bounced"]);
+    assert_eq!(outcome("d@nxdomain.test"), ["bounced"]);
+    assert_eq!(outcome("e@servfail.test"), ["deferred"]);
+    let dsns: Vec<_> = msgs
+        .iter()
+        .filter(|x| x.contains("multipart/report"))
+        .collect();
+    let all = dsns.iter().map(|d| d.as_str()).collect::<String>();
+    assert!(
+        all.contains("c@nullmx.test") && all.contains("d@nxdomain.test"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("Final-Recipient: rfc822;e@servfail.test"),
+        "{all}"
+    );
+}
+
+#[test]
+fn content_is_purged_after_retention_leaving_a_placeholder() {
+    let sink = Sink::start();
+    let mut s = Server::start(&format!(
+        "{}[retention]\ncontent = \"0s\"\n",
+        routed_to(&sink, "")
+    ));
+    let out = submit(&s, &["--to", "bob@example.net"]);
+    let id = out[0].strip_prefix("OK ").expect("accepted").to_owned();
+    sink.wait_for("the delivery", 30, |m| !m.is_empty());
+    // The purge task runs every second with a zero retention.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, text, _) = s.cli(&["queue", "show", &id]);
+        if text.contains("content purged after delivery") {
+            assert!(
+                text.contains("bob@example.net") && text.contains("delivered"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not purged: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    s.stop();
+    let (_, ls, _) = s.cli(&["queue", "ls"]);
+    assert!(ls.contains("1 purged placeholder(s)"), "{ls}");
+}
