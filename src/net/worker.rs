@@ -247,8 +247,12 @@ pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool
         tokio_uring::spawn(Rc::clone(&core).purge_loop());
         start_delivery(&core);
         for (listener, role) in spec.listeners {
-            let listener = tokio_uring::net::TcpListener::from_std(listener);
-            tokio_uring::spawn(accept_loop(Rc::clone(&core), listener, role));
+            let listener = Rc::new(tokio_uring::net::TcpListener::from_std(listener));
+            // Several accepts in flight per listener: with one, a busy event loop accepts at most
+            // one connection per turn and new clients wait in the backlog.
+            for _ in 0..ACCEPTS_IN_FLIGHT {
+                tokio_uring::spawn(accept_loop(Rc::clone(&core), Rc::clone(&listener), role));
+            }
         }
         let mut shutdown = core.shutdown.clone();
         let _ = shutdown.wait_for(|s| *s).await;
@@ -308,7 +312,10 @@ fn start_delivery(core: &Rc<Core>) {
     tokio_uring::spawn(delivery.run());
 }
 
-async fn accept_loop(core: Rc<Core>, listener: tokio_uring::net::TcpListener, role: ListenerRole) {
+/// Accept operations kept in flight per listener and core.
+const ACCEPTS_IN_FLIGHT: usize = 16;
+
+async fn accept_loop(core: Rc<Core>, listener: Rc<tokio_uring::net::TcpListener>, role: ListenerRole) {
     let mut shutdown = core.shutdown.clone();
     let max = core.shared.config.limits.max_connections_per_core;
     loop {
