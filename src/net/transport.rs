@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio_uring::net::TcpStream;
 
 /// Size of one socket read.
-pub const READ_CHUNK: usize = 64 * 1024;
+pub const READ_CHUNK: usize = 16 * 1024;
 
 /// A connection's byte transport.
 pub struct Transport {

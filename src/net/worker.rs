@@ -126,15 +126,14 @@ impl Core {
         }
     }
 
-    /// Asks the commit task to flush what was appended (status records, DSNs).
+    /// Status records and DSNs were appended: the commit task flushes them within
+    /// `LAZY_FLUSH`, or sooner along with the next message commit.
     pub fn kick_commit(&self) {
         if self.shared.config.spool.durability == Durability::None {
             let mut shard = self.shard.borrow_mut();
             let seq = shard.appended_seq();
             shard.mark_durable(seq);
-            return;
         }
-        self.kick.notify_one();
     }
 
     /// Removes segments whose messages are all final and past `retention.content`, leaving
@@ -169,30 +168,46 @@ impl Core {
 
     /// The group-commit loop: one fdatasync at a time covering every append before it.
     async fn commit_loop(self: Rc<Self>) {
+        use std::os::unix::fs::MetadataExt;
+        // A dup of the active segment's file, kept while the segment stays active (keyed by
+        // inode: the shard may reuse a descriptor number for its next segment).
+        let mut cached: Option<(u64, tokio_uring::fs::File)> = None;
         loop {
-            let (target, file) = {
+            let pending = {
                 let shard = self.shard.borrow();
                 if shard.durable_seq() >= shard.appended_seq() {
-                    (None, None)
+                    None
                 } else {
-                    (
-                        Some(shard.appended_seq()),
-                        Some(shard.active_file().try_clone()),
-                    )
+                    let active = shard.active_file();
+                    let ino = active.metadata().map(|m| m.ino()).unwrap_or(0);
+                    let file = match &cached {
+                        Some((i, _)) if *i == ino && ino != 0 => Ok(None),
+                        _ => active.try_clone().map(Some),
+                    };
+                    Some((shard.appended_seq(), ino, file))
                 }
             };
-            let (Some(target), Some(file)) = (target, file) else {
-                self.kick.notified().await;
+            let Some((target, ino, file)) = pending else {
+                // Message commits wake us at once; status records (lazy_kick) at the latest
+                // after LAZY_FLUSH.
+                tokio::select! {
+                    _ = self.kick.notified() => {}
+                    _ = tokio::time::sleep(LAZY_FLUSH) => {}
+                }
                 continue;
             };
             let result = match file {
-                Ok(file) => {
-                    let file = tokio_uring::fs::File::from_std(file);
-                    let r = file.sync_data().await;
-                    let _ = file.close().await;
-                    r
+                Ok(Some(f)) => {
+                    cached = Some((ino, tokio_uring::fs::File::from_std(f)));
+                    Ok(())
                 }
+                Ok(None) => Ok(()),
                 Err(e) => Err(e),
+            };
+            let result = match (result, &cached) {
+                (Ok(()), Some((_, f))) => f.sync_data().await,
+                (Ok(()), None) => Err(std::io::Error::other("no active segment")),
+                (Err(e), _) => Err(e),
             };
             match result {
                 Ok(()) => {
@@ -205,11 +220,16 @@ impl Core {
                     tracing::error!(error = %e, shard = self.index, "fdatasync failed; shard stopped");
                     self.shard.borrow_mut().mark_sync_failed();
                     self.durable.send_modify(|v| v.1 = v.1.max(target));
+                    cached = None;
                 }
             }
         }
     }
 }
+
+/// Longest time a status record (delivery outcome) waits for its fdatasync when no message
+/// commit comes along to carry it. A crash inside this window can only cause a redelivery.
+const LAZY_FLUSH: Duration = Duration::from_millis(20);
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms(t: SystemTime) -> u64 {
@@ -315,7 +335,11 @@ fn start_delivery(core: &Rc<Core>) {
 /// Accept operations kept in flight per listener and core.
 const ACCEPTS_IN_FLIGHT: usize = 16;
 
-async fn accept_loop(core: Rc<Core>, listener: Rc<tokio_uring::net::TcpListener>, role: ListenerRole) {
+async fn accept_loop(
+    core: Rc<Core>,
+    listener: Rc<tokio_uring::net::TcpListener>,
+    role: ListenerRole,
+) {
     let mut shutdown = core.shutdown.clone();
     let max = core.shared.config.limits.max_connections_per_core;
     loop {
