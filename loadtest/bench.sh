@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # bench.sh -- end-to-end benchmark of ringmta with the project's own load tool, and the raw
-# ceiling (loadtest send -> loadtest sink, no MTA), on loopback.
+# ceiling (loadtest send -> loadtest sink, no MTA), on loopback, in one run.
 #
 #   loadtest send --> ringmta (durable spool) --> loadtest sink
 #
+# Prints, per phase: the sender's report (accepted msg/s, latency percentiles of the 250 after
+# DATA) and one summary line: e2e msg/s (until the sink has every message), ringmta CPU
+# seconds per 1000 messages, and ringmta's peak RSS.
+#
 # Environment: N=20000 messages, SIZE=1024, CONC=50, THREADS=0 (ringmta threads, 0 = per core),
-# REUSE=1 (messages per connection for the sender; 1 = a new session per message),
-# DURABILITY=fsync, WORK=/tmp/ringmta-bench. Needs a release build (cargo build --release).
+# PER_CONN=1 (messages per connection; 1 = a new SMTP session per message), DURABILITY=fsync,
+# RAW=1 (also measure the raw ceiling), WORK=/tmp/ringmta-bench. Needs `cargo build --release`.
 # Everything listens on and connects to 127.0.0.1 only; every process is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-20000}; SIZE=${SIZE:-1024}; CONC=${CONC:-50}; THREADS=${THREADS:-0}
+N=${N:-20000}; SIZE=${SIZE:-1024}; CONC=${CONC:-50}; THREADS=${THREADS:-0}; RAW=${RAW:-1}
 PER_CONN=${PER_CONN:-1}; DURABILITY=${DURABILITY:-fsync}; WORK=${WORK:-/tmp/ringmta-bench}
 BIN=target/release
 rm -rf "$WORK"; mkdir -p "$WORK"
@@ -18,15 +22,29 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-# The sink: port 0, read back.
-"$BIN/loadtest" sink --listen 127.0.0.1:0 --exit-after 100000000 > "$WORK/sink.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do grep -q listening "$WORK/sink.out" && break; sleep 0.05; done
-SINK=$(awk '/listening/{print $NF}' "$WORK/sink.out")
+start_sink() {  # sets SINK and SINK_PID; the sink exits by itself after N messages
+  "$BIN/loadtest" sink --listen 127.0.0.1:0 --exit-after "$N" > "$WORK/sink.out" 2>&1 &
+  SINK_PID=$!; pids+=("$SINK_PID")
+  for _ in $(seq 100); do grep -q listening "$WORK/sink.out" && break; sleep 0.05; done
+  SINK=$(awk '/listening/{print $NF}' "$WORK/sink.out")
+}
+wait_sink() {  # bounded wait for the sink to reach N; prints seconds since $1
+  local t0=$1 i
+  for i in $(seq 6000); do kill -0 "$SINK_PID" 2>/dev/null || break; sleep 0.05; done
+  echo "$(date +%s.%N) $t0" | awk '{printf "%.3f", $1-$2}'
+}
+send() {  # target
+  "$BIN/loadtest" send --target "$1" -c "$CONC" -m "$N" -s "$SIZE" --per-connection "$PER_CONN" --pipelining
+}
 
-echo "# raw ceiling: loadtest send -> loadtest sink ($N x $SIZE B, c=$CONC)"
-"$BIN/loadtest" send --target "$SINK" -c "$CONC" -m "$N" -s "$SIZE" --per-connection "$PER_CONN" --pipelining
+if [ "$RAW" = 1 ]; then
+  start_sink
+  echo "# raw ceiling: loadtest send -> loadtest sink ($N x $SIZE B, c=$CONC)"
+  t0=$(date +%s.%N); send "$SINK"; el=$(wait_sink "$t0")
+  echo "raw e2e: $(awk -v n="$N" -v s="$el" 'BEGIN{printf "%.0f", n/s}') msg/s"
+fi
 
+start_sink
 cat > "$WORK/ringmta.toml" <<CONF
 hostname = "bench.invalid"
 spool_dir = "$WORK/spool"
@@ -38,6 +56,7 @@ submissions = []
 http = ""
 [limits]
 max_connections_per_core = 20000
+max_message_size = "200MB"
 [spool]
 durability = "$DURABILITY"
 [delivery]
@@ -48,8 +67,13 @@ max_messages_per_connection = 1000
 level = "warn"
 CONF
 "$BIN/ringmta" serve --config "$WORK/ringmta.toml" > "$WORK/ringmta.out" 2> "$WORK/ringmta.err" &
-pids+=($!)
+RP=$!; pids+=("$RP")
 for _ in $(seq 200); do grep -q "ringmta ready" "$WORK/ringmta.out" && break; sleep 0.05; done
 MTA=$(sed -n 's/.*smtp=\([^ ]*\).*/\1/p' "$WORK/ringmta.out")
-echo "# ringmta ($DURABILITY): loadtest send -> ringmta $MTA -> sink ($N x $SIZE B, c=$CONC)"
-"$BIN/loadtest" send --target "$MTA" -c "$CONC" -m "$N" -s "$SIZE" --per-connection "$PER_CONN" --pipelining
+cpu0=$(awk '{print $14+$15}' /proc/$RP/stat)
+echo "# ringmta (threads=$THREADS, $DURABILITY): loadtest send -> ringmta -> loadtest sink ($N x $SIZE B, c=$CONC)"
+t0=$(date +%s.%N); send "$MTA"; el=$(wait_sink "$t0")
+cpu1=$(awk '{print $14+$15}' /proc/$RP/stat)
+hwm=$(awk '/VmHWM/{print $2}' /proc/$RP/status)
+tck=$(getconf CLK_TCK)
+echo "ringmta e2e: $(awk -v n="$N" -v s="$el" 'BEGIN{printf "%.0f", n/s}') msg/s; cpu $(awk -v a="$cpu0" -v b="$cpu1" -v n="$N" -v t="$tck" 'BEGIN{printf "%.3f", (b-a)/t/n*1000}') s per 1000 msg; peak RSS $((hwm / 1024)) MiB"

@@ -376,7 +376,7 @@ fn save(shared: &Shared, txn: &Txn, data: &[u8]) {
 }
 
 fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 fn find_message_id(head: &[u8]) -> Option<String> {

@@ -26,6 +26,24 @@ pub fn serve(config: Config) -> Result<()> {
     std::fs::create_dir_all(&config.spool_dir)
         .with_context(|| format!("cannot create spool_dir {}", config.spool_dir.display()))?;
     let _lock = spool::lock(&config.spool_dir)?;
+    // Every shard on disk needs a worker, or its acknowledged mail would never be delivered
+    // (e.g. after moving from 8 cores to 4 with `threads = 0`).
+    let on_disk = spool::recovery::list_shards(&config.spool_dir)?
+        .into_iter()
+        .max()
+        .map_or(0, |m| usize::from(m) + 1);
+    let config = if on_disk > config.threads {
+        tracing::warn!(
+            configured = config.threads,
+            shards = on_disk,
+            "the spool has more shards than worker threads; starting one worker per shard"
+        );
+        let mut c = (*config).clone();
+        c.threads = on_disk;
+        Arc::new(c)
+    } else {
+        config
+    };
     if config.spool.durability == Durability::None {
         tracing::warn!(
             "spool.durability = \"none\": a 250 does NOT mean the message is on disk; benchmarks only"

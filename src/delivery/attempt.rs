@@ -56,13 +56,27 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
     loop {
         session.poll_output(&mut out);
         if !out.is_empty() {
-            let (res, buf) = transport.write_all(std::mem::take(&mut out)).await;
-            out = buf;
-            out.clear();
+            // A next hop that stops reading must not hold this connection slot forever.
+            let written =
+                tokio::time::timeout(WRITE_TIMEOUT, transport.write_all(std::mem::take(&mut out)))
+                    .await;
+            let res = match written {
+                Ok((res, buf)) => {
+                    out = buf;
+                    out.clear();
+                    res
+                }
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "write timed out",
+                )),
+            };
             if let Err(e) = res {
-                abort(
+                give_up(
                     &delivery,
-                    current.take(),
+                    domain,
+                    &mut current,
+                    sent,
                     ConnFailure::Reset,
                     &format!("write to {remote}: {e}"),
                     &remote,
@@ -78,13 +92,23 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                         .unwrap_or_else(|_| {
                             rustls::pki_types::ServerName::IpAddress(hop.addrs[0].ip().into())
                         });
-                    if let Err(e) = transport
-                        .connect_tls(Arc::clone(delivery.tls()), name)
-                        .await
-                    {
-                        abort(
+                    let handshake = tokio::time::timeout(
+                        WRITE_TIMEOUT,
+                        transport.connect_tls(Arc::clone(delivery.tls()), name),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "handshake timed out",
+                        ))
+                    });
+                    if let Err(e) = handshake {
+                        give_up(
                             &delivery,
-                            current.take(),
+                            domain,
+                            &mut current,
+                            sent,
                             ConnFailure::Tls,
                             &format!("tls with {remote}: {e}"),
                             &remote,
@@ -103,8 +127,13 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                         session.quit(Instant::now());
                         continue;
                     };
-                    if !start_job(&delivery, &mut session, &job) {
-                        continue;
+                    match start_job(&delivery, &mut session, &job) {
+                        Start::Sent => {}
+                        Start::Gone => continue,
+                        Start::Busy => {
+                            delivery.requeue_front(domain, job);
+                            continue;
+                        }
                     }
                     sent += 1;
                     current = Some(job);
@@ -135,26 +164,28 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                             }
                             (ConnFailure::Protocol, e.to_string())
                         }
-                        ClientError::Refused(r) => {
-                            // The greeting or EHLO was refused: every queued job gets that reply.
-                            let r = r.clone();
-                            for job in delivery.drain_jobs(domain) {
-                                let results: Vec<_> = job
-                                    .rcpts
-                                    .iter()
-                                    .map(|x| (*x, result_of(&r, &remote)))
-                                    .collect();
-                                delivery.record(job.id, &results);
-                            }
-                            (ConnFailure::Protocol, e.to_string())
-                        }
+                        // A refused greeting or EHLO says something about this host or our
+                        // IP ("too many connections"), not about the messages: defer them all,
+                        // as Postfix does with smtp_skip_5xx_greeting.
+                        ClientError::Refused(r) => (
+                            ConnFailure::Protocol,
+                            format!("{remote} refused the session: {}", reply_line(r)),
+                        ),
                         ClientError::TlsUnavailable(_) => (ConnFailure::Tls, e.to_string()),
                         ClientError::Timeout => {
                             (ConnFailure::Timeout, format!("timeout talking to {remote}"))
                         }
                         _ => (ConnFailure::Protocol, e.to_string()),
                     };
-                    abort(&delivery, current.take(), failure, &detail, &remote);
+                    give_up(
+                        &delivery,
+                        domain,
+                        &mut current,
+                        sent,
+                        failure,
+                        &detail,
+                        &remote,
+                    );
                     closed = true;
                     break;
                 }
@@ -167,7 +198,11 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
         if closed {
             session.poll_output(&mut out);
             if !out.is_empty() {
-                let _ = transport.write_all(std::mem::take(&mut out)).await;
+                let _ = tokio::time::timeout(
+                    WRITE_TIMEOUT,
+                    transport.write_all(std::mem::take(&mut out)),
+                )
+                .await;
             }
             break;
         }
@@ -193,9 +228,11 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
         match res {
             Ok(n) if n > 0 => {
                 if let Err(e) = transport.decode(&mut raw, &mut plain).await {
-                    abort(
+                    give_up(
                         &delivery,
-                        current.take(),
+                        domain,
+                        &mut current,
+                        sent,
                         ConnFailure::Tls,
                         &format!("tls with {remote}: {e}"),
                         &remote,
@@ -206,9 +243,11 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                 plain.clear();
             }
             _ => {
-                abort(
+                give_up(
                     &delivery,
-                    current.take(),
+                    domain,
+                    &mut current,
+                    sent,
                     ConnFailure::Reset,
                     &format!("connection to {remote} closed"),
                     &remote,
@@ -225,11 +264,19 @@ fn hop_key(domain: &str) -> String {
     domain.to_owned()
 }
 
-/// Sends a job's envelope and body; false when the message is gone (deleted meanwhile).
-fn start_job(delivery: &Delivery, session: &mut ClientSession, job: &Job) -> bool {
+enum Start {
+    Sent,
+    /// The message is gone (purged or deleted meanwhile).
+    Gone,
+    /// The session cannot take a message now (it is ending).
+    Busy,
+}
+
+/// Sends a job's envelope and body.
+fn start_job(delivery: &Delivery, session: &mut ClientSession, job: &Job) -> Start {
     let shard = delivery.core().shard.borrow();
     let Some(view) = shard.message(job.id) else {
-        return false;
+        return Start::Gone;
     };
     let meta = view.meta;
     let recipients = job
@@ -255,8 +302,11 @@ fn start_job(delivery: &Delivery, session: &mut ClientSession, job: &Job) -> boo
         envid: meta.envid.as_ref().map(|e| e.as_str().to_owned()),
     };
     // The body goes from the mapping straight into the session's stuffing buffer.
-    session.send_message(&envelope, view.body, Instant::now());
-    true
+    if session.send_message(&envelope, view.body, Instant::now()) {
+        Start::Sent
+    } else {
+        Start::Busy
+    }
 }
 
 fn notify_param(bits: u8) -> Option<String> {
@@ -309,11 +359,31 @@ fn reply_line(reply: &Reply) -> String {
     s
 }
 
-fn abort(delivery: &Delivery, job: Option<Job>, failure: ConnFailure, detail: &str, remote: &str) {
-    if let Some(job) = job {
+/// The connection failed: the job in flight gets the failure; if the connection never carried a
+/// message, every queued job of the destination does too (they would fail the same way, and a
+/// new connection must not be started in a tight loop).
+fn give_up(
+    delivery: &Delivery,
+    domain: &str,
+    current: &mut Option<Job>,
+    sent: usize,
+    failure: ConnFailure,
+    detail: &str,
+    remote: &str,
+) {
+    if let Some(job) = current.take() {
         fail_job(delivery, &job, failure, detail, remote);
     }
+    if sent == 0 {
+        for job in delivery.drain_jobs(domain) {
+            fail_job(delivery, &job, failure, detail, remote);
+        }
+    }
 }
+
+/// Longest a single write or TLS handshake to a next hop may take (RFC 5321 §4.5.3.2.5 gives
+/// 3 minutes per data block).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn fail_job(delivery: &Delivery, job: &Job, failure: ConnFailure, detail: &str, remote: &str) {
     let results: Vec<_> = job

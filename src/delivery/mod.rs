@@ -143,6 +143,55 @@ impl Delivery {
         })
     }
 
+    /// Sends the failure DSNs that a crash may have lost: a recipient recorded as failed whose
+    /// DSN was due but is not marked as sent (the DSN is queued right after the failure record,
+    /// so a crash between the two loses it). Called once at start.
+    pub fn recover_dsns(&self) {
+        let now = SystemTime::now();
+        let mut todo: Vec<(QueueId, Vec<DsnRecipientFacts>)> = Vec::new();
+        {
+            let shard = self.core.shard.borrow();
+            for id in shard.messages() {
+                let (Some(st), Some(view)) = (shard.state(id), shard.message(id)) else {
+                    continue;
+                };
+                if view.meta.is_dsn || view.meta.reverse_path.is_empty() {
+                    continue;
+                }
+                let mut facts = Vec::new();
+                for (i, r) in st.recipients.iter().enumerate() {
+                    let Some(m) = view.meta.recipients.get(i) else {
+                        continue;
+                    };
+                    let n = m.notify;
+                    let wants = n & 1 == 0 && (n == 0 || n & 4 != 0);
+                    if r.kind == Some(StatusKind::Failed) && !r.dsn_sent && wants {
+                        let last = r.last_status.and_then(|at| shard.status_record(at));
+                        facts.push(DsnRecipientFacts {
+                            rcpt: i as u32,
+                            address: m.address.as_str().to_owned(),
+                            reply: last
+                                .map(|l| l.reply.as_str().to_owned())
+                                .unwrap_or_default(),
+                            remote: last
+                                .map(|l| l.remote.as_str().to_owned())
+                                .unwrap_or_default(),
+                            class: None,
+                        });
+                    }
+                }
+                if !facts.is_empty() {
+                    todo.push((id, facts));
+                }
+            }
+        }
+        for (id, facts) in todo {
+            tracing::info!(%id, recipients = facts.len(), "sending a failure dsn lost by a crash");
+            self.send_dsn(id, DsnKind::Failure, &facts, now);
+        }
+        self.core.kick_commit();
+    }
+
     /// Hands a durable message to delivery (called after its 250 went out).
     pub fn submit(&self, id: QueueId) {
         self.fresh.borrow_mut().push(id);
@@ -277,6 +326,16 @@ impl Delivery {
     /// Takes the next job for a destination.
     pub fn next_job(&self, domain: &str) -> Option<Job> {
         self.dests.borrow_mut().get_mut(domain)?.queue.pop_front()
+    }
+
+    /// Puts a job back at the head of its destination's queue.
+    pub fn requeue_front(&self, domain: &str, job: Job) {
+        self.dests
+            .borrow_mut()
+            .entry(domain.to_owned())
+            .or_default()
+            .queue
+            .push_front(job);
     }
 
     /// Takes every queued job of a destination (when the destination is unreachable).

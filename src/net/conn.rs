@@ -43,10 +43,13 @@ pub async fn serve(
 
     let mut tls = None;
     if role == ListenerRole::Submissions {
-        if let Err(e) = transport
-            .accept_tls(Arc::clone(&shared.tls), Vec::new())
-            .await
-        {
+        let handshake = tokio::time::timeout(
+            shared.config.limits.command_timeout,
+            transport.accept_tls(Arc::clone(&shared.tls), Vec::new()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timed_out("tls handshake")));
+        if let Err(e) = handshake {
             tracing::debug!(%peer, error = %e, "implicit tls handshake failed");
             transport.close().await;
             return;
@@ -139,13 +142,20 @@ impl Driver {
         if self.out.is_empty() {
             return true;
         }
-        let (res, mut buf) = self
-            .transport
-            .write_all(std::mem::take(&mut self.out))
-            .await;
-        buf.clear();
-        self.out = buf;
-        res.is_ok()
+        // A client that stops reading must not hold its slot forever (slowloris on replies).
+        let written = tokio::time::timeout(
+            self.core.shared.config.limits.data_timeout,
+            self.transport.write_all(std::mem::take(&mut self.out)),
+        )
+        .await;
+        match written {
+            Ok((res, mut buf)) => {
+                buf.clear();
+                self.out = buf;
+                res.is_ok()
+            }
+            Err(_) => false,
+        }
     }
 
     async fn pump(&mut self, session: &mut ServerSession) -> Pump {
@@ -181,11 +191,14 @@ impl Driver {
                     // RFC 3207 §4.2 / CVE-2011-0411: whatever plaintext followed STARTTLS is
                     // dropped; the session has already consumed it.
                     self.input.clear();
-                    if let Err(e) = self
-                        .transport
-                        .accept_tls(Arc::clone(&self.core.shared.tls), Vec::new())
-                        .await
-                    {
+                    let handshake = tokio::time::timeout(
+                        self.core.shared.config.limits.command_timeout,
+                        self.transport
+                            .accept_tls(Arc::clone(&self.core.shared.tls), Vec::new()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out("tls handshake")));
+                    if let Err(e) = handshake {
                         tracing::debug!(peer = %self.peer, error = %e, "starttls handshake failed");
                         return Pump::Close;
                     }
@@ -224,6 +237,10 @@ impl Driver {
     async fn commit(&mut self, _txn: TxnId, t: Transaction) -> Result<QueueId, CommitError> {
         self.core.commit(t, SystemTime::now()).await
     }
+}
+
+fn timed_out(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"))
 }
 
 enum Pump {

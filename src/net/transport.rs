@@ -103,11 +103,24 @@ impl Transport {
 
     /// Writes all of `data` (through TLS when active). Returns the buffer for reuse.
     pub async fn write_all(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        if let Some(tls) = self.tls.as_deref_mut() {
-            if let Err(e) = tls.writer().write_all(&data) {
-                return (Err(e), data);
+        if self.tls.is_some() {
+            // rustls buffers a bounded amount of plaintext (64 KiB by default): feed it in pieces
+            // and flush between them.
+            let mut off = 0;
+            while off < data.len() {
+                let written = match self.tls.as_deref_mut() {
+                    Some(tls) => tls.writer().write(&data[off..]),
+                    None => Err(io::Error::other("tls state vanished")),
+                };
+                match written {
+                    Ok(n) => off += n,
+                    Err(e) => return (Err(e), data),
+                }
+                if let Err(e) = self.flush_tls().await {
+                    return (Err(e), data);
+                }
             }
-            return (self.flush_tls().await, data);
+            return (Ok(()), data);
         }
         let (res, buf) = self.stream.write_all(data).await;
         (res, buf)

@@ -211,16 +211,24 @@ impl Core {
             };
             match result {
                 Ok(()) => {
-                    self.shard.borrow_mut().mark_durable(target);
-                    self.durable.send_modify(|v| v.0 = v.0.max(target));
+                    // Publish what the shard vouches for (after a failed flush it vouches for
+                    // nothing more, even if a later fdatasync returns Ok).
+                    let durable = {
+                        let mut shard = self.shard.borrow_mut();
+                        shard.mark_durable(target);
+                        shard.durable_seq()
+                    };
+                    self.durable.send_modify(|v| v.0 = v.0.max(durable));
                 }
                 Err(e) => {
                     // fdatasync failure: the pages' fate is unknown, so nothing they hold may be
                     // acknowledged. Waiters get 451 and the client retries.
                     tracing::error!(error = %e, shard = self.index, "fdatasync failed; shard stopped");
                     self.shard.borrow_mut().mark_sync_failed();
-                    self.durable.send_modify(|v| v.1 = v.1.max(target));
-                    cached = None;
+                    // Linux reports a writeback error once per file: a retry could "succeed"
+                    // without the lost pages. Everything from here on fails until a restart.
+                    self.durable.send_modify(|v| v.1 = u64::MAX);
+                    return;
                 }
             }
         }
@@ -329,6 +337,7 @@ fn start_delivery(core: &Rc<Core>) {
         core.shared.events.clone(),
     );
     *core.delivery.borrow_mut() = Some(Rc::clone(&delivery));
+    delivery.recover_dsns();
     tokio_uring::spawn(delivery.run());
 }
 

@@ -202,6 +202,8 @@ pub struct ClientSession {
     msg: Option<InFlight>,
     /// Commands held back until the previous reply when the server lacks PIPELINING.
     pending_lines: VecDeque<(String, Expect)>,
+    /// STARTTLS was accepted; input is discarded until the handshake is done.
+    tls_pending: bool,
     done: bool,
 }
 
@@ -220,6 +222,7 @@ impl ClientSession {
             tls_on,
             msg: None,
             pending_lines: VecDeque::new(),
+            tls_pending: false,
             done: false,
         }
     }
@@ -243,7 +246,7 @@ impl ClientSession {
     /// Feeds reply bytes. Always consumes everything (replies are buffered internally, bounded
     /// by the reply limits).
     pub fn handle_input(&mut self, bytes: &[u8], now: Instant) -> usize {
-        if self.done {
+        if self.done || self.tls_pending {
             return bytes.len();
         }
         self.input.extend_from_slice(bytes);
@@ -253,7 +256,8 @@ impl ClientSession {
                 Ok(ReplyStatus::Complete { reply, consumed }) => {
                     self.input.drain(..consumed);
                     self.on_reply(reply, now);
-                    if self.done {
+                    if self.done || self.tls_pending {
+                        self.input.clear();
                         break;
                     }
                 }
@@ -276,6 +280,8 @@ impl ClientSession {
     /// The TLS handshake after `StartTls` finished: EHLO again (RFC 3207 §4.2).
     pub fn handle_tls_established(&mut self, now: Instant) {
         self.tls_on = true;
+        self.tls_pending = false;
+        self.input.clear();
         self.ext = Extensions::default();
         self.command(
             format!("EHLO {}\r\n", self.config.helo),
@@ -287,10 +293,10 @@ impl ClientSession {
 
     /// Starts a message. Only valid after `Ready` (or an `Outcome`); otherwise ignored with a
     /// debug assertion.
-    pub fn send_message(&mut self, envelope: &OutboundEnvelope, body: &[u8], now: Instant) {
+    /// Returns false (and does nothing) when the session cannot take a message now.
+    pub fn send_message(&mut self, envelope: &OutboundEnvelope, body: &[u8], now: Instant) -> bool {
         if self.msg.is_some() || self.done || !self.expect.is_empty() {
-            debug_assert!(false, "send_message while busy");
-            return;
+            return false;
         }
         if let Some(limit) = self.ext.size.filter(|l| *l > 0 && body.len() as u64 > *l) {
             let reply = Reply::new(
@@ -306,7 +312,7 @@ impl ClientSession {
                 recipients: replies,
             }));
             self.events.push_back(ClientEvent::Ready);
-            return;
+            return true;
         }
         let mut mail = format!("MAIL FROM:<{}>", envelope.reverse_path);
         if self.ext.size.is_some() {
@@ -366,6 +372,7 @@ impl ClientSession {
             self.pending_lines
                 .push_back(("DATA\r\n".into(), Expect::Data));
         }
+        true
     }
 
     /// Ends the session politely.
@@ -403,6 +410,9 @@ impl ClientSession {
     }
 
     fn fail(&mut self, e: ClientError) {
+        // A Ready queued by an earlier reply of the same read must not start a message on a
+        // session that is over.
+        self.events.retain(|ev| !matches!(ev, ClientEvent::Ready));
         self.done = true;
         self.deadline = None;
         self.expect.clear();
@@ -477,6 +487,9 @@ impl ClientSession {
                     return;
                 }
                 self.deadline = None;
+                // RFC 3207 §4.2: nothing received before the handshake may be used after it.
+                self.tls_pending = true;
+                self.input.clear();
                 self.events.push_back(ClientEvent::StartTls);
             }
             Expect::Auth => {
@@ -529,7 +542,14 @@ impl ClientSession {
                     }
                     return;
                 }
-                self.finish(reply);
+                let mail_accepted = self.msg.as_ref().is_some_and(|m| m.mail.is_none());
+                if mail_accepted {
+                    // The server still holds the transaction MAIL opened: close it, or the next
+                    // MAIL on this connection gets "503 nested MAIL".
+                    self.finish_with_rset(reply, now);
+                } else {
+                    self.finish(reply);
+                }
             }
             Expect::Dot => self.finish(reply),
             Expect::Rset => {
@@ -662,4 +682,216 @@ fn parse_extensions(reply: &Reply) -> Extensions {
         }
     }
     ext
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ids::QueueId;
+    use crate::smtp::{Event, PeerInfo, PortRole, ServerSession, SessionConfig, SessionLimits};
+
+    fn config(pipelining: bool) -> ClientConfig {
+        ClientConfig {
+            helo: "client.test".into(),
+            tls: TlsPolicy::Disabled,
+            pipelining,
+            auth: None,
+            timeouts: ClientTimeouts::default(),
+            reply_limits: ReplyLimits::default(),
+        }
+    }
+
+    fn envelope(rcpts: &[&str]) -> OutboundEnvelope {
+        OutboundEnvelope {
+            reverse_path: "a@client.test".into(),
+            recipients: rcpts
+                .iter()
+                .map(|r| OutboundRecipient {
+                    address: (*r).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// An in-memory pair: our client against our server, bytes moved by hand, commits
+    /// answered at once. Returns every outcome, in order.
+    fn run_pair(trusted: bool, pipelining: bool, messages: &[(&[&str], &[u8])]) -> Vec<Vec<u16>> {
+        let now = Instant::now();
+        let server_config = Arc::new(SessionConfig {
+            hostname: "mx.test".into(),
+            role: PortRole::Relay,
+            limits: SessionLimits::default(),
+            starttls_available: false,
+        });
+        let peer = PeerInfo {
+            addr: "127.0.0.1:1000".parse().unwrap(),
+            is_trusted: trusted,
+        };
+        let mut server = ServerSession::new(server_config, peer, None, now);
+        let mut client = ClientSession::new(config(pipelining), false, now);
+        let mut outcomes = Vec::new();
+        let mut next = 0;
+        let mut buf = Vec::new();
+        for _ in 0..1000 {
+            buf.clear();
+            server.poll_output(&mut buf);
+            if !buf.is_empty() {
+                client.handle_input(&buf, now);
+            }
+            while let Some(ev) = client.poll_event() {
+                match ev {
+                    ClientEvent::Ready => {
+                        if let Some((rcpts, body)) = messages.get(next) {
+                            assert!(client.send_message(&envelope(rcpts), body, now));
+                            next += 1;
+                        } else {
+                            client.quit(now);
+                        }
+                    }
+                    ClientEvent::Outcome(o) => {
+                        outcomes.push(o.recipients.iter().map(|r| r.code).collect())
+                    }
+                    ClientEvent::Closed => return outcomes,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            buf.clear();
+            client.poll_output(&mut buf);
+            let mut pos = 0;
+            while pos < buf.len() {
+                let used = server.handle_input(&buf[pos..], now);
+                pos += used;
+                while let Some(ev) = server.poll_event() {
+                    if let Event::Commit(txn, _) = ev {
+                        server.handle_commit(txn, Ok(QueueId(7)), now);
+                    }
+                }
+                if used == 0 {
+                    break;
+                }
+            }
+        }
+        panic!("pair did not finish: {outcomes:?}");
+    }
+
+    #[test]
+    fn pipelined_and_sequential_transactions_deliver() {
+        for pipelining in [true, false] {
+            let out = run_pair(
+                true,
+                pipelining,
+                &[
+                    (
+                        &["b@example.net", "c@example.net"],
+                        b"Subject: x\r\n\r\n.dot\r\n",
+                    ),
+                    (&["d@example.net"], b"hi\r\n"),
+                ],
+            );
+            assert_eq!(
+                out,
+                vec![vec![250, 250], vec![250]],
+                "pipelining={pipelining}"
+            );
+        }
+    }
+
+    #[test]
+    fn refused_recipients_then_a_second_message_on_the_same_connection() {
+        // Untrusted relay client: every RCPT gets 554; DATA is refused while MAIL stays open on
+        // the server, so the client must RSET before the next MAIL (no "503 nested MAIL").
+        for pipelining in [true, false] {
+            let out = run_pair(
+                false,
+                pipelining,
+                &[
+                    (&["b@example.net"], b"x\r\n"),
+                    (&["c@example.net"], b"y\r\n"),
+                ],
+            );
+            assert_eq!(out, vec![vec![554], vec![554]], "pipelining={pipelining}");
+        }
+    }
+
+    #[test]
+    fn plaintext_after_the_starttls_220_is_discarded() {
+        let now = Instant::now();
+        let mut c = ClientSession::new(
+            ClientConfig {
+                tls: TlsPolicy::Required,
+                ..config(true)
+            },
+            false,
+            now,
+        );
+        c.handle_input(b"220 mx ESMTP\r\n", now);
+        let mut out = Vec::new();
+        c.poll_output(&mut out);
+        assert_eq!(out, b"EHLO client.test\r\n");
+        out.clear();
+        c.handle_input(b"250-mx\r\n250 STARTTLS\r\n", now);
+        c.poll_output(&mut out);
+        assert_eq!(out, b"STARTTLS\r\n");
+        // An injected reply in the same segment as the 220 must not be taken as the EHLO answer
+        // after the handshake.
+        c.handle_input(b"220 go ahead\r\n250-evil\r\n250 AUTH PLAIN\r\n", now);
+        assert_eq!(c.poll_event(), Some(ClientEvent::StartTls));
+        c.handle_tls_established(now);
+        out.clear();
+        c.poll_output(&mut out);
+        assert_eq!(out, b"EHLO client.test\r\n");
+        c.handle_input(b"250-mx\r\n250 PIPELINING\r\n", now);
+        assert_eq!(c.poll_event(), Some(ClientEvent::Ready));
+        assert!(c.extensions().pipelining);
+    }
+
+    #[test]
+    fn a_failure_cancels_a_queued_ready() {
+        let now = Instant::now();
+        let mut c = ClientSession::new(config(true), false, now);
+        c.handle_input(b"220 mx\r\n", now);
+        c.handle_input(b"250 mx\r\n", now);
+        assert_eq!(c.poll_event(), Some(ClientEvent::Ready));
+        assert!(c.send_message(&envelope(&["b@x.example"]), b"x\r\n", now));
+        let mut out = Vec::new();
+        c.poll_output(&mut out);
+        // The final reply and an unsolicited 421 arrive in one read.
+        c.handle_input(b"250 ok\r\n250 ok\r\n354 go\r\n", now);
+        c.poll_output(&mut out);
+        c.handle_input(b"250 queued\r\n421 bye\r\n", now);
+        assert!(matches!(c.poll_event(), Some(ClientEvent::Outcome(_))));
+        assert!(matches!(c.poll_event(), Some(ClientEvent::Failed(_))));
+        assert_eq!(c.poll_event(), None);
+        assert!(!c.send_message(&envelope(&["c@x.example"]), b"y\r\n", now));
+    }
+
+    #[test]
+    fn server_size_limit_is_honoured_before_sending() {
+        let now = Instant::now();
+        let mut c = ClientSession::new(config(true), false, now);
+        c.handle_input(b"220 mx\r\n250-mx\r\n250 SIZE 10\r\n", now);
+        assert_eq!(c.poll_event(), Some(ClientEvent::Ready));
+        let mut out = Vec::new();
+        c.poll_output(&mut out);
+        out.clear();
+        assert!(c.send_message(
+            &envelope(&["b@x.example"]),
+            b"far more than ten bytes\r\n",
+            now
+        ));
+        c.poll_output(&mut out);
+        assert!(
+            out.is_empty(),
+            "nothing sent: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        match c.poll_event() {
+            Some(ClientEvent::Outcome(o)) => assert_eq!(o.recipients[0].code, 552),
+            other => panic!("{other:?}"),
+        }
+    }
 }

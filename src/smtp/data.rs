@@ -86,10 +86,7 @@ impl DataReceiver {
         while i < input.len() {
             if self.state == LineState::Middle {
                 // Fast path: copy a run of ordinary bytes at once.
-                let run = input[i..]
-                    .iter()
-                    .position(|&b| b == b'\r' || b == b'\n')
-                    .unwrap_or(input.len() - i);
+                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
                 self.sink.push(&input[i..i + run]);
                 i += run;
                 if i == input.len() {
@@ -183,7 +180,20 @@ impl BdatReceiver {
     /// Consumes up to the end of the current chunk.
     pub fn feed(&mut self, input: &[u8]) -> Status {
         let take = usize::try_from(self.remaining).map_or(input.len(), |r| r.min(input.len()));
-        for &b in &input[..take] {
+        let data = &input[..take];
+        let mut i = 0;
+        while i < data.len() {
+            if !self.pending_cr {
+                // Fast path: copy a run of ordinary bytes at once.
+                let run = memchr::memchr2(b'\r', b'\n', &data[i..]).unwrap_or(data.len() - i);
+                self.sink.push(&data[i..i + run]);
+                i += run;
+                if i == data.len() {
+                    break;
+                }
+            }
+            let b = data[i];
+            i += 1;
             match (self.pending_cr, b) {
                 (true, b'\n') => {
                     self.sink.push(b"\r\n");
@@ -260,7 +270,20 @@ impl DotStuffer {
 
     /// Appends the stuffed form of `chunk` to `out`.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        for &b in chunk {
+        out.reserve(chunk.len() + chunk.len() / 64 + 4);
+        let mut i = 0;
+        while i < chunk.len() {
+            if !self.pending_cr && !self.at_line_start {
+                // Fast path: a run of ordinary bytes in the middle of a line is copied as is.
+                let run = memchr::memchr2(b'\r', b'\n', &chunk[i..]).unwrap_or(chunk.len() - i);
+                out.extend_from_slice(&chunk[i..i + run]);
+                i += run;
+                if i == chunk.len() {
+                    break;
+                }
+            }
+            let b = chunk[i];
+            i += 1;
             if self.pending_cr {
                 self.pending_cr = false;
                 out.extend_from_slice(b"\r\n");

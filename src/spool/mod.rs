@@ -898,9 +898,23 @@ impl Shard {
             self.new_segment(kind, need, now_ms)?;
         }
         let last = self.segments.len() - 1;
-        match self.segments[last].seg.append(kind, meta, body) {
-            Some(offset) => Ok(offset),
-            None => {
+        let appended = self.segments[last].seg.append(kind, meta, body);
+        match appended {
+            Ok(Some(offset)) => Ok(offset),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+                Err(SpoolError::Full {
+                    shard: self.cfg.shard,
+                    needed: need,
+                    path: self.segments[last].seg.path.clone(),
+                    reason: FullReason::Disk,
+                })
+            }
+            Err(source) => Err(SpoolError::Io {
+                op: "write",
+                path: self.segments[last].seg.path.clone(),
+                source,
+            }),
+            Ok(None) => {
                 // new_segment sized the segment for `need`; reaching here is a bug.
                 debug_assert!(false, "frame of {need} bytes does not fit a fresh segment");
                 Err(SpoolError::TooLarge {

@@ -202,7 +202,8 @@ pub(crate) fn list_segments(dir: &Path) -> Result<SegmentFiles, SpoolError> {
 }
 
 /// Lists the shard numbers that have a directory in the spool directory.
-pub(crate) fn list_shards(spool_dir: &Path) -> Result<Vec<u8>, SpoolError> {
+/// Shard numbers that have a directory under `spool_dir`.
+pub fn list_shards(spool_dir: &Path) -> Result<Vec<u8>, SpoolError> {
     let mut shards = Vec::new();
     let entries = fs::read_dir(spool_dir).map_err(|source| SpoolError::Io {
         op: "list",

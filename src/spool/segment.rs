@@ -9,18 +9,22 @@
 //!   (`fallocate`) and a valid file header, and both are durable: the file is fsynced before the
 //!   rename from its temporary name, and the caller fsyncs the directory after it
 //!   ([`sync_dir`]). A crash before that leaves at most a `*.tmp` file, which recovery removes.
-//! - [`Segment::append`]: nothing. The frame is in the page cache (visible to readers of the file)
+//! - [`Segment::append`]: nothing. The frame is written with one `pwritev(2)` into the page cache
+//!   (visible at once through the segment's read-only shared mapping, which maps the same pages)
 //!   and becomes durable only when a later `fdatasync` of the segment file returns `Ok`.
-//! - [`Segment::sync_data`] (`fdatasync(2)`): every frame appended before the call is durable.
-//!   On Linux `fdatasync` writes back all dirty page-cache pages of the file, including pages
-//!   dirtied through a `MAP_SHARED` mapping (the kernel tracks them with write faults), so no
-//!   `msync` is needed; `msync(MS_SYNC)` is the same range writeback. Size and extent changes needed
-//!   to read the data back are included; the size never changes after `create` anyway.
+//! - [`Segment::sync_data`] (`fdatasync(2)`): every frame appended before the call is durable,
+//!   including the extent conversions of the preallocated range that reading it back needs; the
+//!   size never changes after `create`.
 //!
-//! Crash ordering: `append` copies the payload first and the header last, but the kernel may write
-//! dirty pages back in any order, so after a crash any subset of an unsynced frame's pages may be
-//! on disk. The CRC in the header covers the payload, so every such mix reads as a bad frame (or a
-//! zero length) and recovery stops there; see docs/spool-format.md.
+//! Writes go through a syscall, not through the mapping: with a writable mapping every
+//! fdatasync had to write-protect the mapped dirty pages (a TLB shoot-down IPI to every core) and
+//! every first touch of a preallocated page faulted it in and zeroed it; together that was about
+//! a quarter of the CPU per 100 KB message (see docs/benchmarks.md).
+//!
+//! Crash ordering: the kernel may write dirty pages back in any order, so after a crash any subset
+//! of an unsynced frame's pages may be on disk. The CRC in the header covers the payload, so every
+//! such mix reads as a bad frame (or a zero length) and recovery stops there; see
+//! docs/spool-format.md.
 //!
 //! Invariants of a [`Segment`]:
 //! - `end` is a multiple of 16, at least [`FILE_HEADER_LEN`], at most the mapping length; every
@@ -35,9 +39,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{Ordering, fence};
 
-use memmap2::{Mmap, MmapMut, MmapOptions};
+use memmap2::{Mmap, MmapOptions};
 use rkyv::util::AlignedVec;
 
 use super::record::{
@@ -186,7 +189,9 @@ pub struct TornTail {
 enum Map {
     Empty,
     Read(Mmap),
-    Write(MmapMut),
+    /// The active segment: a read-only shared mapping of the whole preallocated file; appends go
+    /// through `pwritev` on the file and show up in the mapping (same page cache).
+    Active(Mmap),
     Owned(AlignedVec<16>),
 }
 
@@ -195,10 +200,49 @@ impl Map {
         match self {
             Map::Empty => &[],
             Map::Read(m) => m,
-            Map::Write(m) => m,
+            Map::Active(m) => m,
             Map::Owned(v) => v,
         }
     }
+}
+
+/// `pwritev` of all `parts` at `offset`, continuing after short writes.
+fn write_all_vectored_at(file: &File, parts: &[&[u8]], mut offset: u64) -> io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let iov: Vec<libc::iovec> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    let n = loop {
+        // SAFETY: every iovec points into a live slice of `parts`, which outlives the call, and
+        // the kernel only reads from them; the count fits in c_int (a frame has a few parts).
+        let r = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    if n == total {
+        return Ok(());
+    }
+    // Short write (rare for regular files): write the rest from a contiguous copy.
+    let rest: Vec<u8> = parts.concat().split_off(n);
+    offset += n as u64;
+    file.write_all_at(&rest, offset)
 }
 
 /// How to load an existing segment.
@@ -249,15 +293,15 @@ impl Segment {
         }
         // SAFETY: the file was just created by us, is exclusively ours (the spool lock keeps other
         // ringmta processes out and the tool only reads), and is never truncated while mapped:
-        // purge only unlinks, which keeps the pages alive. Its whole length is reserved by
-        // `fallocate`, so stores through the mapping cannot hit ENOSPC (no SIGBUS).
-        let map = unsafe { MmapOptions::new().len(size as usize).map_mut(&file)? };
+        // purge only unlinks, which keeps the pages alive. The mapping is read-only; writes go
+        // through `pwritev`, so no store can fault on an unreservable page.
+        let map = unsafe { MmapOptions::new().len(size as usize).map(&file)? };
         Ok(Segment {
             seq,
             path,
             header_error: None,
             file: Some(file),
-            map: Map::Write(map),
+            map: Map::Active(map),
             end: FILE_HEADER_LEN,
             frames: Vec::new(),
         })
@@ -367,40 +411,42 @@ impl Segment {
     /// Durable on return: nothing (see the module doc). The payload is copied before the header,
     /// so a concurrent reader of the file sees either no frame or a complete one with a valid CRC
     /// (or, torn by a racing read, an invalid one).
-    pub fn append(&mut self, kind: RecordKind, meta: &[u8], body: &[&[u8]]) -> Option<u64> {
-        let Map::Write(map) = &mut self.map else {
-            return None;
+    pub fn append(
+        &mut self,
+        kind: RecordKind,
+        meta: &[u8],
+        body: &[&[u8]],
+    ) -> io::Result<Option<u64>> {
+        let (Map::Active(map), Some(file)) = (&self.map, &self.file) else {
+            return Ok(None);
         };
         let body_len: usize = body.iter().map(|p| p.len()).sum();
         let plen = record::payload_len(meta.len(), body_len);
         let flen = record::frame_len(plen);
         if plen > record::MAX_PAYLOAD_LEN || self.end + flen > map.len() {
-            return None;
+            return Ok(None);
         }
         let start = self.end;
-        let payload_at = start + FRAME_HEADER_LEN;
-        let body_at = payload_at + (plen - body_len);
-        map[payload_at..payload_at + meta.len()].copy_from_slice(meta);
-        // Zero the gaps explicitly rather than trusting the preallocation to read as zeros.
-        map[payload_at + meta.len()..body_at].fill(0);
-        let mut at = body_at;
-        for part in body {
-            map[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
-        map[at..start + flen].fill(0);
-        // Header last: its CRC covers the payload bytes exactly as they are in the mapping.
-        let h = record::frame_header(
-            kind,
-            plen as u32,
-            meta.len() as u32,
-            &[&map[payload_at..payload_at + plen]],
-        );
-        fence(Ordering::Release);
-        map[start..payload_at].copy_from_slice(&h);
+        const ZEROS: [u8; 64] = [0; 64];
+        let gap = plen - body_len - meta.len();
+        let tail = flen - FRAME_HEADER_LEN - plen;
+        debug_assert!(gap <= ZEROS.len() && tail <= ZEROS.len());
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(body.len() + 4);
+        parts.push(meta);
+        parts.push(&ZEROS[..gap]);
+        parts.extend_from_slice(body);
+        let h = record::frame_header(kind, plen as u32, meta.len() as u32, &parts);
+        parts.insert(0, &h);
+        parts.push(&ZEROS[..tail]);
+        // One pwritev per frame: the header's CRC covers the payload, so a crash that persists
+        // any subset of these bytes reads back as a bad frame, whatever the order of writeback.
+        // Writing through a syscall rather than the mapping keeps writeback from having to
+        // write-protect mapped pages (TLB shoot-downs on every fdatasync) and avoids faulting
+        // in (and zeroing) preallocated pages before they are overwritten.
+        write_all_vectored_at(file, &parts, start as u64)?;
         self.frames.push(start as u64);
         self.end = start + flen;
-        Some(start as u64)
+        Ok(Some(start as u64))
     }
 
     /// `fdatasync(2)` of the segment file: on `Ok`, every frame appended before the call is
@@ -441,28 +487,15 @@ impl Segment {
     /// Bytes still free for frames (0 for read-only segments).
     pub fn remaining(&self) -> u64 {
         match &self.map {
-            Map::Write(m) => (m.len() - self.end) as u64,
+            Map::Active(m) => (m.len() - self.end) as u64,
             _ => 0,
         }
     }
 
     /// Turns a writable segment into a read-only one: later appends return `None`.
     pub fn seal(&mut self) {
-        if let Map::Write(m) = std::mem::replace(&mut self.map, Map::Empty) {
-            // The mapping stays; only our right to append ends. MmapMut -> Mmap keeps the pages.
-            match m.make_read_only() {
-                Ok(r) => self.map = Map::Read(r),
-                Err(_) => {
-                    // mprotect failed; nothing can be appended anyway since the map is gone, so
-                    // reads of this segment would fail. Remap read-only from the file instead.
-                    if let Some(f) = &self.file {
-                        // SAFETY: as in `load`: our file, never truncated while mapped.
-                        if let Ok(r) = unsafe { Mmap::map(f) } {
-                            self.map = Map::Read(r);
-                        }
-                    }
-                }
-            }
+        if let Map::Active(m) = std::mem::replace(&mut self.map, Map::Empty) {
+            self.map = Map::Read(m);
         }
     }
 
@@ -588,6 +621,7 @@ mod tests {
         let meta = record::archive(&record::MessageMeta::default()).unwrap();
         let off = seg
             .append(RecordKind::Message, &meta, &[b"ab", b"cd"])
+            .unwrap()
             .unwrap();
         assert_eq!(off, FILE_HEADER_LEN as u64);
         seg.sync_data().unwrap();
@@ -606,7 +640,11 @@ mod tests {
         assert!(seg.status_at(off).is_none());
         // A frame that does not fit is refused, and nothing is written.
         let big = vec![1u8; 8192];
-        assert!(seg.append(RecordKind::Message, &meta, &[&big]).is_none());
+        assert!(
+            seg.append(RecordKind::Message, &meta, &[&big])
+                .unwrap()
+                .is_none()
+        );
         let mut again = Segment::load(&seg.path, 1, 5, Load::Map).unwrap();
         let mut n = 0;
         let end = again.scan(true, |_, _| n += 1);

@@ -302,3 +302,34 @@ fn content_is_purged_after_retention_leaving_a_placeholder() {
     let (_, ls, _) = s.cli(&["queue", "ls"]);
     assert!(ls.contains("1 purged placeholder(s)"), "{ls}");
 }
+
+/// Regression (review of the first delivery cut): with fewer worker threads than shards on
+/// disk, the extra shards' queued mail must still be recovered and delivered.
+#[test]
+fn fewer_threads_than_shards_still_delivers_every_queued_message() {
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let nowhere = "[delivery]\nroutes = { \"*\" = \"127.0.0.1:1\" }\nretry_schedule = [\"1s\"]\n";
+    let mut s = Server::start_in(
+        &dir,
+        &crate::harness::base_config(&dir, nowhere).replace("threads = 2", "threads = 4"),
+    );
+    let out = submit(
+        &s,
+        &["--count", "12", "--reconnect", "--to", "bob@example.net"],
+    );
+    assert!(out.iter().all(|l| l.starts_with("OK ")), "{out:?}");
+    s.stop();
+    let shards = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("shard-"))
+        .count();
+    assert_eq!(shards, 4);
+    let cfg = crate::harness::base_config(&dir, &routed_to(&sink, "retry_schedule = [\"1s\"]\n"))
+        .replace("threads = 2", "threads = 1");
+    std::fs::write(&s.config_path, cfg).unwrap();
+    s.launch();
+    sink.wait_for("all 12 deliveries after the restart", 40, |m| m.len() >= 12);
+}
