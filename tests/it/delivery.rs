@@ -333,3 +333,23 @@ fn fewer_threads_than_shards_still_delivers_every_queued_message() {
     s.launch();
     sink.wait_for("all 12 deliveries after the restart", 40, |m| m.len() >= 12);
 }
+
+#[test]
+fn submission_gets_message_id_date_and_a_tls_received_header() {
+    let sink = Sink::start();
+    let s = Server::start(&routed_to(&sink, ""));
+    let mut argv = vec!["--port".to_owned(), s.port("submissions").to_string()];
+    argv.extend(["--mode", "ssl", "--auth", "plain"].map(String::from));
+    let (code, out, err) = python(CLIENT, &argv);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("OK "), "{out}");
+    let msgs = sink.wait_for("the submitted message", 30, |m| !m.is_empty());
+    let m = &msgs[0];
+    assert!(m.contains("with ESMTPSA"), "{m}");
+    assert!(m.contains("(using TLSv1.3 with cipher TLS13_"), "{m}");
+    assert!(m.contains("\r\nDate: "), "{m}");
+    assert!(
+        m.contains("\r\nMessage-ID: <") && m.contains(".ringmta@mx.test>"),
+        "{m}"
+    );
+}

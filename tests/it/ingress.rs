@@ -395,3 +395,50 @@ fn dev_defaults_print_a_working_user() {
     queued_id(&out[0]);
     assert!(dir.join("tls/cert.pem").exists());
 }
+
+#[test]
+fn auth_failures_are_throttled_per_ip() {
+    let s = Server::start("[limits]\nauth_failures_per_ip = 2\nmax_auth_failures = 5\n");
+    for _ in 0..2 {
+        let out = client(
+            &s,
+            "submissions",
+            &["--mode", "ssl", "--auth", "plain", "--password", "nope"],
+        );
+        assert!(out[0].contains(" 535 5.7.8"), "{out:?}");
+    }
+    // Now even the right password is refused from this address.
+    let out = client(&s, "submissions", &["--mode", "ssl", "--auth", "plain"]);
+    assert!(out[0].contains(" 421 4.7.0"), "{out:?}");
+}
+
+#[test]
+fn bounce_classify_cli_prints_one_json_object_per_line() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringmta"))
+        .args(["bounce", "classify"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"550 5.1.1 <bob@example.net>: Recipient address rejected: User unknown\n452 4.2.2 Mailbox full\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"category": "user_unknown", "action": "bounce"})
+    );
+    assert_eq!(
+        lines[1],
+        serde_json::json!({"category": "mailbox_full", "action": "retry"})
+    );
+}
