@@ -3,7 +3,8 @@
 //! Recipient prefixes choose behaviour (as KumoMTA's test sinks do): `perm-...@` gets
 //! `550 5.1.1` at RCPT; `temp-N-...@` gets `451 4.2.0` for its first N attempts (N defaults to
 //! 2), counted per address for the life of the sink; `slow-...@` delays the end-of-data reply by
-//! `--delay` (default 10 s). Rates apply to every message at end of data.
+//! `--delay` (default 10 s); `drop-N-...@` closes the connection in the middle of the data for its
+//! first N attempts (default 1). Rates apply to every message at end of data.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -160,6 +161,8 @@ pub fn run(args: SinkArgs) -> Result<()> {
 struct Txn {
     rcpts: Vec<String>,
     slow: bool,
+    /// Close the connection in the middle of the data (a `drop-N-` recipient).
+    drop: bool,
 }
 
 async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
@@ -198,6 +201,12 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
         let mut quit = false;
         while pos < input.len() {
             if in_data {
+                if txn.drop {
+                    // Fault injection: vanish in the middle of the message.
+                    quit = true;
+                    out.clear();
+                    break;
+                }
                 if fresh && msgid.is_none() {
                     msgid = find_message_id(&input[pos..input.len().min(pos + 8192)]);
                 }
@@ -291,7 +300,9 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
             data_from = data_from.saturating_sub(pos);
         }
         if quit {
-            let _ = t.write_all(std::mem::take(&mut out)).await;
+            if !out.is_empty() {
+                let _ = t.write_all(std::mem::take(&mut out)).await;
+            }
             break;
         }
     }
@@ -321,6 +332,22 @@ fn rcpt_reply(shared: &Shared, addr: &str, txn: &mut Txn) -> &'static str {
     }
     if local.starts_with("slow-") {
         txn.slow = true;
+    }
+    if let Some(rest) = local.strip_prefix("drop-") {
+        let n: u32 = rest
+            .split('-')
+            .next()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(1);
+        let mut map = shared
+            .temp_attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let seen = map.entry(addr.to_ascii_lowercase()).or_insert(0);
+        *seen += 1;
+        if *seen <= n {
+            txn.drop = true;
+        }
     }
     txn.rcpts.push(addr.to_owned());
     "250 2.1.5 Ok\r\n"

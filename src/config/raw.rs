@@ -154,6 +154,10 @@ pub struct RawDelivery {
     pub connect_timeout: Option<String>,
     /// Extra bounce classification rules (TOML), tried before the built-in ones.
     pub bounce_rules: Option<String>,
+    /// STARTTLS policy per recipient domain, overriding `tls` (e.g. `{ "bank.example" = "required" }`).
+    pub route_tls: Option<BTreeMap<String, String>>,
+    /// Messages per second per destination and worker; 0 = unlimited. Default: 0.
+    pub max_messages_per_second: Option<u32>,
     /// Path of the JSON-lines event log. Default: `spool_dir/events.jsonl`.
     pub event_log: Option<String>,
 }

@@ -200,6 +200,10 @@ pub struct DeliverySettings {
     pub connect_timeout: Duration,
     /// Operator bounce rules file.
     pub bounce_rules: Option<PathBuf>,
+    /// STARTTLS policy overrides by lower-case recipient domain.
+    pub route_tls: Vec<(String, OutboundTls)>,
+    /// Messages per second per destination and worker; 0 = unlimited.
+    pub max_messages_per_second: u32,
 }
 
 /// Outbound STARTTLS policy.
@@ -633,7 +637,19 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
             Duration::from_secs(30),
         ),
         bounce_rules: d.bounce_rules.as_ref().map(PathBuf::from),
+        route_tls: Vec::new(),
+        max_messages_per_second: d.max_messages_per_second.unwrap_or(0),
     };
+    let mut delivery = delivery;
+    for (domain, policy) in d.route_tls.iter().flatten() {
+        match parse_outbound_tls(policy) {
+            Some(p) => delivery.route_tls.push((domain.to_ascii_lowercase(), p)),
+            None => r.problem(
+                format!("delivery.route_tls.{domain}"),
+                format!("{policy:?} is not \"opportunistic\", \"required\" or \"disabled\""),
+            ),
+        }
+    }
 
     let retention_content = r.duration(
         "retention.content",
@@ -672,6 +688,15 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         log_format,
         log_level,
     })
+}
+
+fn parse_outbound_tls(s: &str) -> Option<OutboundTls> {
+    match s {
+        "opportunistic" => Some(OutboundTls::Opportunistic),
+        "required" => Some(OutboundTls::Required),
+        "disabled" => Some(OutboundTls::Disabled),
+        _ => None,
+    }
 }
 
 fn is_sender_pattern(s: &str) -> bool {
@@ -755,6 +780,26 @@ content = "30d"
         assert_eq!(c.delivery.routes.len(), 2);
         assert_eq!(c.delivery.retry_schedule[4], Duration::from_secs(3600));
         assert_eq!(c.users.as_ref().unwrap()[0].allowed_senders.len(), 2);
+    }
+
+    #[test]
+    fn per_domain_tls_and_rate() {
+        let text = "[delivery]\nroute_tls = { \"Bank.example\" = \"required\" }\nmax_messages_per_second = 5\n";
+        let c = from_toml(text, "t").unwrap();
+        assert_eq!(
+            c.delivery.route_tls,
+            vec![("bank.example".to_owned(), OutboundTls::Required)]
+        );
+        assert_eq!(c.delivery.max_messages_per_second, 5);
+        let err = from_toml(
+            "[delivery]\nroute_tls = { \"x.example\" = \"maybe\" }\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("delivery.route_tls.x.example"),
+            "{err}"
+        );
     }
 
     #[test]

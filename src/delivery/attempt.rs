@@ -40,7 +40,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
     let cfg = delivery.config();
     let client = ClientConfig {
         helo: cfg.hostname.clone(),
-        tls: cfg.tls,
+        tls: delivery.tls_policy(domain),
         pipelining: true,
         auth: None,
         timeouts: ClientTimeouts::default(),
@@ -122,6 +122,9 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                     if sent >= delivery.config().max_messages_per_connection {
                         session.quit(Instant::now());
                         continue;
+                    }
+                    if let Some(wait) = delivery.rate_delay(domain) {
+                        tokio::time::sleep(wait).await;
                     }
                     let Some(job) = delivery.next_job(&hop_key(domain)) else {
                         session.quit(Instant::now());

@@ -48,6 +48,8 @@ pub struct Destination {
     pub queue: VecDeque<Job>,
     /// Open connections.
     pub active: usize,
+    /// Earliest time the next message may start (rate limit), shared by its connections.
+    pub next_send: Option<std::time::Instant>,
 }
 
 /// The result of one attempt for one recipient.
@@ -94,6 +96,10 @@ pub struct DeliveryConfig {
     pub hostname: String,
     /// STARTTLS policy for outbound connections.
     pub tls: crate::smtp::client::TlsPolicy,
+    /// Per-domain STARTTLS policy overrides.
+    pub route_tls: Vec<(String, crate::smtp::client::TlsPolicy)>,
+    /// Messages per second per destination on this core; 0 = unlimited.
+    pub max_messages_per_second: u32,
     /// Connect timeout.
     pub connect_timeout: Duration,
 }
@@ -326,6 +332,31 @@ impl Delivery {
     /// Takes the next job for a destination.
     pub fn next_job(&self, domain: &str) -> Option<Job> {
         self.dests.borrow_mut().get_mut(domain)?.queue.pop_front()
+    }
+
+    /// The STARTTLS policy for a destination.
+    pub fn tls_policy(&self, domain: &str) -> crate::smtp::client::TlsPolicy {
+        self.config
+            .route_tls
+            .iter()
+            .find(|(d, _)| d == domain)
+            .map(|(_, p)| *p)
+            .unwrap_or(self.config.tls)
+    }
+
+    /// How long to wait before starting the next message to `domain` (rate limit); reserves
+    /// the slot.
+    pub fn rate_delay(&self, domain: &str) -> Option<Duration> {
+        let rate = self.config.max_messages_per_second;
+        if rate == 0 {
+            return None;
+        }
+        let now = std::time::Instant::now();
+        let mut dests = self.dests.borrow_mut();
+        let d = dests.entry(domain.to_owned()).or_default();
+        let slot = d.next_send.map_or(now, |t| t.max(now));
+        d.next_send = Some(slot + Duration::from_secs_f64(1.0 / f64::from(rate)));
+        (slot > now).then(|| slot - now)
     }
 
     /// Puts a job back at the head of its destination's queue.

@@ -301,9 +301,17 @@ pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool
     });
 }
 
-fn start_delivery(core: &Rc<Core>) {
+fn tls_policy(p: crate::config::resolved::OutboundTls) -> crate::smtp::client::TlsPolicy {
     use crate::config::resolved::OutboundTls;
     use crate::smtp::client::TlsPolicy;
+    match p {
+        OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
+        OutboundTls::Required => TlsPolicy::Required,
+        OutboundTls::Disabled => TlsPolicy::Disabled,
+    }
+}
+
+fn start_delivery(core: &Rc<Core>) {
     let config = &core.shared.config;
     let d = &config.delivery;
     let router = match Router::new(d.routes.clone(), &d.nameservers, d.smtp_port) {
@@ -322,12 +330,14 @@ fn start_delivery(core: &Rc<Core>) {
         max_connections: d.max_connections,
         max_messages_per_connection: d.max_messages_per_connection,
         hostname: config.hostname.clone(),
-        tls: match d.tls {
-            OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
-            OutboundTls::Required => TlsPolicy::Required,
-            OutboundTls::Disabled => TlsPolicy::Disabled,
-        },
+        tls: tls_policy(d.tls),
         connect_timeout: d.connect_timeout,
+        route_tls: d
+            .route_tls
+            .iter()
+            .map(|(dom, p)| (dom.clone(), tls_policy(*p)))
+            .collect(),
+        max_messages_per_second: d.max_messages_per_second,
     };
     let delivery = Delivery::new(
         Rc::clone(core),

@@ -314,6 +314,20 @@ impl ClientSession {
             self.events.push_back(ClientEvent::Ready);
             return true;
         }
+        if envelope.smtputf8 && !self.ext.smtputf8 {
+            // RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
+            let reply = Reply::new(
+                553,
+                Some(super::EnhancedCode::new(5, 6, 7)),
+                "the next hop does not support SMTPUTF8",
+            );
+            let replies = vec![reply; envelope.recipients.len()];
+            self.events.push_back(ClientEvent::Outcome(MessageOutcome {
+                recipients: replies,
+            }));
+            self.events.push_back(ClientEvent::Ready);
+            return true;
+        }
         let mut mail = format!("MAIL FROM:<{}>", envelope.reverse_path);
         if self.ext.size.is_some() {
             mail.push_str(&format!(" SIZE={}", body.len()));
@@ -867,6 +881,34 @@ mod tests {
         assert!(matches!(c.poll_event(), Some(ClientEvent::Failed(_))));
         assert_eq!(c.poll_event(), None);
         assert!(!c.send_message(&envelope(&["c@x.example"]), b"y\r\n", now));
+    }
+
+    #[test]
+    fn smtputf8_message_to_a_server_without_it_fails_with_5_6_7() {
+        let now = Instant::now();
+        let mut c = ClientSession::new(config(true), false, now);
+        c.handle_input(b"220 mx\r\n250-mx\r\n250 8BITMIME\r\n", now);
+        assert_eq!(c.poll_event(), Some(ClientEvent::Ready));
+        let mut out = Vec::new();
+        c.poll_output(&mut out);
+        out.clear();
+        let env = OutboundEnvelope {
+            smtputf8: true,
+            ..envelope(&["jos\u{e9}@x.example"])
+        };
+        assert!(c.send_message(&env, b"x\r\n", now));
+        c.poll_output(&mut out);
+        assert!(out.is_empty());
+        match c.poll_event() {
+            Some(ClientEvent::Outcome(o)) => {
+                assert_eq!(o.recipients[0].code, 553);
+                assert_eq!(
+                    o.recipients[0].enhanced,
+                    Some(super::super::EnhancedCode::new(5, 6, 7))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -353,3 +353,72 @@ fn submission_gets_message_id_date_and_a_tls_received_header() {
         "{m}"
     );
 }
+
+#[test]
+fn next_hop_vanishing_mid_data_is_retried_and_then_delivered() {
+    let sink = Sink::start();
+    let s = Server::start(&routed_to(&sink, "retry_schedule = [\"1s\"]\n"));
+    let out = submit(&s, &["--to", "drop-1-x@example.net"]);
+    assert!(out[0].starts_with("OK "), "{out:?}");
+    sink.wait_for("the delivery after the dropped connection", 30, |m| {
+        m.iter()
+            .any(|x| to_header(x).contains("drop-1-x@example.net"))
+    });
+    let ev = events(&s.dir);
+    let outcomes: Vec<_> = ev
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(outcomes, ["deferred", "delivered"], "{ev:?}");
+    assert!(
+        ev[0]["reply"].as_str().unwrap().contains("closed"),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn per_destination_rate_limit_spaces_deliveries() {
+    let sink = Sink::start();
+    let s = Server::start(
+        &routed_to(&sink, "max_messages_per_second = 5\n").replace("threads = 2", "threads = 1"),
+    );
+    let out = submit(&s, &["--count", "10", "--to", "bob@example.net"]);
+    assert!(out.iter().all(|l| l.starts_with("OK ")), "{out:?}");
+    sink.wait_for("10 deliveries", 30, |m| m.len() >= 10);
+    let ts: Vec<u64> = events(&s.dir)
+        .iter()
+        .map(|e| e["ts_ms"].as_u64().unwrap())
+        .collect();
+    let span = ts.iter().max().unwrap() - ts.iter().min().unwrap();
+    // 10 messages at 5/s need at least 9 intervals of 200 ms.
+    assert!(span >= 1700, "10 deliveries within {span} ms at 5/s");
+}
+
+#[test]
+fn required_tls_for_a_domain_defers_when_the_next_hop_has_no_starttls() {
+    let sink = Sink::start();
+    let s = Server::start(&routed_to(
+        &sink,
+        "route_tls = { \"secure.example\" = \"required\" }\n",
+    ));
+    let out = submit(&s, &["--to", "a@secure.example", "--to", "b@example.net"]);
+    assert!(out[0].starts_with("OK "), "{out:?}");
+    sink.wait_for("the delivery that needs no TLS", 30, |m| {
+        m.iter().any(|x| to_header(x).contains("b@example.net"))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let ev = events(&s.dir);
+    let secure: Vec<_> = ev
+        .iter()
+        .filter(|e| e["recipient"] == "a@secure.example")
+        .collect();
+    assert_eq!(secure.len(), 1, "{ev:?}");
+    assert_eq!(secure[0]["outcome"], "deferred");
+    assert_eq!(secure[0]["category"], "tls");
+    assert!(
+        !sink
+            .messages()
+            .iter()
+            .any(|x| to_header(x).contains("a@secure.example"))
+    );
+}
