@@ -1,8 +1,10 @@
 //! ringmta: a thread-per-core io_uring mail transfer agent with a durable mmap spool.
 //!
 //! Layers, bottom up: `smtp` (sans-IO protocol), `spool` (durable records), `config`, `auth`,
-//! `message` (headers added at acceptance), `net` (io_uring glue, the only module with
-//! sockets), `server` (start-up and shutdown). See `docs/architecture.md`.
+//! `message` (headers added at acceptance), `content` (validation, scanners, DKIM), `delivery`,
+//! `net` (io_uring glue: listeners and SMTP connections), `server` (start-up and shutdown).
+//! Sockets live in `net`, plus the two scanner clients in `content` (tokio-uring streams with
+//! timeouts). See `docs/architecture.md`.
 
 #![warn(missing_docs)]
 
@@ -10,6 +12,7 @@ pub mod auth;
 pub mod bounce;
 pub mod cli;
 pub mod config;
+pub mod content;
 pub mod delivery;
 pub mod ids;
 pub mod message;

@@ -90,6 +90,7 @@ pub fn serve(config: Config) -> Result<()> {
                 config.delivery.event_log.display()
             )
         })?;
+    let content = crate::content::ContentChecks::new(&config, &users).context("content checks")?;
     let shared = Arc::new(Shared {
         config: Arc::clone(&config),
         tls,
@@ -97,6 +98,7 @@ pub fn serve(config: Config) -> Result<()> {
         sessions,
         classifier: Arc::new(classifier),
         events,
+        content: Arc::new(content),
     });
 
     // Recover every shard before accepting anything.

@@ -42,6 +42,53 @@ pub struct RawConfig {
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
+    /// DKIM signing keys, chosen by the header From domain.
+    pub dkim: Option<Vec<RawDkim>>,
+    /// Content scanners.
+    #[serde(default)]
+    pub scan: RawScan,
+}
+
+/// One `[[dkim]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDkim {
+    /// Signing domain (d=); also signs mail whose From is a subdomain of it.
+    pub domain: String,
+    /// Selector (s=).
+    pub selector: String,
+    /// PEM private key (PKCS#8 or PKCS#1 RSA, PKCS#8 ed25519).
+    pub private_key: String,
+    /// `"rsa-sha256"` or `"ed25519-sha256"`. Default: from the key.
+    pub algorithm: Option<String>,
+    /// Header fields to sign. Default: From, To, Cc, Subject, Date, Message-ID, MIME headers...
+    pub headers: Option<Vec<String>>,
+    /// Sign From twice so that a second From cannot be added. Default: true.
+    pub oversign_from: Option<bool>,
+}
+
+/// `[scan]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScan {
+    /// clamd malware scanning.
+    pub clamd: Option<RawScanner>,
+    /// rspamd spam scoring.
+    pub rspamd: Option<RawScanner>,
+}
+
+/// `[scan.clamd]` or `[scan.rspamd]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScanner {
+    /// clamd: `"unix:/path/clamd.sock"` or `"127.0.0.1:3310"`.
+    pub address: Option<String>,
+    /// rspamd: `"http://127.0.0.1:11333"`.
+    pub url: Option<String>,
+    /// Give up after this long. Default: 10s.
+    pub timeout: Option<String>,
+    /// Scanner down or slow: `"tempfail"` (451 4.7.1, default) or `"accept"`.
+    pub on_error: Option<String>,
 }
 
 /// `[listen]`.
@@ -110,6 +157,8 @@ pub struct RawLimits {
     pub max_connections_per_core: Option<usize>,
     /// Failed AUTH attempts per session before 421. Default: 3.
     pub max_auth_failures: Option<u32>,
+    /// Largest header section of a message. Default: 256KB.
+    pub max_header_size: Option<String>,
     /// Failed AUTH attempts per client IP within `auth_failure_window` before throttling. Default: 10.
     pub auth_failures_per_ip: Option<u32>,
     /// Window of the per-IP AUTH failure count. Default: 5m.

@@ -138,6 +138,8 @@ pub struct Limits {
     pub max_connections_per_core: usize,
     /// Failed AUTH per session before 421.
     pub max_auth_failures: u32,
+    /// Largest header section in bytes.
+    pub max_header_size: usize,
     /// Failed AUTH per IP within the window before throttling.
     pub auth_failures_per_ip: u32,
     /// Window of the per-IP count.
@@ -257,6 +259,49 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// DKIM keys.
+    pub dkim: Vec<DkimKey>,
+    /// clamd scanning, when configured.
+    pub clamd: Option<Scanner>,
+    /// rspamd scoring, when configured.
+    pub rspamd: Option<Scanner>,
+}
+
+/// One DKIM key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimKey {
+    /// Signing domain.
+    pub domain: String,
+    /// Selector.
+    pub selector: String,
+    /// PEM file.
+    pub private_key: PathBuf,
+    /// Algorithm, when forced.
+    pub algorithm: Option<String>,
+    /// Headers to sign, when not the default list.
+    pub headers: Option<Vec<String>>,
+    /// Over-sign From.
+    pub oversign_from: bool,
+}
+
+/// What to do when a scanner fails or times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Answer 451 4.7.1: the client retries later.
+    Tempfail,
+    /// Accept the message unscanned (logged).
+    Accept,
+}
+
+/// A configured scanner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scanner {
+    /// clamd address or rspamd URL.
+    pub target: String,
+    /// Timeout of one scan.
+    pub timeout: Duration,
+    /// Failure policy.
+    pub on_error: OnError,
 }
 
 impl Default for Config {
@@ -513,6 +558,11 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         ),
         max_connections_per_core: l.max_connections_per_core.unwrap_or(10_000),
         max_auth_failures: l.max_auth_failures.unwrap_or(3),
+        max_header_size: r.size(
+            "limits.max_header_size",
+            l.max_header_size.as_ref(),
+            256_000,
+        ) as usize,
         auth_failures_per_ip: l.auth_failures_per_ip.unwrap_or(10),
         auth_failure_window: r.duration(
             "limits.auth_failure_window",
@@ -669,6 +719,50 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
     };
     let log_level = raw.log.level.clone().unwrap_or_else(|| "info".into());
 
+    let mut dkim = Vec::new();
+    for (i, k) in raw.dkim.iter().flatten().enumerate() {
+        if let Some(a) = &k.algorithm
+            && a != "rsa-sha256"
+            && a != "ed25519-sha256"
+        {
+            r.problem(
+                format!("dkim[{i}].algorithm"),
+                format!("{a:?} is not \"rsa-sha256\" or \"ed25519-sha256\""),
+            );
+        }
+        if k.domain.is_empty() || k.selector.is_empty() {
+            r.problem(
+                format!("dkim[{i}]"),
+                "domain and selector must not be empty",
+            );
+        }
+        dkim.push(DkimKey {
+            domain: k.domain.to_ascii_lowercase(),
+            selector: k.selector.clone(),
+            private_key: PathBuf::from(&k.private_key),
+            algorithm: k.algorithm.clone(),
+            headers: k.headers.clone(),
+            oversign_from: k.oversign_from.unwrap_or(true),
+        });
+    }
+    let clamd = raw.scan.clamd.as_ref().map(|c| {
+        let target = c.address.clone().unwrap_or_default();
+        if target.is_empty() {
+            r.problem(
+                "scan.clamd.address",
+                "is required (\"unix:/path/clamd.sock\" or \"ip:port\")",
+            );
+        }
+        scanner(&mut r, "scan.clamd", target, c)
+    });
+    let rspamd = raw.scan.rspamd.as_ref().map(|c| {
+        let target = c.url.clone().unwrap_or_default();
+        if !target.starts_with("http://") {
+            r.problem("scan.rspamd.url", "is required and must start with http://");
+        }
+        scanner(&mut r, "scan.rspamd", target, c)
+    });
+
     if !r.problems.is_empty() {
         return Err(ConfigError::Invalid(r.problems));
     }
@@ -687,7 +781,34 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         retention_content,
         log_format,
         log_level,
+        dkim,
+        clamd,
+        rspamd,
     })
+}
+
+fn scanner(r: &mut Resolver, key: &str, target: String, c: &super::raw::RawScanner) -> Scanner {
+    let timeout = r.duration(
+        &format!("{key}.timeout"),
+        c.timeout.as_ref(),
+        Duration::from_secs(10),
+    );
+    let on_error = match c.on_error.as_deref() {
+        None | Some("tempfail") => OnError::Tempfail,
+        Some("accept") => OnError::Accept,
+        Some(other) => {
+            r.problem(
+                format!("{key}.on_error"),
+                format!("{other:?} is not \"tempfail\" or \"accept\""),
+            );
+            OnError::Tempfail
+        }
+    };
+    Scanner {
+        target,
+        timeout,
+        on_error,
+    }
 }
 
 fn parse_outbound_tls(s: &str) -> Option<OutboundTls> {

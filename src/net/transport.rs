@@ -64,7 +64,17 @@ impl Transport {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        async move { stream.read(buf).await }
+        async move {
+            // tokio-uring reads into a Vec from its start; read into the uninitialised tail
+            // instead so that bytes already in `buf` are kept.
+            use tokio_uring::buf::BoundedBuf;
+            let len = buf.len();
+            if len == 0 {
+                return stream.read(buf).await;
+            }
+            let (res, slice) = stream.read(buf.slice(len..)).await;
+            (res, slice.into_inner())
+        }
     }
 
     /// Turns raw bytes from `read_raw` into plaintext appended to `plain`. Without TLS the raw

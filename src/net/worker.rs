@@ -39,6 +39,8 @@ pub struct Shared {
     pub classifier: Arc<crate::bounce::classify::Classifier>,
     /// Delivery event log.
     pub events: crate::delivery::events::EventLog,
+    /// Validation, scanners and DKIM signing.
+    pub content: Arc<crate::content::ContentChecks>,
 }
 
 impl Shared {
@@ -77,6 +79,13 @@ pub struct Core {
 impl Core {
     /// Appends an accepted transaction to the spool and waits until it is durable.
     pub async fn commit(&self, t: Transaction, now: SystemTime) -> Result<QueueId, CommitError> {
+        let content = &self.shared.content;
+        content.validate(&t).map_err(CommitError::Rejected)?;
+        let additions = if content.has_scanners() {
+            content.scan(&t).await.map_err(CommitError::Rejected)?
+        } else {
+            crate::content::Additions::default()
+        };
         let unique = self.unique.get().wrapping_add(1);
         self.unique.set(unique);
         let now_ms = unix_ms(now);
@@ -87,7 +96,17 @@ impl Core {
             (now_ms << 16) ^ (unique << 8) ^ u64::from(self.index),
         );
         let meta = crate::message::spool_meta(&t, now_ms);
-        let parts: [&[u8]; 2] = [&prefix, &t.body];
+        let dkim_header = if self.shared.content.has_dkim() {
+            // DKIM signs the message as it will be stored (our added headers included).
+            let whole = [&prefix[..], &additions.headers, &t.body].concat();
+            self.shared
+                .content
+                .sign(&whole, now_ms / 1000)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let parts: [&[u8]; 4] = [&dkim_header, &prefix, &additions.headers, &t.body];
         let appended = self
             .shard
             .borrow_mut()

@@ -884,6 +884,84 @@ mod tests {
     }
 
     #[test]
+    fn a_4xx_for_one_recipient_is_reported_for_that_recipient_only() {
+        // Our server allows 2 recipients: the third gets 452 4.5.3, the others are delivered.
+        let now = Instant::now();
+        let server_config = Arc::new(SessionConfig {
+            hostname: "mx.test".into(),
+            role: PortRole::Relay,
+            limits: SessionLimits {
+                max_recipients: 2,
+                ..SessionLimits::default()
+            },
+            starttls_available: false,
+        });
+        let peer = PeerInfo {
+            addr: "127.0.0.1:1000".parse().unwrap(),
+            is_trusted: true,
+        };
+        let mut server = ServerSession::new(server_config, peer, None, now);
+        let mut client = ClientSession::new(config(true), false, now);
+        let mut buf = Vec::new();
+        let mut outcome = None;
+        for _ in 0..50 {
+            buf.clear();
+            server.poll_output(&mut buf);
+            client.handle_input(&buf, now);
+            while let Some(ev) = client.poll_event() {
+                match ev {
+                    ClientEvent::Ready if outcome.is_none() => {
+                        assert!(client.send_message(
+                            &envelope(&["a@x.example", "b@x.example", "c@x.example"]),
+                            b"x\r\n",
+                            now
+                        ));
+                    }
+                    ClientEvent::Ready => client.quit(now),
+                    ClientEvent::Outcome(o) => outcome = Some(o),
+                    _ => {}
+                }
+            }
+            buf.clear();
+            client.poll_output(&mut buf);
+            server.handle_input(&buf, now);
+            while let Some(ev) = server.poll_event() {
+                if let Event::Commit(txn, t) = ev {
+                    assert_eq!(t.recipients.len(), 2);
+                    server.handle_commit(txn, Ok(QueueId(9)), now);
+                }
+            }
+        }
+        let codes: Vec<u16> = outcome
+            .expect("an outcome")
+            .recipients
+            .iter()
+            .map(|r| r.code)
+            .collect();
+        assert_eq!(codes, [250, 250, 452]);
+    }
+
+    #[test]
+    fn a_server_that_stops_answering_times_out() {
+        let now = Instant::now();
+        let mut c = ClientSession::new(config(true), false, now);
+        c.handle_input(b"220 mx\r\n250 mx\r\n", now);
+        assert_eq!(c.poll_event(), Some(ClientEvent::Ready));
+        assert!(c.send_message(&envelope(&["b@x.example"]), b"x\r\n", now));
+        let deadline = c
+            .poll_timeout()
+            .expect("a deadline while waiting for MAIL's reply");
+        c.handle_timeout(deadline - std::time::Duration::from_millis(1));
+        assert_eq!(c.poll_event(), None, "not before the deadline");
+        c.handle_timeout(deadline);
+        assert_eq!(
+            c.poll_event(),
+            Some(ClientEvent::Failed(ClientError::Timeout))
+        );
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
     fn smtputf8_message_to_a_server_without_it_fails_with_5_6_7() {
         let now = Instant::now();
         let mut c = ClientSession::new(config(true), false, now);

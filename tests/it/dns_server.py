@@ -1,12 +1,13 @@
 """A real DNS server on loopback for the delivery tests (dnslib over UDP and TCP).
 
 Usage: dns_server.py ZONE_JSON   -- binds 127.0.0.1 port 0 and prints "dns listening on PORT".
-ZONE_JSON maps names to either "SERVFAIL" or {"MX": [[pref, "host."]], "A": ["127.0.0.1"]}.
+ZONE_JSON maps names to either "SERVFAIL" or {"MX": [[pref, "host."]], "A": ["127.0.0.1"],
+"TXT": ["v=DKIM1; ..."]}.
 Unknown names get NXDOMAIN; known names without the asked type get NOERROR with no answer.
 Stops by itself after --ttl seconds (default 600) so a crashed test never leaves it running.
 """
 import json, os, socket, sys, threading, time
-from dnslib import DNSRecord, RR, QTYPE, RCODE, MX, A
+from dnslib import DNSRecord, RR, QTYPE, RCODE, MX, A, TXT
 from dnslib.server import DNSServer, BaseResolver
 
 zone = {k.lower().rstrip("."): v for k, v in json.loads(sys.argv[1]).items()}
@@ -31,6 +32,11 @@ class Resolver(BaseResolver):
         if qtype == "A":
             for ip in entry.get("A", []):
                 reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(ip), ttl=60))
+        if qtype == "TXT":
+            for text in entry.get("TXT", []):
+                # Long TXT values (DKIM keys) are split into 255-byte character strings.
+                parts = [text[i:i + 255].encode() for i in range(0, len(text), 255)]
+                reply.add_answer(RR(request.q.qname, QTYPE.TXT, rdata=TXT(parts), ttl=60))
         return reply
 
 

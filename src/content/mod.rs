@@ -1,0 +1,253 @@
+//! Content checks between the end of DATA and the spool: validation (the message parses, its
+//! header section is bounded, and an authenticated sender's header From is one it may use),
+//! malware scanning with clamd, spam scoring with rspamd, and DKIM signing.
+//!
+//! Costs nothing when off: with no scanner and no DKIM key configured, `check` only runs the
+//! validation of authenticated submissions and a header-size scan. Scanners are awaited on the
+//! session's task (io_uring sockets with timeouts), so a slow scanner delays only its own
+//! message, never the other sessions of the core.
+
+pub mod clamd;
+pub mod dkim;
+pub mod rspamd;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::config::resolved::{OnError, Scanner, User};
+use crate::message::header_section;
+use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath, SenderPattern, Transaction};
+
+/// Why the checks could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    /// A DKIM key could not be loaded.
+    #[error("dkim: {0}")]
+    Dkim(#[from] dkim::DkimError),
+    /// The clamd address is not valid.
+    #[error("scan.clamd.address: {0}")]
+    ClamdAddress(String),
+}
+
+/// The configured checks; shared read-only by every worker.
+pub struct ContentChecks {
+    max_header_size: usize,
+    senders: HashMap<String, Vec<SenderPattern>>,
+    clamd: Option<(clamd::ClamdAddr, Scanner)>,
+    rspamd: Option<Scanner>,
+    dkim: Option<Arc<dkim::DkimSigner>>,
+}
+
+/// What the checks add to an accepted message.
+#[derive(Debug, Default)]
+pub struct Additions {
+    /// Header lines to prepend (DKIM-Signature, X-Spam-*), CRLF-terminated.
+    pub headers: Vec<u8>,
+}
+
+impl ContentChecks {
+    /// Builds the checks from the configuration and the users (with the dev user, if any).
+    pub fn new(config: &Config, users: &[User]) -> Result<ContentChecks, ContentError> {
+        let senders = users
+            .iter()
+            .map(|u| {
+                let patterns = u
+                    .allowed_senders
+                    .iter()
+                    .filter_map(|p| SenderPattern::parse(p).ok())
+                    .collect();
+                (u.username.to_lowercase(), patterns)
+            })
+            .collect();
+        let clamd = match &config.clamd {
+            Some(s) => Some((
+                clamd::ClamdAddr::parse(&s.target).map_err(ContentError::ClamdAddress)?,
+                s.clone(),
+            )),
+            None => None,
+        };
+        let dkim = if config.dkim.is_empty() {
+            None
+        } else {
+            let keys: Vec<dkim::DkimKeyConfig> = config
+                .dkim
+                .iter()
+                .map(|k| dkim::DkimKeyConfig {
+                    domain: k.domain.clone(),
+                    selector: k.selector.clone(),
+                    private_key: k.private_key.clone(),
+                    algorithm: k.algorithm.clone(),
+                    headers: k.headers.clone(),
+                    oversign_from: k.oversign_from,
+                })
+                .collect();
+            Some(Arc::new(dkim::DkimSigner::load(&keys)?))
+        };
+        Ok(ContentChecks {
+            max_header_size: config.limits.max_header_size,
+            senders,
+            clamd,
+            rspamd: config.rspamd.clone(),
+            dkim,
+        })
+    }
+
+    /// Whether anything beyond validation is configured.
+    pub fn has_scanners(&self) -> bool {
+        self.clamd.is_some() || self.rspamd.is_some()
+    }
+
+    /// Pure checks of a finished transaction. `Err` is the reply to send instead of 250.
+    pub fn validate(&self, t: &Transaction) -> Result<(), Reply> {
+        let headers = header_section(&t.body);
+        if headers.len() > self.max_header_size {
+            return Err(reply(
+                552,
+                (5, 3, 4),
+                "Message header section exceeds the size limit",
+            ));
+        }
+        let Some(user) = &t.auth_user else {
+            return Ok(());
+        };
+        // RFC 6409 §8: a submission server may check that the author is the authenticated user.
+        let parsed = mail_parser::MessageParser::default().parse_headers(&t.body);
+        let from = parsed
+            .as_ref()
+            .and_then(|m| m.from())
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .map(str::to_owned);
+        let Some(from) = from else {
+            return Err(reply(550, (5, 6, 0), "Message has no valid From header"));
+        };
+        let Ok(mailbox) = Mailbox::parse(&from) else {
+            return Err(reply(550, (5, 6, 0), "Message has no valid From header"));
+        };
+        let allowed = self
+            .senders
+            .get(&user.to_lowercase())
+            .is_some_and(|patterns| patterns.iter().any(|p| p.matches(&mailbox)));
+        if !allowed {
+            return Err(reply(
+                550,
+                (5, 7, 1),
+                format!(
+                    "Sender address rejected: header From <{from}> does not match your authenticated address {user}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs the scanners (when configured). `Err` is the reply to send instead of 250.
+    pub async fn scan(&self, t: &Transaction) -> Result<Additions, Reply> {
+        let mut add = Additions::default();
+        if let Some((addr, s)) = &self.clamd {
+            match clamd::clamd_scan(addr, &t.body, s.timeout).await {
+                Ok(clamd::ScanVerdict::Clean) => {}
+                Ok(clamd::ScanVerdict::Infected(name)) => {
+                    tracing::info!(signature = %name, "message rejected: malware");
+                    return Err(reply(
+                        554,
+                        (5, 7, 1),
+                        format!("Message rejected: malware found ({})", printable(&name)),
+                    ));
+                }
+                Err(e) => scanner_failed("clamd", s.on_error, &e)?,
+            }
+        }
+        if let Some(s) = &self.rspamd {
+            let rcpts: Vec<String> = t
+                .recipients
+                .iter()
+                .map(|r| r.forward_path.to_string())
+                .collect();
+            let from = match &t.reverse_path {
+                ReversePath::Null => String::new(),
+                ReversePath::Mailbox(m) => m.to_string(),
+            };
+            let req = rspamd::RspamdRequest {
+                from: &from,
+                rcpts: &rcpts,
+                ip: Some(t.peer.ip()),
+                helo: Some(&t.helo),
+                user: t.auth_user.as_deref(),
+                queue_id: None,
+            };
+            match rspamd::rspamd_check(&s.target, &req, &t.body, s.timeout).await {
+                Ok(r) => match r.action {
+                    rspamd::SpamAction::Reject => {
+                        return Err(reply(
+                            550,
+                            (5, 7, 1),
+                            format!("Message rejected as spam (score {:.1})", r.score),
+                        ));
+                    }
+                    rspamd::SpamAction::SoftReject => {
+                        return Err(reply(
+                            451,
+                            (4, 7, 1),
+                            "Message deferred by the spam filter, try again later",
+                        ));
+                    }
+                    rspamd::SpamAction::Greylist => {
+                        return Err(reply(451, (4, 7, 1), "Greylisted, try again later"));
+                    }
+                    rspamd::SpamAction::AddHeader | rspamd::SpamAction::RewriteSubject => {
+                        add.headers.extend_from_slice(&rspamd::spam_headers(&r));
+                    }
+                    rspamd::SpamAction::NoAction => {}
+                },
+                Err(e) => scanner_failed("rspamd", s.on_error, &e)?,
+            }
+        }
+        Ok(add)
+    }
+
+    /// The DKIM-Signature header for the final message, if a key matches its From domain.
+    pub fn sign(&self, message: &[u8], now_unix: u64) -> Option<Vec<u8>> {
+        let signer = self.dkim.as_ref()?;
+        match signer.sign(message, now_unix) {
+            Ok(sig) => sig,
+            Err(e) => {
+                tracing::warn!(error = %e, "dkim signing failed; message sent unsigned");
+                None
+            }
+        }
+    }
+
+    /// Whether DKIM signing is configured.
+    pub fn has_dkim(&self) -> bool {
+        self.dkim.is_some()
+    }
+}
+
+fn scanner_failed(name: &str, on_error: OnError, e: &dyn std::fmt::Display) -> Result<(), Reply> {
+    match on_error {
+        OnError::Accept => {
+            tracing::warn!(scanner = name, error = %e, "scanner failed; message accepted unscanned (on_error = accept)");
+            Ok(())
+        }
+        OnError::Tempfail => {
+            tracing::warn!(scanner = name, error = %e, "scanner failed; message deferred");
+            Err(reply(
+                451,
+                (4, 7, 1),
+                "Content scanner unavailable, try again later",
+            ))
+        }
+    }
+}
+
+fn reply(code: u16, (c, s, d): (u8, u16, u16), text: impl Into<String>) -> Reply {
+    Reply::new(code, Some(EnhancedCode::new(c, s, d)), text)
+}
+
+fn printable(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(200)
+        .collect()
+}
