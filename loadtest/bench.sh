@@ -10,7 +10,9 @@
 #
 # Environment: N=20000 messages, SIZE=1024, CONC=50, THREADS=0 (ringmta threads, 0 = per core),
 # PER_CONN=1 (messages per connection; 1 = a new SMTP session per message), DURABILITY=fsync,
-# RAW=1 (also measure the raw ceiling), WORK=/tmp/ringmta-bench. Needs `cargo build --release`.
+# RAW=1 (also measure the raw ceiling), WORK=/tmp/ringmta-bench, EXTRA='' (TOML appended to
+# ringmta's config, e.g. a [[dkim]] key), SCAN='' (clamd or rspamd: start that scanner with
+# tests/it/scanners.sh and configure it). Needs `cargo build --release`.
 # Everything listens on and connects to 127.0.0.1 only; every process is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +46,22 @@ if [ "$RAW" = 1 ]; then
   echo "raw e2e: $(awk -v n="$N" -v s="$el" 'BEGIN{printf "%.0f", n/s}') msg/s"
 fi
 
+SCAN=${SCAN:-}; EXTRA=${EXTRA:-}
+if [ -n "$SCAN" ]; then
+  bash tests/it/scanners.sh "$SCAN" "$WORK/$SCAN" > "$WORK/scan.addr" &
+  pids+=($!)
+  for _ in $(seq 300); do [ -s "$WORK/scan.addr" ] && break; sleep 0.1; done
+  addr=$(awk '{print $2}' "$WORK/scan.addr")
+  case "$SCAN" in
+    clamd) EXTRA="$EXTRA
+[scan.clamd]
+address = \"$addr\"" ;;
+    rspamd) EXTRA="$EXTRA
+[scan.rspamd]
+url = \"$addr\"" ;;
+  esac
+fi
+
 start_sink
 cat > "$WORK/ringmta.toml" <<CONF
 hostname = "bench.invalid"
@@ -65,6 +83,7 @@ max_connections = 32
 max_messages_per_connection = 1000
 [log]
 level = "warn"
+$EXTRA
 CONF
 "$BIN/ringmta" serve --config "$WORK/ringmta.toml" > "$WORK/ringmta.out" 2> "$WORK/ringmta.err" &
 RP=$!; pids+=("$RP")

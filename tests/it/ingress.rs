@@ -442,3 +442,42 @@ fn bounce_classify_cli_prints_one_json_object_per_line() {
         serde_json::json!({"category": "mailbox_full", "action": "retry"})
     );
 }
+
+/// The classic open-relay battery from an untrusted, unauthenticated client on the relay
+/// port: every form is refused (relay denied or bad syntax), none is accepted.
+#[test]
+fn open_relay_battery_is_refused_from_untrusted_clients() {
+    let s = Server::start("[relay]\ntrusted_networks = [\"10.0.0.0/8\"]\n");
+    let mut c = Raw::connect(s.addr("smtp"));
+    c.reply();
+    c.cmd("EHLO attacker.test");
+    let forms = [
+        "<victim@example.net>",
+        "<victim%example.net@mx.test>",
+        "<\"victim@example.net\"@mx.test>",
+        "<@mx.test:victim@example.net>",
+        "<@mx.test,@relay.test:victim@example.net>",
+        "<example.net!victim@mx.test>",
+        "<victim@[127.0.0.1]>",
+        "<victim@example.net.>",
+        "<victim>",
+        "<postmaster>",
+        "<victim@mx.test>",
+    ];
+    for (i, rcpt) in forms.iter().enumerate() {
+        assert!(c.cmd("RSET").starts_with("250"));
+        assert!(
+            c.cmd("MAIL FROM:<spammer@attacker.test>")
+                .starts_with("250")
+        );
+        let r = c.cmd(&format!("RCPT TO:{rcpt}"));
+        assert!(
+            r.starts_with("554 5.7.1") || r.starts_with("501 "),
+            "form {i} {rcpt}: {r}"
+        );
+    }
+    assert!(
+        c.cmd("DATA").starts_with("554"),
+        "no recipient may have been accepted"
+    );
+}
