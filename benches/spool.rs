@@ -126,5 +126,50 @@ fn recovery(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, raw_fdatasync, append_commit, recovery);
+/// Zero-copy record access: look a message up by id and read its envelope and body from the
+/// mapping, as delivery does for every attempt.
+fn record_access(c: &mut Criterion) {
+    const N: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut shard, _) = Shard::open(ShardConfig::new(dir.path(), 0), 1_800_000_000_000).unwrap();
+    let body = vec![b'a'; 1024];
+    let mut ids = Vec::with_capacity(N);
+    for _ in 0..N {
+        let parts: [&[u8]; 1] = [&body];
+        ids.push(
+            shard
+                .append_message(
+                    &NewMessage {
+                        meta: meta(),
+                        body: &parts,
+                    },
+                    1_800_000_000_000,
+                )
+                .unwrap()
+                .0,
+        );
+    }
+    shard.sync().unwrap();
+    let mut g = c.benchmark_group("record_access");
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("message_by_id_10k", |b| {
+        b.iter(|| {
+            let mut total = 0usize;
+            for id in &ids {
+                let v = shard.message(*id).unwrap();
+                total += v.body.len() + v.meta.recipients.len() + v.meta.reverse_path.len();
+            }
+            black_box(total)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    raw_fdatasync,
+    append_commit,
+    recovery,
+    record_access
+);
 criterion_main!(benches);

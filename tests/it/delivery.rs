@@ -422,3 +422,59 @@ fn required_tls_for_a_domain_defers_when_the_next_hop_has_no_starttls() {
             .any(|x| to_header(x).contains("a@secure.example"))
     );
 }
+
+/// The load tool end to end: `loadtest send` (plain with pipelining, and implicit TLS with
+/// AUTH) into ringmta, relayed to `loadtest sink`; its JSON report counts what the sink got.
+#[test]
+fn loadtest_send_reports_what_reached_the_sink() {
+    let sink = Sink::start();
+    let s = Server::start(&routed_to(&sink, ""));
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args([
+                "send",
+                "--json",
+                "--messages",
+                "40",
+                "--connections",
+                "4",
+                "--size",
+                "2048",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let plain = run(&[
+        "--target",
+        &s.addr("smtp").to_string(),
+        "--pipelining",
+        "--per-connection",
+        "5",
+    ]);
+    assert_eq!(plain["messages_ok"], 40, "{plain}");
+    assert_eq!(plain["codes"]["250"], 40, "{plain}");
+    assert!(
+        plain["latency"]["data_250"]["count"].as_u64().unwrap() == 40,
+        "{plain}"
+    );
+    let auth = format!("alice@example.com:{}", crate::harness::PASSWORD);
+    let tls = run(&[
+        "--target",
+        &s.addr("submissions").to_string(),
+        "--tls",
+        "implicit",
+        "--auth",
+        &auth,
+        "--from",
+        "alice@example.com",
+    ]);
+    assert_eq!(tls["messages_ok"], 40, "{tls}");
+    sink.wait_for("all 80 messages", 30, |m| m.len() >= 80);
+}
