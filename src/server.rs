@@ -99,6 +99,9 @@ pub fn serve(config: Config) -> Result<()> {
         classifier: Arc::new(classifier),
         events,
         content: Arc::new(content),
+        metrics: (0..config.threads)
+            .map(|_| Arc::new(crate::metrics::CoreMetrics::default()))
+            .collect(),
     });
 
     // Recover every shard before accepting anything.
@@ -158,6 +161,22 @@ pub fn serve(config: Config) -> Result<()> {
                 .context("cannot start worker thread")?,
         );
     }
+    let ready_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let http = match config.http {
+        Some(addr) => {
+            let h = crate::http::HttpServer::start(
+                addr,
+                shared.metrics.clone(),
+                Arc::clone(&ready_flag),
+            )?;
+            ready.push_str(&format!(" http={}", h.addr));
+            tracing::info!(addr = %h.addr, "http listening");
+            Some(h)
+        }
+        None => None,
+    };
+    // Recovery is done and every worker runs: ready.
+    ready_flag.store(true, std::sync::atomic::Ordering::Release);
     println!("{ready}");
     tracing::info!(threads = config.threads, hostname = %config.hostname, "ringmta started");
 
@@ -173,9 +192,13 @@ pub fn serve(config: Config) -> Result<()> {
         );
         break;
     }
+    ready_flag.store(false, std::sync::atomic::Ordering::Release);
     let _ = shutdown_tx.send(true);
     for h in handles {
         let _ = h.join();
+    }
+    if let Some(h) = http {
+        h.stop();
     }
     tracing::info!("ringmta stopped");
     Ok(())

@@ -48,6 +48,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
     };
     let mut session = ClientSession::new(client, false, Instant::now());
     let mut sent = 0usize;
+    let mut job_started = Instant::now();
     let mut current: Option<Job> = None;
     let mut raw = Vec::with_capacity(16 * 1024);
     let mut plain = Vec::with_capacity(4096);
@@ -140,8 +141,14 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                     }
                     sent += 1;
                     current = Some(job);
+                    job_started = Instant::now();
                 }
                 ClientEvent::Outcome(o) => {
+                    delivery
+                        .core()
+                        .metrics
+                        .delivery_latency
+                        .observe(job_started.elapsed());
                     if let Some(job) = current.take() {
                         let results: Vec<_> = job
                             .rcpts

@@ -475,6 +475,14 @@ impl Delivery {
                     remote: remote.clone(),
                     category: category.map(category_name).unwrap_or("").to_owned(),
                 };
+                self.core.metrics.outcome(
+                    match kind {
+                        StatusKind::Delivered => crate::metrics::Outcome::Delivered,
+                        StatusKind::Failed => crate::metrics::Outcome::Bounced,
+                        _ => crate::metrics::Outcome::Deferred,
+                    },
+                    category,
+                );
                 if let Err(e) = shard.append_status(&rec) {
                     tracing::error!(%id, error = %e, "cannot record delivery status");
                 }
@@ -633,6 +641,10 @@ impl Delivery {
         match appended {
             Ok((dsn_id, _)) => {
                 tracing::info!(%id, %dsn_id, kind = ?kind, "dsn queued");
+                self.core
+                    .metrics
+                    .dsns
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 for f in facts {
                     let rec = StatusRecord {
                         id: id.0,

@@ -41,6 +41,8 @@ pub struct Shared {
     pub events: crate::delivery::events::EventLog,
     /// Validation, scanners and DKIM signing.
     pub content: Arc<crate::content::ContentChecks>,
+    /// One metrics block per worker, indexed by worker.
+    pub metrics: Vec<Arc<crate::metrics::CoreMetrics>>,
 }
 
 impl Shared {
@@ -74,11 +76,31 @@ pub struct Core {
     unique: Cell<u64>,
     /// This core's delivery, set once at start (an `Rc` cycle that lives as long as the thread).
     pub delivery: RefCell<Option<Rc<Delivery>>>,
+    /// This core's metrics (written only by this core).
+    pub metrics: Arc<crate::metrics::CoreMetrics>,
 }
 
 impl Core {
     /// Appends an accepted transaction to the spool and waits until it is durable.
     pub async fn commit(&self, t: Transaction, now: SystemTime) -> Result<QueueId, CommitError> {
+        use crate::metrics::RejectReason;
+        let started = std::time::Instant::now();
+        let result = self.commit_inner(t, now).await;
+        match &result {
+            Ok(_) => {
+                self.metrics
+                    .messages_accepted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.accept_latency.observe(started.elapsed());
+            }
+            Err(CommitError::SpoolFull) => self.metrics.reject(RejectReason::SpoolFull),
+            Err(CommitError::Rejected(_)) => self.metrics.reject(RejectReason::Content),
+            Err(_) => self.metrics.reject(RejectReason::SpoolIo),
+        }
+        result
+    }
+
+    async fn commit_inner(&self, t: Transaction, now: SystemTime) -> Result<QueueId, CommitError> {
         let content = &self.shared.content;
         content.validate(&t).map_err(CommitError::Rejected)?;
         let additions = if content.has_scanners() {
@@ -152,6 +174,28 @@ impl Core {
             let mut shard = self.shard.borrow_mut();
             let seq = shard.appended_seq();
             shard.mark_durable(seq);
+        }
+    }
+
+    /// Copies the spool and queue gauges into the metrics every second.
+    async fn stats_loop(self: Rc<Self>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let st = self.shard.borrow().stats();
+            self.metrics.spool_bytes.store(st.bytes, Relaxed);
+            self.metrics.spool_records.store(st.records, Relaxed);
+            self.metrics.spool_messages.store(st.messages, Relaxed);
+            self.metrics
+                .queue_pending
+                .store(st.pending_recipients, Relaxed);
+            self.metrics
+                .connections_open
+                .store(self.connections.get() as u64, Relaxed);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
         }
     }
 
@@ -277,6 +321,7 @@ pub struct WorkerSpec {
 
 /// Runs a worker until shutdown: accept loops, the commit task, then a drain and a final flush.
 pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    let metrics = Arc::clone(&shared.metrics[usize::from(spec.index)]);
     tokio_uring::start(async move {
         let (durable, _) = watch::channel((spec.shard.durable_seq(), 0));
         let core = Rc::new(Core {
@@ -289,9 +334,11 @@ pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool
             shutdown,
             unique: Cell::new(0),
             delivery: RefCell::new(None),
+            metrics: Arc::clone(&metrics),
         });
         tokio_uring::spawn(Rc::clone(&core).commit_loop());
         tokio_uring::spawn(Rc::clone(&core).purge_loop());
+        tokio_uring::spawn(Rc::clone(&core).stats_loop());
         start_delivery(&core);
         for (listener, role) in spec.listeners {
             let listener = Rc::new(tokio_uring::net::TcpListener::from_std(listener));
@@ -395,6 +442,9 @@ async fn accept_loop(
             }
         };
         if core.connections.get() >= max {
+            core.metrics
+                .connections_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio_uring::spawn(async move {
                 let _ = stream.set_nodelay(true);
                 let _ = stream
@@ -405,6 +455,9 @@ async fn accept_loop(
             continue;
         }
         core.connections.set(core.connections.get() + 1);
+        core.metrics
+            .connections_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let c = Rc::clone(&core);
         tokio_uring::spawn(async move {
             crate::net::conn::serve(Rc::clone(&c), stream, peer, role).await;

@@ -5,3 +5,4 @@ mod delivery;
 mod durability;
 mod harness;
 mod ingress;
+mod ops;

@@ -1,0 +1,328 @@
+//! Counters and gauges for `/metrics`, in the Prometheus text format.
+//!
+//! Each worker owns one `CoreMetrics` and is its only writer (relaxed atomic adds on memory no
+//! other core writes, so nothing on the hot path contends); the HTTP thread only reads. Latency
+//! histograms use fixed buckets of atomic counters, which is what a Prometheus histogram is.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::bounce::classify::Category;
+
+/// Upper bounds of the latency buckets, in microseconds.
+const BUCKETS_US: [u64; 12] = [
+    250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS_US.len()],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = BUCKETS_US.iter().position(|b| us <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a message that reached the end of DATA was not accepted.
+#[derive(Clone, Copy, Debug)]
+pub enum RejectReason {
+    /// The spool is full (452 4.3.1).
+    SpoolFull,
+    /// The spool failed (451 4.3.0).
+    SpoolIo,
+    /// A content check refused it (validation, malware, spam, scanner down).
+    Content,
+}
+
+/// Delivery attempt outcome, per recipient.
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome {
+    /// Accepted by the next hop.
+    Delivered,
+    /// Will be retried.
+    Deferred,
+    /// Final failure.
+    Bounced,
+}
+
+/// One worker's metrics.
+#[derive(Default)]
+pub struct CoreMetrics {
+    /// Connections open now.
+    pub connections_open: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Connections refused at the per-core limit.
+    pub connections_refused: AtomicU64,
+    /// Messages acknowledged with 250.
+    pub messages_accepted: AtomicU64,
+    rejected: [AtomicU64; 3],
+    outcomes: [AtomicU64; 3],
+    categories: [AtomicU64; 16],
+    /// DSNs queued.
+    pub dsns: AtomicU64,
+    /// Spool bytes (segment files), refreshed every second.
+    pub spool_bytes: AtomicU64,
+    /// Spool records, refreshed every second.
+    pub spool_records: AtomicU64,
+    /// Messages in the spool (queued or final, not purged), refreshed every second.
+    pub spool_messages: AtomicU64,
+    /// Recipients not yet final, refreshed every second.
+    pub queue_pending: AtomicU64,
+    /// From the end of DATA to the 250 (content checks, append, fdatasync).
+    pub accept_latency: Histogram,
+    /// One delivery transaction, from taking the job to its outcome.
+    pub delivery_latency: Histogram,
+}
+
+impl CoreMetrics {
+    /// Counts a refused message.
+    pub fn reject(&self, why: RejectReason) {
+        self.rejected[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one recipient's attempt outcome (and its category when it failed).
+    pub fn outcome(&self, o: Outcome, category: Option<Category>) {
+        self.outcomes[o as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = category {
+            self.categories[c as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+const CATEGORIES: [Category; 16] = [
+    Category::UserUnknown,
+    Category::MailboxDisabled,
+    Category::MailboxFull,
+    Category::Blocklisted,
+    Category::Greylisted,
+    Category::RateLimited,
+    Category::Spam,
+    Category::Virus,
+    Category::Policy,
+    Category::MessageTooBig,
+    Category::RelayDenied,
+    Category::HostUnknown,
+    Category::Tls,
+    Category::Protocol,
+    Category::Temporary,
+    Category::Other,
+];
+
+fn sum(cores: &[std::sync::Arc<CoreMetrics>], f: impl Fn(&CoreMetrics) -> u64) -> u64 {
+    cores.iter().map(|c| f(c)).sum()
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// Renders every metric, summed over the cores, in the Prometheus text exposition format.
+pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
+    let mut out = String::with_capacity(8192);
+    let mut simple = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    simple(
+        "ringmta_connections_open",
+        "gauge",
+        "SMTP connections open now.",
+        sum(cores, |c| load(&c.connections_open)),
+    );
+    simple(
+        "ringmta_connections_total",
+        "counter",
+        "SMTP connections accepted.",
+        sum(cores, |c| load(&c.connections_total)),
+    );
+    simple(
+        "ringmta_connections_refused_total",
+        "counter",
+        "SMTP connections refused at the per-core limit.",
+        sum(cores, |c| load(&c.connections_refused)),
+    );
+    simple(
+        "ringmta_messages_accepted_total",
+        "counter",
+        "Messages acknowledged with 250 (durable).",
+        sum(cores, |c| load(&c.messages_accepted)),
+    );
+    simple(
+        "ringmta_dsns_total",
+        "counter",
+        "Delivery status notifications queued.",
+        sum(cores, |c| load(&c.dsns)),
+    );
+    simple(
+        "ringmta_spool_bytes",
+        "gauge",
+        "Bytes of spool segment files.",
+        sum(cores, |c| load(&c.spool_bytes)),
+    );
+    simple(
+        "ringmta_spool_records",
+        "gauge",
+        "Records in the spool segments.",
+        sum(cores, |c| load(&c.spool_records)),
+    );
+    simple(
+        "ringmta_spool_messages",
+        "gauge",
+        "Messages in the spool (queued or final, content not purged).",
+        sum(cores, |c| load(&c.spool_messages)),
+    );
+    simple(
+        "ringmta_queue_pending_recipients",
+        "gauge",
+        "Recipients not yet delivered or bounced.",
+        sum(cores, |c| load(&c.queue_pending)),
+    );
+
+    let _ = writeln!(
+        out,
+        "# HELP ringmta_messages_rejected_total Messages refused at the end of DATA, by reason.\n# TYPE ringmta_messages_rejected_total counter"
+    );
+    for (i, reason) in ["spool_full", "spool_io", "content"].iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ringmta_messages_rejected_total{{reason=\"{reason}\"}} {}",
+            sum(cores, |c| load(&c.rejected[i]))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ringmta_deliveries_total Delivery attempt outcomes per recipient.\n# TYPE ringmta_deliveries_total counter"
+    );
+    for (i, o) in ["delivered", "deferred", "bounced"].iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ringmta_deliveries_total{{outcome=\"{o}\"}} {}",
+            sum(cores, |c| load(&c.outcomes[i]))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ringmta_delivery_failures_total Failed attempts (deferred or bounced) by bounce category.\n# TYPE ringmta_delivery_failures_total counter"
+    );
+    for c in CATEGORIES {
+        let name = crate::delivery::category_name(c);
+        let _ = writeln!(
+            out,
+            "ringmta_delivery_failures_total{{category=\"{name}\"}} {}",
+            sum(cores, |m| load(&m.categories[c as usize]))
+        );
+    }
+    histogram(
+        &mut out,
+        "ringmta_accept_latency_seconds",
+        "From the end of DATA to the 250 reply.",
+        cores,
+        |c| &c.accept_latency,
+    );
+    histogram(
+        &mut out,
+        "ringmta_delivery_latency_seconds",
+        "One outbound delivery transaction.",
+        cores,
+        |c| &c.delivery_latency,
+    );
+    out
+}
+
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    cores: &[std::sync::Arc<CoreMetrics>],
+    pick: impl Fn(&CoreMetrics) -> &Histogram,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (i, b) in BUCKETS_US.iter().enumerate() {
+        cumulative += sum(cores, |c| load(&pick(c).counts[i]));
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            *b as f64 / 1e6
+        );
+    }
+    let count = sum(cores, |c| load(&pick(c).count));
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(
+        out,
+        "{name}_sum {}",
+        sum(cores, |c| load(&pick(c).sum_us)) as f64 / 1e6
+    );
+    let _ = writeln!(out, "{name}_count {count}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn render_sums_cores_and_builds_cumulative_buckets() {
+        let a = Arc::new(CoreMetrics::default());
+        let b = Arc::new(CoreMetrics::default());
+        a.messages_accepted.fetch_add(3, Ordering::Relaxed);
+        b.messages_accepted.fetch_add(4, Ordering::Relaxed);
+        a.accept_latency.observe(Duration::from_micros(300));
+        b.accept_latency.observe(Duration::from_millis(3));
+        b.accept_latency.observe(Duration::from_secs(60));
+        a.outcome(Outcome::Bounced, Some(Category::UserUnknown));
+        b.reject(RejectReason::SpoolFull);
+        let text = render(&[a, b]);
+        assert!(
+            text.contains("\nringmta_messages_accepted_total 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringmta_accept_latency_seconds_bucket{le=\"0.00025\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringmta_accept_latency_seconds_bucket{le=\"0.0005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringmta_accept_latency_seconds_bucket{le=\"0.005\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringmta_accept_latency_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringmta_accept_latency_seconds_count 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringmta_deliveries_total{outcome=\"bounced\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringmta_delivery_failures_total{category=\"user_unknown\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringmta_messages_rejected_total{reason=\"spool_full\"} 1\n"),
+            "{text}"
+        );
+    }
+}
