@@ -1,5 +1,6 @@
 //! Integration tests: the real binary on loopback, driven by real clients.
 
+mod clients;
 mod content;
 mod delivery;
 mod durability;
