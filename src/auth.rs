@@ -104,6 +104,25 @@ impl AuthService {
         AuthService { tx }
     }
 
+    /// As `verify`, for a thread outside any runtime (the HTTP thread): blocks until the
+    /// verifier answers.
+    pub fn verify_blocking(&self, username: String, password: String, ip: IpAddr) -> AuthOutcome {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .try_send(Job {
+                username,
+                password,
+                ip,
+                reply,
+            })
+            .is_err()
+        {
+            return AuthOutcome::Throttled;
+        }
+        rx.blocking_recv().unwrap_or(AuthOutcome::BadCredentials)
+    }
+
     /// Verifies credentials off-core. A full queue counts as a temporary refusal.
     pub async fn verify(&self, username: String, password: String, ip: IpAddr) -> AuthOutcome {
         let (reply, rx) = oneshot::channel();

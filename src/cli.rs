@@ -80,11 +80,22 @@ pub enum QueueAction {
         /// Queue id (16 hex digits).
         id: String,
     },
-    /// Delete a message: every recipient not yet final is marked deleted (no DSN). The server
-    /// must be stopped (the spool is locked while it runs).
+    /// Delete a message: every recipient not yet final is marked deleted (no DSN). Goes through
+    /// the HTTP API while the server runs, straight to the spool when it is stopped.
     Delete {
         /// Queue id (16 hex digits).
         id: String,
+    },
+    /// Bounce a message now (with a DSN to its sender). Needs the running server's HTTP API.
+    Bounce {
+        /// Queue id (16 hex digits).
+        id: String,
+    },
+    /// Retry deferred recipients now. Needs the running server's HTTP API.
+    Flush {
+        /// Only recipients of this domain.
+        #[arg(long)]
+        domain: Option<String>,
     },
 }
 
@@ -155,17 +166,55 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Queue { config, action } => {
             let config = load(config.as_deref())?;
-            queue(&config.spool_dir, action)
+            queue(&config, action)
         }
     }
 }
 
-fn queue(dir: &Path, action: QueueAction) -> Result<ExitCode> {
-    if let QueueAction::Delete { id } = &action {
-        let id: QueueId = id.parse()?;
-        let n = delete(dir, id)?;
-        println!("{id}: {n} recipient(s) marked deleted");
-        return Ok(ExitCode::SUCCESS);
+fn queue(config: &Config, action: QueueAction) -> Result<ExitCode> {
+    let dir = config.spool_dir.as_path();
+    // With port 0 in the config, the running server wrote the address it bound.
+    let http = config.http.map(|a| {
+        if a.port() != 0 {
+            return a;
+        }
+        std::fs::read_to_string(dir.join("http.addr"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(a)
+    });
+    match &action {
+        QueueAction::Delete { id } => {
+            let id: QueueId = id.parse()?;
+            let text = match delete(dir, id) {
+                Ok(n) => format!("{id}: {n} recipient(s) marked deleted"),
+                Err(offline) => match http {
+                    Some(addr) => api_call(addr, "DELETE", &format!("/api/v1/messages/{id}"))?,
+                    None => return Err(offline),
+                },
+            };
+            println!("{text}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        QueueAction::Bounce { id } => {
+            let id: QueueId = id.parse()?;
+            let addr = http.context("queue bounce needs the running server's listen.http")?;
+            println!(
+                "{}",
+                api_call(addr, "POST", &format!("/api/v1/messages/{id}/bounce"))?
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        QueueAction::Flush { domain } => {
+            let addr = http.context("queue flush needs the running server's listen.http")?;
+            let path = match domain {
+                Some(d) => format!("/api/v1/queue/flush?domain={d}"),
+                None => "/api/v1/queue/flush".to_owned(),
+            };
+            println!("{}", api_call(addr, "POST", &path)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        QueueAction::Ls | QueueAction::Show { .. } => {}
     }
     let snapshot = crate::spool::read_spool(dir)?;
     match action {
@@ -173,7 +222,9 @@ fn queue(dir: &Path, action: QueueAction) -> Result<ExitCode> {
             print!("{}", listing(&snapshot));
             Ok(ExitCode::SUCCESS)
         }
-        QueueAction::Delete { .. } => unreachable!("handled above"),
+        QueueAction::Delete { .. } | QueueAction::Bounce { .. } | QueueAction::Flush { .. } => {
+            unreachable!("handled above")
+        }
         QueueAction::Show { id } => {
             let id: QueueId = id.parse()?;
             match describe(&snapshot, id) {
@@ -191,7 +242,7 @@ fn queue(dir: &Path, action: QueueAction) -> Result<ExitCode> {
 fn delete(dir: &Path, id: QueueId) -> Result<usize> {
     use crate::spool::{Shard, ShardConfig, StatusKind, StatusRecord};
     let _lock = crate::spool::lock(dir).context(
-        "cannot lock the spool: is the server running? stop it first (live queue operations come with the HTTP API)",
+        "cannot lock the spool: is the server running? (with listen.http set, this command goes through its API)",
     )?;
     let now = crate::net::worker::unix_ms(std::time::SystemTime::now());
     // Appends after open go to a fresh segment; keep it small for a one-off command.
@@ -224,6 +275,31 @@ fn delete(dir: &Path, id: QueueId) -> Result<usize> {
     }
     shard.sync()?;
     Ok(n)
+}
+
+/// A one-shot HTTP/1.1 request to the local operator API; returns the body, or an error with
+/// the API's message for a non-2xx status.
+fn api_call(addr: std::net::SocketAddr, method: &str, path: &str) -> Result<String> {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+        .with_context(|| format!("cannot reach the server's HTTP API at {addr}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if !(200..300).contains(&status) {
+        bail!("{method} {path}: HTTP {status}: {}", body.trim());
+    }
+    Ok(body.trim().to_owned())
 }
 
 /// One line per message: id, received time, size, state counts, sender, recipients.

@@ -1,13 +1,52 @@
-//! The operator HTTP endpoint on its own thread: `/healthz`, `/readyz` and `/metrics`.
+//! The operator and sender HTTP surface on its own thread: health, metrics, the injection API
+//! and the queue API.
 //!
-//! It is off the SMTP hot path: a blocking server (tiny_http) on one control thread that only
-//! reads the workers' atomic metrics. The injection and queue API of issue 7 will be added here.
+//! It is off the SMTP hot path: a blocking server (tiny_http) on one control thread. It never
+//! touches a spool shard itself; everything that needs one goes to the owning worker through
+//! `control::ControlHandle` and waits for the answer. Injected messages go through the same
+//! content checks, spool and durability as SMTP: `202` means the message is on disk.
+//!
+//! Routes:
+//! - `GET /healthz`, `GET /readyz`, `GET /metrics`
+//! - `POST /api/v1/messages` (HTTP Basic as a configured user): JSON → MIME → spool
+//! - `GET|DELETE /api/v1/messages/{id}`, `POST /api/v1/messages/{id}/bounce`
+//! - `GET /api/v1/queue`, `POST /api/v1/queue/flush[?domain=example.net]`
+//!
+//! The queue routes take no credentials: keep `listen.http` on loopback (the default) or behind
+//! a firewall.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use base64::Engine as _;
+use serde::Deserialize;
+
+use crate::auth::AuthService;
+use crate::control::ControlHandle;
+use crate::ids::QueueId;
 use crate::metrics::{CoreMetrics, render};
+use crate::smtp::{
+    AuthOutcome, BodyType, CommitError, Mailbox, Notify, Recipient, ReversePath, Transaction,
+};
+
+/// Everything the HTTP thread needs.
+pub struct Api {
+    /// Per-worker metrics.
+    pub metrics: Vec<Arc<CoreMetrics>>,
+    /// Set once recovery is done and workers run.
+    pub ready: Arc<AtomicBool>,
+    /// Channels to the workers.
+    pub control: ControlHandle,
+    /// Credential checks (same users as SMTP).
+    pub auth: AuthService,
+    /// Our host name (Message-ID of built messages).
+    pub hostname: String,
+    /// Largest message.
+    pub max_message_size: usize,
+}
 
 /// Handle to the running HTTP thread.
 pub struct HttpServer {
@@ -23,17 +62,13 @@ pub struct HttpServer {
 pub struct HttpError {
     /// The configured address.
     pub addr: SocketAddr,
-    /// What tiny_http said.
+    /// What went wrong.
     pub reason: String,
 }
 
 impl HttpServer {
     /// Binds `addr` and serves until `stop`.
-    pub fn start(
-        addr: SocketAddr,
-        metrics: Vec<Arc<CoreMetrics>>,
-        ready: Arc<AtomicBool>,
-    ) -> Result<HttpServer, HttpError> {
+    pub fn start(addr: SocketAddr, api: Api) -> Result<HttpServer, HttpError> {
         let server = tiny_http::Server::http(addr).map_err(|e| HttpError {
             addr,
             reason: e.to_string(),
@@ -45,7 +80,7 @@ impl HttpServer {
             .name("ringmta-http".into())
             .spawn(move || {
                 for request in s.incoming_requests() {
-                    respond(request, &metrics, &ready);
+                    api.respond(request);
                 }
             })
             .map_err(|e| HttpError {
@@ -68,27 +103,462 @@ impl HttpServer {
     }
 }
 
-fn respond(request: tiny_http::Request, metrics: &[Arc<CoreMetrics>], ready: &AtomicBool) {
-    let text = |code: u16, body: String, ctype: &str| {
-        let header = tiny_http::Header::from_bytes("Content-Type", ctype).ok();
-        let mut r = tiny_http::Response::from_string(body).with_status_code(code);
-        if let Some(h) = header {
-            r = r.with_header(h);
+type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+
+fn reply(code: u16, ctype: &str, body: String) -> Response {
+    let mut r = tiny_http::Response::from_string(body).with_status_code(code);
+    if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", ctype) {
+        r = r.with_header(h);
+    }
+    r
+}
+
+fn json(code: u16, value: &impl serde::Serialize) -> Response {
+    reply(
+        code,
+        "application/json",
+        serde_json::to_string(value).unwrap_or_else(|_| "{}".into()),
+    )
+}
+
+fn error(code: u16, message: impl Into<String>) -> Response {
+    json(code, &serde_json::json!({ "error": message.into() }))
+}
+
+impl Api {
+    fn respond(&self, mut request: tiny_http::Request) {
+        let url = request.url().to_owned();
+        let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let method = request.method().clone();
+        use tiny_http::Method::{Delete, Get, Post};
+        let response = match (&method, segments.as_slice()) {
+            (Get, ["healthz"]) => reply(200, "text/plain", "ok\n".into()),
+            (Get, ["readyz"]) if self.ready.load(Ordering::Acquire) => {
+                reply(200, "text/plain", "ready\n".into())
+            }
+            (Get, ["readyz"]) => reply(503, "text/plain", "starting\n".into()),
+            (Get, ["metrics"]) => reply(200, "text/plain; version=0.0.4", render(&self.metrics)),
+            (Post, ["api", "v1", "messages"]) => self.inject(&mut request),
+            (Get, ["api", "v1", "messages", id]) => {
+                self.with_id(id, |id| match self.control.message(id) {
+                    Ok(Some(info)) => json(200, &info),
+                    Ok(None) => error(404, format!("no message {id}")),
+                    Err(e) => error(503, e.to_string()),
+                })
+            }
+            (Delete, ["api", "v1", "messages", id]) => {
+                self.with_id(id, |id| match self.control.delete(id) {
+                    Ok(Some(n)) => json(
+                        200,
+                        &serde_json::json!({ "id": id.to_string(), "deleted": n }),
+                    ),
+                    Ok(None) => error(404, format!("no message {id}")),
+                    Err(e) => error(503, e.to_string()),
+                })
+            }
+            (Post, ["api", "v1", "messages", id, "bounce"]) => {
+                self.with_id(id, |id| match self.control.bounce(id) {
+                    Ok(Some(n)) => json(
+                        200,
+                        &serde_json::json!({ "id": id.to_string(), "bounced": n }),
+                    ),
+                    Ok(None) => error(404, format!("no message {id}")),
+                    Err(e) => error(503, e.to_string()),
+                })
+            }
+            (Get, ["api", "v1", "queue"]) => match self.control.queue() {
+                Ok(s) => json(200, &s),
+                Err(e) => error(503, e.to_string()),
+            },
+            (Post, ["api", "v1", "queue", "flush"]) => {
+                let domain = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("domain="))
+                    .map(|d| d.to_ascii_lowercase());
+                match self.control.flush(domain) {
+                    Ok(n) => json(200, &serde_json::json!({ "rescheduled": n })),
+                    Err(e) => error(503, e.to_string()),
+                }
+            }
+            (Get | Post | Delete, _) => error(404, "not found"),
+            _ => error(405, "method not allowed"),
+        };
+        let _ = request.respond(response);
+    }
+
+    fn with_id(&self, id: &str, f: impl FnOnce(QueueId) -> Response) -> Response {
+        match id.parse::<QueueId>() {
+            Ok(id) => f(id),
+            Err(e) => error(400, e.to_string()),
         }
-        r
+    }
+
+    fn inject(&self, request: &mut tiny_http::Request) -> Response {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let Some((user, password)) = basic_auth(request) else {
+            let mut r = error(401, "credentials required (HTTP Basic, as for SMTP AUTH)");
+            if let Ok(h) =
+                tiny_http::Header::from_bytes("WWW-Authenticate", "Basic realm=\"ringmta\"")
+            {
+                r = r.with_header(h);
+            }
+            return r;
+        };
+        let allowed = match self.auth.verify_blocking(user.clone(), password, peer) {
+            AuthOutcome::Success(u) => u.allowed_senders,
+            AuthOutcome::BadCredentials => return error(401, "invalid credentials"),
+            AuthOutcome::Throttled => return error(429, "too many failed authentication attempts"),
+        };
+        // Base64 attachments make JSON about 4/3 of the message; leave room for the envelope.
+        let limit = self.max_message_size.saturating_mul(4) / 3 + 64 * 1024;
+        let mut body = Vec::new();
+        if request
+            .as_reader()
+            .take(limit as u64 + 1)
+            .read_to_end(&mut body)
+            .is_err()
+        {
+            return error(400, "cannot read the request body");
+        }
+        if body.len() > limit {
+            return error(413, format!("request body over {limit} bytes"));
+        }
+        let req: InjectRequest = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return error(400, format!("invalid JSON: {e}")),
+        };
+        let built = match build(&req, &self.hostname) {
+            Ok(b) => b,
+            Err(e) => return error(400, e),
+        };
+        if !allowed.iter().any(|p| p.matches(&built.sender)) {
+            return error(
+                403,
+                format!("sender {} is not allowed for user {user}", built.sender),
+            );
+        }
+        if built.message.len() > self.max_message_size {
+            return error(413, "message exceeds the maximum message size");
+        }
+        let t = Transaction {
+            helo: "http-api".into(),
+            esmtp: true,
+            peer: SocketAddr::new(peer, 0),
+            tls: None,
+            auth_user: Some(user),
+            reverse_path: ReversePath::Mailbox(built.sender),
+            body_type: BodyType::EightBitMime,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            recipients: built
+                .recipients
+                .into_iter()
+                .map(|m| Recipient {
+                    forward_path: m,
+                    notify: Notify::default(),
+                    orcpt: None,
+                })
+                .collect(),
+            body: built.message,
+        };
+        match self.control.inject(t) {
+            Ok(Ok(id)) => json(202, &serde_json::json!({ "id": id.to_string() })),
+            Ok(Err(CommitError::Rejected(r))) => {
+                let text = r.to_string().trim().to_owned();
+                let code = match (r.code, r.enhanced.map(|e| (e.subject, e.detail))) {
+                    (550, Some((7, 1))) => 403,
+                    (552, _) => 413,
+                    (400..=499, _) => 503,
+                    _ => 422,
+                };
+                error(code, text)
+            }
+            Ok(Err(CommitError::SpoolFull)) => {
+                error(503, "insufficient system storage, retry later")
+            }
+            Ok(Err(e)) => error(503, format!("{e:?}")),
+            Err(e) => error(503, e.to_string()),
+        }
+    }
+}
+
+fn basic_auth(request: &tiny_http::Request) -> Option<(String, String)> {
+    let value = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))?
+        .value
+        .as_str()
+        .to_owned();
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_owned(), p.to_owned()))
+}
+
+/// `POST /api/v1/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InjectRequest {
+    from: String,
+    #[serde(default)]
+    to: OneOrMany,
+    #[serde(default)]
+    cc: OneOrMany,
+    #[serde(default)]
+    bcc: OneOrMany,
+    reply_to: Option<String>,
+    subject: Option<String>,
+    text: Option<String>,
+    html: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    attachments: Vec<Attachment>,
+    /// A complete RFC 5322 message instead of the fields above (from/to/cc/bcc stay the
+    /// envelope).
+    raw: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn list(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::None => Vec::new(),
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Attachment {
+    filename: String,
+    content_type: Option<String>,
+    /// Base64.
+    content: String,
+}
+
+struct Built {
+    sender: Mailbox,
+    recipients: Vec<Mailbox>,
+    message: Vec<u8>,
+}
+
+/// `"Name <addr>"` or `"addr"` → (display name, address).
+fn split_address(s: &str) -> (Option<&str>, &str) {
+    match (s.find('<'), s.rfind('>')) {
+        (Some(a), Some(b)) if a < b => {
+            let name = s[..a].trim().trim_matches('"').trim();
+            ((!name.is_empty()).then_some(name), s[a + 1..b].trim())
+        }
+        _ => (None, s.trim()),
+    }
+}
+
+fn mailbox(field: &str, s: &str) -> Result<Mailbox, String> {
+    Mailbox::parse(split_address(s).1)
+        .map_err(|e| format!("{field}: {s:?} is not a valid address ({e})"))
+}
+
+/// Builds the MIME message with mail-builder, refusing header injection.
+fn build(req: &InjectRequest, hostname: &str) -> Result<Built, String> {
+    let mut texts: Vec<(&str, &str)> = vec![("from", &req.from)];
+    for (field, list) in [("to", &req.to), ("cc", &req.cc), ("bcc", &req.bcc)] {
+        texts.extend(list.list().into_iter().map(|v| (field, v)));
+    }
+    if let Some(r) = &req.reply_to {
+        texts.push(("reply_to", r));
+    }
+    if let Some(s) = &req.subject {
+        texts.push(("subject", s));
+    }
+    for (k, v) in &req.headers {
+        texts.push(("headers", k));
+        texts.push(("headers", v));
+    }
+    for a in &req.attachments {
+        texts.push(("attachments.filename", &a.filename));
+        if let Some(c) = &a.content_type {
+            texts.push(("attachments.content_type", c));
+        }
+    }
+    if let Some((field, _)) = texts.iter().find(|(_, v)| v.contains(['\r', '\n'])) {
+        return Err(format!("header injection: CR or LF in {field}"));
+    }
+    if let Some(k) = req
+        .headers
+        .keys()
+        .find(|k| k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic() && b != b':'))
+    {
+        return Err(format!("invalid header name {k:?}"));
+    }
+    let sender = mailbox("from", &req.from)?;
+    let mut recipients = Vec::new();
+    for (field, list) in [("to", &req.to), ("cc", &req.cc), ("bcc", &req.bcc)] {
+        for r in list.list() {
+            recipients.push(mailbox(field, r)?);
+        }
+    }
+    if recipients.is_empty() {
+        return Err("at least one recipient (to, cc or bcc) is needed".into());
+    }
+    if let Some(raw) = &req.raw {
+        // Normalise line endings: the spool stores CRLF.
+        let mut message = Vec::with_capacity(raw.len() + raw.len() / 40);
+        let mut prev = 0u8;
+        for &b in raw.as_bytes() {
+            if b == b'\n' && prev != b'\r' {
+                message.push(b'\r');
+            }
+            message.push(b);
+            prev = b;
+        }
+        if !message.ends_with(b"\r\n") {
+            message.extend_from_slice(b"\r\n");
+        }
+        return Ok(Built {
+            sender,
+            recipients,
+            message,
+        });
+    }
+    let addr = |s: &str| -> mail_builder::headers::address::Address<'static> {
+        let (name, a) = split_address(s);
+        match name {
+            Some(n) => (n.to_owned(), a.to_owned()).into(),
+            None => a.to_owned().into(),
+        }
     };
-    let path = request.url().split('?').next().unwrap_or("").to_owned();
-    let response = match (request.method(), path.as_str()) {
-        (tiny_http::Method::Get, "/healthz") => text(200, "ok\n".into(), "text/plain"),
-        (tiny_http::Method::Get, "/readyz") if ready.load(Ordering::Acquire) => {
-            text(200, "ready\n".into(), "text/plain")
-        }
-        (tiny_http::Method::Get, "/readyz") => text(503, "starting\n".into(), "text/plain"),
-        (tiny_http::Method::Get, "/metrics") => {
-            text(200, render(metrics), "text/plain; version=0.0.4")
-        }
-        (tiny_http::Method::Get, _) => text(404, "not found\n".into(), "text/plain"),
-        _ => text(405, "method not allowed\n".into(), "text/plain"),
+    let many = |l: &OneOrMany| -> mail_builder::headers::address::Address<'static> {
+        l.list().into_iter().map(addr).collect::<Vec<_>>().into()
     };
-    let _ = request.respond(response);
+    let mut b = mail_builder::MessageBuilder::new().from(addr(&req.from));
+    if !req.to.list().is_empty() {
+        b = b.to(many(&req.to));
+    }
+    if !req.cc.list().is_empty() {
+        b = b.cc(many(&req.cc));
+    }
+    if let Some(r) = &req.reply_to {
+        b = b.reply_to(addr(r));
+    }
+    b = b.subject(req.subject.clone().unwrap_or_default());
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    b = b.message_id(format!("{unique:x}.api.ringmta@{hostname}"));
+    for (k, v) in &req.headers {
+        b = b.header(k.clone(), mail_builder::headers::raw::Raw::new(v.clone()));
+    }
+    if let Some(t) = &req.text {
+        b = b.text_body(t.clone());
+    }
+    if let Some(h) = &req.html {
+        b = b.html_body(h.clone());
+    }
+    if req.text.is_none() && req.html.is_none() {
+        b = b.text_body(String::new());
+    }
+    for a in &req.attachments {
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(a.content.trim())
+            .map_err(|e| format!("attachment {:?}: content is not base64 ({e})", a.filename))?;
+        let ctype = a
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "application/octet-stream".into());
+        b = b.attachment(ctype, a.filename.clone(), data);
+    }
+    let message = b
+        .write_to_vec()
+        .map_err(|e| format!("cannot build the message: {e}"))?;
+    Ok(Built {
+        sender,
+        recipients,
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(json: &str) -> InjectRequest {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn builds_mime_with_attachments_and_bcc_only_in_the_envelope() {
+        let r = req(
+            r#"{"from": "Alice <alice@example.com>", "to": ["bob@example.net"], "bcc": "hidden@example.org",
+            "subject": "Report", "text": "see attached", "html": "<b>see</b>",
+            "headers": {"X-Campaign": "42"},
+            "attachments": [{"filename": "a.txt", "content_type": "text/plain", "content": "aGVsbG8="}]}"#,
+        );
+        let b = build(&r, "mx.test").unwrap();
+        let text = String::from_utf8(b.message).unwrap();
+        assert_eq!(b.sender.to_string(), "alice@example.com");
+        assert_eq!(b.recipients.len(), 2);
+        assert!(text.contains("Subject: Report\r\n"), "{text}");
+        assert!(text.contains("X-Campaign: 42\r\n"), "{text}");
+        assert!(text.contains("multipart/mixed"), "{text}");
+        assert!(text.contains("a.txt"), "{text}");
+        assert!(
+            !text.contains("hidden@example.org"),
+            "Bcc must not be in the headers: {text}"
+        );
+    }
+
+    #[test]
+    fn header_injection_is_refused() {
+        for json in [
+            r#"{"from": "alice@example.com", "to": "bob@example.net", "subject": "hi\r\nBcc: victim@example.org"}"#,
+            r#"{"from": "alice@example.com", "to": "bob@example.net", "headers": {"X-A": "1\nX-B: 2"}}"#,
+            r#"{"from": "alice@example.com\r\n", "to": "bob@example.net"}"#,
+        ] {
+            let e = build(&req(json), "mx.test").err().unwrap();
+            assert!(e.starts_with("header injection"), "{e}");
+        }
+    }
+
+    #[test]
+    fn raw_messages_are_normalised_and_addresses_checked() {
+        let b = build(
+            &req(
+                r#"{"from": "a@example.com", "to": "b@example.net", "raw": "Subject: x\n\nbody"}"#,
+            ),
+            "mx",
+        )
+        .unwrap();
+        assert_eq!(b.message, b"Subject: x\r\n\r\nbody\r\n");
+        assert!(
+            build(
+                &req(r#"{"from": "not an address", "to": "b@example.net"}"#),
+                "mx"
+            )
+            .is_err()
+        );
+        assert!(build(&req(r#"{"from": "a@example.com"}"#), "mx").is_err());
+    }
 }

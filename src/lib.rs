@@ -13,6 +13,7 @@ pub mod bounce;
 pub mod cli;
 pub mod config;
 pub mod content;
+pub mod control;
 pub mod delivery;
 pub mod http;
 pub mod ids;

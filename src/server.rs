@@ -146,11 +146,15 @@ pub fn serve(config: Config) -> Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut handles = Vec::new();
+    let mut control_senders = Vec::new();
     for (i, (listeners, shard)) in per_worker.into_iter().zip(shards).enumerate() {
+        let (control_tx, control) = tokio::sync::mpsc::unbounded_channel();
+        control_senders.push(control_tx);
         let spec = WorkerSpec {
             index: i as u8,
             listeners,
             shard,
+            control,
         };
         let shared = Arc::clone(&shared);
         let rx = shutdown_rx.clone();
@@ -164,12 +168,18 @@ pub fn serve(config: Config) -> Result<()> {
     let ready_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let http = match config.http {
         Some(addr) => {
-            let h = crate::http::HttpServer::start(
-                addr,
-                shared.metrics.clone(),
-                Arc::clone(&ready_flag),
-            )?;
+            let api = crate::http::Api {
+                metrics: shared.metrics.clone(),
+                ready: Arc::clone(&ready_flag),
+                control: crate::control::ControlHandle::new(control_senders),
+                auth: shared.auth.clone(),
+                hostname: config.hostname.clone(),
+                max_message_size: config.limits.max_message_size,
+            };
+            let h = crate::http::HttpServer::start(addr, api)?;
             ready.push_str(&format!(" http={}", h.addr));
+            // `ringmta queue ...` finds the API here when the configured port is 0.
+            let _ = std::fs::write(config.spool_dir.join("http.addr"), h.addr.to_string());
             tracing::info!(addr = %h.addr, "http listening");
             Some(h)
         }

@@ -118,6 +118,8 @@ pub struct Delivery {
     events: EventLog,
     tls: std::sync::Arc<rustls::ClientConfig>,
     dsn_counter: Cell<u64>,
+    /// Recipients queued on a destination or in a transaction right now: never dispatched twice.
+    in_flight: RefCell<HashSet<(QueueId, u32)>>,
 }
 
 impl Delivery {
@@ -146,6 +148,7 @@ impl Delivery {
             events,
             tls: crate::net::tls::outbound_client_config(),
             dsn_counter: Cell::new(0),
+            in_flight: RefCell::new(HashSet::new()),
         })
     }
 
@@ -196,6 +199,64 @@ impl Delivery {
             self.send_dsn(id, DsnKind::Failure, &facts, now);
         }
         self.core.kick_commit();
+    }
+
+    /// Schedules every deferred recipient (of `domain`, or all) for now. Returns how many.
+    pub fn flush(self: &Rc<Self>, domain: Option<&str>) -> u64 {
+        let mut due = Vec::new();
+        {
+            let shard = self.core.shard.borrow();
+            for (id, rcpt, _) in shard.pending() {
+                let wanted = match domain {
+                    None => true,
+                    Some(d) => shard
+                        .message(id)
+                        .and_then(|v| {
+                            v.meta
+                                .recipients
+                                .get(rcpt as usize)
+                                .map(|m| domain_of(m.address.as_str()) == d.to_ascii_lowercase())
+                        })
+                        .unwrap_or(false),
+                };
+                if wanted {
+                    due.push((id, rcpt));
+                }
+            }
+        }
+        let n = due.len() as u64;
+        self.dispatch_with(&mut due, u64::MAX);
+        n
+    }
+
+    /// Bounces every non-final recipient of `id` now, with a DSN as for any failure.
+    pub fn bounce_now(&self, id: QueueId) -> Option<u64> {
+        let pending: Vec<u32> = {
+            let shard = self.core.shard.borrow();
+            let st = shard.state(id)?;
+            st.recipients
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.is_final())
+                .map(|(i, _)| i as u32)
+                .collect()
+        };
+        let results: Vec<(u32, AttemptResult)> = pending
+            .iter()
+            .map(|r| {
+                (
+                    *r,
+                    AttemptResult::Refused {
+                        code: 554,
+                        enhanced: Some((5, 0, 0)),
+                        reply: "554 5.0.0 Bounced by the operator".into(),
+                        remote: String::new(),
+                    },
+                )
+            })
+            .collect();
+        self.record(id, &results);
+        Some(results.len() as u64)
     }
 
     /// Hands a durable message to delivery (called after its 250 went out).
@@ -252,6 +313,12 @@ impl Delivery {
 
     /// Groups due recipients into jobs per (message, domain) and queues them.
     fn dispatch(self: &Rc<Self>, due: &mut Vec<(QueueId, u32)>, now: u64) {
+        self.dispatch_with(due, now);
+    }
+
+    /// As `dispatch`; recipients whose next attempt is after `now` are skipped (stale wheel
+    /// entries), so `now = u64::MAX` forces every listed recipient (flush).
+    fn dispatch_with(self: &Rc<Self>, due: &mut Vec<(QueueId, u32)>, now: u64) {
         let mut jobs: HashMap<(QueueId, String), Vec<u32>> = HashMap::new();
         {
             let shard = self.core.shard.borrow();
@@ -263,12 +330,15 @@ impl Delivery {
                     continue;
                 };
                 // Stale wheel entries (already final, or rescheduled later) are skipped.
-                if r.is_final() || r.next_attempt_ms > now + TICK_MS {
+                if r.is_final() || r.next_attempt_ms > now.saturating_add(TICK_MS) {
                     continue;
                 }
                 let Some(meta) = view.meta.recipients.get(rcpt as usize) else {
                     continue;
                 };
+                if !self.in_flight.borrow_mut().insert((id, rcpt)) {
+                    continue;
+                }
                 let domain = domain_of(meta.address.as_str());
                 let entry = jobs.entry((id, domain)).or_default();
                 if !entry.contains(&rcpt) {
@@ -383,6 +453,12 @@ impl Delivery {
     pub fn record(&self, id: QueueId, results: &[(u32, AttemptResult)]) {
         let now_time = SystemTime::now();
         let now = unix_ms(now_time);
+        {
+            let mut in_flight = self.in_flight.borrow_mut();
+            for (rcpt, _) in results {
+                in_flight.remove(&(id, *rcpt));
+            }
+        }
         let mut failed_dsn = Vec::new();
         let mut delay_dsn = Vec::new();
         let mut success_dsn = Vec::new();

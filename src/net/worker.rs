@@ -317,6 +317,8 @@ pub struct WorkerSpec {
     pub listeners: Vec<(std::net::TcpListener, ListenerRole)>,
     /// The recovered spool shard.
     pub shard: Shard,
+    /// Requests from the operator HTTP thread.
+    pub control: tokio::sync::mpsc::UnboundedReceiver<crate::control::ControlRequest>,
 }
 
 /// Runs a worker until shutdown: accept loops, the commit task, then a drain and a final flush.
@@ -340,6 +342,7 @@ pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool
         tokio_uring::spawn(Rc::clone(&core).purge_loop());
         tokio_uring::spawn(Rc::clone(&core).stats_loop());
         start_delivery(&core);
+        tokio_uring::spawn(crate::control::serve(Rc::clone(&core), spec.control));
         for (listener, role) in spec.listeners {
             let listener = Rc::new(tokio_uring::net::TcpListener::from_std(listener));
             // Several accepts in flight per listener: with one, a busy event loop accepts at most

@@ -95,3 +95,187 @@ for fam in text_string_to_metric_families(text):
     assert_eq!(value("ringmta_queue_pending_recipients{}"), 0.0);
     assert!(value("ringmta_connections_total{}") >= 2.0);
 }
+
+const HTTP: &str = r#"
+import base64, json, sys, urllib.request, urllib.error
+base = "http://" + sys.argv[1]
+def call(method, path, body=None, auth=None, raw=None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        r = urllib.request.urlopen(req, timeout=20)
+        return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+"#;
+
+fn api(server: &Server, script: &str) -> Vec<String> {
+    let (code, out, err) = python(
+        &format!("{HTTP}\n{script}"),
+        &[server.addr("http").to_string()],
+    );
+    assert_eq!(code, 0, "{err}\n{out}");
+    out.lines().map(String::from).collect()
+}
+
+fn http_config(dir: &std::path::Path, extra: &str) -> String {
+    crate::harness::base_config(dir, extra).replace("http = \"\"", "http = \"127.0.0.1:0\"")
+}
+
+#[test]
+fn http_injection_is_authenticated_checked_durable_and_delivered() {
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let s = Server::start_in(
+        &dir,
+        &http_config(
+            &dir,
+            &format!("[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n", sink.addr),
+        ),
+    );
+    let pw = crate::harness::PASSWORD;
+    let out = api(
+        &s,
+        &format!(
+            r#"
+ok = {{"from": "Alice <alice@example.com>", "to": ["bob@example.net"], "subject": "Invoice", "text": "hi",
+      "attachments": [{{"filename": "a.txt", "content_type": "text/plain", "content": "aGVsbG8="}}]}}
+code, body = call("POST", "/api/v1/messages", ok, "alice@example.com:{pw}")
+print("inject", code, body.get("id", body))
+print("noauth", call("POST", "/api/v1/messages", ok)[0])
+print("badpw", call("POST", "/api/v1/messages", ok, "alice@example.com:nope")[0])
+print("sender", call("POST", "/api/v1/messages", dict(ok, **{{"from": "ceo@bank.example"}}), "alice@example.com:{pw}")[0])
+print("inject-hdr", call("POST", "/api/v1/messages", dict(ok, subject="x\r\nBcc: v@example.org"), "alice@example.com:{pw}")[0])
+print("badjson", call("POST", "/api/v1/messages", None, "alice@example.com:{pw}", raw=b"{{not json")[0])
+raw = {{"from": "alice@example.com", "to": "bob@example.net", "raw": "From: ceo@bank.example\nSubject: spoof\n\nx"}}
+print("spoof", call("POST", "/api/v1/messages", raw, "alice@example.com:{pw}")[0])
+"#
+        ),
+    );
+    let get = |k: &str| {
+        out.iter()
+            .find(|l| l.starts_with(&format!("{k} ")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let inject = get("inject");
+    assert!(inject.starts_with("inject 202 "), "{out:?}");
+    let id = inject.rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(id.len(), 16, "{inject}");
+    assert_eq!(get("noauth"), "noauth 401");
+    assert_eq!(get("badpw"), "badpw 401");
+    assert_eq!(get("sender"), "sender 403");
+    assert_eq!(get("inject-hdr"), "inject-hdr 400");
+    assert_eq!(get("badjson"), "badjson 400");
+    assert_eq!(get("spoof"), "spoof 403");
+    let msgs = sink.wait_for("the injected message", 30, |m| !m.is_empty());
+    assert_eq!(msgs.len(), 1, "only the accepted message: {msgs:?}");
+    assert!(
+        msgs[0].contains("Subject: Invoice") && msgs[0].contains("a.txt"),
+        "{}",
+        msgs[0]
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let state = api(
+        &s,
+        &format!(
+            "code, body = call('GET', '/api/v1/messages/{id}')\nprint(code, body['recipients'][0]['state'])"
+        ),
+    );
+    assert_eq!(state, ["200 delivered"]);
+}
+
+#[test]
+fn queue_api_counts_flushes_deletes_and_bounces() {
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    // example.net goes nowhere (deferred for an hour); the sender's domain reaches the sink.
+    let extra = format!(
+        "[delivery]\nroutes = {{ \"example.net\" = \"127.0.0.1:1\", \"*\" = \"{}\" }}\nretry_schedule = [\"1h\"]\n",
+        sink.addr
+    );
+    let s = Server::start_in(&dir, &http_config(&dir, &extra));
+    let (code, out, err) = python(
+        CLIENT,
+        &[
+            "--port".into(),
+            s.port("smtp").to_string(),
+            "--count".into(),
+            "2".into(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let ids: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("OK ")).collect();
+    assert_eq!(ids.len(), 2, "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(800)); // first attempts fail: deferred
+    let out = api(
+        &s,
+        &format!(
+            r#"
+code, q = call("GET", "/api/v1/queue")
+print("queue", code, q["messages"], q["recipients"].get("deferred", 0), q["destinations"].get("example.net", 0))
+code, r = call("POST", "/api/v1/queue/flush?domain=example.net")
+print("flush", code, r["rescheduled"])
+code, r = call("DELETE", "/api/v1/messages/{a}")
+print("delete", code, r["id"], r["deleted"])
+code, r = call("POST", "/api/v1/messages/{b}/bounce")
+print("bounce", code, r["id"], r["bounced"])
+print("missing", call("GET", "/api/v1/messages/00000000000000ff")[0])
+print("badid", call("GET", "/api/v1/messages/xyz")[0])
+code, m = call("GET", "/api/v1/messages/{a}")
+print("a", m["recipients"][0]["state"])
+code, m = call("GET", "/api/v1/messages/{b}")
+print("b", m["recipients"][0]["state"])
+"#,
+            a = ids[0],
+            b = ids[1]
+        ),
+    );
+    let get = |k: &str| {
+        out.iter()
+            .find(|l| l.starts_with(&format!("{k} ")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(get("queue"), "queue 200 2 2 2", "{out:?}");
+    assert_eq!(get("flush"), "flush 200 2", "{out:?}");
+    assert_eq!(get("delete"), format!("delete 200 {} 1", ids[0]));
+    assert_eq!(get("bounce"), format!("bounce 200 {} 1", ids[1]));
+    assert_eq!(get("missing"), "missing 404");
+    assert_eq!(get("badid"), "badid 400");
+    assert_eq!(get("a"), "a deleted");
+    assert_eq!(get("b"), "b bounced");
+    // The operator bounce produced a DSN to the sender, through the same queue.
+    let msgs = sink.wait_for("the DSN of the operator bounce", 30, |m| {
+        m.iter().any(|x| x.contains("Bounced by the operator"))
+    });
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+}
+
+#[test]
+fn queue_cli_uses_the_api_while_the_server_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let s = Server::start_in(&dir, &http_config(&dir, ""));
+    let (_, out, _) = python(CLIENT, &["--port".into(), s.port("smtp").to_string()]);
+    let id = out
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("OK "))
+        .expect("accepted")
+        .to_owned();
+    let (code, text, err) = s.cli(&["queue", "flush"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("\"rescheduled\""), "{text}");
+    let (code, text, err) = s.cli(&["queue", "delete", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("\"deleted\":1"), "{text}");
+    let (code, _, err) = s.cli(&["queue", "bounce", "00000000000000ff"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("HTTP 404"), "{err}");
+}

@@ -1,0 +1,347 @@
+//! Requests from the operator HTTP thread to the workers, and their answers.
+//!
+//! Each worker owns its spool shard and delivery state; the HTTP thread never touches them. It
+//! sends a `ControlRequest` over the worker's channel and blocks on a oneshot reply. Requests
+//! about one message go to the worker that owns its shard (the id says which); summaries go to
+//! every worker and are added up.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ids::QueueId;
+use crate::net::worker::{Core, unix_ms};
+use crate::smtp::{CommitError, Transaction};
+use crate::spool::{StatusKind, StatusRecord};
+
+/// One request to a worker.
+pub enum ControlRequest {
+    /// Spool a message built by the HTTP API (same checks and durability as SMTP).
+    Inject {
+        /// The transaction.
+        transaction: Box<Transaction>,
+        /// The queue id, or why it was refused.
+        reply: oneshot::Sender<Result<QueueId, CommitError>>,
+    },
+    /// Per-recipient state of one message.
+    Message {
+        /// The message.
+        id: QueueId,
+        /// `None` when the message is not in this shard.
+        reply: oneshot::Sender<Option<MessageInfo>>,
+    },
+    /// Counts by state and destination.
+    Queue {
+        /// This worker's part.
+        reply: oneshot::Sender<QueueSummary>,
+    },
+    /// Retry deferred recipients now (all, or one domain's).
+    Flush {
+        /// Only this recipient domain.
+        domain: Option<String>,
+        /// How many recipients were rescheduled.
+        reply: oneshot::Sender<u64>,
+    },
+    /// Delete a message: its non-final recipients become `deleted` (no DSN).
+    Delete {
+        /// The message.
+        id: QueueId,
+        /// Recipients deleted; `None` when the message is unknown.
+        reply: oneshot::Sender<Option<u64>>,
+    },
+    /// Bounce a message now: its non-final recipients fail, with a DSN as usual.
+    Bounce {
+        /// The message.
+        id: QueueId,
+        /// Recipients bounced; `None` when the message is unknown.
+        reply: oneshot::Sender<Option<u64>>,
+    },
+}
+
+/// What the API shows of a message.
+#[derive(Debug, Serialize)]
+pub struct MessageInfo {
+    /// Queue id.
+    pub id: String,
+    /// Envelope sender (empty for the null sender).
+    pub from: String,
+    /// Received, ms since the Unix epoch.
+    pub received_at_ms: u64,
+    /// Stored size in bytes.
+    pub size: u64,
+    /// One entry per recipient.
+    pub recipients: Vec<RecipientInfo>,
+}
+
+/// One recipient's state.
+#[derive(Debug, Serialize)]
+pub struct RecipientInfo {
+    /// Address.
+    pub address: String,
+    /// `queued`, `deferred`, `delivered`, `bounced` or `deleted`.
+    pub state: &'static str,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Next attempt (ms since the Unix epoch) while not final.
+    pub next_attempt_ms: Option<u64>,
+    /// The last reply (remote or local).
+    pub last_reply: Option<String>,
+    /// Bounce category of the last failure.
+    pub category: Option<String>,
+}
+
+/// Counts for `GET /api/v1/queue`.
+#[derive(Debug, Default, Serialize)]
+pub struct QueueSummary {
+    /// Messages in the spool (content not purged).
+    pub messages: u64,
+    /// Recipients by state.
+    pub recipients: BTreeMap<&'static str, u64>,
+    /// Recipients not yet final, by destination domain.
+    pub destinations: BTreeMap<String, u64>,
+}
+
+impl QueueSummary {
+    fn add(&mut self, other: QueueSummary) {
+        self.messages += other.messages;
+        for (k, v) in other.recipients {
+            *self.recipients.entry(k).or_default() += v;
+        }
+        for (k, v) in other.destinations {
+            *self.destinations.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// The HTTP thread's handle on every worker's channel.
+pub struct ControlHandle {
+    workers: Vec<mpsc::UnboundedSender<ControlRequest>>,
+    next: AtomicUsize,
+}
+
+/// Why a control request got no answer.
+#[derive(Debug, thiserror::Error)]
+#[error("worker {0} is not answering (shutting down?)")]
+pub struct Unavailable(pub usize);
+
+impl ControlHandle {
+    /// Wraps the workers' senders, indexed by worker (= shard).
+    pub fn new(workers: Vec<mpsc::UnboundedSender<ControlRequest>>) -> ControlHandle {
+        ControlHandle {
+            workers,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn ask<T>(
+        &self,
+        worker: usize,
+        make: impl FnOnce(oneshot::Sender<T>) -> ControlRequest,
+    ) -> Result<T, Unavailable> {
+        let (tx, rx) = oneshot::channel();
+        let sender = self.workers.get(worker).ok_or(Unavailable(worker))?;
+        sender.send(make(tx)).map_err(|_| Unavailable(worker))?;
+        rx.blocking_recv().map_err(|_| Unavailable(worker))
+    }
+
+    /// Spools a message on the next worker (round robin). Blocks until it is durable.
+    pub fn inject(&self, t: Transaction) -> Result<Result<QueueId, CommitError>, Unavailable> {
+        let w = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
+        self.ask(w, |reply| ControlRequest::Inject {
+            transaction: Box::new(t),
+            reply,
+        })
+    }
+
+    /// One message's state.
+    pub fn message(&self, id: QueueId) -> Result<Option<MessageInfo>, Unavailable> {
+        let w = usize::from(id.shard());
+        if w >= self.workers.len() {
+            return Ok(None);
+        }
+        self.ask(w, |reply| ControlRequest::Message { id, reply })
+    }
+
+    /// The queue summary over all workers.
+    pub fn queue(&self) -> Result<QueueSummary, Unavailable> {
+        let mut total = QueueSummary::default();
+        for w in 0..self.workers.len() {
+            total.add(self.ask(w, |reply| ControlRequest::Queue { reply })?);
+        }
+        Ok(total)
+    }
+
+    /// Flushes every worker; returns the recipients rescheduled.
+    pub fn flush(&self, domain: Option<String>) -> Result<u64, Unavailable> {
+        let mut n = 0;
+        for w in 0..self.workers.len() {
+            let d = domain.clone();
+            n += self.ask(w, |reply| ControlRequest::Flush { domain: d, reply })?;
+        }
+        Ok(n)
+    }
+
+    /// Deletes a message.
+    pub fn delete(&self, id: QueueId) -> Result<Option<u64>, Unavailable> {
+        let w = usize::from(id.shard());
+        if w >= self.workers.len() {
+            return Ok(None);
+        }
+        self.ask(w, |reply| ControlRequest::Delete { id, reply })
+    }
+
+    /// Bounces a message.
+    pub fn bounce(&self, id: QueueId) -> Result<Option<u64>, Unavailable> {
+        let w = usize::from(id.shard());
+        if w >= self.workers.len() {
+            return Ok(None);
+        }
+        self.ask(w, |reply| ControlRequest::Bounce { id, reply })
+    }
+}
+
+/// The worker side: answers requests until the channel closes.
+pub async fn serve(core: Rc<Core>, mut rx: mpsc::UnboundedReceiver<ControlRequest>) {
+    while let Some(req) = rx.recv().await {
+        match req {
+            ControlRequest::Inject { transaction, reply } => {
+                let core = Rc::clone(&core);
+                // Commits wait for fdatasync: run them as their own task so other requests
+                // are not held behind them.
+                tokio_uring::spawn(async move {
+                    let result = core.commit(*transaction, SystemTime::now()).await;
+                    let _ = reply.send(result);
+                });
+            }
+            ControlRequest::Message { id, reply } => {
+                let _ = reply.send(message_info(&core, id));
+            }
+            ControlRequest::Queue { reply } => {
+                let _ = reply.send(summary(&core));
+            }
+            ControlRequest::Flush { domain, reply } => {
+                let n = core
+                    .delivery
+                    .borrow()
+                    .as_ref()
+                    .map(|d| d.flush(domain.as_deref()))
+                    .unwrap_or(0);
+                let _ = reply.send(n);
+            }
+            ControlRequest::Delete { id, reply } => {
+                let _ = reply.send(delete(&core, id));
+            }
+            ControlRequest::Bounce { id, reply } => {
+                let n = core
+                    .delivery
+                    .borrow()
+                    .as_ref()
+                    .and_then(|d| d.bounce_now(id));
+                let _ = reply.send(n);
+            }
+        }
+    }
+}
+
+fn state_name(kind: Option<StatusKind>) -> &'static str {
+    match kind {
+        None => "queued",
+        Some(StatusKind::Delivered) => "delivered",
+        Some(StatusKind::Failed) => "bounced",
+        Some(StatusKind::Deleted) => "deleted",
+        Some(_) => "deferred",
+    }
+}
+
+fn message_info(core: &Core, id: QueueId) -> Option<MessageInfo> {
+    let shard = core.shard.borrow();
+    let st = shard.state(id)?;
+    let view = shard.message(id)?;
+    let recipients = st
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let last = r.last_status.and_then(|at| shard.status_record(at));
+            RecipientInfo {
+                address: view
+                    .meta
+                    .recipients
+                    .get(i)
+                    .map(|m| m.address.as_str().to_owned())
+                    .unwrap_or_default(),
+                state: state_name(r.kind),
+                attempts: r.attempts,
+                next_attempt_ms: (!r.is_final()).then_some(r.next_attempt_ms),
+                last_reply: last
+                    .map(|l| l.reply.as_str().to_owned())
+                    .filter(|s| !s.is_empty()),
+                category: last
+                    .map(|l| l.category.as_str().to_owned())
+                    .filter(|s| !s.is_empty()),
+            }
+        })
+        .collect();
+    Some(MessageInfo {
+        id: id.to_string(),
+        from: view.meta.reverse_path.as_str().to_owned(),
+        received_at_ms: st.received_at_ms,
+        size: view.body.len() as u64,
+        recipients,
+    })
+}
+
+fn summary(core: &Core) -> QueueSummary {
+    let shard = core.shard.borrow();
+    let mut s = QueueSummary::default();
+    for id in shard.messages() {
+        let (Some(st), Some(view)) = (shard.state(id), shard.message(id)) else {
+            continue;
+        };
+        s.messages += 1;
+        for (i, r) in st.recipients.iter().enumerate() {
+            *s.recipients.entry(state_name(r.kind)).or_default() += 1;
+            if !r.is_final()
+                && let Some(m) = view.meta.recipients.get(i)
+            {
+                *s.destinations
+                    .entry(crate::delivery::domain_of(m.address.as_str()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    s
+}
+
+fn delete(core: &Core, id: QueueId) -> Option<u64> {
+    let now = unix_ms(SystemTime::now());
+    let mut shard = core.shard.borrow_mut();
+    let st = shard.state(id)?.clone();
+    let mut n = 0;
+    for (i, r) in st.recipients.iter().enumerate() {
+        if r.is_final() {
+            continue;
+        }
+        let rec = StatusRecord {
+            id: id.0,
+            rcpt: i as u32,
+            kind: StatusKind::Deleted as u8,
+            attempt: r.attempts,
+            at_ms: now,
+            next_attempt_ms: 0,
+            reply: "deleted by operator".into(),
+            remote: String::new(),
+            category: String::new(),
+        };
+        if shard.append_status(&rec).is_ok() {
+            n += 1;
+        }
+    }
+    drop(shard);
+    core.kick_commit();
+    Some(n)
+}
