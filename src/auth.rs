@@ -38,7 +38,7 @@ struct Entry {
 }
 
 struct State {
-    users: HashMap<String, Entry>,
+    users: std::sync::RwLock<HashMap<String, Entry>>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     cache: Mutex<HashMap<u64, Instant>>,
     hasher: std::hash::RandomState,
@@ -56,35 +56,21 @@ struct Job {
 #[derive(Clone)]
 pub struct AuthService {
     tx: crossbeam_channel::Sender<Job>,
+    state: Arc<State>,
 }
 
 impl AuthService {
     /// Starts `threads` verifier threads for `users`.
     pub fn start(users: &[User], policy: ThrottlePolicy, threads: usize) -> AuthService {
-        let users = users
-            .iter()
-            .map(|u| {
-                let allowed = u
-                    .allowed_senders
-                    .iter()
-                    .filter_map(|p| SenderPattern::parse(p).ok())
-                    .collect();
-                (
-                    u.username.to_lowercase(),
-                    Entry {
-                        secret: u.secret.clone(),
-                        allowed,
-                    },
-                )
-            })
-            .collect();
+        let users = user_map(users);
         let state = Arc::new(State {
-            users,
+            users: std::sync::RwLock::new(users),
             failures: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
             hasher: std::hash::RandomState::new(),
             policy,
         });
+        let reload_state = Arc::clone(&state);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(4096);
         for i in 0..threads.max(1) {
             let rx = rx.clone();
@@ -101,7 +87,22 @@ impl AuthService {
                 // start-up, where aborting with the reason is the right outcome.
                 .expect("spawn auth thread");
         }
-        AuthService { tx }
+        AuthService {
+            tx,
+            state: reload_state,
+        }
+    }
+
+    /// Replaces the users (SIGHUP reload). Cached verifications are dropped, so a changed
+    /// password takes effect at once.
+    pub fn reload_users(&self, users: &[User]) {
+        let map = user_map(users);
+        if let Ok(mut u) = self.state.users.write() {
+            *u = map;
+        }
+        if let Ok(mut c) = self.state.cache.lock() {
+            c.clear();
+        }
     }
 
     /// As `verify`, for a thread outside any runtime (the HTTP thread): blocks until the
@@ -149,7 +150,11 @@ impl State {
             return AuthOutcome::Throttled;
         }
         let key = username.to_lowercase();
-        let Some(entry) = self.users.get(&key) else {
+        let users = match self.users.read() {
+            Ok(u) => u,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(entry) = users.get(&key) else {
             // Same cost as a real check so that user names cannot be probed by timing.
             let _ = argon2::Argon2::default().hash_password_into(
                 password.as_bytes(),
@@ -215,6 +220,26 @@ impl State {
         }
         e.0 += 1;
     }
+}
+
+fn user_map(users: &[User]) -> HashMap<String, Entry> {
+    users
+        .iter()
+        .map(|u| {
+            let allowed = u
+                .allowed_senders
+                .iter()
+                .filter_map(|p| SenderPattern::parse(p).ok())
+                .collect();
+            (
+                u.username.to_lowercase(),
+                Entry {
+                    secret: u.secret.clone(),
+                    allowed,
+                },
+            )
+        })
+        .collect()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -110,9 +110,9 @@ pub enum SpoolAction {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
-            let config = load(config.as_deref())?;
-            init_logging(&config);
-            crate::server::serve(config)?;
+            let loaded = load(config.as_deref())?;
+            init_logging(&loaded);
+            crate::server::serve(loaded, config.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::HashPassword => {

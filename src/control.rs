@@ -53,6 +53,13 @@ pub enum ControlRequest {
         /// Recipients deleted; `None` when the message is unknown.
         reply: oneshot::Sender<Option<u64>>,
     },
+    /// Apply a reloaded configuration (SIGHUP): content checks, routes, bounce rules.
+    Reload {
+        /// The new settings.
+        settings: Box<Reloaded>,
+        /// Answered once applied (or the reason it was not).
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Bounce a message now: its non-final recipients fail, with a DSN as usual.
     Bounce {
         /// The message.
@@ -60,6 +67,16 @@ pub enum ControlRequest {
         /// Recipients bounced; `None` when the message is unknown.
         reply: oneshot::Sender<Option<u64>>,
     },
+}
+
+/// The parts of the configuration a SIGHUP reload replaces on every worker.
+pub struct Reloaded {
+    /// Content checks (DKIM keys, scanners, users' allowed senders for the From check).
+    pub content: std::sync::Arc<crate::content::ContentChecks>,
+    /// Bounce classifier (built-in plus operator rules).
+    pub classifier: std::sync::Arc<crate::bounce::classify::Classifier>,
+    /// Delivery settings (routes, nameservers, per-domain TLS).
+    pub delivery: crate::config::resolved::DeliverySettings,
 }
 
 /// What the API shows of a message.
@@ -194,6 +211,16 @@ impl ControlHandle {
         self.ask(w, |reply| ControlRequest::Delete { id, reply })
     }
 
+    /// Sends a reload to every worker and waits for each to apply it.
+    pub fn reload(&self, settings: impl Fn() -> Reloaded) -> Result<(), String> {
+        for w in 0..self.workers.len() {
+            let s = Box::new(settings());
+            self.ask(w, |reply| ControlRequest::Reload { settings: s, reply })
+                .map_err(|e| e.to_string())??;
+        }
+        Ok(())
+    }
+
     /// Bounces a message.
     pub fn bounce(&self, id: QueueId) -> Result<Option<u64>, Unavailable> {
         let w = usize::from(id.shard());
@@ -235,6 +262,9 @@ pub async fn serve(core: Rc<Core>, mut rx: mpsc::UnboundedReceiver<ControlReques
             ControlRequest::Delete { id, reply } => {
                 let _ = reply.send(delete(&core, id));
             }
+            ControlRequest::Reload { settings, reply } => {
+                let _ = reply.send(apply_reload(&core, *settings));
+            }
             ControlRequest::Bounce { id, reply } => {
                 let n = core
                     .delivery
@@ -245,6 +275,22 @@ pub async fn serve(core: Rc<Core>, mut rx: mpsc::UnboundedReceiver<ControlReques
             }
         }
     }
+}
+
+fn apply_reload(core: &Core, r: Reloaded) -> Result<(), String> {
+    let d = &r.delivery;
+    let router = crate::delivery::route::Router::new(d.routes.clone(), &d.nameservers, d.smtp_port)
+        .map_err(|e| format!("cannot build the dns resolver: {e}"))?;
+    *core.content.borrow_mut() = r.content;
+    if let Some(delivery) = core.delivery.borrow().as_ref() {
+        let route_tls = d
+            .route_tls
+            .iter()
+            .map(|(dom, p)| (dom.clone(), crate::net::worker::tls_policy(*p)))
+            .collect();
+        delivery.reload(router, r.classifier, route_tls);
+    }
+    Ok(())
 }
 
 fn state_name(kind: Option<StatusKind>) -> &'static str {

@@ -17,7 +17,7 @@ use crate::smtp::{PortRole, SessionConfig, SessionLimits};
 use crate::spool::{self, Shard, ShardConfig};
 
 /// Runs the server until SIGTERM or SIGINT. Returns after every worker has flushed its shard.
-pub fn serve(config: Config) -> Result<()> {
+pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()> {
     // Signals go to the main thread only: block them before any thread exists (threads inherit
     // the mask), or a second SIGTERM could reach a thread with the default action and kill the
     // process mid-flush.
@@ -75,14 +75,7 @@ pub fn serve(config: Config) -> Result<()> {
 
     let sessions = [PortRole::Relay, PortRole::Submission, PortRole::Submissions]
         .map(|role| Arc::new(session_config(&config, role)));
-    let mut classifier = crate::bounce::classify::Classifier::builtin();
-    if let Some(path) = &config.delivery.bounce_rules {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read bounce rules {}", path.display()))?;
-        let extra =
-            crate::bounce::classify::Classifier::from_toml(&text, &path.display().to_string())?;
-        classifier = classifier.with_operator_rules(extra);
-    }
+    let classifier = build_classifier(&config)?;
     let events =
         crate::delivery::events::EventLog::open(&config.delivery.event_log).with_context(|| {
             format!(
@@ -165,13 +158,14 @@ pub fn serve(config: Config) -> Result<()> {
                 .context("cannot start worker thread")?,
         );
     }
+    let reload_control = crate::control::ControlHandle::new(control_senders.clone());
     let ready_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let http = match config.http {
         Some(addr) => {
             let api = crate::http::Api {
                 metrics: shared.metrics.clone(),
                 ready: Arc::clone(&ready_flag),
-                control: crate::control::ControlHandle::new(control_senders),
+                control: crate::control::ControlHandle::new(control_senders.clone()),
                 auth: shared.auth.clone(),
                 hostname: config.hostname.clone(),
                 max_message_size: config.limits.max_message_size,
@@ -193,7 +187,18 @@ pub fn serve(config: Config) -> Result<()> {
     loop {
         let sig = crate::net::signals::wait(&sigset);
         if sig == libc::SIGHUP {
-            tracing::warn!("SIGHUP: configuration reload is not implemented yet; ignoring");
+            match config_path {
+                None => tracing::warn!(
+                    "SIGHUP: no configuration file to reload (started without --config)"
+                ),
+                Some(path) => match reload(path, &config, &shared.auth, &reload_control) {
+                    Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+                    Err(e) => tracing::error!(
+                        config = %path.display(),
+                        "reload rejected, the running configuration stays: {e:#}"
+                    ),
+                },
+            }
             continue;
         }
         tracing::info!(
@@ -259,4 +264,54 @@ fn dev_user(spool_dir: &std::path::Path) -> Result<User> {
         secret: Secret::Plain(password),
         allowed_senders: vec!["*".into()],
     })
+}
+
+fn build_classifier(config: &Config) -> Result<crate::bounce::classify::Classifier> {
+    let mut classifier = crate::bounce::classify::Classifier::builtin();
+    if let Some(path) = &config.delivery.bounce_rules {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read bounce rules {}", path.display()))?;
+        let extra =
+            crate::bounce::classify::Classifier::from_toml(&text, &path.display().to_string())?;
+        classifier = classifier.with_operator_rules(extra);
+    }
+    Ok(classifier)
+}
+
+/// SIGHUP: reads the file again and, if all of it is valid, applies users, routes, DKIM keys,
+/// scanners and bounce rules to the running server without dropping any connection. Settings
+/// that need new sockets, threads or a new spool are reported and left as they are.
+fn reload(
+    path: &std::path::Path,
+    current: &Config,
+    auth: &AuthService,
+    control: &crate::control::ControlHandle,
+) -> Result<()> {
+    let new = crate::config::load(path)?;
+    if new.listeners != current.listeners
+        || new.http != current.http
+        || new.spool_dir != current.spool_dir
+        || new.tls != current.tls
+        || new.spool != current.spool
+    {
+        tracing::warn!(
+            "listeners, http, spool and tls settings changed: they apply at the next restart"
+        );
+    }
+    let users = match &new.users {
+        Some(users) => users.clone(),
+        None => vec![dev_user(&new.spool_dir)?],
+    };
+    let classifier = Arc::new(build_classifier(&new)?);
+    let content =
+        Arc::new(crate::content::ContentChecks::new(&new, &users).context("content checks")?);
+    control
+        .reload(|| crate::control::Reloaded {
+            content: Arc::clone(&content),
+            classifier: Arc::clone(&classifier),
+            delivery: new.delivery.clone(),
+        })
+        .map_err(|e| anyhow::anyhow!(e))?;
+    auth.reload_users(&users);
+    Ok(())
 }

@@ -108,8 +108,8 @@ pub struct DeliveryConfig {
 pub struct Delivery {
     core: Rc<Core>,
     config: DeliveryConfig,
-    router: Router,
-    classifier: std::sync::Arc<Classifier>,
+    router: RefCell<Rc<Router>>,
+    classifier: RefCell<std::sync::Arc<Classifier>>,
     wheel: RefCell<TimerWheel<(QueueId, u32)>>,
     dests: RefCell<HashMap<String, Destination>>,
     /// Messages made durable since the last loop turn, to schedule now.
@@ -120,6 +120,8 @@ pub struct Delivery {
     dsn_counter: Cell<u64>,
     /// Recipients queued on a destination or in a transaction right now: never dispatched twice.
     in_flight: RefCell<HashSet<(QueueId, u32)>>,
+    /// Per-domain STARTTLS policy (reloadable).
+    route_tls: RefCell<Vec<(String, crate::smtp::client::TlsPolicy)>>,
 }
 
 impl Delivery {
@@ -132,6 +134,7 @@ impl Delivery {
         events: EventLog,
     ) -> Rc<Delivery> {
         let now = unix_ms(SystemTime::now());
+        let route_tls = config.route_tls.clone();
         let mut wheel = TimerWheel::new(TICK_MS, now);
         for (id, rcpt, next) in core.shard.borrow().pending() {
             wheel.insert(next, (id, rcpt));
@@ -139,8 +142,8 @@ impl Delivery {
         Rc::new(Delivery {
             core,
             config,
-            router,
-            classifier,
+            router: RefCell::new(Rc::new(router)),
+            classifier: RefCell::new(classifier),
             wheel: RefCell::new(wheel),
             dests: RefCell::new(HashMap::new()),
             fresh: RefCell::new(Vec::new()),
@@ -149,6 +152,7 @@ impl Delivery {
             tls: crate::net::tls::outbound_client_config(),
             dsn_counter: Cell::new(0),
             in_flight: RefCell::new(HashSet::new()),
+            route_tls: RefCell::new(route_tls),
         })
     }
 
@@ -406,8 +410,8 @@ impl Delivery {
 
     /// The STARTTLS policy for a destination.
     pub fn tls_policy(&self, domain: &str) -> crate::smtp::client::TlsPolicy {
-        self.config
-            .route_tls
+        self.route_tls
+            .borrow()
             .iter()
             .find(|(d, _)| d == domain)
             .map(|(_, p)| *p)
@@ -501,7 +505,7 @@ impl Delivery {
                         reply,
                         remote,
                     } => {
-                        let c = self.classifier.classify(&Failure::Reply {
+                        let c = self.classifier.borrow().classify(&Failure::Reply {
                             code: *code,
                             enhanced: *enhanced,
                             text: reply,
@@ -518,7 +522,10 @@ impl Delivery {
                         detail,
                         remote,
                     } => {
-                        let c = self.classifier.classify(&Failure::Connection(*failure));
+                        let c = self
+                            .classifier
+                            .borrow()
+                            .classify(&Failure::Connection(*failure));
                         let kind = if c.action == Action::Bounce {
                             StatusKind::Failed
                         } else {
@@ -562,6 +569,16 @@ impl Delivery {
                 if let Err(e) = shard.append_status(&rec) {
                     tracing::error!(%id, error = %e, "cannot record delivery status");
                 }
+                tracing::info!(
+                    %id,
+                    recipient = %address,
+                    outcome = ?kind,
+                    remote = %remote,
+                    reply = %reply,
+                    category = category.map(category_name).unwrap_or(""),
+                    attempt,
+                    "delivery attempt"
+                );
                 self.events.log(LogEvent {
                     at_ms: now,
                     id,
@@ -750,9 +767,21 @@ impl Delivery {
         &self.config
     }
 
-    /// The router.
-    pub fn router(&self) -> &Router {
-        &self.router
+    /// The router in force (a clone: a reload may replace it while a lookup runs).
+    pub fn router(&self) -> Rc<Router> {
+        Rc::clone(&self.router.borrow())
+    }
+
+    /// Applies a SIGHUP reload: new routes, per-domain TLS policy and bounce rules.
+    pub fn reload(
+        &self,
+        router: Router,
+        classifier: std::sync::Arc<Classifier>,
+        route_tls: Vec<(String, crate::smtp::client::TlsPolicy)>,
+    ) {
+        *self.router.borrow_mut() = Rc::new(router);
+        *self.classifier.borrow_mut() = classifier;
+        *self.route_tls.borrow_mut() = route_tls;
     }
 
     /// The outbound TLS configuration.

@@ -64,9 +64,21 @@ pub async fn serve(
         peer,
         input: Vec::with_capacity(4096),
         out: Vec::with_capacity(1024),
+        accepted: 0,
+        refused: 0,
     };
+    let started = Instant::now();
     driver.run(&mut session).await;
     driver.transport.close().await;
+    tracing::info!(
+        %peer,
+        role = ?role,
+        tls = driver.transport.is_tls(),
+        accepted = driver.accepted,
+        refused = driver.refused,
+        ms = started.elapsed().as_millis() as u64,
+        "session"
+    );
 }
 
 struct Driver {
@@ -77,6 +89,10 @@ struct Driver {
     input: Vec<u8>,
     /// Reply bytes to send; reused.
     out: Vec<u8>,
+    /// Messages acknowledged with 250 in this session.
+    accepted: u32,
+    /// Messages refused at the end of DATA in this session.
+    refused: u32,
 }
 
 impl Driver {
@@ -219,6 +235,10 @@ impl Driver {
                 }
                 Event::Commit(txn, transaction) => {
                     let result = self.commit(txn, *transaction).await;
+                    match &result {
+                        Ok(_) => self.accepted += 1,
+                        Err(_) => self.refused += 1,
+                    }
                     session.handle_commit(txn, result, Instant::now());
                     unblocked = true;
                 }

@@ -78,6 +78,9 @@ pub struct Core {
     pub delivery: RefCell<Option<Rc<Delivery>>>,
     /// This core's metrics (written only by this core).
     pub metrics: Arc<crate::metrics::CoreMetrics>,
+    /// Content checks in force; replaced by a SIGHUP reload (sessions keep the one they started
+    /// a commit with).
+    pub content: RefCell<Arc<crate::content::ContentChecks>>,
 }
 
 impl Core {
@@ -101,7 +104,7 @@ impl Core {
     }
 
     async fn commit_inner(&self, t: Transaction, now: SystemTime) -> Result<QueueId, CommitError> {
-        let content = &self.shared.content;
+        let content = Arc::clone(&self.content.borrow());
         content.validate(&t).map_err(CommitError::Rejected)?;
         let additions = if content.has_scanners() {
             content.scan(&t).await.map_err(CommitError::Rejected)?
@@ -118,7 +121,7 @@ impl Core {
             (now_ms << 16) ^ (unique << 8) ^ u64::from(self.index),
         );
         let meta = crate::message::spool_meta(&t, now_ms);
-        let dkim_header = if self.shared.content.has_dkim() {
+        let dkim_header = if content.has_dkim() {
             // DKIM signs the message as it will be stored (our added headers included).
             let whole = [&prefix[..], &additions.headers, &t.body].concat();
             self.shared
@@ -324,6 +327,7 @@ pub struct WorkerSpec {
 /// Runs a worker until shutdown: accept loops, the commit task, then a drain and a final flush.
 pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
     let metrics = Arc::clone(&shared.metrics[usize::from(spec.index)]);
+    let shared_content = Arc::clone(&shared.content);
     tokio_uring::start(async move {
         let (durable, _) = watch::channel((spec.shard.durable_seq(), 0));
         let core = Rc::new(Core {
@@ -337,6 +341,7 @@ pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool
             unique: Cell::new(0),
             delivery: RefCell::new(None),
             metrics: Arc::clone(&metrics),
+            content: RefCell::new(Arc::clone(&shared_content)),
         });
         tokio_uring::spawn(Rc::clone(&core).commit_loop());
         tokio_uring::spawn(Rc::clone(&core).purge_loop());
@@ -370,7 +375,8 @@ pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool
     });
 }
 
-fn tls_policy(p: crate::config::resolved::OutboundTls) -> crate::smtp::client::TlsPolicy {
+/// The session-level STARTTLS policy for a configured one.
+pub fn tls_policy(p: crate::config::resolved::OutboundTls) -> crate::smtp::client::TlsPolicy {
     use crate::config::resolved::OutboundTls;
     use crate::smtp::client::TlsPolicy;
     match p {

@@ -279,3 +279,75 @@ fn queue_cli_uses_the_api_while_the_server_runs() {
     assert_ne!(code, 0);
     assert!(err.contains("HTTP 404"), "{err}");
 }
+
+/// SIGHUP reloads users and routes without dropping a live session; a broken file is rejected
+/// and the running configuration stays.
+#[test]
+fn sighup_reloads_users_and_routes_and_keeps_sessions() {
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let s = Server::start_in(&dir, &crate::harness::base_config(&dir, ""));
+    let mut live = crate::harness::Raw::connect(s.addr("smtp"));
+    live.reply();
+    assert!(live.cmd("EHLO before.reload").starts_with("250"));
+
+    let new_cfg = crate::harness::base_config(
+        &dir,
+        &format!("[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n", sink.addr),
+    )
+    .replace(crate::harness::PASSWORD, "new horse");
+    std::fs::write(&s.config_path, &new_cfg).unwrap();
+    s.signal(1);
+    let port = s.port("submissions").to_string();
+    let login = |pw: &str| -> String {
+        let (_, out, _) = python(
+            CLIENT,
+            &[
+                "--port".into(),
+                port.clone(),
+                "--mode".into(),
+                "ssl".into(),
+                "--auth".into(),
+                "plain".into(),
+                "--password".into(),
+                pw.into(),
+            ],
+        );
+        out
+    };
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if login("new horse").starts_with("OK ") {
+            reloaded = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(reloaded, "the new password never worked");
+    assert!(
+        login(crate::harness::PASSWORD).contains(" 535 5.7.8"),
+        "the old password still works"
+    );
+    // The session opened before the reload goes on.
+    assert!(live.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(live.cmd("RCPT TO:<c@example.net>").starts_with("250"));
+    assert!(live.cmd("DATA").starts_with("354"));
+    assert!(
+        live.cmd("Subject: across the reload\r\n\r\nx\r\n.")
+            .starts_with("250 2.0.0")
+    );
+    // New routes apply: mail reaches the sink.
+    sink.wait_for("mail routed by the reloaded config", 30, |m| {
+        m.iter().any(|x| x.contains("across the reload"))
+    });
+
+    // A broken file is rejected; the server keeps the last good configuration.
+    std::fs::write(&s.config_path, "this is = not [valid toml").unwrap();
+    s.signal(1);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        login("new horse").starts_with("OK "),
+        "the good configuration was dropped"
+    );
+}
