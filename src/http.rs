@@ -181,6 +181,7 @@ impl Api {
                     Err(e) => error(503, e.to_string()),
                 }
             }
+            (_, ["healthz" | "readyz" | "metrics"]) => error(405, "method not allowed"),
             (Get | Post | Delete, _) => error(404, "not found"),
             _ => error(405, "method not allowed"),
         };

@@ -81,6 +81,9 @@ pub struct CoreMetrics {
     pub spool_messages: AtomicU64,
     /// Recipients not yet final, refreshed every second.
     pub queue_pending: AtomicU64,
+    /// Recipients by state (queued, deferred, delivered, bounced, deleted), refreshed every
+    /// second.
+    pub recipients_by_state: [AtomicU64; 5],
     /// From the end of DATA to the 250 (content checks, append, fdatasync).
     pub accept_latency: Histogram,
     /// One delivery transaction, from taking the job to its outcome.
@@ -101,6 +104,9 @@ impl CoreMetrics {
         }
     }
 }
+
+/// Order of `CoreMetrics::recipients_by_state`.
+pub const RECIPIENT_STATES: [&str; 5] = ["queued", "deferred", "delivered", "bounced", "deleted"];
 
 const CATEGORIES: [Category; 16] = [
     Category::UserUnknown,
@@ -193,6 +199,17 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
         sum(cores, |c| load(&c.queue_pending)),
     );
 
+    let _ = writeln!(
+        out,
+        "# HELP ringmta_queue_recipients Recipients in the spool by delivery state.\n# TYPE ringmta_queue_recipients gauge"
+    );
+    for (i, state) in RECIPIENT_STATES.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ringmta_queue_recipients{{state=\"{state}\"}} {}",
+            sum(cores, |c| load(&c.recipients_by_state[i]))
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP ringmta_messages_rejected_total Messages refused at the end of DATA, by reason.\n# TYPE ringmta_messages_rejected_total counter"

@@ -192,6 +192,27 @@ impl Core {
             self.metrics
                 .queue_pending
                 .store(st.pending_recipients, Relaxed);
+            let mut by_state = [0u64; 5];
+            {
+                use crate::spool::StatusKind;
+                let shard = self.shard.borrow();
+                for id in shard.messages() {
+                    let Some(m) = shard.state(id) else { continue };
+                    for r in m.recipients.iter() {
+                        let i = match r.kind {
+                            None => 0,
+                            Some(StatusKind::Delivered) => 2,
+                            Some(StatusKind::Failed) => 3,
+                            Some(StatusKind::Deleted) => 4,
+                            Some(_) => 1,
+                        };
+                        by_state[i] += 1;
+                    }
+                }
+            }
+            for (i, n) in by_state.iter().enumerate() {
+                self.metrics.recipients_by_state[i].store(*n, Relaxed);
+            }
             self.metrics
                 .connections_open
                 .store(self.connections.get() as u64, Relaxed);

@@ -93,6 +93,8 @@ for fam in text_string_to_metric_families(text):
     assert_eq!(value("ringmta_dsns_total{}"), 1.0);
     assert!(value("ringmta_spool_bytes{}") > 0.0);
     assert_eq!(value("ringmta_queue_pending_recipients{}"), 0.0);
+    assert_eq!(value("ringmta_queue_recipients{state=bounced}"), 1.0);
+    assert!(value("ringmta_queue_recipients{state=delivered}") >= 4.0);
     assert!(value("ringmta_connections_total{}") >= 2.0);
 }
 
