@@ -201,6 +201,10 @@ pub struct RawDelivery {
     pub tls: Option<String>,
     /// Connect timeout. Default: 30s.
     pub connect_timeout: Option<String>,
+    /// Wait for a reply to a command (greeting, EHLO, MAIL, RCPT). Default: 5m (RFC 5321 §4.5.3.2).
+    pub command_timeout: Option<String>,
+    /// Wait for the reply to the end of data. Default: 10m (RFC 5321 §4.5.3.2.6).
+    pub data_timeout: Option<String>,
     /// Extra bounce classification rules (TOML), tried before the built-in ones.
     pub bounce_rules: Option<String>,
     /// STARTTLS policy per recipient domain, overriding `tls` (e.g. `{ "bank.example" = "required" }`).

@@ -200,6 +200,10 @@ pub struct DeliverySettings {
     pub tls: OutboundTls,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// Wait for a command reply.
+    pub command_timeout: Duration,
+    /// Wait for the end-of-data reply.
+    pub data_timeout: Duration,
     /// Operator bounce rules file.
     pub bounce_rules: Option<PathBuf>,
     /// STARTTLS policy overrides by lower-case recipient domain.
@@ -685,6 +689,16 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
             "delivery.connect_timeout",
             d.connect_timeout.as_ref(),
             Duration::from_secs(30),
+        ),
+        command_timeout: r.duration(
+            "delivery.command_timeout",
+            d.command_timeout.as_ref(),
+            Duration::from_secs(300),
+        ),
+        data_timeout: r.duration(
+            "delivery.data_timeout",
+            d.data_timeout.as_ref(),
+            Duration::from_secs(600),
         ),
         bounce_rules: d.bounce_rules.as_ref().map(PathBuf::from),
         route_tls: Vec::new(),

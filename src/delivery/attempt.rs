@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use crate::bounce::classify::ConnFailure;
 use crate::net::transport::Transport;
 use crate::smtp::client::{
-    ClientConfig, ClientError, ClientEvent, ClientSession, ClientTimeouts, OutboundEnvelope,
-    OutboundRecipient,
+    ClientConfig, ClientError, ClientEvent, ClientSession, OutboundEnvelope, OutboundRecipient,
 };
 use crate::smtp::{Reply, ReplyLimits};
 
@@ -43,7 +42,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
         tls: delivery.tls_policy(domain),
         pipelining: true,
         auth: None,
-        timeouts: ClientTimeouts::default(),
+        timeouts: delivery.config().timeouts,
         reply_limits: ReplyLimits::default(),
     };
     let mut session = ClientSession::new(client, false, Instant::now());

@@ -102,6 +102,8 @@ pub struct DeliveryConfig {
     pub max_messages_per_second: u32,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// Outbound session timeouts.
+    pub timeouts: crate::smtp::client::ClientTimeouts,
 }
 
 /// Per-core delivery state. Lives in an `Rc` on the worker thread.

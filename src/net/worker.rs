@@ -428,6 +428,12 @@ fn start_delivery(core: &Rc<Core>) {
         hostname: config.hostname.clone(),
         tls: tls_policy(d.tls),
         connect_timeout: d.connect_timeout,
+        timeouts: crate::smtp::client::ClientTimeouts {
+            greeting: d.command_timeout,
+            command: d.command_timeout,
+            data_init: d.command_timeout.min(std::time::Duration::from_secs(120)),
+            data_done: d.data_timeout,
+        },
         route_tls: d
             .route_tls
             .iter()

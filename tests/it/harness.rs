@@ -82,9 +82,39 @@ impl Server {
         s
     }
 
+    /// Starts the server under a wrapper command (e.g. `prlimit --nofile=64`).
+    pub fn start_wrapped(dir: &Path, config: &str, wrapper: &[&str]) -> Server {
+        std::fs::create_dir_all(dir).unwrap();
+        let config_path = dir.with_extension("toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut s = Server {
+            child: None,
+            dir: dir.to_owned(),
+            config_path,
+            addrs: HashMap::new(),
+            dev_password: None,
+            _tmp: None,
+        };
+        s.launch_with(wrapper);
+        s
+    }
+
     /// (Re)starts the process with the same config and spool.
     pub fn launch(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmta"))
+        self.launch_with(&[]);
+    }
+
+    fn launch_with(&mut self, wrapper: &[&str]) {
+        let (program, pre): (&str, &[&str]) = match wrapper.split_first() {
+            Some((p, rest)) => (p, rest),
+            None => (env!("CARGO_BIN_EXE_ringmta"), &[]),
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(pre);
+        if !wrapper.is_empty() {
+            cmd.arg(env!("CARGO_BIN_EXE_ringmta"));
+        }
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "warn")

@@ -4,6 +4,7 @@ mod clients;
 mod content;
 mod delivery;
 mod durability;
+mod hardening;
 mod harness;
 mod ingress;
 mod ops;

@@ -1,0 +1,92 @@
+//! The server session driven by an arbitrary sequence of operations: input chunks, timeouts,
+//! commit and auth results, TLS completion, shutdown. Never panics; output stays bounded.
+#![no_main]
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use ringmta::ids::QueueId;
+use ringmta::smtp::{
+    AuthOutcome, AuthUser, CommitError, Event, PeerInfo, PortRole, ServerSession, SessionConfig,
+    SessionLimits, TlsInfo,
+};
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Input(Vec<u8>),
+    Timeout(u16),
+    CommitOk,
+    CommitFull,
+    CommitIo,
+    AuthOk,
+    AuthBad,
+    AuthThrottled,
+    Tls,
+    Shutdown,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Case {
+    role: u8,
+    trusted: bool,
+    ops: Vec<Op>,
+}
+
+fuzz_target!(|case: Case| {
+    let role = match case.role % 3 {
+        0 => PortRole::Relay,
+        1 => PortRole::Submission,
+        _ => PortRole::Submissions,
+    };
+    let limits = SessionLimits { max_message_size: 8192, max_recipients: 8, ..SessionLimits::default() };
+    let config = Arc::new(SessionConfig { hostname: "mx.fuzz".into(), role, limits, starttls_available: true });
+    let mut now = Instant::now();
+    let peer = PeerInfo { addr: "127.0.0.1:1".parse().unwrap(), is_trusted: case.trusted };
+    let tls = (role == PortRole::Submissions).then(|| TlsInfo { version: "TLSv1.3".into(), cipher: "x".into() });
+    let mut s = ServerSession::new(config, peer, tls, now);
+    let mut pending = Vec::new();
+    let mut out = Vec::new();
+    let mut fed = 0usize;
+    // The result the next commit gets, chosen by the last Commit* operation.
+    let mut next_commit = 0u8;
+    for op in case.ops {
+        match op {
+            Op::Input(bytes) => {
+                fed += bytes.len();
+                pending.extend_from_slice(&bytes);
+                let used = s.handle_input(&pending, now);
+                assert!(used <= pending.len());
+                pending.drain(..used);
+            }
+            Op::Timeout(ms) => {
+                now += Duration::from_millis(u64::from(ms) * 100);
+                s.handle_timeout(now);
+            }
+            Op::Shutdown => s.handle_shutdown(now),
+            Op::Tls => s.handle_tls_established(TlsInfo { version: "TLSv1.3".into(), cipher: "x".into() }, now),
+            Op::AuthOk => s.handle_auth_result(AuthOutcome::Success(AuthUser { name: "u".into(), allowed_senders: vec![] }), now),
+            Op::AuthBad => s.handle_auth_result(AuthOutcome::BadCredentials, now),
+            Op::AuthThrottled => s.handle_auth_result(AuthOutcome::Throttled, now),
+            Op::CommitOk => next_commit = 0,
+            Op::CommitFull => next_commit = 1,
+            Op::CommitIo => next_commit = 2,
+        }
+        while let Some(ev) = s.poll_event() {
+            if let Event::Commit(txn, t) = ev {
+                assert!(t.body.len() <= 8192);
+                assert!(t.recipients.len() <= 8);
+                let result = match next_commit {
+                    0 => Ok(QueueId(1)),
+                    1 => Err(CommitError::SpoolFull),
+                    _ => Err(CommitError::SpoolIo),
+                };
+                s.handle_commit(txn, result, now);
+            }
+        }
+        s.poll_output(&mut out);
+        // Replies are bounded by what the peer sent (plus greetings and EHLO lists).
+        assert!(out.len() <= 64 * fed + 4096, "{} bytes out for {fed} in", out.len());
+    }
+});
+
