@@ -1,5 +1,7 @@
 //! The server session driven by an arbitrary sequence of operations: input chunks, timeouts,
 //! commit and auth results, TLS completion, shutdown. Never panics; output stays bounded.
+//! Results are only delivered when the session asked for them (as the glue does); calling
+//! `handle_*` out of turn is API misuse, caught by debug assertions, not peer input.
 #![no_main]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +52,8 @@ fuzz_target!(|case: Case| {
     let mut fed = 0usize;
     // The result the next commit gets, chosen by the last Commit* operation.
     let mut next_commit = 0u8;
+    let mut awaiting_auth = false;
+    let mut awaiting_tls = false;
     for op in case.ops {
         match op {
             Op::Input(bytes) => {
@@ -64,15 +68,33 @@ fuzz_target!(|case: Case| {
                 s.handle_timeout(now);
             }
             Op::Shutdown => s.handle_shutdown(now),
-            Op::Tls => s.handle_tls_established(TlsInfo { version: "TLSv1.3".into(), cipher: "x".into() }, now),
-            Op::AuthOk => s.handle_auth_result(AuthOutcome::Success(AuthUser { name: "u".into(), allowed_senders: vec![] }), now),
-            Op::AuthBad => s.handle_auth_result(AuthOutcome::BadCredentials, now),
-            Op::AuthThrottled => s.handle_auth_result(AuthOutcome::Throttled, now),
+            Op::Tls if awaiting_tls => {
+                awaiting_tls = false;
+                s.handle_tls_established(TlsInfo { version: "TLSv1.3".into(), cipher: "x".into() }, now)
+            }
+            Op::AuthOk if awaiting_auth => {
+                awaiting_auth = false;
+                s.handle_auth_result(AuthOutcome::Success(AuthUser { name: "u".into(), allowed_senders: vec![] }), now)
+            }
+            Op::AuthBad if awaiting_auth => {
+                awaiting_auth = false;
+                s.handle_auth_result(AuthOutcome::BadCredentials, now)
+            }
+            Op::AuthThrottled if awaiting_auth => {
+                awaiting_auth = false;
+                s.handle_auth_result(AuthOutcome::Throttled, now)
+            }
+            Op::Tls | Op::AuthOk | Op::AuthBad | Op::AuthThrottled => {}
             Op::CommitOk => next_commit = 0,
             Op::CommitFull => next_commit = 1,
             Op::CommitIo => next_commit = 2,
         }
         while let Some(ev) = s.poll_event() {
+            match &ev {
+                Event::Authenticate { .. } => awaiting_auth = true,
+                Event::StartTls => awaiting_tls = true,
+                _ => {}
+            }
             if let Event::Commit(txn, t) = ev {
                 assert!(t.body.len() <= 8192);
                 assert!(t.recipients.len() <= 8);
