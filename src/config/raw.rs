@@ -155,6 +155,9 @@ pub struct RawLimits {
     pub data_timeout: Option<String>,
     /// Concurrent connections per worker thread; more get 421. Default: 10000.
     pub max_connections_per_core: Option<usize>,
+    /// Concurrent connections from one client IP per worker thread (trusted networks exempt);
+    /// more get 421. Default: 100.
+    pub max_connections_per_ip: Option<usize>,
     /// Failed AUTH attempts per session before 421. Default: 3.
     pub max_auth_failures: Option<u32>,
     /// Largest header section of a message. Default: 256KB.

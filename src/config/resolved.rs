@@ -136,6 +136,8 @@ pub struct Limits {
     pub data_timeout: Duration,
     /// Connections per worker thread.
     pub max_connections_per_core: usize,
+    /// Connections from one untrusted IP per worker.
+    pub max_connections_per_ip: usize,
     /// Failed AUTH per session before 421.
     pub max_auth_failures: u32,
     /// Largest header section in bytes.
@@ -561,6 +563,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
             Duration::from_secs(300),
         ),
         max_connections_per_core: l.max_connections_per_core.unwrap_or(10_000),
+        max_connections_per_ip: l.max_connections_per_ip.unwrap_or(100).max(1),
         max_auth_failures: l.max_auth_failures.unwrap_or(3),
         max_header_size: r.size(
             "limits.max_header_size",

@@ -70,6 +70,8 @@ pub struct Core {
     kick: Notify,
     /// Open connections on this core.
     pub connections: Cell<usize>,
+    /// Open connections per client IP on this core (entries removed at zero).
+    pub per_ip: RefCell<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// Becomes true when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// Counter for generated Message-IDs.
@@ -358,6 +360,7 @@ pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool
             durable,
             kick: Notify::new(),
             connections: Cell::new(0),
+            per_ip: RefCell::new(std::collections::HashMap::new()),
             shutdown,
             unique: Cell::new(0),
             delivery: RefCell::new(None),
@@ -463,6 +466,7 @@ async fn accept_loop(
 ) {
     let mut shutdown = core.shutdown.clone();
     let max = core.shared.config.limits.max_connections_per_core;
+    let per_ip_max = core.shared.config.limits.max_connections_per_ip;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -477,19 +481,33 @@ async fn accept_loop(
                 continue;
             }
         };
-        if core.connections.get() >= max {
+        let ip = peer.ip();
+        let trusted = core
+            .shared
+            .config
+            .trusted_networks
+            .iter()
+            .any(|c| c.contains(ip));
+        let from_ip = core.per_ip.borrow().get(&ip).copied().unwrap_or(0);
+        let refusal: Option<&'static [u8]> = if core.connections.get() >= max {
+            Some(b"421 4.3.2 Too many connections, try again later\r\n")
+        } else if !trusted && from_ip >= per_ip_max {
+            Some(b"421 4.7.0 Too many connections from your address, try again later\r\n")
+        } else {
+            None
+        };
+        if let Some(text) = refusal {
             core.metrics
                 .connections_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio_uring::spawn(async move {
                 let _ = stream.set_nodelay(true);
-                let _ = stream
-                    .write_all(b"421 4.3.2 Too many connections, try again later\r\n".to_vec())
-                    .await;
+                let _ = stream.write_all(text.to_vec()).await;
                 let _ = stream.shutdown(std::net::Shutdown::Both);
             });
             continue;
         }
+        *core.per_ip.borrow_mut().entry(ip).or_default() += 1;
         core.connections.set(core.connections.get() + 1);
         core.metrics
             .connections_total
@@ -498,6 +516,13 @@ async fn accept_loop(
         tokio_uring::spawn(async move {
             crate::net::conn::serve(Rc::clone(&c), stream, peer, role).await;
             c.connections.set(c.connections.get() - 1);
+            let mut per_ip = c.per_ip.borrow_mut();
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
         });
     }
 }

@@ -209,3 +209,28 @@ fn a_dns_server_that_is_down_defers_instead_of_bouncing() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn connections_per_untrusted_ip_are_limited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let cfg = base_config(
+        &dir,
+        "[limits]\nmax_connections_per_ip = 3\n[relay]\ntrusted_networks = [\"10.0.0.0/8\"]\n",
+    )
+    .replace("threads = 2", "threads = 1");
+    let s = Server::start_in(&dir, &cfg);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut c = Raw::connect(s.addr("smtp"));
+        assert!(c.reply().starts_with("220"));
+        open.push(c);
+    }
+    let mut fourth = Raw::connect(s.addr("smtp"));
+    let r = fourth.reply();
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    drop(open.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = Raw::connect(s.addr("smtp"));
+    assert!(again.reply().starts_with("220"));
+}
