@@ -149,6 +149,8 @@ pub struct ServerSession {
     shutting_down: bool,
     /// Time of the last input or awaited result; deadlines count from here.
     last_activity: Instant,
+    /// When the command line being received got its first byte (`None` between lines).
+    line_started: Option<Instant>,
     output: Vec<u8>,
     events: VecDeque<Event>,
 }
@@ -222,6 +224,7 @@ impl ServerSession {
             next_txn: 1,
             shutting_down: false,
             last_activity: now,
+            line_started: None,
             output: Vec::new(),
             events: VecDeque::new(),
         };
@@ -245,7 +248,17 @@ impl ServerSession {
             let used = match &mut self.state {
                 State::Closed | State::AwaitingTls => return bytes.len(),
                 State::AwaitingAuthResult | State::AwaitingCommit(_) => return pos,
-                State::AwaitingCommand(_) | State::AwaitingAuthResponse(_) => self.read_line(rest),
+                State::AwaitingCommand(_) | State::AwaitingAuthResponse(_) => {
+                    let used = self.read_line(rest);
+                    // A command line must be complete within the command timeout of its first
+                    // byte: dripping one byte at a time does not extend it (slowloris).
+                    if self.line.is_empty() && !self.discarding_line {
+                        self.line_started = None;
+                    } else if self.line_started.is_none() {
+                        self.line_started = Some(now);
+                    }
+                    used
+                }
                 State::ReceivingData(_, rx) => match rx.feed(rest) {
                     Status::Partial => rest.len(),
                     Status::Complete(n) => {
@@ -420,7 +433,14 @@ impl ServerSession {
             | State::AwaitingTls
             | State::Closed => return None,
         };
-        self.last_activity.checked_add(timeout)
+        let idle = self.last_activity.checked_add(timeout);
+        let line = self
+            .line_started
+            .and_then(|t| t.checked_add(limits.command_timeout));
+        match (idle, line) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether the session has ended ([`Event::Close`] was emitted).

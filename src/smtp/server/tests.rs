@@ -1066,3 +1066,46 @@ proptest! {
         prop_assert!(s.is_closed() || s.poll_timeout().is_none());
     }
 }
+
+/// Slowloris: a client that drips a command line one byte at a time, each byte well within the
+/// idle timeout, is still cut off once the line has taken the whole command timeout.
+#[test]
+fn a_dripped_command_line_times_out_from_its_first_byte() {
+    let limits = SessionLimits {
+        command_timeout: Duration::from_secs(300),
+        ..SessionLimits::default()
+    };
+    let config = Arc::new(SessionConfig {
+        hostname: "mx.test".into(),
+        role: PortRole::Relay,
+        limits,
+        starttls_available: false,
+    });
+    let start = Instant::now();
+    let peer = PeerInfo {
+        addr: "127.0.0.1:1".parse().unwrap(),
+        is_trusted: true,
+    };
+    let mut s = ServerSession::new(config, peer, None, start);
+    let mut out = Vec::new();
+    s.poll_output(&mut out);
+    let mut now = start;
+    for b in b"EHLO slow.client.example" {
+        now += Duration::from_secs(60);
+        s.handle_input(&[*b], now);
+        s.handle_timeout(now);
+        if s.is_closed() {
+            break;
+        }
+    }
+    assert!(s.is_closed(), "the dripped line was never cut");
+    out.clear();
+    s.poll_output(&mut out);
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("421 4.4.2"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    // The cut came 300 s after the first byte, not after the last one.
+    assert!(now - start <= Duration::from_secs(60 + 300));
+}
