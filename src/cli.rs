@@ -239,8 +239,8 @@ fn queue(config: &Config, action: QueueAction) -> Result<ExitCode> {
 }
 
 /// Marks every non-final recipient of `id` as deleted, durably. Needs the spool lock.
-fn delete(dir: &Path, id: QueueId) -> Result<usize> {
-    use crate::spool::{Shard, ShardConfig, StatusKind, StatusRecord};
+fn delete(dir: &Path, id: QueueId) -> Result<u64> {
+    use crate::spool::{Shard, ShardConfig};
     let _lock = crate::spool::lock(dir).context(
         "cannot lock the spool: is the server running? (with listen.http set, this command goes through its API)",
     )?;
@@ -251,28 +251,10 @@ fn delete(dir: &Path, id: QueueId) -> Result<usize> {
         ..ShardConfig::new(dir, id.shard())
     };
     let (mut shard, _) = Shard::open(cfg, now)?;
-    let Some(state) = shard.state(id).cloned() else {
+    let Some(marked) = shard.mark_deleted(id, now) else {
         bail!("no message {id} in {}", dir.display())
     };
-    let mut n = 0;
-    for (i, r) in state.recipients.iter().enumerate() {
-        if r.is_final() {
-            continue;
-        }
-        let rec = StatusRecord {
-            id: id.0,
-            rcpt: i as u32,
-            kind: StatusKind::Deleted as u8,
-            attempt: r.attempts,
-            at_ms: now,
-            next_attempt_ms: 0,
-            reply: "deleted by operator".into(),
-            remote: String::new(),
-            category: String::new(),
-        };
-        shard.append_status(&rec)?;
-        n += 1;
-    }
+    let n = marked?;
     shard.sync()?;
     Ok(n)
 }

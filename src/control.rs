@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::ids::QueueId;
 use crate::net::worker::{Core, unix_ms};
 use crate::smtp::{CommitError, Transaction};
-use crate::spool::{StatusKind, StatusRecord};
+use crate::spool::StatusKind;
 
 /// One request to a worker.
 pub enum ControlRequest {
@@ -365,29 +365,10 @@ fn summary(core: &Core) -> QueueSummary {
 
 fn delete(core: &Core, id: QueueId) -> Option<u64> {
     let now = unix_ms(SystemTime::now());
-    let mut shard = core.shard.borrow_mut();
-    let st = shard.state(id)?.clone();
-    let mut n = 0;
-    for (i, r) in st.recipients.iter().enumerate() {
-        if r.is_final() {
-            continue;
-        }
-        let rec = StatusRecord {
-            id: id.0,
-            rcpt: i as u32,
-            kind: StatusKind::Deleted as u8,
-            attempt: r.attempts,
-            at_ms: now,
-            next_attempt_ms: 0,
-            reply: "deleted by operator".into(),
-            remote: String::new(),
-            category: String::new(),
-        };
-        if shard.append_status(&rec).is_ok() {
-            n += 1;
-        }
-    }
-    drop(shard);
+    let marked = core.shard.borrow_mut().mark_deleted(id, now)?;
     core.kick_commit();
-    Some(n)
+    Some(marked.unwrap_or_else(|e| {
+        tracing::error!(%id, error = %e, "cannot record the deletion");
+        0
+    }))
 }

@@ -990,6 +990,35 @@ impl Shard {
         Ok(())
     }
 
+    /// Marks every non-final recipient of `id` as `Deleted` (an operator's delete: no DSN).
+    /// Returns how many were marked, or `None` when the message is not in this shard. Durable
+    /// after the next sync, like any status record.
+    pub fn mark_deleted(&mut self, id: QueueId, now_ms: u64) -> Option<Result<u64, SpoolError>> {
+        let state = self.state(id)?.clone();
+        let mut n = 0;
+        for (i, r) in state.recipients.iter().enumerate() {
+            if r.is_final() {
+                continue;
+            }
+            let rec = StatusRecord {
+                id: id.0,
+                rcpt: i as u32,
+                kind: StatusKind::Deleted as u8,
+                attempt: r.attempts,
+                at_ms: now_ms,
+                next_attempt_ms: 0,
+                reply: "deleted by operator".into(),
+                remote: String::new(),
+                category: String::new(),
+            };
+            if let Err(e) = self.append_status(&rec) {
+                return Some(Err(e));
+            }
+            n += 1;
+        }
+        Some(Ok(n))
+    }
+
     /// Seals the active segment and starts a new one when it holds records and every message of
     /// the shard is final. Without this an idle shard would keep delivered content in its active
     /// segment (which purge never removes) until the segment fills. Returns whether it rotated.
