@@ -1959,7 +1959,10 @@ hello\r\n\
                 prop_assert!(block.iter().all(|(n, _)| !n.eq_ignore_ascii_case("X-Injected")));
             }
             if p.len() == 3 {
-                prop_assert!(p[2].1.len() <= cap + 2, "returned {} octets", p[2].1.len());
+                // The renderer closes a last line that has no line ending with a CRLF, and
+                // mail-parser counts the CRLF before the closing delimiter as content: up to 4
+                // octets beyond what was returned (regression: proptest-regressions/bounce/dsn.txt).
+                prop_assert!(p[2].1.len() <= cap + 4, "returned {} octets", p[2].1.len());
             }
             prop_assert!(is_dsn(&raw));
         }
