@@ -18,6 +18,7 @@ use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use tokio::sync::oneshot;
 
 use crate::config::resolved::{Secret, User};
+use crate::ratelimit::IpCounter;
 use crate::smtp::{AuthOutcome, AuthUser, SenderPattern};
 
 /// How long a successful verification is remembered.
@@ -39,7 +40,7 @@ struct Entry {
 
 struct State {
     users: std::sync::RwLock<HashMap<String, Entry>>,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    failures: IpCounter,
     cache: Mutex<HashMap<u64, Instant>>,
     hasher: std::hash::RandomState,
     policy: ThrottlePolicy,
@@ -65,7 +66,7 @@ impl AuthService {
         let users = user_map(users);
         let state = Arc::new(State {
             users: std::sync::RwLock::new(users),
-            failures: Mutex::new(HashMap::new()),
+            failures: IpCounter::new(policy.window),
             cache: Mutex::new(HashMap::new()),
             hasher: std::hash::RandomState::new(),
             policy,
@@ -198,27 +199,11 @@ impl State {
     }
 
     fn is_throttled(&self, ip: IpAddr, now: Instant) -> bool {
-        let Ok(map) = self.failures.lock() else {
-            return false;
-        };
-        map.get(&ip).is_some_and(|(n, since)| {
-            *n >= self.policy.max_failures && now.duration_since(*since) < self.policy.window
-        })
+        self.failures.count(ip, now) >= self.policy.max_failures
     }
 
     fn record_failure(&self, ip: IpAddr, now: Instant) {
-        let Ok(mut map) = self.failures.lock() else {
-            return;
-        };
-        if map.len() > 100_000 {
-            let window = self.policy.window;
-            map.retain(|_, (_, since)| now.duration_since(*since) < window);
-        }
-        let e = map.entry(ip).or_insert((0, now));
-        if now.duration_since(e.1) >= self.policy.window {
-            *e = (0, now);
-        }
-        e.0 += 1;
+        self.failures.add(ip, now);
     }
 }
 

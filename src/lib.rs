@@ -21,6 +21,7 @@ pub mod message;
 pub mod metrics;
 pub mod net;
 pub mod queue;
+pub mod ratelimit;
 pub mod server;
 pub mod smtp;
 pub mod spool;

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::config::resolved::{Durability, ListenerRole, Secret, TlsSource, User};
 use crate::net::listen::bind_all;
 use crate::net::worker::{self, Shared, WorkerSpec, unix_ms};
+use crate::ratelimit::RateLimit;
 use crate::smtp::{PortRole, SessionConfig, SessionLimits};
 use crate::spool::{self, Shard, ShardConfig};
 
@@ -95,6 +96,11 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
         metrics: (0..config.threads)
             .map(|_| Arc::new(crate::metrics::CoreMetrics::default()))
             .collect(),
+        connection_rate: RateLimit::new(
+            config.limits.connection_rate_per_ip,
+            config.limits.rate_window,
+        ),
+        message_rate: RateLimit::new(config.limits.message_rate_per_ip, config.limits.rate_window),
     });
 
     // Recover every shard before accepting anything.
@@ -232,6 +238,7 @@ fn session_config(config: &Config, role: PortRole) -> SessionConfig {
             max_auth_failures: l.max_auth_failures,
             command_timeout: l.command_timeout,
             data_timeout: l.data_timeout,
+            min_data_rate: l.min_data_rate,
         },
         starttls_available: true,
     }

@@ -166,6 +166,18 @@ pub struct RawLimits {
     pub auth_failures_per_ip: Option<u32>,
     /// Window of the per-IP AUTH failure count. Default: 5m.
     pub auth_failure_window: Option<String>,
+    /// New connections per client IP (IPv6: per /64) within `rate_window`, counted over all
+    /// workers; more get 421 4.7.0. Trusted networks exempt. Default: 0 = unlimited.
+    pub connection_rate_per_ip: Option<u32>,
+    /// MAIL commands per client IP within `rate_window` from clients that are neither trusted
+    /// nor authenticated; more get 450 4.7.1. Default: 0 = unlimited.
+    pub message_rate_per_ip: Option<u32>,
+    /// Window of the two rate limits. Default: 1m.
+    pub rate_window: Option<String>,
+    /// Slowest DATA/BDAT transfer allowed once `data_timeout` has passed since the transfer
+    /// began, in bytes per second, e.g. `"1KB"`; slower gets 421 4.4.2. Default: 1KB. `"0"`
+    /// turns it off.
+    pub min_data_rate: Option<String>,
 }
 
 /// `[spool]`.

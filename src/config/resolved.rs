@@ -146,6 +146,14 @@ pub struct Limits {
     pub auth_failures_per_ip: u32,
     /// Window of the per-IP count.
     pub auth_failure_window: Duration,
+    /// New connections per untrusted IP within `rate_window`; 0 = unlimited.
+    pub connection_rate_per_ip: u32,
+    /// MAIL commands per untrusted, unauthenticated IP within `rate_window`; 0 = unlimited.
+    pub message_rate_per_ip: u32,
+    /// Window of the two rate limits.
+    pub rate_window: Duration,
+    /// Bytes per second a DATA/BDAT transfer must average after `data_timeout`; 0 = off.
+    pub min_data_rate: u64,
 }
 
 /// Whether a 250 waits for fdatasync.
@@ -576,7 +584,18 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
             l.auth_failure_window.as_ref(),
             Duration::from_secs(300),
         ),
+        connection_rate_per_ip: l.connection_rate_per_ip.unwrap_or(0),
+        message_rate_per_ip: l.message_rate_per_ip.unwrap_or(0),
+        rate_window: r.duration(
+            "limits.rate_window",
+            l.rate_window.as_ref(),
+            Duration::from_secs(60),
+        ),
+        min_data_rate: r.size("limits.min_data_rate", l.min_data_rate.as_ref(), 1000),
     };
+    if limits.rate_window.is_zero() {
+        r.problem("limits.rate_window", "must be more than 0");
+    }
     if limits.max_recipients == 0 {
         r.problem("limits.max_recipients", "must be at least 1");
     }

@@ -58,6 +58,10 @@ pub async fn serve(
     }
     let session_config = Arc::clone(shared.session_config(role));
     let mut session = ServerSession::new(session_config, peer_info, tls, Instant::now());
+    if !is_trusted {
+        let shared = Arc::clone(&shared);
+        session.set_mail_gate(move || shared.message_rate.allow(peer.ip(), Instant::now()));
+    }
     let mut driver = Driver {
         core,
         transport,

@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, watch};
 
@@ -43,6 +43,10 @@ pub struct Shared {
     pub content: Arc<crate::content::ContentChecks>,
     /// One metrics block per worker, indexed by worker.
     pub metrics: Vec<Arc<crate::metrics::CoreMetrics>>,
+    /// New connections per untrusted client address, over all workers.
+    pub connection_rate: crate::ratelimit::RateLimit,
+    /// MAIL commands per untrusted, unauthenticated client address, over all workers.
+    pub message_rate: crate::ratelimit::RateLimit,
 }
 
 impl Shared {
@@ -493,6 +497,8 @@ async fn accept_loop(
             Some(b"421 4.3.2 Too many connections, try again later\r\n")
         } else if !trusted && from_ip >= per_ip_max {
             Some(b"421 4.7.0 Too many connections from your address, try again later\r\n")
+        } else if !trusted && !core.shared.connection_rate.allow(ip, Instant::now()) {
+            Some(b"421 4.7.0 Connection rate limit exceeded for your address, try again later\r\n")
         } else {
             None
         };

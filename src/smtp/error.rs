@@ -97,6 +97,15 @@ pub enum ProtocolError {
         /// Our host name, quoted in the reply.
         hostname: String,
     },
+    /// A DATA body or BDAT transaction fell below `min_data_rate`; the session closes.
+    #[error("data transfer too slow")]
+    TransferTooSlow {
+        /// Our host name, quoted in the reply.
+        hostname: String,
+    },
+    /// The client's address sent more messages than `limits.message_rate_per_ip` allows.
+    #[error("message rate limit exceeded")]
+    MessageRateExceeded,
 }
 
 /// Which sequencing rule a command broke (RFC 5321 §4.1.4, 503).
@@ -237,6 +246,16 @@ impl From<&ProtocolError> for Reply {
                 421,
                 (4, 4, 2),
                 format!("{hostname} Error: timeout exceeded"),
+            ),
+            TransferTooSlow { hostname } => r(
+                421,
+                (4, 4, 2),
+                format!("{hostname} Error: data transfer too slow"),
+            ),
+            MessageRateExceeded => r(
+                450,
+                (4, 7, 1),
+                "Message rate limit exceeded for your address, try again later",
             ),
         }
     }

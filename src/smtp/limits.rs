@@ -24,6 +24,11 @@ pub struct SessionLimits {
     pub command_timeout: Duration,
     /// Time allowed between chunks of DATA or BDAT payload (RFC 5321 §4.5.3.2.6).
     pub data_timeout: Duration,
+    /// Slowest average transfer rate, in bytes per second, of a DATA body or a BDAT
+    /// transaction once `data_timeout` has passed since it began: the deadline is
+    /// `start + data_timeout + bytes / min_data_rate`. Bounds how long a client dripping a body
+    /// can hold a session, where the idle timeout alone is reset by every byte. 0 turns it off.
+    pub min_data_rate: u64,
 }
 
 impl Default for SessionLimits {
@@ -36,6 +41,7 @@ impl Default for SessionLimits {
             max_auth_failures: 3,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(300),
+            min_data_rate: 1000,
         }
     }
 }

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -151,8 +151,29 @@ pub struct ServerSession {
     last_activity: Instant,
     /// When the command line being received got its first byte (`None` between lines).
     line_started: Option<Instant>,
+    /// The DATA body or BDAT transaction being received, for `min_data_rate`.
+    transfer: Option<Transfer>,
+    /// Asked at each MAIL from a client that is not authenticated; `false` refuses it with 450
+    /// (the per-IP message rate). Installed by the glue for untrusted clients.
+    mail_gate: Option<MailGate>,
     output: Vec<u8>,
     events: VecDeque<Event>,
+}
+
+/// A DATA body or BDAT transaction in progress.
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    started: Instant,
+    bytes: u64,
+}
+
+/// A check the glue runs at MAIL; see [`ServerSession::set_mail_gate`].
+pub struct MailGate(Box<dyn FnMut() -> bool>);
+
+impl std::fmt::Debug for MailGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MailGate")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -225,6 +246,8 @@ impl ServerSession {
             shutting_down: false,
             last_activity: now,
             line_started: None,
+            transfer: None,
+            mail_gate: None,
             output: Vec::new(),
             events: VecDeque::new(),
         };
@@ -245,6 +268,13 @@ impl ServerSession {
         let mut pos = 0;
         while pos < bytes.len() {
             let rest = &bytes[pos..];
+            let in_transfer = self.is_transferring();
+            if in_transfer && self.transfer.is_none() {
+                self.transfer = Some(Transfer {
+                    started: now,
+                    bytes: 0,
+                });
+            }
             let used = match &mut self.state {
                 State::Closed | State::AwaitingTls => return bytes.len(),
                 State::AwaitingAuthResult | State::AwaitingCommit(_) => return pos,
@@ -301,15 +331,30 @@ impl ServerSession {
                 return pos;
             }
             pos += used;
+            if in_transfer && let Some(t) = self.transfer.as_mut() {
+                t.bytes += used as u64;
+            }
+            if !self.is_transferring() && !self.between_bdat_chunks() {
+                self.transfer = None;
+            }
         }
         bytes.len()
+    }
+
+    /// Installs the check asked at each MAIL from an unauthenticated client; when it returns
+    /// `false` the MAIL gets `450 4.7.1` (not counted as a bad command).
+    pub fn set_mail_gate(&mut self, gate: impl FnMut() -> bool + 'static) {
+        self.mail_gate = Some(MailGate(Box::new(gate)));
     }
 
     /// Closes the session with `421 4.4.2` if the deadline from [`Self::poll_timeout`] passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.poll_timeout().is_some_and(|deadline| now >= deadline) {
-            let e = ProtocolError::Timeout {
-                hostname: self.config.hostname.clone(),
+            let hostname = self.config.hostname.clone();
+            let e = if self.transfer_deadline().is_some_and(|d| now >= d) {
+                ProtocolError::TransferTooSlow { hostname }
+            } else {
+                ProtocolError::Timeout { hostname }
             };
             self.state = self.close(&Reply::from(&e));
         }
@@ -437,10 +482,32 @@ impl ServerSession {
         let line = self
             .line_started
             .and_then(|t| t.checked_add(limits.command_timeout));
-        match (idle, line) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [idle, line, self.transfer_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When the transfer in progress falls below `min_data_rate`, if one is in progress.
+    fn transfer_deadline(&self) -> Option<Instant> {
+        let limits = &self.config.limits;
+        let t = self.transfer.filter(|_| limits.min_data_rate > 0)?;
+        let allowed = limits.data_timeout
+            + Duration::from_secs_f64(t.bytes as f64 / limits.min_data_rate as f64);
+        t.started.checked_add(allowed)
+    }
+
+    /// Whether the session is receiving a DATA body or BDAT payload.
+    fn is_transferring(&self) -> bool {
+        matches!(
+            self.state,
+            State::ReceivingData(..) | State::ReceivingBdat { .. } | State::DiscardingBdat { .. }
+        )
+    }
+
+    /// Whether a BDAT transaction has chunks behind it and waits for the next BDAT command.
+    fn between_bdat_chunks(&self) -> bool {
+        matches!(&self.state, State::AwaitingCommand(Some(e)) if e.bdat.is_some())
     }
 
     /// Whether the session has ended ([`Event::Close`] was emitted).
@@ -653,6 +720,10 @@ impl ServerSession {
             Some(ProtocolError::OutOfSequence(Sequence::NestedMail))
         } else if self.config.role != PortRole::Relay && self.auth_user.is_none() {
             Some(ProtocolError::AuthRequired)
+        } else if self.auth_user.is_none()
+            && self.mail_gate.as_mut().is_some_and(|gate| !(gate.0)())
+        {
+            Some(ProtocolError::MessageRateExceeded)
         } else if !esmtp && params.count > 0 {
             Some(ProtocolError::ParamsAfterHelo)
         } else if params

@@ -234,3 +234,97 @@ fn connections_per_untrusted_ip_are_limited() {
     let mut again = Raw::connect(s.addr("smtp"));
     assert!(again.reply().starts_with("220"));
 }
+
+#[test]
+fn connection_rate_per_untrusted_ip_is_limited_across_workers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    // Two workers: SO_REUSEPORT spreads the connections over both, and the count is shared.
+    let cfg = base_config(
+        &dir,
+        "[limits]\nconnection_rate_per_ip = 4\nrate_window = \"1m\"\n\
+         [relay]\ntrusted_networks = [\"10.0.0.0/8\"]\n",
+    );
+    let s = Server::start_in(&dir, &cfg);
+    for i in 0..4 {
+        let mut c = Raw::connect(s.addr("smtp"));
+        let r = c.reply();
+        assert!(r.starts_with("220"), "connection {i}: {r}");
+        assert!(c.cmd("QUIT").starts_with("221"));
+    }
+    let mut fifth = Raw::connect(s.addr("smtp"));
+    let r = fifth.reply();
+    assert!(r.starts_with("421 4.7.0 Connection rate"), "{r}");
+    // Other roles share the per-address count; the limit is per address, not per port.
+    let mut other = Raw::connect(s.addr("submission"));
+    assert!(other.reply().starts_with("421 4.7.0"));
+}
+
+#[test]
+fn message_rate_per_untrusted_unauthenticated_ip_is_limited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let cfg = base_config(
+        &dir,
+        "[limits]\nmessage_rate_per_ip = 2\n[relay]\ntrusted_networks = [\"10.0.0.0/8\"]\n",
+    );
+    let s = Server::start_in(&dir, &cfg);
+    let mut c = Raw::connect(s.addr("smtp"));
+    assert!(c.reply().starts_with("220"));
+    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    for _ in 0..2 {
+        assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
+        assert!(c.cmd("RSET").starts_with("250"));
+    }
+    let r = c.cmd("MAIL FROM:<a@example.org>");
+    assert!(r.starts_with("450 4.7.1"), "{r}");
+    // Refusals are not protocol errors: the session stays open, and a new one is refused too.
+    assert!(c.cmd("NOOP").starts_with("250"));
+    let mut d = Raw::connect(s.addr("smtp"));
+    assert!(d.reply().starts_with("220"));
+    assert!(d.cmd("EHLO client.example").starts_with("250"));
+    assert!(d.cmd("MAIL FROM:<b@example.org>").starts_with("450 4.7.1"));
+}
+
+#[test]
+fn a_client_dripping_a_body_is_cut_at_the_minimum_data_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    // Every byte arrives well within data_timeout, so only the transfer rate can cut this.
+    let cfg = base_config(
+        &dir,
+        "[limits]\ndata_timeout = \"2s\"\nmin_data_rate = \"20\"\n",
+    );
+    let s = Server::start_in(&dir, &cfg);
+    let mut c = Raw::connect(s.addr("smtp"));
+    assert!(c.reply().starts_with("220"));
+    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.net>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut reply = String::new();
+    // At 3 bytes a second the deadline (2 s + bytes/20) comes after about 2.2 s; 40 bytes
+    // (13 s) would finish the message if nothing cut the session.
+    for b in b"Subject: drip\r\n\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxx".iter() {
+        if c.stream.write_all(&[*b]).is_err() {
+            break;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(n) = c.stream.read(&mut buf) {
+            reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+            break;
+        }
+    }
+    assert!(
+        reply.starts_with("421 4.4.2") && reply.contains("too slow"),
+        "got {reply:?} after {:?}",
+        started.elapsed()
+    );
+    // Nothing from the cut transaction was spooled.
+    let (_, out, _) = s.cli(&["queue", "ls"]);
+    assert!(!out.contains("a@example.org"), "{out}");
+}

@@ -1071,22 +1071,8 @@ proptest! {
 /// idle timeout, is still cut off once the line has taken the whole command timeout.
 #[test]
 fn a_dripped_command_line_times_out_from_its_first_byte() {
-    let limits = SessionLimits {
-        command_timeout: Duration::from_secs(300),
-        ..SessionLimits::default()
-    };
-    let config = Arc::new(SessionConfig {
-        hostname: "mx.test".into(),
-        role: PortRole::Relay,
-        limits,
-        starttls_available: false,
-    });
     let start = Instant::now();
-    let peer = PeerInfo {
-        addr: "127.0.0.1:1".parse().unwrap(),
-        is_trusted: true,
-    };
-    let mut s = ServerSession::new(config, peer, None, start);
+    let mut s = relay_session(SessionLimits::default(), true, start);
     let mut out = Vec::new();
     s.poll_output(&mut out);
     let mut now = start;
@@ -1108,4 +1094,171 @@ fn a_dripped_command_line_times_out_from_its_first_byte() {
     );
     // The cut came 300 s after the first byte, not after the last one.
     assert!(now - start <= Duration::from_secs(60 + 300));
+}
+
+/// A session on the relay role with these limits, greeting already drained.
+fn relay_session(limits: SessionLimits, trusted: bool, start: Instant) -> ServerSession {
+    let config = Arc::new(SessionConfig {
+        hostname: "mx.test".into(),
+        role: PortRole::Relay,
+        limits,
+        starttls_available: false,
+    });
+    let peer = PeerInfo {
+        addr: "127.0.0.1:1".parse().unwrap(),
+        is_trusted: trusted,
+    };
+    let mut s = ServerSession::new(config, peer, None, start);
+    s.poll_output(&mut Vec::new());
+    s
+}
+
+/// Feeds `line` at `now` and returns the reply text it produced.
+fn say(s: &mut ServerSession, line: &[u8], now: Instant) -> String {
+    s.handle_input(line, now);
+    let mut out = Vec::new();
+    s.poll_output(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Drips `body` one byte every `gap` after the transaction opened by `open`; returns the time
+/// of the cut, or `None` if every byte went through.
+fn drip(
+    limits: SessionLimits,
+    open: &[&[u8]],
+    body: &[u8],
+    gap: Duration,
+) -> (Option<Duration>, String) {
+    let start = Instant::now();
+    let mut s = relay_session(limits, true, start);
+    for line in open {
+        say(&mut s, line, start);
+    }
+    let mut now = start;
+    for b in body {
+        now += gap;
+        s.handle_timeout(now);
+        if s.is_closed() {
+            break;
+        }
+        s.handle_input(&[*b], now);
+    }
+    let mut out = Vec::new();
+    s.poll_output(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    (s.is_closed().then(|| now - start), text)
+}
+
+const DATA_OPEN: [&[u8]; 4] = [
+    b"EHLO c.example\r\n",
+    b"MAIL FROM:<a@example.org>\r\n",
+    b"RCPT TO:<b@example.net>\r\n",
+    b"DATA\r\n",
+];
+
+/// A body dripped one byte every 10 s never trips the 300 s idle timeout, but falls below
+/// `min_data_rate` once `data_timeout` has passed since DATA.
+#[test]
+fn a_dripped_body_is_cut_at_the_minimum_data_rate() {
+    let limits = SessionLimits {
+        min_data_rate: 100,
+        ..SessionLimits::default()
+    };
+    let (cut, text) = drip(limits, &DATA_OPEN, &[b'x'; 200], Duration::from_secs(10));
+    let cut = cut.expect("the dripped body was never cut");
+    assert!(
+        text.starts_with("421 4.4.2") && text.contains("too slow"),
+        "{text}"
+    );
+    // Deadline: 300 s + 31 bytes / 100 B/s, checked at the next 10 s step.
+    assert!(
+        cut > Duration::from_secs(300) && cut <= Duration::from_secs(320),
+        "{cut:?}"
+    );
+
+    let off = SessionLimits {
+        min_data_rate: 0,
+        ..SessionLimits::default()
+    };
+    let (cut, _) = drip(off, &DATA_OPEN, &[b'x'; 200], Duration::from_secs(10));
+    assert_eq!(
+        cut, None,
+        "with the limit off only the idle timeout applies"
+    );
+}
+
+/// A large body at a modest rate keeps earning time: the deadline grows with the bytes.
+#[test]
+fn a_steady_transfer_above_the_minimum_rate_is_never_cut() {
+    let limits = SessionLimits {
+        min_data_rate: 1000,
+        max_message_size: 10 << 20,
+        ..SessionLimits::default()
+    };
+    let start = Instant::now();
+    let mut s = relay_session(limits, true, start);
+    for line in DATA_OPEN {
+        say(&mut s, line, start);
+    }
+    // 2 KB every second for 20 minutes: twice the minimum rate, far past data_timeout.
+    let chunk = [b'y'; 2048];
+    let mut now = start;
+    for _ in 0..1200 {
+        now += Duration::from_secs(1);
+        s.handle_timeout(now);
+        assert!(!s.is_closed(), "cut after {:?}", now - start);
+        s.handle_input(&chunk, now);
+    }
+    let text = say(&mut s, b"\r\n.\r\n", now);
+    assert!(text.is_empty(), "{text}");
+    assert!(matches!(s.poll_event(), Some(Event::Commit(..))));
+}
+
+/// BDAT in many tiny chunks is one transfer: the rate counts from the first chunk, across the
+/// command lines in between.
+#[test]
+fn tiny_bdat_chunks_are_one_transfer_for_the_minimum_rate() {
+    let limits = SessionLimits {
+        min_data_rate: 100,
+        ..SessionLimits::default()
+    };
+    let start = Instant::now();
+    let mut s = relay_session(limits, true, start);
+    for line in &DATA_OPEN[..3] {
+        say(&mut s, line, start);
+    }
+    let mut now = start;
+    for _ in 0..100 {
+        now += Duration::from_secs(10);
+        s.handle_timeout(now);
+        if s.is_closed() {
+            break;
+        }
+        say(&mut s, b"BDAT 1\r\nz", now);
+    }
+    assert!(s.is_closed(), "the chunked drip was never cut");
+    assert!(now - start <= Duration::from_secs(320), "{:?}", now - start);
+}
+
+#[test]
+fn the_mail_gate_refuses_with_450_without_counting_a_bad_command() {
+    let limits = SessionLimits {
+        max_bad_commands: 1,
+        ..SessionLimits::default()
+    };
+    let start = Instant::now();
+    let mut s = relay_session(limits, false, start);
+    let mut allowed = 1;
+    s.set_mail_gate(move || {
+        allowed -= 1;
+        allowed >= 0
+    });
+    say(&mut s, b"EHLO c.example\r\n", start);
+    assert!(say(&mut s, b"MAIL FROM:<a@example.org>\r\n", start).starts_with("250"));
+    assert!(say(&mut s, b"RSET\r\n", start).starts_with("250"));
+    for _ in 0..3 {
+        let text = say(&mut s, b"MAIL FROM:<a@example.org>\r\n", start);
+        assert!(text.starts_with("450 4.7.1"), "{text}");
+    }
+    assert!(!s.is_closed(), "rate refusals are not bad commands");
 }

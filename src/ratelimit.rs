@@ -1,0 +1,169 @@
+//! Per-client-address event counts over a fixed window, shared by every worker: connection and
+//! message rate limits, and the AUTH failure throttle.
+//!
+//! SO_REUSEPORT spreads one address's connections over all cores, so a per-core count would
+//! let a client through `cores` times the limit. The counts live behind a few mutexes sharded
+//! by address; a check is one uncontended lock and one hash lookup, paid once per connection
+//! or per MAIL, never per byte.
+//!
+//! IPv6 clients are counted per /64: one end site usually holds a whole /64, so counting
+//! single addresses would let it rotate through 2^64 of them.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 16;
+/// Entries per shard before expired windows are swept out.
+const SWEEP_AT: usize = 8192;
+
+/// Events per address within a window, e.g. "at most 60 connections per minute".
+#[derive(Debug)]
+pub struct IpCounter {
+    window: Duration,
+    shards: [Mutex<HashMap<IpAddr, Window>>; SHARDS],
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: Instant,
+    events: u32,
+}
+
+impl IpCounter {
+    /// A counter whose windows last `window`.
+    pub fn new(window: Duration) -> IpCounter {
+        IpCounter {
+            window,
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Counts one event from `ip` at `now`; returns the events in its current window,
+    /// this one included.
+    pub fn add(&self, ip: IpAddr, now: Instant) -> u32 {
+        let key = key(ip);
+        let mut map = self.shard(key);
+        if map.len() >= SWEEP_AT {
+            let window = self.window;
+            map.retain(|_, w| now.saturating_duration_since(w.started) < window);
+        }
+        let w = map.entry(key).or_insert(Window {
+            started: now,
+            events: 0,
+        });
+        if now.saturating_duration_since(w.started) >= self.window {
+            *w = Window {
+                started: now,
+                events: 0,
+            };
+        }
+        w.events = w.events.saturating_add(1);
+        w.events
+    }
+
+    /// Events from `ip` in its current window, without counting one.
+    pub fn count(&self, ip: IpAddr, now: Instant) -> u32 {
+        let key = key(ip);
+        self.shard(key)
+            .get(&key)
+            .filter(|w| now.saturating_duration_since(w.started) < self.window)
+            .map_or(0, |w| w.events)
+    }
+
+    fn shard(&self, key: IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Window>> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        let shard = &self.shards[(h as usize) % SHARDS];
+        // A panic while holding the lock leaves counts that are still valid numbers.
+        shard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A limit of `max` events per window; `max == 0` turns it off.
+#[derive(Debug)]
+pub struct RateLimit {
+    max: u32,
+    counter: IpCounter,
+}
+
+impl RateLimit {
+    /// `max` events per `window`; 0 means unlimited.
+    pub fn new(max: u32, window: Duration) -> RateLimit {
+        RateLimit {
+            max,
+            counter: IpCounter::new(window),
+        }
+    }
+
+    /// Counts one event; `false` when `ip` has gone over the limit in this window.
+    pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+        self.max == 0 || self.counter.add(ip, now) <= self.max
+    }
+}
+
+/// The address a count is kept under: IPv4 as is, IPv6 by its /64 (IPv4-mapped IPv6 as IPv4).
+fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_limit_holds_within_a_window_and_resets_after_it() {
+        let limit = RateLimit::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        assert!((0..3).all(|_| limit.allow(a, t0)));
+        assert!(!limit.allow(a, t0 + Duration::from_secs(59)));
+        assert!(
+            limit.allow(ip("192.0.2.2"), t0),
+            "other addresses unaffected"
+        );
+        assert!(limit.allow(a, t0 + Duration::from_secs(60)), "new window");
+    }
+
+    #[test]
+    fn zero_means_unlimited() {
+        let limit = RateLimit::new(0, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!((0..10_000).all(|_| limit.allow(ip("192.0.2.1"), t0)));
+    }
+
+    #[test]
+    fn ipv6_is_counted_per_64_and_mapped_ipv4_as_ipv4() {
+        let c = IpCounter::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        c.add(ip("2001:db8:1:2::1"), t0);
+        c.add(ip("2001:db8:1:2:ffff::9"), t0);
+        assert_eq!(c.count(ip("2001:db8:1:2::77"), t0), 2);
+        assert_eq!(c.count(ip("2001:db8:1:3::1"), t0), 0);
+        c.add(ip("::ffff:192.0.2.7"), t0);
+        assert_eq!(c.count(ip("192.0.2.7"), t0), 1);
+    }
+
+    #[test]
+    fn expired_windows_are_swept_so_memory_stays_bounded() {
+        let c = IpCounter::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        for i in 0..(SHARDS * SWEEP_AT * 2) as u32 {
+            let t = t0 + Duration::from_secs(u64::from(i) / 1000);
+            c.add(IpAddr::V4(i.into()), t);
+        }
+        let held: usize = c.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(held <= SHARDS * SWEEP_AT, "{held} entries held");
+    }
+}
