@@ -123,5 +123,50 @@ fn replies(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, commands, data_receive, session, replies);
+/// The MIME structure check at the end of DATA, against one pass of `data_receive` over the
+/// same bytes as the baseline: a plain 100 KB message (header section only) and a 100 KB
+/// multipart/mixed one (text, html and a base64 attachment).
+fn mime_check(c: &mut Criterion) {
+    use ringmta::content::mime::{MimeLimits, check};
+    let limits = MimeLimits {
+        max_depth: 100,
+        max_parts: 10_000,
+    };
+    let plain = body(100 * 1024);
+    let mut multipart = b"From: a@example.com\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n--outer\r\n\
+        Content-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n"
+        .to_vec();
+    for kind in ["text/plain", "text/html"] {
+        multipart.extend(format!("--alt\r\nContent-Type: {kind}\r\n\r\n").bytes());
+        multipart.extend_from_slice(&body(10 * 1024)[58..]);
+    }
+    multipart.extend(
+        b"--alt--\r\n--outer\r\nContent-Type: application/pdf\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\n",
+    );
+    while multipart.len() < 100 * 1024 {
+        multipart
+            .extend(b"JVBERi0xLjQKJcOkw7zDtsOfCjIgMCBvYmoKPDwvTGVuZ3RoIDMgMCBSL0ZpbHRlci9G\r\n");
+    }
+    multipart.extend(b"--outer--\r\n");
+    let mut g = c.benchmark_group("mime_check");
+    for (name, msg) in [("plain_100KB", &plain), ("multipart_100KB", &multipart)] {
+        assert!(check(msg, limits).is_ok());
+        g.throughput(Throughput::Bytes(msg.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(check(black_box(msg), limits)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    commands,
+    data_receive,
+    session,
+    replies,
+    mime_check
+);
 criterion_main!(benches);

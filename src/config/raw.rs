@@ -178,6 +178,11 @@ pub struct RawLimits {
     /// began, in bytes per second, e.g. `"1KB"`; slower gets 421 4.4.2. Default: 1KB. `"0"`
     /// turns it off.
     pub min_data_rate: Option<String>,
+    /// Most MIME containers (multipart/*, message/rfc822) nested inside one another; deeper
+    /// gets 554 5.6.0. Default: 100 (as Postfix's `mime_nesting_limit`).
+    pub max_mime_depth: Option<usize>,
+    /// Most MIME body parts in one message; more gets 554 5.6.0. Default: 10000.
+    pub max_mime_parts: Option<usize>,
 }
 
 /// `[spool]`.

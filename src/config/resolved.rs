@@ -154,6 +154,10 @@ pub struct Limits {
     pub rate_window: Duration,
     /// Bytes per second a DATA/BDAT transfer must average after `data_timeout`; 0 = off.
     pub min_data_rate: u64,
+    /// Most nested MIME containers.
+    pub max_mime_depth: usize,
+    /// Most MIME body parts.
+    pub max_mime_parts: usize,
 }
 
 /// Whether a 250 waits for fdatasync.
@@ -592,6 +596,8 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
             Duration::from_secs(60),
         ),
         min_data_rate: r.size("limits.min_data_rate", l.min_data_rate.as_ref(), 1000),
+        max_mime_depth: l.max_mime_depth.unwrap_or(100),
+        max_mime_parts: l.max_mime_parts.unwrap_or(10_000),
     };
     if limits.rate_window.is_zero() {
         r.problem("limits.rate_window", "must be more than 0");

@@ -1,5 +1,5 @@
 //! Content checks between the end of DATA and the spool: validation (the message parses, its
-//! header section is bounded, and an authenticated sender's header From is one it may use),
+//! header section and MIME structure are bounded, and an authenticated sender's header From is one it may use),
 //! malware scanning with clamd, spam scoring with rspamd, and DKIM signing.
 //!
 //! Costs nothing when off: with no scanner and no DKIM key configured, `check` only runs the
@@ -9,6 +9,7 @@
 
 pub mod clamd;
 pub mod dkim;
+pub mod mime;
 pub mod rspamd;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ pub enum ContentError {
 /// The configured checks; shared read-only by every worker.
 pub struct ContentChecks {
     max_header_size: usize,
+    mime: mime::MimeLimits,
     senders: HashMap<String, Vec<SenderPattern>>,
     clamd: Option<(clamd::ClamdAddr, Scanner)>,
     rspamd: Option<Scanner>,
@@ -86,6 +88,10 @@ impl ContentChecks {
         };
         Ok(ContentChecks {
             max_header_size: config.limits.max_header_size,
+            mime: mime::MimeLimits {
+                max_depth: config.limits.max_mime_depth,
+                max_parts: config.limits.max_mime_parts,
+            },
             senders,
             clamd,
             rspamd: config.rspamd.clone(),
@@ -106,6 +112,13 @@ impl ContentChecks {
                 552,
                 (5, 3, 4),
                 "Message header section exceeds the size limit",
+            ));
+        }
+        if let Err(e) = mime::check(&t.body, self.mime) {
+            return Err(reply(
+                554,
+                (5, 6, 0),
+                format!("Message structure rejected: {e}"),
             ));
         }
         let Some(user) = &t.auth_user else {

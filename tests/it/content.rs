@@ -335,3 +335,69 @@ print("VALID" if dkim.verify(tampered, dnsfunc=dnsfunc) else "INVALID")
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, ["VALID", "INVALID"], "{stored}");
 }
+
+/// Nested and wide MIME bombs are refused at the end of DATA, before any scanner parses them;
+/// an ordinary multipart message with an attachment passes the same checks. Runs with the real
+/// clamd and rspamd in front when they are installed.
+#[test]
+fn mime_bombs_are_refused_before_the_scanners_and_ordinary_multipart_passes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clamd = real_scanner("clamd", &tmp.path().join("clamd"));
+    let rspamd = real_scanner("rspamd", &tmp.path().join("rspamd"));
+    let mut cfg = String::new();
+    if let Some((_, addr)) = &clamd {
+        cfg.push_str(&format!("[scan.clamd]\naddress = \"{addr}\"\n"));
+    }
+    if let Some((_, url)) = &rspamd {
+        cfg.push_str(&format!("[scan.rspamd]\nurl = \"{url}\"\n"));
+    }
+    let s = Server::start(&cfg);
+    let mut c = Raw::connect(s.addr("smtp"));
+    c.reply();
+    c.cmd("EHLO client.test");
+    let mut send = |body: &str| {
+        assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<b@example.net>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.cmd(&format!(
+            "From: a@client.test\r\nSubject: mime\r\n{body}\r\n."
+        ))
+    };
+
+    // 5,000 multiparts inside one another (about 400 KB).
+    let depth = 5_000;
+    let mut deep = String::new();
+    for i in 0..depth {
+        deep.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=\"n{i}\"\r\n\r\n--n{i}\r\n"
+        ));
+    }
+    deep.push_str("Content-Type: text/plain\r\n\r\ncore\r\n");
+    for i in (0..depth).rev() {
+        deep.push_str(&format!("--n{i}--\r\n"));
+    }
+    let r = send(&deep);
+    assert!(r.starts_with("554 5.6.0") && r.contains("nesting"), "{r}");
+
+    // 50,000 empty parts side by side (about 1 MB).
+    let mut wide = String::from("Content-Type: multipart/mixed; boundary=w\r\n\r\n");
+    for _ in 0..50_000 {
+        wide.push_str("--w\r\n\r\nx\r\n");
+    }
+    wide.push_str("--w--\r\n");
+    let r = send(&wide);
+    assert!(r.starts_with("554 5.6.0") && r.contains("parts"), "{r}");
+
+    let ordinary = "MIME-Version: 1.0\r\n\
+        Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n\
+        --outer\r\n\
+        Content-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n\
+        --alt\r\nContent-Type: text/plain\r\n\r\nHello.\r\n\
+        --alt\r\nContent-Type: text/html\r\n\r\n<p>Hello.</p>\r\n\
+        --alt--\r\n\
+        --outer\r\nContent-Type: application/pdf; name=a.pdf\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n\
+        --outer--\r\n";
+    let r = send(ordinary);
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+}
