@@ -48,6 +48,9 @@ pub struct SinkArgs {
     /// Exit after accepting this many messages.
     #[arg(long)]
     exit_after: Option<u64>,
+    /// Recipients per transaction; more get `452 4.5.3 Too many recipients` (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    max_recipients: usize,
 }
 
 struct Shared {
@@ -311,46 +314,42 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
 
 fn rcpt_reply(shared: &Shared, addr: &str, txn: &mut Txn) -> &'static str {
     let local = addr.split('@').next().unwrap_or("").to_ascii_lowercase();
+    if shared.args.max_recipients > 0 && txn.rcpts.len() >= shared.args.max_recipients {
+        return "452 4.5.3 Too many recipients\r\n";
+    }
     if local.starts_with("perm-") {
         return "550 5.1.1 User unknown\r\n";
     }
-    if let Some(rest) = local.strip_prefix("temp-") {
-        let n: u32 = rest
-            .split('-')
-            .next()
-            .and_then(|d| d.parse().ok())
-            .unwrap_or(2);
-        let mut map = shared
-            .temp_attempts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let seen = map.entry(addr.to_ascii_lowercase()).or_insert(0);
-        *seen += 1;
-        if *seen <= n {
-            return "451 4.2.0 Mailbox temporarily unavailable, try again later\r\n";
-        }
+    if let Some(rest) = local.strip_prefix("temp-")
+        && within_first_attempts(shared, addr, rest, 2)
+    {
+        return "451 4.2.0 Mailbox temporarily unavailable, try again later\r\n";
     }
     if local.starts_with("slow-") {
         txn.slow = true;
     }
     if let Some(rest) = local.strip_prefix("drop-") {
-        let n: u32 = rest
-            .split('-')
-            .next()
-            .and_then(|d| d.parse().ok())
-            .unwrap_or(1);
-        let mut map = shared
-            .temp_attempts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let seen = map.entry(addr.to_ascii_lowercase()).or_insert(0);
-        *seen += 1;
-        if *seen <= n {
-            txn.drop = true;
-        }
+        txn.drop |= within_first_attempts(shared, addr, rest, 1);
     }
     txn.rcpts.push(addr.to_owned());
     "250 2.1.5 Ok\r\n"
+}
+
+/// Counts an attempt for `addr` and tells whether it is among the first N, N being the number
+/// that starts `rest` (`temp-3-x` → 3), or `default`.
+fn within_first_attempts(shared: &Shared, addr: &str, rest: &str, default: u32) -> bool {
+    let n: u32 = rest
+        .split('-')
+        .next()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(default);
+    let mut map = shared
+        .temp_attempts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let seen = map.entry(addr.to_ascii_lowercase()).or_insert(0);
+    *seen += 1;
+    *seen <= n
 }
 
 fn end_of_data(shared: &Shared, txn: &Txn, msgid: Option<String>, rng: &mut u64) -> String {

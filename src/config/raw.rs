@@ -215,6 +215,9 @@ pub struct RawDelivery {
     pub max_connections: Option<usize>,
     /// Messages per outbound connection before it is closed. Default: 100.
     pub max_messages_per_connection: Option<usize>,
+    /// Recipients per outbound transaction; a message with more goes out in several.
+    /// Default: 100 (the minimum every server must accept, RFC 5321 §4.5.3.1.8).
+    pub max_recipients_per_transaction: Option<usize>,
     /// TCP port of MX hosts. Default: 25 (tests point it at a sink).
     pub smtp_port: Option<u16>,
     /// Outbound STARTTLS: `"opportunistic"` (default), `"required"` or `"disabled"`.

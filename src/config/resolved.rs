@@ -206,6 +206,8 @@ pub struct DeliverySettings {
     pub max_connections: usize,
     /// Messages per outbound connection.
     pub max_messages_per_connection: usize,
+    /// Recipients per outbound transaction.
+    pub max_recipients_per_transaction: usize,
     /// JSON-lines event log path.
     pub event_log: PathBuf,
     /// Port of MX hosts.
@@ -695,6 +697,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         ),
         max_connections: d.max_connections.unwrap_or(16).max(1),
         max_messages_per_connection: d.max_messages_per_connection.unwrap_or(100).max(1),
+        max_recipients_per_transaction: d.max_recipients_per_transaction.unwrap_or(100).max(1),
         event_log: d
             .event_log
             .as_ref()

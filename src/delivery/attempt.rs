@@ -149,12 +149,18 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                         .delivery_latency
                         .observe(job_started.elapsed());
                     if let Some(job) = current.take() {
-                        let results: Vec<_> = job
-                            .rcpts
-                            .iter()
-                            .zip(o.recipients.iter())
-                            .map(|(r, reply)| (*r, result_of(reply, &remote)))
-                            .collect();
+                        let (over_limit, results) = split_over_limit(&job, &o.recipients, &remote);
+                        if !over_limit.is_empty() {
+                            // RFC 5321 §4.5.3.1.10: recipients beyond the next hop's limit go
+                            // in the next transaction, at once; this was not their attempt.
+                            delivery.requeue_front(
+                                domain,
+                                Job {
+                                    id: job.id,
+                                    rcpts: over_limit,
+                                },
+                            );
+                        }
                         delivery.record(job.id, &results);
                     }
                 }
@@ -336,6 +342,39 @@ fn notify_param(bits: u8) -> Option<String> {
         v.push("DELAY");
     }
     Some(v.join(","))
+}
+
+/// Splits a transaction's per-recipient replies into the recipients the next hop refused only
+/// for exceeding its per-transaction limit (`452 4.5.3`, or a bare 452 saying "too many
+/// recipients"), to send again at once, and the results to record. When every recipient got
+/// that reply the hop made no progress, and they are recorded as deferred like any 4xx.
+fn split_over_limit(
+    job: &Job,
+    replies: &[Reply],
+    remote: &str,
+) -> (Vec<u32>, Vec<(u32, AttemptResult)>) {
+    let over = |reply: &Reply| {
+        reply.code == 452
+            && match reply.enhanced {
+                Some(e) => (e.class, e.subject, e.detail) == (4, 5, 3),
+                None => reply
+                    .lines
+                    .iter()
+                    .any(|l| l.to_ascii_lowercase().contains("too many recipients")),
+            }
+    };
+    let pairs = job.rcpts.iter().zip(replies);
+    let progress = pairs.clone().any(|(_, reply)| !over(reply));
+    let mut over_limit = Vec::new();
+    let mut results = Vec::new();
+    for (r, reply) in pairs {
+        if progress && over(reply) {
+            over_limit.push(*r);
+        } else {
+            results.push((*r, result_of(reply, remote)));
+        }
+    }
+    (over_limit, results)
 }
 
 fn result_of(reply: &Reply, remote: &str) -> AttemptResult {

@@ -92,6 +92,9 @@ pub struct DeliveryConfig {
     pub max_connections: usize,
     /// Messages per connection.
     pub max_messages_per_connection: usize,
+    /// Recipients per transaction: a message's recipients for one domain go out in jobs of at
+    /// most this many.
+    pub max_recipients_per_transaction: usize,
     /// Our EHLO name and the Reporting-MTA.
     pub hostname: String,
     /// STARTTLS policy for outbound connections.
@@ -355,12 +358,15 @@ impl Delivery {
         let mut touched = HashSet::new();
         {
             let mut dests = self.dests.borrow_mut();
+            let per_txn = self.config.max_recipients_per_transaction.max(1);
             for ((id, domain), rcpts) in jobs {
-                dests
-                    .entry(domain.clone())
-                    .or_default()
-                    .queue
-                    .push_back(Job { id, rcpts });
+                let queue = &mut dests.entry(domain.clone()).or_default().queue;
+                for chunk in rcpts.chunks(per_txn) {
+                    queue.push_back(Job {
+                        id,
+                        rcpts: chunk.to_vec(),
+                    });
+                }
                 touched.insert(domain);
             }
         }

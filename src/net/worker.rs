@@ -432,6 +432,7 @@ fn start_delivery(core: &Rc<Core>) {
         },
         max_connections: d.max_connections,
         max_messages_per_connection: d.max_messages_per_connection,
+        max_recipients_per_transaction: d.max_recipients_per_transaction,
         hostname: config.hostname.clone(),
         tls: tls_policy(d.tls),
         connect_timeout: d.connect_timeout,

@@ -478,3 +478,63 @@ fn loadtest_send_reports_what_reached_the_sink() {
     assert_eq!(tls["messages_ok"], 40, "{tls}");
     sink.wait_for("all 80 messages", 30, |m| m.len() >= 80);
 }
+
+/// Recipients listed on the sink's `X-Sink-Recipients` line.
+fn sink_recipients(msg: &str) -> Vec<&str> {
+    to_header(msg)
+        .trim_start_matches("X-Sink-Recipients: ")
+        .split(',')
+        .collect()
+}
+
+/// 10,000 recipients in one transaction: all accepted (the 10,001st gets 452 4.5.3), spooled
+/// once, and delivered in transactions of `delivery.max_recipients_per_transaction` (1,000).
+/// The next hop takes only 300 per transaction; the rest of each batch goes in the next
+/// transaction at once (RFC 5321 §4.5.3.1.10), not at the next retry an hour later.
+#[test]
+fn ten_thousand_recipients_are_accepted_and_delivered_in_batches() {
+    let sink = Sink::start_with(&["--max-recipients", "300"]);
+    let extra = format!(
+        "[limits]\nmax_recipients = 10000\n{}",
+        routed_to(
+            &sink,
+            "max_recipients_per_transaction = 1000\nretry_schedule = [\"1h\"]\n"
+        )
+    );
+    let s = Server::start(&extra);
+    let mut c = Raw::connect(s.addr("smtp"));
+    c.reply();
+    c.cmd("EHLO client.test");
+    let mut cmds = String::from("MAIL FROM:<a@client.test>\r\n");
+    for i in 0..10_001 {
+        cmds.push_str(&format!("RCPT TO:<r{i}@example.net>\r\n"));
+    }
+    // Written from another thread: the replies to a 300 KB pipeline are read meanwhile.
+    let mut w = c.stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        w.write_all(cmds.as_bytes()).unwrap();
+    });
+    assert!(c.reply().starts_with("250"));
+    for i in 0..10_000 {
+        let r = c.reply();
+        assert!(r.starts_with("250 2.1.5"), "recipient {i}: {r}");
+    }
+    let r = c.reply();
+    assert!(r.starts_with("452 4.5.3"), "{r}");
+    writer.join().unwrap();
+    assert!(c.cmd("DATA").starts_with("354"));
+    let r = c.cmd("Subject: many\r\n\r\nhello\r\n.");
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+
+    let total = |m: &[String]| m.iter().map(|x| sink_recipients(x).len()).sum::<usize>();
+    let msgs = sink.wait_for("10,000 recipients", 120, |m| total(m) >= 10_000);
+    let mut all: Vec<&str> = msgs.iter().flat_map(|m| sink_recipients(m)).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 10_000, "every recipient exactly once");
+    assert_eq!(total(&msgs), 10_000, "no recipient twice");
+    // Each batch of 1,000 goes as 300 + 300 + 300 + 100.
+    assert!(msgs.iter().all(|m| sink_recipients(m).len() <= 300));
+    assert_eq!(msgs.len(), 40);
+}

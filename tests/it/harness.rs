@@ -300,6 +300,11 @@ pub struct Sink {
 
 impl Sink {
     pub fn start() -> Sink {
+        Sink::start_with(&[])
+    }
+
+    /// A sink with extra `loadtest sink` flags.
+    pub fn start_with(flags: &[&str]) -> Sink {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
             .args([
@@ -311,6 +316,7 @@ impl Sink {
                 "--maildir",
             ])
             .arg(dir.path())
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
