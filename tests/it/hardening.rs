@@ -262,16 +262,10 @@ fn connection_rate_per_untrusted_ip_is_limited_across_workers() {
 
 #[test]
 fn message_rate_per_untrusted_unauthenticated_ip_is_limited() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("spool");
-    let cfg = base_config(
-        &dir,
+    let s = Server::start(
         "[limits]\nmessage_rate_per_ip = 2\n[relay]\ntrusted_networks = [\"10.0.0.0/8\"]\n",
     );
-    let s = Server::start_in(&dir, &cfg);
-    let mut c = Raw::connect(s.addr("smtp"));
-    assert!(c.reply().starts_with("220"));
-    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    let mut c = Raw::greeted(s.addr("smtp"));
     for _ in 0..2 {
         assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
         assert!(c.cmd("RSET").starts_with("250"));
@@ -280,25 +274,15 @@ fn message_rate_per_untrusted_unauthenticated_ip_is_limited() {
     assert!(r.starts_with("450 4.7.1"), "{r}");
     // Refusals are not protocol errors: the session stays open, and a new one is refused too.
     assert!(c.cmd("NOOP").starts_with("250"));
-    let mut d = Raw::connect(s.addr("smtp"));
-    assert!(d.reply().starts_with("220"));
-    assert!(d.cmd("EHLO client.example").starts_with("250"));
+    let mut d = Raw::greeted(s.addr("smtp"));
     assert!(d.cmd("MAIL FROM:<b@example.org>").starts_with("450 4.7.1"));
 }
 
 #[test]
 fn a_client_dripping_a_body_is_cut_at_the_minimum_data_rate() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("spool");
     // Every byte arrives well within data_timeout, so only the transfer rate can cut this.
-    let cfg = base_config(
-        &dir,
-        "[limits]\ndata_timeout = \"2s\"\nmin_data_rate = \"20\"\n",
-    );
-    let s = Server::start_in(&dir, &cfg);
-    let mut c = Raw::connect(s.addr("smtp"));
-    assert!(c.reply().starts_with("220"));
-    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    let s = Server::start("[limits]\ndata_timeout = \"2s\"\nmin_data_rate = \"20\"\n");
+    let mut c = Raw::greeted(s.addr("smtp"));
     assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<b@example.net>").starts_with("250"));
     assert!(c.cmd("DATA").starts_with("354"));

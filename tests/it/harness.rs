@@ -284,6 +284,16 @@ impl Raw {
         }
     }
 
+    /// Connects, checks the 220 greeting and says EHLO.
+    pub fn greeted(addr: SocketAddr) -> Raw {
+        let mut c = Raw::connect(addr);
+        let greeting = c.reply();
+        assert!(greeting.starts_with("220"), "{greeting}");
+        let ehlo = c.cmd("EHLO client.example");
+        assert!(ehlo.starts_with("250"), "{ehlo}");
+        c
+    }
+
     /// Sends a line (CRLF appended) and returns the reply.
     pub fn cmd(&mut self, line: &str) -> String {
         self.send(format!("{line}\r\n").as_bytes());
