@@ -26,21 +26,27 @@ for line in sys.stdin:
   python3 - "$t" "$log" "$(( $(date +%s) - start ))" <<'PY'
 import re, sys
 target, path, wall = sys.argv[1], sys.argv[2], int(sys.argv[3])
-last_new, cov, ft, corp, runs = 0.0, "?", "?", "?", "?"
-for line in open(path, errors="replace"):
+last_cov, last_ft, cov, ft, corp, runs = 0.0, 0.0, 0, 0, "?", "?"
+text = open(path, errors="replace").read()
+for line in text.splitlines():
     parts = line.split(None, 1)
     if len(parts) < 2:
         continue
-    t, rest = float(parts[0]), parts[1]
-    m = re.search(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)", rest)
+    m = re.search(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)", parts[1])
     if m:
-        runs, cov, ft, corp = m.group(1), m.group(3), m.group(4), m.group(5)
-        if m.group(2) == "NEW":
-            last_new = t
-    m = re.search(r"stat::number_of_executed_units: (\d+)", rest)
+        t = float(parts[0])
+        runs, corp = m.group(1), m.group(5)
+        c, f = int(m.group(3)), int(m.group(4))
+        if c > cov and m.group(2) == "NEW":
+            last_cov = t
+        if f > ft and m.group(2) == "NEW":
+            last_ft = t
+        cov, ft = max(cov, c), max(ft, f)
+    m = re.search(r"stat::number_of_executed_units: (\d+)", parts[1])
     if m:
         runs = m.group(1)
-crash = "CRASH" if any(k in open(path, errors="replace").read() for k in ("panicked", "ERROR: libFuzzer", "==ERROR")) else "no crash"
-print(f"{target}: {wall} s, {runs} runs, cov {cov}, ft {ft}, corpus {corp}, last new coverage at {last_new:.0f} s, {crash}")
+crash = "CRASH" if any(k in text for k in ("panicked", "ERROR: libFuzzer", "==ERROR")) else "no crash"
+print(f"{target}: {wall} s, {runs} runs, cov {cov} (last grew at {last_cov:.0f} s), "
+      f"ft {ft} (last grew at {last_ft:.0f} s), corpus {corp}, {crash}")
 PY
 done

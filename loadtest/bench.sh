@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-20000}; SIZE=${SIZE:-1024}; CONC=${CONC:-50}; THREADS=${THREADS:-0}; RAW=${RAW:-1}
 PER_CONN=${PER_CONN:-1}; DURABILITY=${DURABILITY:-fsync}; WORK=${WORK:-/tmp/ringmta-bench}
-BIN=target/release
+BIN=${BIN:-target/release}
 rm -rf "$WORK"; mkdir -p "$WORK"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
