@@ -16,7 +16,7 @@ use crate::config::resolved::ListenerRole;
 use crate::ids::QueueId;
 use crate::ids::TxnId;
 use crate::net::tls::tls_info;
-use crate::net::transport::Transport;
+use crate::net::transport::{COMMAND_READ_CHUNK, READ_CHUNK, Transport};
 use crate::net::worker::Core;
 use crate::smtp::{CommitError, Event, PeerInfo, ServerSession, Transaction};
 
@@ -43,10 +43,10 @@ pub async fn serve(
 
     let mut tls = None;
     if role == ListenerRole::Submissions {
-        let handshake = tokio::time::timeout(
+        let handshake = Box::pin(tokio::time::timeout(
             shared.config.limits.command_timeout,
             transport.accept_tls(Arc::clone(&shared.tls), Vec::new()),
-        )
+        ))
         .await
         .unwrap_or_else(|_| Err(timed_out("tls handshake")));
         if let Err(e) = handshake {
@@ -66,7 +66,7 @@ pub async fn serve(
         core,
         transport,
         peer,
-        input: Vec::with_capacity(4096),
+        input: Vec::new(),
         out: Vec::with_capacity(1024),
         accepted: 0,
         refused: 0,
@@ -115,8 +115,26 @@ impl Driver {
                 Pump::Fed => continue,
                 Pump::Idle => {}
             }
-            let read = pending_read
-                .get_or_insert_with(|| Box::pin(self.transport.read_raw(std::mem::take(&mut raw))));
+            if pending_read.is_none() {
+                let chunk = if session.is_transferring() {
+                    READ_CHUNK
+                } else {
+                    // Between bodies, give back what a DATA phase grew, so an idle session
+                    // holds about one small read buffer (loadtest/conn-memory.sh).
+                    if raw.capacity() > 2 * COMMAND_READ_CHUNK {
+                        raw = Vec::new();
+                    }
+                    if self.input.is_empty() && self.input.capacity() > 2 * COMMAND_READ_CHUNK {
+                        self.input = Vec::new();
+                    }
+                    COMMAND_READ_CHUNK
+                };
+                let buf = std::mem::take(&mut raw);
+                pending_read = Some(Box::pin(self.transport.read_raw_sized(buf, chunk)));
+            }
+            let Some(read) = pending_read.as_mut() else {
+                return;
+            };
             let deadline = session.poll_timeout();
             let sleep = async {
                 match deadline {
@@ -211,11 +229,11 @@ impl Driver {
                     // RFC 3207 §4.2 / CVE-2011-0411: whatever plaintext followed STARTTLS is
                     // dropped; the session has already consumed it.
                     self.input.clear();
-                    let handshake = tokio::time::timeout(
+                    let handshake = Box::pin(tokio::time::timeout(
                         self.core.shared.config.limits.command_timeout,
                         self.transport
                             .accept_tls(Arc::clone(&self.core.shared.tls), Vec::new()),
-                    )
+                    ))
                     .await
                     .unwrap_or_else(|_| Err(timed_out("tls handshake")));
                     if let Err(e) = handshake {
@@ -238,7 +256,9 @@ impl Driver {
                     unblocked = true;
                 }
                 Event::Commit(txn, transaction) => {
-                    let result = self.commit(txn, *transaction).await;
+                    // Boxed, like the handshakes: content checks and the spool append are large
+                    // futures, and inlined they would size every idle session's task.
+                    let result = Box::pin(self.commit(txn, *transaction)).await;
                     match &result {
                         Ok(_) => self.accepted += 1,
                         Err(_) => self.refused += 1,

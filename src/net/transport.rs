@@ -15,8 +15,12 @@ use std::sync::Arc;
 
 use tokio_uring::net::TcpStream;
 
-/// Size of one socket read.
+/// Size of one socket read while a message body is expected.
 pub const READ_CHUNK: usize = 16 * 1024;
+/// Size of one socket read between message bodies: a few pipelined command lines. An idle
+/// session's pending read holds a buffer this big, so it sets the floor of memory per
+/// connection (`loadtest/conn-memory.sh`).
+pub const COMMAND_READ_CHUNK: usize = 2 * 1024;
 
 /// A connection's byte transport.
 pub struct Transport {
@@ -58,11 +62,21 @@ impl Transport {
     /// other work.
     pub fn read_raw(
         &self,
+        buf: Vec<u8>,
+    ) -> impl Future<Output = (io::Result<usize>, Vec<u8>)> + 'static {
+        self.read_raw_sized(buf, READ_CHUNK)
+    }
+
+    /// As [`Self::read_raw`], making room for at least a quarter of `chunk` bytes (reserving
+    /// `chunk` when there is less).
+    pub fn read_raw_sized(
+        &self,
         mut buf: Vec<u8>,
+        chunk: usize,
     ) -> impl Future<Output = (io::Result<usize>, Vec<u8>)> + 'static {
         let stream = Rc::clone(&self.stream);
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+        if buf.capacity() - buf.len() < chunk / 4 {
+            buf.reserve(chunk);
         }
         async move {
             // tokio-uring reads into a Vec from its start; read into the uninitialised tail
@@ -98,14 +112,13 @@ impl Transport {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         }
         raw.clear();
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match tls.reader().read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => plain.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
+        // Straight into `plain`: no bounce buffer, which (alive across the await below) would
+        // also have made every session's future 16 KiB larger. On WouldBlock, what was read
+        // is kept in `plain`.
+        match tls.reader().read_to_end(plain) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
         // Key updates and alerts may need to be answered.
         self.flush_tls().await

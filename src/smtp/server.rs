@@ -497,8 +497,9 @@ impl ServerSession {
         t.started.checked_add(allowed)
     }
 
-    /// Whether the session is receiving a DATA body or BDAT payload.
-    fn is_transferring(&self) -> bool {
+    /// Whether the session is receiving a DATA body or BDAT payload (the glue reads in larger
+    /// chunks then).
+    pub fn is_transferring(&self) -> bool {
         matches!(
             self.state,
             State::ReceivingData(..) | State::ReceivingBdat { .. } | State::DiscardingBdat { .. }
