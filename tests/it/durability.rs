@@ -269,3 +269,72 @@ fn queue_delete_marks_recipients_deleted_and_refuses_while_running() {
     let (_, show, _) = server.cli(&["queue", "show", &id]);
     assert!(show.contains("deleted"), "{show}");
 }
+
+/// The state a SIGKILL leaves between a recipient's `Failed` record and the append of its DSN:
+/// the failure is on disk, no `DsnSent` is. The DSN is sent when the server starts again, and
+/// only once: a second restart sends nothing more.
+#[test]
+fn a_failure_dsn_lost_by_a_crash_is_sent_at_the_next_start_and_only_once() {
+    use ringmta::spool::{
+        MessageMeta, NewMessage, RecipientMeta, Shard, ShardConfig, StatusKind, StatusRecord,
+    };
+    let sink = crate::harness::Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    {
+        let (mut shard, _) = Shard::open(ShardConfig::new(&dir, 0), now_ms).unwrap();
+        let meta = MessageMeta {
+            received_at_ms: now_ms,
+            reverse_path: "sender@client.test".into(),
+            recipients: vec![RecipientMeta {
+                address: "gone@example.net".into(),
+                notify: 0,
+                orcpt: None,
+            }],
+            client_addr: "127.0.0.1".into(),
+            helo: "client.test".into(),
+            ..MessageMeta::default()
+        };
+        let body: &[&[u8]] = &[b"From: sender@client.test\r\nSubject: lost dsn\r\n\r\nhi\r\n"];
+        let (id, _) = shard
+            .append_message(&NewMessage { meta, body }, now_ms)
+            .unwrap();
+        shard
+            .append_status(&StatusRecord {
+                id: id.0,
+                rcpt: 0,
+                kind: StatusKind::Failed as u8,
+                attempt: 1,
+                at_ms: now_ms,
+                next_attempt_ms: 0,
+                reply: "550 5.1.1 <gone@example.net>: User unknown".into(),
+                remote: "mx.example.net[192.0.2.1]".into(),
+                category: "bad_mailbox".into(),
+            })
+            .unwrap();
+        shard.sync().unwrap();
+    }
+    let cfg = base_config(
+        &dir,
+        &format!("[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n", sink.addr),
+    );
+    let is_dsn = |m: &String| m.contains("multipart/report") && m.contains("gone@example.net");
+    let mut s = Server::start_in(&dir, &cfg);
+    let msgs = sink.wait_for("the recovered DSN", 30, |m| m.iter().any(is_dsn));
+    let dsn = msgs.iter().find(|m| is_dsn(m)).unwrap();
+    assert!(
+        dsn.starts_with("X-Sink-Recipients: sender@client.test"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("User unknown"), "{dsn}");
+    assert_eq!(s.stop(), Some(0));
+
+    let s = Server::start_in(&dir, &cfg);
+    std::thread::sleep(Duration::from_secs(2));
+    drop(s);
+    assert_eq!(sink.messages().iter().filter(|m| is_dsn(m)).count(), 1);
+}

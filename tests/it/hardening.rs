@@ -312,3 +312,62 @@ fn a_client_dripping_a_body_is_cut_at_the_minimum_data_rate() {
     let (_, out, _) = s.cli(&["queue", "ls"]);
     assert!(!out.contains("a@example.org"), "{out}");
 }
+
+/// Clients that open a TLS port (or say STARTTLS) and then send nothing are cut by the
+/// handshake timeout (`limits.command_timeout`); the read below would otherwise block for its
+/// whole 20 s.
+#[test]
+fn silent_tls_clients_are_cut_by_the_handshake_timeout() {
+    let s = Server::start("[limits]\ncommand_timeout = \"1s\"\n");
+    let wait_for_close = |c: &mut std::net::TcpStream| {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let started = std::time::Instant::now();
+        // The server may say goodbye with a TLS alert; then it must close.
+        let mut rest = Vec::new();
+        let read = c.read_to_end(&mut rest);
+        let timed_out = read.as_ref().is_err_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        });
+        assert!(!timed_out, "not closed after {:?}", started.elapsed());
+        assert!(rest.is_empty() || rest[0] == 0x15, "not an alert: {rest:?}");
+    };
+    let mut implicit = std::net::TcpStream::connect(s.addr("submissions")).unwrap();
+    wait_for_close(&mut implicit);
+
+    let mut starttls = Raw::greeted(s.addr("submission"));
+    assert!(starttls.cmd("STARTTLS").starts_with("220"));
+    wait_for_close(&mut starttls.stream);
+}
+
+/// A client that pipelines commands and never reads the replies fills the socket buffers; the
+/// server's write then times out (`limits.data_timeout`) and the connection is closed, so the
+/// client's sending ends in an error instead of blocking forever.
+#[test]
+fn a_client_that_stops_reading_is_cut_by_the_write_timeout() {
+    let s = Server::start("[limits]\ndata_timeout = \"1s\"\n");
+    let script = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(15)
+batch = b"NOOP\r\n" * 4096
+try:
+    for _ in range(4000):          # at most ~100 MB: far more than any socket buffer
+        s.sendall(batch)
+    print("never blocked")
+except socket.timeout:
+    print("blocked")               # the server stopped reading and never gave up the slot
+except OSError as e:
+    print("closed", e.errno)
+"#;
+    let (code, out, err) = python(script, &[s.port("smtp").to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("closed"), "{out}");
+    // The server keeps serving.
+    let mut c = Raw::greeted(s.addr("smtp"));
+    assert!(c.cmd("NOOP").starts_with("250"));
+}
