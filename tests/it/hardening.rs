@@ -371,3 +371,93 @@ except OSError as e:
     let mut c = Raw::greeted(s.addr("smtp"));
     assert!(c.cmd("NOOP").starts_with("250"));
 }
+
+/// A next hop that accepts TCP and hangs up at once: the first failed connection defers every
+/// job queued for the destination, so one flush of 30 queued messages costs one connection,
+/// not 30 (no reconnect storm against a host that is down).
+#[test]
+fn a_failing_next_hop_costs_one_connection_per_round_not_one_per_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let counter = tmp.path().join("accepts");
+    let listener = r#"
+import socket, sys, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64); srv.settimeout(1)
+print(srv.getsockname()[1], flush=True)
+n, deadline = 0, time.time() + 120
+while time.time() < deadline:
+    try:
+        c, _ = srv.accept()
+    except socket.timeout:
+        continue
+    c.close(); n += 1
+    open(sys.argv[1], "w").write(str(n))
+"#;
+    let mut hop = std::process::Command::new("python3")
+        .args(["-c", listener])
+        .arg(&counter)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hop.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let accepts = || {
+        std::fs::read_to_string(&counter)
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let dir = tmp.path().join("spool");
+    let cfg = base_config(
+        &dir,
+        &format!(
+            "[delivery]\nroutes = {{ \"*\" = \"127.0.0.1:{}\" }}\nmax_connections = 1\n\
+             retry_schedule = [\"1h\"]\n",
+            port.trim()
+        ),
+    )
+    .replace("http = \"\"", "http = \"127.0.0.1:0\"");
+    let s = Server::start_in(&dir, &cfg);
+    let (code, _, err) = python(
+        CLIENT,
+        &[
+            "--port".into(),
+            s.port("smtp").to_string(),
+            "--count".into(),
+            "30".into(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let deferred = |want: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while events(&dir)
+            .iter()
+            .filter(|e| e["outcome"] == "deferred")
+            .count()
+            < want
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waiting for {want} deferrals"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    deferred(30);
+    let before = accepts();
+    let (code, _, err) = s.cli(&["queue", "flush"]);
+    assert_eq!(code, 0, "{err}");
+    deferred(60);
+    let after = accepts();
+    let _ = hop.kill();
+    let _ = hop.wait();
+    // One connection per worker at most (the messages may sit in either worker's shard).
+    assert!(
+        (1..=2).contains(&(after - before)),
+        "{} connections for one flush of 30 messages",
+        after - before
+    );
+}
