@@ -704,18 +704,12 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
             .map(PathBuf::from)
             .unwrap_or_else(|| spool_dir.join("events.jsonl")),
         smtp_port: d.smtp_port.unwrap_or(25),
-        tls: match d.tls.as_deref() {
-            None | Some("opportunistic") => OutboundTls::Opportunistic,
-            Some("required") => OutboundTls::Required,
-            Some("disabled") => OutboundTls::Disabled,
-            Some(other) => {
-                r.problem(
-                    "delivery.tls",
-                    format!("{other:?} is not \"opportunistic\", \"required\" or \"disabled\""),
-                );
-                OutboundTls::Opportunistic
-            }
-        },
+        tls: d
+            .tls
+            .as_deref()
+            .map_or(OutboundTls::Opportunistic, |policy| {
+                outbound_tls(&mut r, "delivery.tls".into(), policy)
+            }),
         connect_timeout: r.duration(
             "delivery.connect_timeout",
             d.connect_timeout.as_ref(),
@@ -737,13 +731,8 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
     };
     let mut delivery = delivery;
     for (domain, policy) in d.route_tls.iter().flatten() {
-        match parse_outbound_tls(policy) {
-            Some(p) => delivery.route_tls.push((domain.to_ascii_lowercase(), p)),
-            None => r.problem(
-                format!("delivery.route_tls.{domain}"),
-                format!("{policy:?} is not \"opportunistic\", \"required\" or \"disabled\""),
-            ),
-        }
+        let p = outbound_tls(&mut r, format!("delivery.route_tls.{domain}"), policy);
+        delivery.route_tls.push((domain.to_ascii_lowercase(), p));
     }
 
     let retention_content = r.duration(
@@ -856,12 +845,20 @@ fn scanner(r: &mut Resolver, key: &str, target: String, c: &super::raw::RawScann
     }
 }
 
-fn parse_outbound_tls(s: &str) -> Option<OutboundTls> {
-    match s {
-        "opportunistic" => Some(OutboundTls::Opportunistic),
-        "required" => Some(OutboundTls::Required),
-        "disabled" => Some(OutboundTls::Disabled),
-        _ => None,
+/// An outbound STARTTLS policy; an unknown word is a problem reported under `key` (and reads
+/// as opportunistic, so resolution can go on and report everything at once).
+fn outbound_tls(r: &mut Resolver, key: String, policy: &str) -> OutboundTls {
+    match policy {
+        "opportunistic" => OutboundTls::Opportunistic,
+        "required" => OutboundTls::Required,
+        "disabled" => OutboundTls::Disabled,
+        _ => {
+            r.problem(
+                key,
+                format!("{policy:?} is not \"opportunistic\", \"required\" or \"disabled\""),
+            );
+            OutboundTls::Opportunistic
+        }
     }
 }
 
