@@ -44,6 +44,9 @@ pub struct RawConfig {
     pub log: RawLog,
     /// DKIM signing keys, chosen by the header From domain.
     pub dkim: Option<Vec<RawDkim>>,
+    /// Threads that compute RSA DKIM signatures off the worker cores. Default: 0 = sign on the
+    /// worker (fastest when the cores are saturated; see docs/benchmarks.md).
+    pub dkim_sign_threads: Option<usize>,
     /// Content scanners.
     #[serde(default)]
     pub scan: RawScan,

@@ -281,6 +281,8 @@ pub struct Config {
     pub log_level: String,
     /// DKIM keys.
     pub dkim: Vec<DkimKey>,
+    /// Threads signing RSA off the worker cores; 0 = on the worker.
+    pub dkim_sign_threads: usize,
     /// clamd scanning, when configured.
     pub clamd: Option<Scanner>,
     /// rspamd scoring, when configured.
@@ -816,6 +818,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         log_format,
         log_level,
         dkim,
+        dkim_sign_threads: raw.dkim_sign_threads.unwrap_or(0),
         clamd,
         rspamd,
     })

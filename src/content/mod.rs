@@ -39,6 +39,52 @@ pub struct ContentChecks {
     clamd: Option<(clamd::ClamdAddr, Scanner)>,
     rspamd: Option<Scanner>,
     dkim: Option<Arc<dkim::DkimSigner>>,
+    /// Signing threads, when a key is RSA; `None` signs on the calling thread.
+    sign_pool: Option<crossbeam_channel::Sender<SignJob>>,
+}
+
+/// One message to sign on the pool.
+struct SignJob {
+    signer: Arc<dkim::DkimSigner>,
+    message: Vec<u8>,
+    now_unix: u64,
+    reply: tokio::sync::oneshot::Sender<Option<Vec<u8>>>,
+}
+
+/// Jobs waiting for a signing thread before new ones are signed inline instead (backpressure
+/// on the worker rather than an unbounded queue).
+const SIGN_QUEUE: usize = 1024;
+
+/// Starts `threads` signing threads; they end when the returned sender (and every clone) is
+/// dropped, e.g. when a SIGHUP reload replaces the checks.
+fn start_sign_pool(threads: usize) -> crossbeam_channel::Sender<SignJob> {
+    let (tx, rx) = crossbeam_channel::bounded::<SignJob>(SIGN_QUEUE);
+    for i in 0..threads.max(1) {
+        let rx = rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("ringmta-dkim-{i}"))
+            .spawn(move || {
+                for job in rx {
+                    let header = sign_or_log(&job.signer, &job.message, job.now_unix);
+                    let _ = job.reply.send(header);
+                }
+            });
+        if let Err(e) = spawned {
+            // Fewer threads (or none: then every job falls back to inline signing).
+            tracing::warn!(error = %e, "cannot start a dkim signing thread");
+        }
+    }
+    tx
+}
+
+fn sign_or_log(signer: &dkim::DkimSigner, message: &[u8], now_unix: u64) -> Option<Vec<u8>> {
+    match signer.sign(message, now_unix) {
+        Ok(sig) => sig,
+        Err(e) => {
+            tracing::warn!(error = %e, "dkim signing failed; message sent unsigned");
+            None
+        }
+    }
 }
 
 /// What the checks add to an accepted message.
@@ -86,6 +132,10 @@ impl ContentChecks {
                 .collect();
             Some(Arc::new(dkim::DkimSigner::load(&keys)?))
         };
+        let sign_pool = dkim
+            .as_ref()
+            .filter(|d| d.has_rsa() && config.dkim_sign_threads > 0)
+            .map(|_| start_sign_pool(config.dkim_sign_threads));
         Ok(ContentChecks {
             max_header_size: config.limits.max_header_size,
             mime: mime::MimeLimits {
@@ -96,6 +146,7 @@ impl ContentChecks {
             clamd,
             rspamd: config.rspamd.clone(),
             dkim,
+            sign_pool,
         })
     }
 
@@ -220,13 +271,26 @@ impl ContentChecks {
     }
 
     /// The DKIM-Signature header for the final message, if a key matches its From domain.
-    pub fn sign(&self, message: &[u8], now_unix: u64) -> Option<Vec<u8>> {
+    /// With an RSA key and `dkim_sign_threads > 0` the signature is computed on the signing
+    /// threads, so the other sessions of the calling core do not wait behind it (inline when
+    /// that queue is full).
+    pub async fn sign(&self, message: Vec<u8>, now_unix: u64) -> Option<Vec<u8>> {
         let signer = self.dkim.as_ref()?;
-        match signer.sign(message, now_unix) {
-            Ok(sig) => sig,
+        let Some(pool) = &self.sign_pool else {
+            return sign_or_log(signer, &message, now_unix);
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = SignJob {
+            signer: Arc::clone(signer),
+            message,
+            now_unix,
+            reply,
+        };
+        match pool.try_send(job) {
+            Ok(()) => answer.await.ok().flatten(),
             Err(e) => {
-                tracing::warn!(error = %e, "dkim signing failed; message sent unsigned");
-                None
+                let job = e.into_inner();
+                sign_or_log(signer, &job.message, now_unix)
             }
         }
     }

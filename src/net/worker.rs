@@ -130,10 +130,7 @@ impl Core {
         let dkim_header = if content.has_dkim() {
             // DKIM signs the message as it will be stored (our added headers included).
             let whole = [&prefix[..], &additions.headers, &t.body].concat();
-            self.shared
-                .content
-                .sign(&whole, now_ms / 1000)
-                .unwrap_or_default()
+            content.sign(whole, now_ms / 1000).await.unwrap_or_default()
         } else {
             Vec::new()
         };

@@ -294,11 +294,22 @@ fn sighup_reloads_users_and_routes_and_keeps_sessions() {
     live.reply();
     assert!(live.cmd("EHLO before.reload").starts_with("250"));
 
+    // The reload brings new routes, a new password and a DKIM key, signed on one signing
+    // thread.
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/content/testdata/rsa2048.pkcs8.pem"
+    );
     let new_cfg = crate::harness::base_config(
         &dir,
-        &format!("[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n", sink.addr),
+        &format!(
+            "[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n\
+             [[dkim]]\ndomain = \"client.test\"\nselector = \"s1\"\nprivate_key = \"{key}\"\n",
+            sink.addr
+        ),
     )
-    .replace(crate::harness::PASSWORD, "new horse");
+    .replace(crate::harness::PASSWORD, "new horse")
+    .replace("threads = 2", "threads = 2\ndkim_sign_threads = 1");
     std::fs::write(&s.config_path, &new_cfg).unwrap();
     s.signal(1);
     let port = s.port("submissions").to_string();
@@ -336,13 +347,21 @@ fn sighup_reloads_users_and_routes_and_keeps_sessions() {
     assert!(live.cmd("RCPT TO:<c@example.net>").starts_with("250"));
     assert!(live.cmd("DATA").starts_with("354"));
     assert!(
-        live.cmd("Subject: across the reload\r\n\r\nx\r\n.")
+        live.cmd("From: a@client.test\r\nSubject: across the reload\r\n\r\nx\r\n.")
             .starts_with("250 2.0.0")
     );
-    // New routes apply: mail reaches the sink.
-    sink.wait_for("mail routed by the reloaded config", 30, |m| {
+    // New routes apply: mail reaches the sink, signed with the new key.
+    let msgs = sink.wait_for("mail routed by the reloaded config", 30, |m| {
         m.iter().any(|x| x.contains("across the reload"))
     });
+    let m = msgs
+        .iter()
+        .find(|x| x.contains("across the reload"))
+        .unwrap();
+    assert!(
+        m.contains("DKIM-Signature: v=1; a=rsa-sha256;") && m.contains("d=client.test"),
+        "not signed with the reloaded key:\n{m}"
+    );
 
     // A broken file is rejected; the server keeps the last good configuration.
     std::fs::write(&s.config_path, "this is = not [valid toml").unwrap();
