@@ -239,6 +239,7 @@ fn session_config(config: &Config, role: PortRole) -> SessionConfig {
             command_timeout: l.command_timeout,
             data_timeout: l.data_timeout,
             min_data_rate: l.min_data_rate,
+            max_junk_commands: l.max_junk_commands,
         },
         starttls_available: true,
     }

@@ -186,6 +186,9 @@ pub struct RawLimits {
     pub max_mime_depth: Option<usize>,
     /// Most MIME body parts in one message; more gets 554 5.6.0. Default: 10000.
     pub max_mime_parts: Option<usize>,
+    /// NOOP, RSET, VRFY and HELP allowed since the last accepted message; beyond it each counts
+    /// as a bad command. Default: 100.
+    pub max_junk_commands: Option<u32>,
 }
 
 /// `[spool]`.

@@ -158,6 +158,8 @@ pub struct Limits {
     pub max_mime_depth: usize,
     /// Most MIME body parts.
     pub max_mime_parts: usize,
+    /// Keep-alive commands since the last accepted message before they count as bad.
+    pub max_junk_commands: u32,
 }
 
 /// Whether a 250 waits for fdatasync.
@@ -602,6 +604,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         min_data_rate: r.size("limits.min_data_rate", l.min_data_rate.as_ref(), 1000),
         max_mime_depth: l.max_mime_depth.unwrap_or(100),
         max_mime_parts: l.max_mime_parts.unwrap_or(10_000),
+        max_junk_commands: l.max_junk_commands.unwrap_or(100),
     };
     if limits.rate_window.is_zero() {
         r.problem("limits.rate_window", "must be more than 0");

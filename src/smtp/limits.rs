@@ -29,6 +29,10 @@ pub struct SessionLimits {
     /// `start + data_timeout + bytes / min_data_rate`. Bounds how long a client dripping a body
     /// can hold a session, where the idle timeout alone is reset by every byte. 0 turns it off.
     pub min_data_rate: u64,
+    /// NOOP, RSET, VRFY and HELP commands allowed since the last accepted message; beyond it
+    /// each one also counts toward `max_bad_commands` (as Postfix's `smtpd_junk_command_limit`),
+    /// so a client cannot hold a session forever with keep-alives.
+    pub max_junk_commands: u32,
 }
 
 impl Default for SessionLimits {
@@ -42,6 +46,7 @@ impl Default for SessionLimits {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(300),
             min_data_rate: 1000,
+            max_junk_commands: 100,
         }
     }
 }

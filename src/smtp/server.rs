@@ -144,6 +144,8 @@ pub struct ServerSession {
     /// Discarding the rest of an over-long line up to its LF.
     discarding_line: bool,
     bad_commands: u32,
+    /// NOOP, RSET, VRFY and HELP since the last accepted message.
+    junk_commands: u32,
     auth_failures: u32,
     next_txn: u64,
     shutting_down: bool,
@@ -241,6 +243,7 @@ impl ServerSession {
             line: Vec::new(),
             discarding_line: false,
             bad_commands: 0,
+            junk_commands: 0,
             auth_failures: 0,
             next_txn: 1,
             shutting_down: false,
@@ -378,6 +381,7 @@ impl ServerSession {
         self.last_activity = now;
         self.transition(|s, _| match result {
             Ok(id) => {
+                s.junk_commands = 0;
                 s.reply(&Reply::with_enhanced(
                     250,
                     (2, 0, 0),
@@ -625,6 +629,18 @@ impl ServerSession {
 
     fn on_command(&mut self, cmd: Command<'_>, txn: Option<Envelope>) -> State {
         let ok = |code, enh, text: &str| Reply::with_enhanced(code, enh, text);
+        if matches!(
+            cmd,
+            Command::Noop | Command::Rset | Command::Vrfy(_) | Command::Help
+        ) {
+            self.junk_commands = self.junk_commands.saturating_add(1);
+            if self.junk_commands > self.config.limits.max_junk_commands {
+                self.bad_commands = self.bad_commands.saturating_add(1);
+                if self.bad_commands > self.config.limits.max_bad_commands {
+                    return self.close(&Reply::from(&ProtocolError::TooManyErrors));
+                }
+            }
+        }
         match cmd {
             Command::Ehlo(name) => self.on_helo(name, true),
             Command::Helo(name) => self.on_helo(name, false),

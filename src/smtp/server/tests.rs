@@ -1255,3 +1255,45 @@ fn the_mail_gate_refuses_with_450_without_counting_a_bad_command() {
     }
     assert!(!s.is_closed(), "rate refusals are not bad commands");
 }
+
+/// Keep-alives cannot hold a session forever: past `max_junk_commands` each NOOP counts as a
+/// bad command, and an accepted message starts the count again (pooled clients that RSET
+/// between messages are never cut).
+#[test]
+fn junk_commands_beyond_the_limit_count_as_errors_until_a_message_is_accepted() {
+    let limits = SessionLimits {
+        max_junk_commands: 5,
+        max_bad_commands: 2,
+        ..SessionLimits::default()
+    };
+    let start = Instant::now();
+    let mut s = relay_session(limits.clone(), true, start);
+    for i in 0..(5 + 2) {
+        assert!(
+            say(&mut s, b"NOOP\r\n", start).starts_with("250"),
+            "noop {i}"
+        );
+    }
+    assert!(say(&mut s, b"NOOP\r\n", start).starts_with("421 4.7.0"));
+    assert!(s.is_closed());
+
+    let mut s = relay_session(limits, true, start);
+    for round in 0..10 {
+        for _ in 0..5 {
+            assert!(
+                say(&mut s, b"RSET\r\n", start).starts_with("250"),
+                "round {round}"
+            );
+        }
+        for line in DATA_OPEN {
+            say(&mut s, line, start);
+        }
+        say(&mut s, b"hi\r\n.\r\n", start);
+        let Some(Event::Commit(txn, _)) = s.poll_event() else {
+            panic!("no commit in round {round}");
+        };
+        s.handle_commit(txn, Ok(QueueId(round)), start);
+        s.poll_output(&mut Vec::new());
+    }
+    assert!(!s.is_closed());
+}
