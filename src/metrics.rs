@@ -64,8 +64,10 @@ pub struct CoreMetrics {
     pub connections_open: AtomicU64,
     /// Connections accepted since start.
     pub connections_total: AtomicU64,
-    /// Connections refused at the per-core limit.
-    pub connections_refused: AtomicU64,
+    /// Connections refused, by [`Refusal`].
+    pub connections_refused: [AtomicU64; 3],
+    /// MAIL commands refused by the per-address message rate.
+    pub mail_rate_refused: AtomicU64,
     /// Messages acknowledged with 250.
     pub messages_accepted: AtomicU64,
     rejected: [AtomicU64; 3],
@@ -102,6 +104,27 @@ impl CoreMetrics {
         if let Some(c) = category {
             self.categories[c as usize].fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Why a connection was refused at accept; indexes `CoreMetrics::connections_refused`.
+#[derive(Clone, Copy, Debug)]
+pub enum Refusal {
+    /// `limits.max_connections_per_core`.
+    PerCore = 0,
+    /// `limits.max_connections_per_ip`.
+    PerIp = 1,
+    /// `limits.connection_rate_per_ip`.
+    Rate = 2,
+}
+
+/// Label values of [`Refusal`], in order.
+const REFUSALS: [&str; 3] = ["per_core", "per_ip", "rate"];
+
+impl CoreMetrics {
+    /// Counts a connection refused at accept.
+    pub fn refuse(&self, why: Refusal) {
+        self.connections_refused[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -157,10 +180,10 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
         sum(cores, |c| load(&c.connections_total)),
     );
     simple(
-        "ringmta_connections_refused_total",
+        "ringmta_mail_rate_refused_total",
         "counter",
-        "SMTP connections refused at the per-core limit.",
-        sum(cores, |c| load(&c.connections_refused)),
+        "MAIL commands refused by limits.message_rate_per_ip (450 4.7.1).",
+        sum(cores, |c| load(&c.mail_rate_refused)),
     );
     simple(
         "ringmta_messages_accepted_total",
@@ -208,6 +231,17 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
             out,
             "ringmta_queue_recipients{{state=\"{state}\"}} {}",
             sum(cores, |c| load(&c.recipients_by_state[i]))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ringmta_connections_refused_total SMTP connections refused with 421 at accept, by limit.\n# TYPE ringmta_connections_refused_total counter"
+    );
+    for (i, reason) in REFUSALS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ringmta_connections_refused_total{{reason=\"{reason}\"}} {}",
+            sum(cores, |c| load(&c.connections_refused[i]))
         );
     }
     let _ = writeln!(

@@ -41,11 +41,26 @@ fuzz_target!(|case: Case| {
         1 => PortRole::Submission,
         _ => PortRole::Submissions,
     };
-    let limits = SessionLimits { max_message_size: 8192, max_recipients: 8, ..SessionLimits::default() };
-    let config = Arc::new(SessionConfig { hostname: "mx.fuzz".into(), role, limits, starttls_available: true });
+    let limits = SessionLimits {
+        max_message_size: 8192,
+        max_recipients: 8,
+        ..SessionLimits::default()
+    };
+    let config = Arc::new(SessionConfig {
+        hostname: "mx.fuzz".into(),
+        role,
+        limits,
+        starttls_available: true,
+    });
     let mut now = Instant::now();
-    let peer = PeerInfo { addr: "127.0.0.1:1".parse().unwrap(), is_trusted: case.trusted };
-    let tls = (role == PortRole::Submissions).then(|| TlsInfo { version: "TLSv1.3".into(), cipher: "x".into() });
+    let peer = PeerInfo {
+        addr: "127.0.0.1:1".parse().unwrap(),
+        is_trusted: case.trusted,
+    };
+    let tls = (role == PortRole::Submissions).then(|| TlsInfo {
+        version: "TLSv1.3".into(),
+        cipher: "x".into(),
+    });
     let mut s = ServerSession::new(config, peer, tls, now);
     let mut pending = Vec::new();
     let mut out = Vec::new();
@@ -70,11 +85,23 @@ fuzz_target!(|case: Case| {
             Op::Shutdown => s.handle_shutdown(now),
             Op::Tls if awaiting_tls => {
                 awaiting_tls = false;
-                s.handle_tls_established(TlsInfo { version: "TLSv1.3".into(), cipher: "x".into() }, now)
+                s.handle_tls_established(
+                    TlsInfo {
+                        version: "TLSv1.3".into(),
+                        cipher: "x".into(),
+                    },
+                    now,
+                )
             }
             Op::AuthOk if awaiting_auth => {
                 awaiting_auth = false;
-                s.handle_auth_result(AuthOutcome::Success(AuthUser { name: "u".into(), allowed_senders: vec![] }), now)
+                s.handle_auth_result(
+                    AuthOutcome::Success(AuthUser {
+                        name: "u".into(),
+                        allowed_senders: vec![],
+                    }),
+                    now,
+                )
             }
             Op::AuthBad if awaiting_auth => {
                 awaiting_auth = false;
@@ -108,7 +135,10 @@ fuzz_target!(|case: Case| {
         }
         s.poll_output(&mut out);
         // Replies are bounded by what the peer sent (plus greetings and EHLO lists).
-        assert!(out.len() <= 64 * fed + 4096, "{} bytes out for {fed} in", out.len());
+        assert!(
+            out.len() <= 64 * fed + 4096,
+            "{} bytes out for {fed} in",
+            out.len()
+        );
     }
 });
-

@@ -60,7 +60,16 @@ pub async fn serve(
     let mut session = ServerSession::new(session_config, peer_info, tls, Instant::now());
     if !is_trusted {
         let shared = Arc::clone(&shared);
-        session.set_mail_gate(move || shared.message_rate.allow(peer.ip(), Instant::now()));
+        let metrics = Arc::clone(&core.metrics);
+        session.set_mail_gate(move || {
+            let allowed = shared.message_rate.allow(peer.ip(), Instant::now());
+            if !allowed {
+                metrics
+                    .mail_rate_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            allowed
+        });
     }
     let mut driver = Driver {
         core,

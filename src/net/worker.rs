@@ -491,19 +491,27 @@ async fn accept_loop(
             .iter()
             .any(|c| c.contains(ip));
         let from_ip = core.per_ip.borrow().get(&ip).copied().unwrap_or(0);
-        let refusal: Option<&'static [u8]> = if core.connections.get() >= max {
-            Some(b"421 4.3.2 Too many connections, try again later\r\n")
+        use crate::metrics::Refusal;
+        let refusal: Option<(Refusal, &'static [u8])> = if core.connections.get() >= max {
+            Some((
+                Refusal::PerCore,
+                b"421 4.3.2 Too many connections, try again later\r\n",
+            ))
         } else if !trusted && from_ip >= per_ip_max {
-            Some(b"421 4.7.0 Too many connections from your address, try again later\r\n")
+            Some((
+                Refusal::PerIp,
+                b"421 4.7.0 Too many connections from your address, try again later\r\n",
+            ))
         } else if !trusted && !core.shared.connection_rate.allow(ip, Instant::now()) {
-            Some(b"421 4.7.0 Connection rate limit exceeded for your address, try again later\r\n")
+            Some((
+                Refusal::Rate,
+                b"421 4.7.0 Connection rate limit exceeded for your address, try again later\r\n",
+            ))
         } else {
             None
         };
-        if let Some(text) = refusal {
-            core.metrics
-                .connections_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((why, text)) = refusal {
+            core.metrics.refuse(why);
             tokio_uring::spawn(async move {
                 let _ = stream.set_nodelay(true);
                 let _ = stream.write_all(text.to_vec()).await;

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::harness::{Raw, Server, Sink, base_config, events, python};
+use crate::harness::{Raw, Server, Sink, base_config, events, metrics, python};
 
 const CLIENT: &str = include_str!("client.py");
 
@@ -244,7 +244,8 @@ fn connection_rate_per_untrusted_ip_is_limited_across_workers() {
         &dir,
         "[limits]\nconnection_rate_per_ip = 4\nrate_window = \"1m\"\n\
          [relay]\ntrusted_networks = [\"10.0.0.0/8\"]\n",
-    );
+    )
+    .replace("http = \"\"", "http = \"127.0.0.1:0\"");
     let s = Server::start_in(&dir, &cfg);
     for i in 0..4 {
         let mut c = Raw::connect(s.addr("smtp"));
@@ -258,13 +259,24 @@ fn connection_rate_per_untrusted_ip_is_limited_across_workers() {
     // Other roles share the per-address count; the limit is per address, not per port.
     let mut other = Raw::connect(s.addr("submission"));
     assert!(other.reply().starts_with("421 4.7.0"));
+    // The operator sees why.
+    let m = metrics(&s);
+    assert!(
+        m.contains("ringmta_connections_refused_total{reason=\"rate\"} 2\n"),
+        "{m}"
+    );
 }
 
 #[test]
 fn message_rate_per_untrusted_unauthenticated_ip_is_limited() {
-    let s = Server::start(
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let cfg = base_config(
+        &dir,
         "[limits]\nmessage_rate_per_ip = 2\n[relay]\ntrusted_networks = [\"10.0.0.0/8\"]\n",
-    );
+    )
+    .replace("http = \"\"", "http = \"127.0.0.1:0\"");
+    let s = Server::start_in(&dir, &cfg);
     let mut c = Raw::greeted(s.addr("smtp"));
     for _ in 0..2 {
         assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
@@ -276,6 +288,8 @@ fn message_rate_per_untrusted_unauthenticated_ip_is_limited() {
     assert!(c.cmd("NOOP").starts_with("250"));
     let mut d = Raw::greeted(s.addr("smtp"));
     assert!(d.cmd("MAIL FROM:<b@example.org>").starts_with("450 4.7.1"));
+    let m = metrics(&s);
+    assert!(m.contains("ringmta_mail_rate_refused_total 2\n"), "{m}");
 }
 
 #[test]

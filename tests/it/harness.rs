@@ -301,6 +301,18 @@ impl Raw {
     }
 }
 
+/// The Prometheus text from `/metrics` on the server's `listen.http` address.
+pub fn metrics(server: &Server) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(server.addr("http")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text
+}
+
 /// A `loadtest sink` process that stores every accepted message in a directory.
 pub struct Sink {
     child: Child,
