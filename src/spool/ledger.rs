@@ -181,7 +181,6 @@ pub(crate) fn read_ledger(
         end: 0,
         header_error: None,
         torn: None,
-        skipped: Vec::new(),
     };
     if let Err(e) = segment::parse_file_header(&buf, LEDGER_MAGIC) {
         report.header_error = Some(e);

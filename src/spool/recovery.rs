@@ -44,8 +44,6 @@ pub struct SegmentReport {
     pub header_error: Option<HeaderError>,
     /// Set when the scan stopped at an invalid frame: everything from there was dropped.
     pub torn: Option<TornTail>,
-    /// Corrupt frames stepped over (the records after them were read); their records are lost.
-    pub skipped: Vec<TornTail>,
 }
 
 impl fmt::Display for SegmentReport {
@@ -59,13 +57,6 @@ impl fmt::Display for SegmentReport {
             "{} records, valid up to offset {}",
             self.records, self.end
         )?;
-        for t in &self.skipped {
-            write!(
-                f,
-                "; corrupt record at offset {} ({} bytes) skipped, its record is lost: {}",
-                t.offset, t.bytes, t.reason
-            )?;
-        }
         if let Some(t) = &self.torn {
             write!(
                 f,
@@ -101,12 +92,11 @@ pub struct RecoveryReport {
 }
 
 impl RecoveryReport {
-    /// Segments that ended in a torn or corrupt tail, had a corrupt record stepped over, or
-    /// whose header is unreadable.
+    /// Segments that ended in a torn or corrupt tail, or whose header is unreadable.
     pub fn damaged(&self) -> impl Iterator<Item = &SegmentReport> {
         self.segments
             .iter()
-            .filter(|s| s.torn.is_some() || !s.skipped.is_empty() || s.header_error.is_some())
+            .filter(|s| s.torn.is_some() || s.header_error.is_some())
     }
 }
 
@@ -315,10 +305,6 @@ pub(crate) fn recover_shard(
             tracing::warn!(path = %seg.path.display(), offset = t.offset, bytes = t.bytes,
                 reason = %t.reason, "dropping torn or corrupt segment tail");
         }
-        for t in &end.skipped {
-            tracing::error!(path = %seg.path.display(), offset = t.offset, bytes = t.bytes,
-                reason = %t.reason, "corrupt record skipped (disk corruption?); its record is lost, the records after it were recovered");
-        }
         if let Some(e) = &seg.header_error {
             tracing::warn!(path = %seg.path.display(), error = %e, "ignoring segment with bad header");
         }
@@ -331,7 +317,6 @@ pub(crate) fn recover_shard(
             end: end.end,
             header_error: seg.header_error.clone(),
             torn: end.torn,
-            skipped: end.skipped,
         });
         segments.push(entry);
     }

@@ -173,9 +173,6 @@ pub struct ScanEnd {
     pub end: u64,
     /// Set when the scan stopped at an invalid frame (or non-zero bytes after the end).
     pub torn: Option<TornTail>,
-    /// Corrupt frames stepped over: their header's length led to a valid frame, so the scan
-    /// went on there (`bytes` is the skipped frame's length). Their records are lost.
-    pub skipped: Vec<TornTail>,
 }
 
 /// A torn or corrupt tail that recovery dropped.
@@ -349,13 +346,6 @@ impl Segment {
     /// Reads every frame from the header on, in order, handing each valid record to `visit`,
     /// and stops at the first zero length (clean end) or invalid frame (torn/corrupt tail).
     ///
-    /// One exception keeps a single bad record from hiding the acknowledged ones after it: a
-    /// frame that fails its checks but whose header's length lands exactly on a frame that
-    /// passes them is stepped over (reported in [`ScanEnd::skipped`]) and the scan goes on. A
-    /// crash tears only the last frames of a file, which are followed by zeros, so a torn tail
-    /// still ends the scan. The scan never searches for frames inside a bad one: a body could
-    /// hold bytes that look like a frame.
-    ///
     /// Validation is complete: header, CRC32C, zero padding and checked rkyv access. With
     /// `full_tail`, a clean end is also checked for non-zero bytes after it (a torn frame whose
     /// header never reached the disk); that reads the whole unused part of the file, so only the
@@ -364,18 +354,13 @@ impl Segment {
         self.frames.clear();
         self.end = FILE_HEADER_LEN;
         if self.header_error.is_some() {
-            return ScanEnd {
-                end: 0,
-                torn: None,
-                skipped: Vec::new(),
-            };
+            return ScanEnd { end: 0, torn: None };
         }
         let bytes = self.map.bytes();
         let mut pos = FILE_HEADER_LEN;
-        let mut skipped = Vec::new();
         let torn = loop {
             let rest = &bytes[pos..];
-            let checked = match record::decode_frame(rest) {
+            let frame = match record::decode_frame(rest) {
                 Ok(None) => {
                     let tail = if full_tail {
                         rest
@@ -391,39 +376,32 @@ impl Segment {
                         }),
                     };
                 }
-                Ok(Some(frame)) => validate(&frame).map(|rec| (frame.len, rec)),
-                Err(reason) => Err(reason),
-            };
-            match checked {
-                Ok((len, rec)) => {
-                    visit(pos as u64, rec);
-                    self.frames.push(pos as u64);
-                    pos += len;
+                Ok(Some(f)) => f,
+                Err(reason) => {
+                    break Some(TornTail {
+                        offset: pos as u64,
+                        bytes: last_nonzero(rest) as u64,
+                        reason,
+                    });
                 }
-                Err(reason) => match step_over(bytes, pos) {
-                    Some(len) => {
-                        skipped.push(TornTail {
-                            offset: pos as u64,
-                            bytes: len as u64,
-                            reason,
-                        });
-                        pos += len;
-                    }
-                    None => {
-                        break Some(TornTail {
-                            offset: pos as u64,
-                            bytes: last_nonzero(rest) as u64,
-                            reason,
-                        });
-                    }
-                },
+            };
+            match validate(&frame) {
+                Ok(rec) => visit(pos as u64, rec),
+                Err(reason) => {
+                    break Some(TornTail {
+                        offset: pos as u64,
+                        bytes: last_nonzero(rest) as u64,
+                        reason,
+                    });
+                }
             }
+            self.frames.push(pos as u64);
+            pos += frame.len;
         };
         self.end = pos;
         ScanEnd {
             end: pos as u64,
             torn,
-            skipped,
         }
     }
 
@@ -604,22 +582,6 @@ fn validate<'a>(frame: &Frame<'a>) -> Result<Rec<'a>, FrameError> {
         RecordKind::Status => Ok(Rec::Status(record::check_status(frame.meta)?)),
         // Placeholders belong in the ledger only.
         RecordKind::Placeholder => Err(FrameError::Kind(RecordKind::Placeholder as u8)),
-    }
-}
-
-/// The length of the bad frame at `pos` when its header's length field leads exactly to a frame
-/// that passes every check; `None` otherwise (the scan then stops there).
-fn step_over(bytes: &[u8], pos: usize) -> Option<usize> {
-    let header = bytes.get(pos..pos + FRAME_HEADER_LEN)?;
-    let payload = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    if payload == 0 {
-        return None;
-    }
-    let len = record::frame_len(payload);
-    let next = bytes.get(pos.checked_add(len)?..)?;
-    match record::decode_frame(next) {
-        Ok(Some(frame)) if validate(&frame).is_ok() => Some(len),
-        _ => None,
     }
 }
 
