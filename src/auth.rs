@@ -198,8 +198,9 @@ impl State {
         })
     }
 
+    /// `max_failures == 0` turns the throttle off.
     fn is_throttled(&self, ip: IpAddr, now: Instant) -> bool {
-        self.failures.count(ip, now) >= self.policy.max_failures
+        self.policy.max_failures > 0 && self.failures.count(ip, now) >= self.policy.max_failures
     }
 
     fn record_failure(&self, ip: IpAddr, now: Instant) {

@@ -15,14 +15,25 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
-/// Entries per shard before expired windows are swept out.
+/// Entries per shard before expired windows are swept out (at most once per window).
 const SWEEP_AT: usize = 8192;
+/// Entries per shard that no sweep can bring down (a flood from very many addresses) are
+/// forgotten all at once: the counts fail open rather than make every check scan the map.
+const HARD_CAP: usize = 4 * SWEEP_AT;
 
 /// Events per address within a window, e.g. "at most 60 connections per minute".
 #[derive(Debug)]
 pub struct IpCounter {
     window: Duration,
-    shards: [Mutex<HashMap<IpAddr, Window>>; SHARDS],
+    /// Keyed per process, so that an attacker cannot choose addresses that share a shard.
+    hasher: std::hash::RandomState,
+    shards: [Mutex<Shard>; SHARDS],
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    map: HashMap<IpAddr, Window>,
+    last_sweep: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +47,8 @@ impl IpCounter {
     pub fn new(window: Duration) -> IpCounter {
         IpCounter {
             window,
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            hasher: std::hash::RandomState::new(),
+            shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
         }
     }
 
@@ -44,12 +56,21 @@ impl IpCounter {
     /// this one included.
     pub fn add(&self, ip: IpAddr, now: Instant) -> u32 {
         let key = key(ip);
-        let mut map = self.shard(key);
-        if map.len() >= SWEEP_AT {
-            let window = self.window;
-            map.retain(|_, w| now.saturating_duration_since(w.started) < window);
+        let mut shard = self.shard(key);
+        let window = self.window;
+        let due = shard
+            .last_sweep
+            .is_none_or(|t| now.saturating_duration_since(t) >= window);
+        if shard.map.len() >= SWEEP_AT && due {
+            shard
+                .map
+                .retain(|_, w| now.saturating_duration_since(w.started) < window);
+            shard.last_sweep = Some(now);
         }
-        let w = map.entry(key).or_insert(Window {
+        if shard.map.len() >= HARD_CAP {
+            shard.map.clear();
+        }
+        let w = shard.map.entry(key).or_insert(Window {
             started: now,
             events: 0,
         });
@@ -67,14 +88,15 @@ impl IpCounter {
     pub fn count(&self, ip: IpAddr, now: Instant) -> u32 {
         let key = key(ip);
         self.shard(key)
+            .map
             .get(&key)
             .filter(|w| now.saturating_duration_since(w.started) < self.window)
             .map_or(0, |w| w.events)
     }
 
-    fn shard(&self, key: IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Window>> {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+    fn shard(&self, key: IpAddr) -> std::sync::MutexGuard<'_, Shard> {
+        use std::hash::BuildHasher;
+        let h = self.hasher.hash_one(key);
         let shard = &self.shards[(h as usize) % SHARDS];
         // A panic while holding the lock leaves counts that are still valid numbers.
         shard.lock().unwrap_or_else(|e| e.into_inner())
@@ -163,7 +185,23 @@ mod tests {
             let t = t0 + Duration::from_secs(u64::from(i) / 1000);
             c.add(IpAddr::V4(i.into()), t);
         }
-        let held: usize = c.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        let held: usize = c.shards.iter().map(|s| s.lock().unwrap().map.len()).sum();
         assert!(held <= SHARDS * SWEEP_AT, "{held} entries held");
+    }
+
+    /// Addresses that never expire (a flood within one window) cannot make every check scan
+    /// the map: sweeps run at most once per window, and a shard past the hard cap is cleared.
+    #[test]
+    fn a_flood_of_live_addresses_is_capped() {
+        let c = IpCounter::new(Duration::from_secs(3600));
+        let t0 = Instant::now();
+        for i in 0..(SHARDS * HARD_CAP * 2) as u32 {
+            c.add(IpAddr::V4(i.into()), t0);
+        }
+        for s in &c.shards {
+            let s = s.lock().unwrap();
+            assert!(s.map.len() <= HARD_CAP, "{}", s.map.len());
+            assert_eq!(s.last_sweep, Some(t0), "swept once, not per event");
+        }
     }
 }

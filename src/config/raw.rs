@@ -172,8 +172,8 @@ pub struct RawLimits {
     /// New connections per client IP (IPv6: per /64) within `rate_window`, counted over all
     /// workers; more get 421 4.7.0. Trusted networks exempt. Default: 0 = unlimited.
     pub connection_rate_per_ip: Option<u32>,
-    /// MAIL commands per client IP within `rate_window` from clients that are neither trusted
-    /// nor authenticated; more get 450 4.7.1. Default: 0 = unlimited.
+    /// MAIL commands per client IP within `rate_window` from clients outside the trusted
+    /// networks (authenticated or not); more get 450 4.7.1. Default: 0 = unlimited.
     pub message_rate_per_ip: Option<u32>,
     /// Window of the two rate limits. Default: 1m.
     pub rate_window: Option<String>,

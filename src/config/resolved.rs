@@ -148,7 +148,7 @@ pub struct Limits {
     pub auth_failure_window: Duration,
     /// New connections per untrusted IP within `rate_window`; 0 = unlimited.
     pub connection_rate_per_ip: u32,
-    /// MAIL commands per untrusted, unauthenticated IP within `rate_window`; 0 = unlimited.
+    /// MAIL commands per untrusted IP (authenticated or not) within `rate_window`; 0 = unlimited.
     pub message_rate_per_ip: u32,
     /// Window of the two rate limits.
     pub rate_window: Duration,

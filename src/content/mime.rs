@@ -103,11 +103,17 @@ pub fn check(message: &[u8], limits: MimeLimits) -> Result<MimeShape, MimeError>
                     ct.extend_from_slice(&line[..line.len().min(room)]);
                 }
             } else {
-                in_content_type =
-                    line.len() >= 13 && line[..13].eq_ignore_ascii_case(b"content-type:");
-                if in_content_type {
-                    let value = &line[13..];
-                    content_type = Some(value[..value.len().min(MAX_CONTENT_TYPE)].to_vec());
+                in_content_type = false;
+                if let Some(value) = content_type_value(line) {
+                    // Of several Content-Type fields, a container wins: a parser downstream
+                    // may read either, so the limits must hold for the stricter reading.
+                    let have_container = content_type
+                        .as_deref()
+                        .is_some_and(|ct| !matches!(kind(ct), Kind::Leaf));
+                    if !have_container {
+                        in_content_type = true;
+                        content_type = Some(value[..value.len().min(MAX_CONTENT_TYPE)].to_vec());
+                    }
                 }
             }
             continue;
@@ -146,6 +152,16 @@ pub fn check(message: &[u8], limits: MimeLimits) -> Result<MimeShape, MimeError>
         shape.depth = shape.depth.max(stack.len());
     }
     Ok(shape)
+}
+
+/// The value of a `Content-Type` field line (name matched ignoring case, and allowing the
+/// whitespace before the colon of RFC 5322's obsolete syntax).
+fn content_type_value(line: &[u8]) -> Option<&[u8]> {
+    let colon = memchr::memchr(b':', line)?;
+    line[..colon]
+        .trim_ascii_end()
+        .eq_ignore_ascii_case(b"content-type")
+        .then(|| &line[colon + 1..])
 }
 
 /// The line at `*pos` without its line end; moves `*pos` past it.
@@ -367,6 +383,27 @@ mod tests {
         assert!(matches!(kind(b" multipart/mixed"), Kind::Leaf));
         assert!(matches!(kind(b" text/plain; boundary=x"), Kind::Leaf));
         assert!(matches!(kind(b" Message/RFC822"), Kind::Message));
+    }
+
+    /// `Content-Type :` (obsolete syntax) and a second, leaf Content-Type do not hide a
+    /// container from the limits.
+    #[test]
+    fn obsolete_and_duplicate_content_type_fields_still_count() {
+        let tight = MimeLimits {
+            max_depth: 0,
+            ..LIMITS
+        };
+        let spaced =
+            b"Content-Type  : multipart/mixed; boundary=x\r\n\r\n--x\r\n\r\na\r\n--x--\r\n";
+        assert_eq!(check(spaced, tight), Err(MimeError::TooDeep(0)));
+        let twice =
+            b"Content-Type: multipart/mixed; boundary=x\r\nContent-Type: text/plain\r\n\r\n\
+            --x\r\n\r\na\r\n--x--\r\n";
+        assert_eq!(check(twice, tight), Err(MimeError::TooDeep(0)));
+        assert_eq!(
+            check(twice, LIMITS).unwrap(),
+            MimeShape { depth: 1, parts: 1 }
+        );
     }
 
     proptest::proptest! {

@@ -45,7 +45,7 @@ pub struct Shared {
     pub metrics: Vec<Arc<crate::metrics::CoreMetrics>>,
     /// New connections per untrusted client address, over all workers.
     pub connection_rate: crate::ratelimit::RateLimit,
-    /// MAIL commands per untrusted, unauthenticated client address, over all workers.
+    /// MAIL commands per untrusted client address (authenticated or not), over all workers.
     pub message_rate: crate::ratelimit::RateLimit,
 }
 

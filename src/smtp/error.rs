@@ -198,6 +198,18 @@ impl ProtocolError {
     }
 }
 
+impl ProtocolError {
+    /// Refusals a client can repeat without end without being wrong (relay denied, message
+    /// rate): they count toward `max_junk_commands` like keep-alives, so they cannot hold a
+    /// session forever.
+    pub fn is_junk(&self) -> bool {
+        matches!(
+            self,
+            ProtocolError::RelayDenied | ProtocolError::MessageRateExceeded
+        )
+    }
+}
+
 impl From<&ProtocolError> for Reply {
     fn from(e: &ProtocolError) -> Reply {
         use ProtocolError::*;

@@ -155,8 +155,8 @@ pub struct ServerSession {
     line_started: Option<Instant>,
     /// The DATA body or BDAT transaction being received, for `min_data_rate`.
     transfer: Option<Transfer>,
-    /// Asked at each MAIL from a client that is not authenticated; `false` refuses it with 450
-    /// (the per-IP message rate). Installed by the glue for untrusted clients.
+    /// Asked at each MAIL; `false` refuses it with 450 (the per-IP message rate). Installed by
+    /// the glue for untrusted clients, authenticated or not.
     mail_gate: Option<MailGate>,
     output: Vec<u8>,
     events: VecDeque<Event>,
@@ -337,15 +337,22 @@ impl ServerSession {
             if in_transfer && let Some(t) = self.transfer.as_mut() {
                 t.bytes += used as u64;
             }
-            if !self.is_transferring() && !self.between_bdat_chunks() {
+            // The transfer clock starts at the 354 or the first BDAT command (so `BDAT 0`
+            // repeated cannot hold the session) and stops when the transaction ends.
+            if self.is_transferring() || self.between_bdat_chunks() {
+                self.transfer.get_or_insert(Transfer {
+                    started: now,
+                    bytes: 0,
+                });
+            } else {
                 self.transfer = None;
             }
         }
         bytes.len()
     }
 
-    /// Installs the check asked at each MAIL from an unauthenticated client; when it returns
-    /// `false` the MAIL gets `450 4.7.1` (not counted as a bad command).
+    /// Installs the check asked at each MAIL; when it returns `false` the MAIL gets
+    /// `450 4.7.1` (counted as a junk command, not as a bad one).
     pub fn set_mail_gate(&mut self, gate: impl FnMut() -> bool + 'static) {
         self.mail_gate = Some(MailGate(Box::new(gate)));
     }
@@ -496,9 +503,11 @@ impl ServerSession {
     fn transfer_deadline(&self) -> Option<Instant> {
         let limits = &self.config.limits;
         let t = self.transfer.filter(|_| limits.min_data_rate > 0)?;
-        let allowed = limits.data_timeout
-            + Duration::from_secs_f64(t.bytes as f64 / limits.min_data_rate as f64);
-        t.started.checked_add(allowed)
+        let earned =
+            Duration::try_from_secs_f64(t.bytes as f64 / limits.min_data_rate as f64).ok()?;
+        // A deadline past what Instant can hold is no deadline.
+        t.started
+            .checked_add(limits.data_timeout.checked_add(earned)?)
     }
 
     /// Whether the session is receiving a DATA body or BDAT payload (the glue reads in larger
@@ -561,9 +570,23 @@ impl ServerSession {
             if self.bad_commands > self.config.limits.max_bad_commands {
                 return self.close(&Reply::from(&ProtocolError::TooManyErrors));
             }
+        } else if e.is_junk() && self.count_junk() {
+            return self.close(&Reply::from(&ProtocolError::TooManyErrors));
         }
         self.reply(&Reply::from(&e));
         next
+    }
+
+    /// Counts a command that moves no mail forward (keep-alives, refusals a client can repeat
+    /// forever); past `max_junk_commands` since the last accepted message each one also counts
+    /// as a bad command. Returns whether the session must close.
+    fn count_junk(&mut self) -> bool {
+        self.junk_commands = self.junk_commands.saturating_add(1);
+        if self.junk_commands > self.config.limits.max_junk_commands {
+            self.bad_commands = self.bad_commands.saturating_add(1);
+            return self.bad_commands > self.config.limits.max_bad_commands;
+        }
+        false
     }
 
     /// Consumes bytes of a command (or SASL response) line; returns the count, at least one.
@@ -632,14 +655,9 @@ impl ServerSession {
         if matches!(
             cmd,
             Command::Noop | Command::Rset | Command::Vrfy(_) | Command::Help
-        ) {
-            self.junk_commands = self.junk_commands.saturating_add(1);
-            if self.junk_commands > self.config.limits.max_junk_commands {
-                self.bad_commands = self.bad_commands.saturating_add(1);
-                if self.bad_commands > self.config.limits.max_bad_commands {
-                    return self.close(&Reply::from(&ProtocolError::TooManyErrors));
-                }
-            }
+        ) && self.count_junk()
+        {
+            return self.close(&Reply::from(&ProtocolError::TooManyErrors));
         }
         match cmd {
             Command::Ehlo(name) => self.on_helo(name, true),
@@ -737,9 +755,7 @@ impl ServerSession {
             Some(ProtocolError::OutOfSequence(Sequence::NestedMail))
         } else if self.config.role != PortRole::Relay && self.auth_user.is_none() {
             Some(ProtocolError::AuthRequired)
-        } else if self.auth_user.is_none()
-            && self.mail_gate.as_mut().is_some_and(|gate| !(gate.0)())
-        {
+        } else if self.mail_gate.as_mut().is_some_and(|gate| !(gate.0)()) {
             Some(ProtocolError::MessageRateExceeded)
         } else if !esmtp && params.count > 0 {
             Some(ProtocolError::ParamsAfterHelo)

@@ -292,6 +292,33 @@ fn message_rate_per_untrusted_unauthenticated_ip_is_limited() {
     assert!(m.contains("ringmta_mail_rate_refused_total 2\n"), "{m}");
 }
 
+/// Authenticated submissions from an untrusted address count too (the rate is per address;
+/// only trusted networks are exempt): the third message of a session gets 450 4.7.1.
+#[test]
+fn message_rate_counts_authenticated_submissions_from_untrusted_addresses() {
+    let s = Server::start(
+        "[limits]\nmessage_rate_per_ip = 2\n[relay]\ntrusted_networks = [\"10.0.0.0/8\"]\n",
+    );
+    let (code, out, err) = python(
+        CLIENT,
+        &[
+            "--port".into(),
+            s.port("submissions").to_string(),
+            "--mode".into(),
+            "ssl".into(),
+            "--auth".into(),
+            "plain".into(),
+            "--count".into(),
+            "3".into(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[..2].iter().all(|l| l.starts_with("OK ")), "{out}");
+    assert!(lines[2].starts_with("ERR mail 450 4.7.1"), "{out}");
+}
+
 #[test]
 fn a_client_dripping_a_body_is_cut_at_the_minimum_data_rate() {
     // Every byte arrives well within data_timeout, so only the transfer rate can cut this.

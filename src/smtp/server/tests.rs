@@ -860,6 +860,8 @@ fn line_too_long_is_discarded_without_buffering() {
 fn timeouts() {
     let mut setup = trusted();
     setup.limits.data_timeout = Duration::from_secs(60);
+    // Only the idle timeouts here; the transfer rate has its own tests.
+    setup.limits.min_data_rate = 0;
     script_with(
         setup.clone(),
         &[
@@ -1296,4 +1298,41 @@ fn junk_commands_beyond_the_limit_count_as_errors_until_a_message_is_accepted() 
         s.poll_output(&mut Vec::new());
     }
     assert!(!s.is_closed());
+}
+
+/// `BDAT 0` repeated moves no byte but answers 250 and resets the idle timer; the transfer clock
+/// started at the first BDAT command cuts it.
+#[test]
+fn repeated_empty_bdat_chunks_are_cut_by_the_transfer_clock() {
+    let limits = SessionLimits {
+        min_data_rate: 100,
+        ..SessionLimits::default()
+    };
+    let chunks = std::iter::repeat_n(&b"BDAT 0\r\n"[..], 100);
+    let (cut, text) = drip(limits, &DATA_OPEN[..3], chunks, Duration::from_secs(10));
+    let cut = cut.expect("empty chunks held the session");
+    assert!(cut <= Duration::from_secs(320), "{cut:?}");
+    assert!(text.contains("too slow"), "{text}");
+}
+
+/// Refusals a client can repeat forever (relay denied, message rate) count as junk, so an
+/// untrusted client retrying RCPT cannot hold its session either.
+#[test]
+fn repeated_relay_refusals_count_as_junk() {
+    let limits = SessionLimits {
+        max_junk_commands: 3,
+        max_bad_commands: 1,
+        ..SessionLimits::default()
+    };
+    let start = Instant::now();
+    let mut s = relay_session(limits, false, start);
+    say(&mut s, b"EHLO c.example\r\n", start);
+    say(&mut s, b"MAIL FROM:<a@example.org>\r\n", start);
+    for i in 0..(3 + 1) {
+        let text = say(&mut s, b"RCPT TO:<b@example.net>\r\n", start);
+        assert!(text.starts_with("554 5.7.1"), "rcpt {i}: {text}");
+    }
+    let text = say(&mut s, b"RCPT TO:<b@example.net>\r\n", start);
+    assert!(text.starts_with("421 4.7.0"), "{text}");
+    assert!(s.is_closed());
 }
