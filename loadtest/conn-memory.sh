@@ -11,34 +11,16 @@ cd "$(dirname "$0")/.."
 N=${N:-2000}; BODY=${BODY:-65536}; WORK=${WORK:-/tmp/ringmta-connmem}; BIN=target/release
 ulimit -n $(( N * 2 + 1024 ))
 rm -rf "$WORK"; mkdir -p "$WORK"
-cat > "$WORK/ringmta.toml" <<CONF
-hostname = "bench.invalid"
-spool_dir = "$WORK/spool"
-threads = 1
-[listen]
-smtp = ["127.0.0.1:0"]
-submission = []
-submissions = []
-http = ""
-[limits]
+. loadtest/lib.sh
+ringmta_config "[limits]
 max_connections_per_core = $(( N + 100 ))
-command_timeout = "10m"
-data_timeout = "10m"
+command_timeout = \"10m\"
+data_timeout = \"10m\"
 [relay]
-trusted_networks = ["127.0.0.0/8"]
-[log]
-level = "error"
-CONF
-start() {
-  rm -rf "$WORK/spool"
-  "$BIN/ringmta" serve --config "$WORK/ringmta.toml" > "$WORK/ringmta.out" 2> "$WORK/ringmta.err" &
-  RP=$!
-  for _ in $(seq 600); do grep -q "ringmta ready" "$WORK/ringmta.out" && break; sleep 0.05; done
-  MTA=$(sed -n 's/.*smtp=\([^ ]*\).*/\1/p' "$WORK/ringmta.out")
-}
-anon() { awk '/RssAnon/{print $2}' /proc/$RP/status; }
+trusted_networks = [\"127.0.0.0/8\"]"
 trap 'kill $RP 2>/dev/null || true' EXIT
 for state in idle tls data; do
+  rm -rf "$WORK/spool"
   start
   a0=$(anon)
   # Holds the connections until ringmta's memory has been read, then is killed.

@@ -7,33 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-100000}; SIZE=${SIZE:-1024}; WORK=${WORK:-/tmp/ringmta-mem}; BIN=target/release
 rm -rf "$WORK"; mkdir -p "$WORK"
-cat > "$WORK/ringmta.toml" <<CONF
-hostname = "bench.invalid"
-spool_dir = "$WORK/spool"
-threads = 1
-[listen]
-smtp = ["127.0.0.1:0"]
-submission = []
-submissions = []
-http = ""
-[limits]
+. loadtest/lib.sh
+ringmta_config '[limits]
 max_connections_per_core = 20000
 [delivery]
 routes = { "*" = "127.0.0.1:1" }
-retry_schedule = ["1h"]
-[log]
-level = "error"
-CONF
-start() {
-  "$BIN/ringmta" serve --config "$WORK/ringmta.toml" > "$WORK/ringmta.out" 2> "$WORK/ringmta.err" &
-  RP=$!
-  for _ in $(seq 600); do grep -q "ringmta ready" "$WORK/ringmta.out" && break; sleep 0.05; done
-}
-anon() { awk '/RssAnon/{print $2}' /proc/$RP/status; }
+retry_schedule = ["1h"]'
 start
 trap 'kill $RP 2>/dev/null || true' EXIT
 a0=$(anon)
-MTA=$(sed -n 's/.*smtp=\([^ ]*\).*/\1/p' "$WORK/ringmta.out")
 "$BIN/loadtest" send --target "$MTA" -c 50 -m "$N" -s "$SIZE" --per-connection 100 --pipelining | head -2
 sleep 3
 a1=$(anon)

@@ -222,62 +222,52 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
         sum(cores, |c| load(&c.queue_pending)),
     );
 
-    let _ = writeln!(
-        out,
-        "# HELP ringmta_queue_recipients Recipients in the spool by delivery state.\n# TYPE ringmta_queue_recipients gauge"
+    let summed = |f: &dyn Fn(&CoreMetrics) -> u64| sum(cores, f);
+    labelled(
+        &mut out,
+        ("ringmta_queue_recipients", "gauge", "state"),
+        "Recipients in the spool by delivery state.",
+        RECIPIENT_STATES
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (*s, summed(&|c| load(&c.recipients_by_state[i])))),
     );
-    for (i, state) in RECIPIENT_STATES.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "ringmta_queue_recipients{{state=\"{state}\"}} {}",
-            sum(cores, |c| load(&c.recipients_by_state[i]))
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP ringmta_connections_refused_total SMTP connections refused with 421 at accept, by limit.\n# TYPE ringmta_connections_refused_total counter"
+    labelled(
+        &mut out,
+        ("ringmta_connections_refused_total", "counter", "reason"),
+        "SMTP connections refused with 421 at accept, by limit.",
+        REFUSALS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (*r, summed(&|c| load(&c.connections_refused[i])))),
     );
-    for (i, reason) in REFUSALS.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "ringmta_connections_refused_total{{reason=\"{reason}\"}} {}",
-            sum(cores, |c| load(&c.connections_refused[i]))
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP ringmta_messages_rejected_total Messages refused at the end of DATA, by reason.\n# TYPE ringmta_messages_rejected_total counter"
+    labelled(
+        &mut out,
+        ("ringmta_messages_rejected_total", "counter", "reason"),
+        "Messages refused at the end of DATA, by reason.",
+        ["spool_full", "spool_io", "content"]
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (*r, summed(&|c| load(&c.rejected[i])))),
     );
-    for (i, reason) in ["spool_full", "spool_io", "content"].iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "ringmta_messages_rejected_total{{reason=\"{reason}\"}} {}",
-            sum(cores, |c| load(&c.rejected[i]))
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP ringmta_deliveries_total Delivery attempt outcomes per recipient.\n# TYPE ringmta_deliveries_total counter"
+    labelled(
+        &mut out,
+        ("ringmta_deliveries_total", "counter", "outcome"),
+        "Delivery attempt outcomes per recipient.",
+        ["delivered", "deferred", "bounced"]
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (*o, summed(&|c| load(&c.outcomes[i])))),
     );
-    for (i, o) in ["delivered", "deferred", "bounced"].iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "ringmta_deliveries_total{{outcome=\"{o}\"}} {}",
-            sum(cores, |c| load(&c.outcomes[i]))
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP ringmta_delivery_failures_total Failed attempts (deferred or bounced) by bounce category.\n# TYPE ringmta_delivery_failures_total counter"
+    labelled(
+        &mut out,
+        ("ringmta_delivery_failures_total", "counter", "category"),
+        "Failed attempts (deferred or bounced) by bounce category.",
+        CATEGORIES.iter().map(|&cat| {
+            let n = summed(&|c| load(&c.categories[cat as usize]));
+            (crate::delivery::category_name(cat), n)
+        }),
     );
-    for c in CATEGORIES {
-        let name = crate::delivery::category_name(c);
-        let _ = writeln!(
-            out,
-            "ringmta_delivery_failures_total{{category=\"{name}\"}} {}",
-            sum(cores, |m| load(&m.categories[c as usize]))
-        );
-    }
     histogram(
         &mut out,
         "ringmta_accept_latency_seconds",
@@ -293,6 +283,20 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
         |c| &c.delivery_latency,
     );
     out
+}
+
+/// One metric with one label: `(name, type, label)`, its help line and `(label value, value)`
+/// samples.
+fn labelled<'a>(
+    out: &mut String,
+    (name, kind, label): (&str, &str, &str),
+    help: &str,
+    samples: impl Iterator<Item = (&'a str, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (value, n) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+    }
 }
 
 fn histogram(
