@@ -233,7 +233,7 @@ impl Core {
         let mut shutdown = self.shutdown.clone();
         loop {
             let now = unix_ms(SystemTime::now());
-            if let Err(e) = self.shard.borrow_mut().rotate_if_settled(now) {
+            if let Err(e) = self.shard.borrow_mut().rotate_if_settled() {
                 tracing::warn!(shard = self.index, error = %e, "segment rotation failed");
             }
             match self.shard.borrow_mut().purge(now, retention_ms) {

@@ -57,6 +57,17 @@ use segment::{FILE_HEADER_LEN, Load, Segment};
 
 /// Default segment size: 64 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+/// Size of a segment for status records and DSNs when the disk cannot reserve a full one.
+const OUTCOME_SEGMENT_SIZE: u64 = 256 << 10;
+
+/// Which space rule a record's segment follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Room {
+    /// New mail: held to `max_bytes`.
+    Intake,
+    /// What became of accepted mail (status records, DSNs): limited by the disk alone.
+    Outcome,
+}
 
 /// Whether appends wait for `fdatasync` before they count as durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,8 +89,9 @@ pub struct ShardConfig {
     /// Size of each new segment file in bytes (rounded up to 4 KiB); default 64 MiB.
     pub segment_size: u64,
     /// Upper bound on the sum of this shard's segment file sizes in bytes; 0 = unlimited.
-    /// Message appends that would need a segment beyond it fail with [`SpoolError::Full`];
-    /// status records may use one more segment, so outcomes can still be recorded.
+    /// New mail that would need a segment beyond it fails with [`SpoolError::Full`]. Status
+    /// records and DSNs are not held to it: they record what became of mail already accepted,
+    /// they are what lets a full spool drain, and only the disk itself can refuse them.
     pub max_bytes: u64,
     /// When tickets count as durable.
     pub durability: Durability,
@@ -486,13 +498,15 @@ impl Shard {
         for tmp in &rec.report.removed_tmp {
             fs::remove_file(tmp).map_err(|e| io_err("remove", tmp, e))?;
         }
-        let next_seq = rec.segments.last().map_or(1, |s| s.seg.seq + 1);
-        let bytes = rec.segments.iter().map(|s| s.seg.len()).sum();
+        let mut segments = rec.segments;
+        trim_recovered(&mut segments, &rec.report);
+        let next_seq = segments.last().map_or(1, |s| s.seg.seq + 1);
+        let bytes = segments.iter().map(|s| s.seg.len()).sum();
         let next_counter = rec.max_counter.map_or(0, |c| c + 1).max(now_ms);
         let mut shard = Shard {
             shard_dir,
             dir_file,
-            segments: rec.segments,
+            segments,
             has_active: false,
             index: rec.index,
             next_counter,
@@ -504,7 +518,7 @@ impl Shard {
             ledger: ledger::Ledger::new(&cfg.dir, cfg.shard),
             cfg,
         };
-        match shard.new_segment(RecordKind::Message, 0, now_ms) {
+        match shard.new_segment(Room::Intake, 0, now_ms) {
             Ok(()) => {}
             Err(SpoolError::Full { .. }) => {}
             Err(e) => return Err(e),
@@ -542,8 +556,20 @@ impl Shard {
             record::archive(&meta).map_err(|source| SpoolError::Encode { id, source })?;
         let body_len: usize = msg.body.iter().map(|p| p.len()).sum();
         let plen = record::payload_len(archived.len(), body_len);
-        let offset =
-            self.append_frame(id, RecordKind::Message, &archived, msg.body, plen, now_ms)?;
+        let room = if meta.is_dsn {
+            Room::Outcome
+        } else {
+            Room::Intake
+        };
+        let offset = self.append_frame(
+            id,
+            RecordKind::Message,
+            room,
+            &archived,
+            msg.body,
+            plen,
+            now_ms,
+        )?;
         self.next_counter = counter + 1;
         let at = RecordRef {
             segment: self.active_seq(),
@@ -581,7 +607,15 @@ impl Shard {
         };
         let archived = record::archive(rec).map_err(|source| SpoolError::Encode { id, source })?;
         let plen = archived.len();
-        let offset = self.append_frame(id, RecordKind::Status, &archived, &[], plen, rec.at_ms)?;
+        let offset = self.append_frame(
+            id,
+            RecordKind::Status,
+            Room::Outcome,
+            &archived,
+            &[],
+            plen,
+            rec.at_ms,
+        )?;
         let at = RecordRef {
             segment: self.active_seq(),
             offset,
@@ -872,10 +906,12 @@ impl Shard {
     }
 
     /// Appends one frame to the active segment, switching to a new segment when it does not fit.
+    #[allow(clippy::too_many_arguments)]
     fn append_frame(
         &mut self,
         id: QueueId,
         kind: RecordKind,
+        room: Room,
         meta: &[u8],
         body: &[&[u8]],
         payload_len: usize,
@@ -889,13 +925,25 @@ impl Shard {
             });
         }
         let need = record::frame_len(payload_len) as u64;
+        // Outcome segments may take the spool past `max_bytes`; new mail does not use their room.
+        if room == Room::Intake && self.cfg.max_bytes != 0 && self.bytes > self.cfg.max_bytes {
+            return Err(SpoolError::Full {
+                shard: self.cfg.shard,
+                needed: need,
+                path: self.shard_dir.clone(),
+                reason: FullReason::Limit {
+                    max_bytes: self.cfg.max_bytes,
+                    used: self.bytes,
+                },
+            });
+        }
         let fits = self.has_active
             && self
                 .segments
                 .last()
                 .is_some_and(|e| e.seg.remaining() >= need);
         if !fits {
-            self.new_segment(kind, need, now_ms)?;
+            self.new_segment(room, need, now_ms)?;
         }
         let last = self.segments.len() - 1;
         let appended = self.segments[last].seg.append(kind, meta, body);
@@ -927,48 +975,56 @@ impl Shard {
     }
 
     /// Creates a new active segment with room for a frame of `need` bytes. The old active
-    /// segment is fdatasynced (and everything appended marked durable) before the switch.
-    fn new_segment(&mut self, kind: RecordKind, need: u64, now_ms: u64) -> Result<(), SpoolError> {
-        let size = self
-            .cfg
-            .segment_size
-            .max(FILE_HEADER_LEN as u64 + need)
-            .next_multiple_of(4096);
+    /// segment is fdatasynced (and everything appended marked durable), sealed and trimmed
+    /// before the switch.
+    fn new_segment(&mut self, room: Room, need: u64, now_ms: u64) -> Result<(), SpoolError> {
+        let min_size = (FILE_HEADER_LEN as u64 + need).next_multiple_of(4096);
+        let mut size = self.cfg.segment_size.max(min_size).next_multiple_of(4096);
         let seq = self.next_seq;
         let path = self.shard_dir.join(segment::segment_file_name(seq));
-        let full = |reason| SpoolError::Full {
+        let full = |reason, size| SpoolError::Full {
             shard: self.cfg.shard,
             needed: size,
             path: path.clone(),
             reason,
         };
-        // Status records may use one segment beyond `max_bytes`: a full spool must still be able
-        // to record delivery outcomes, or nothing would ever become final and purgeable.
-        let limit = match kind {
-            RecordKind::Message => self.cfg.max_bytes,
-            _ => self.cfg.max_bytes.saturating_add(self.cfg.segment_size),
-        };
-        if self.cfg.max_bytes != 0 && self.bytes.saturating_add(size) > limit {
-            let err = full(FullReason::Limit {
-                max_bytes: self.cfg.max_bytes,
-                used: self.bytes,
-            });
+        // Only new mail is held to `max_bytes`: a full spool must still record delivery
+        // outcomes and queue DSNs, or nothing would ever become final and purgeable.
+        if room == Room::Intake
+            && self.cfg.max_bytes != 0
+            && self.bytes.saturating_add(size) > self.cfg.max_bytes
+        {
+            let err = full(
+                FullReason::Limit {
+                    max_bytes: self.cfg.max_bytes,
+                    used: self.bytes,
+                },
+                size,
+            );
             tracing::warn!(error = %err, "spool shard full");
             return Err(err);
         }
-        let seg = match Segment::create(&self.shard_dir, self.cfg.shard, seq, size, now_ms) {
-            Ok(seg) => seg,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
-                let err = full(FullReason::Disk);
-                tracing::warn!(error = %err, "spool shard full");
-                return Err(err);
-            }
-            Err(source) => {
-                return Err(SpoolError::Io {
-                    op: "create",
-                    path,
-                    source,
-                });
+        let seg = loop {
+            match Segment::create(&self.shard_dir, self.cfg.shard, seq, size, now_ms) {
+                Ok(seg) => break seg,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+                    // On a nearly full disk an outcome still gets a segment just big enough.
+                    let smaller = OUTCOME_SEGMENT_SIZE.max(min_size);
+                    if room == Room::Outcome && smaller < size {
+                        size = smaller;
+                        continue;
+                    }
+                    let err = full(FullReason::Disk, size);
+                    tracing::warn!(error = %err, "spool shard full");
+                    return Err(err);
+                }
+                Err(source) => {
+                    return Err(SpoolError::Io {
+                        op: "create",
+                        path,
+                        source,
+                    });
+                }
             }
         };
         segment::sync_dir(&self.shard_dir).map_err(|source| SpoolError::Io {
@@ -978,15 +1034,31 @@ impl Shard {
         })?;
         self.next_seq += 1;
         self.bytes += size;
-        if self.has_active {
-            // Everything appended so far lives in the old segment (or is already durable).
-            self.sync()?;
-            if let Some(e) = self.segments.last_mut() {
-                e.seg.seal();
-            }
-        }
+        self.seal_active()?;
         self.segments.push(SegmentEntry::new(seg));
         self.has_active = true;
+        Ok(())
+    }
+
+    /// Makes the active segment read-only and gives its unused reserved space back; the next
+    /// append creates a new segment. Everything appended so far is fdatasynced first.
+    fn seal_active(&mut self) -> Result<(), SpoolError> {
+        if !self.has_active {
+            return Ok(());
+        }
+        // Everything appended so far lives in the active segment (or is already durable).
+        self.sync()?;
+        self.has_active = false;
+        let Some(e) = self.segments.last_mut() else {
+            return Ok(());
+        };
+        e.seg.seal();
+        match e.seg.trim() {
+            Ok(freed) => self.bytes -= freed,
+            // The segment stays whole: only space is lost, never a record.
+            Err(err) => tracing::warn!(path = %e.seg.path.display(), error = %err,
+                "cannot give back the unused space of a sealed segment"),
+        }
         Ok(())
     }
 
@@ -1019,10 +1091,11 @@ impl Shard {
         Some(Ok(n))
     }
 
-    /// Seals the active segment and starts a new one when it holds records and every message of
-    /// the shard is final. Without this an idle shard would keep delivered content in its active
-    /// segment (which purge never removes) until the segment fills. Returns whether it rotated.
-    pub fn rotate_if_settled(&mut self, now_ms: u64) -> Result<bool, SpoolError> {
+    /// Seals the active segment when it holds records and every message of the shard is final,
+    /// so that purge can remove delivered content from an idle shard (it never removes the
+    /// active segment). The sealed file is cut to what it holds and no new segment is made: the
+    /// next append creates one. Returns whether it sealed.
+    pub fn rotate_if_settled(&mut self) -> Result<bool, SpoolError> {
         let Some(last) = self.segments.last() else {
             return Ok(false);
         };
@@ -1032,7 +1105,7 @@ impl Shard {
         {
             return Ok(false);
         }
-        self.new_segment(RecordKind::Status, 0, now_ms)?;
+        self.seal_active()?;
         Ok(true)
     }
 
@@ -1066,6 +1139,24 @@ impl Shard {
             body_len: view.body.len() as u64,
             recipients,
         })
+    }
+}
+
+/// Gives back the reserved space past the last record of each recovered segment that read to
+/// a clean end (the active segment of the previous run, typically mostly empty).
+fn trim_recovered(segments: &mut [SegmentEntry], report: &RecoveryReport) {
+    for e in segments {
+        let clean = report
+            .segments
+            .iter()
+            .any(|r| r.seq == e.seg.seq && r.torn.is_none() && r.header_error.is_none());
+        if !clean {
+            continue;
+        }
+        if let Err(err) = e.seg.trim() {
+            tracing::warn!(path = %e.seg.path.display(), error = %err,
+                "cannot give back the unused space of a recovered segment");
+        }
     }
 }
 
@@ -1468,7 +1559,9 @@ mod tests {
             .map(|p| fs::metadata(p).unwrap().len())
             .collect();
         assert_eq!(sizes.len(), 4);
-        assert!(sizes[3] > 100_000 && sizes[..3].iter().all(|&s| s == 8 << 10));
+        // Sealed segments keep what they hold: two messages fill 8 KiB, one needs 4 KiB.
+        assert_eq!(sizes[..3], [8 << 10, 8 << 10, 4 << 10]);
+        assert!(sizes[3] > 100_000);
         drop(shard);
         let (shard, report) = Shard::open(c, 1_000).unwrap();
         assert_eq!(report.messages, 6);
@@ -1535,6 +1628,142 @@ mod tests {
         for _ in 0..10 {
             shard.append_message(&msg, 1_000).unwrap();
         }
+    }
+
+    /// Sum of the sizes of the shard's segment files, read from the directory.
+    fn bytes_on_disk(dir: &Path) -> u64 {
+        segment_paths(dir)
+            .iter()
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum()
+    }
+
+    /// Regression (issue 23, bug 1): every settled minute the shard sealed its active segment
+    /// and reserved a fresh full-size one, so a trickle of mail pinned a whole segment per
+    /// message until retention, and with `max_bytes` new mail soon got "full" (and the
+    /// rotation ate the room meant for status records).
+    #[test]
+    fn a_trickle_of_mail_with_idle_rotations_keeps_the_spool_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ShardConfig {
+            segment_size: 64 << 10,
+            max_bytes: 256 << 10,
+            ..cfg(dir.path())
+        };
+        let (mut shard, _) = Shard::open(c, 1_000).unwrap();
+        let body = vec![b'x'; 500];
+        for i in 0..30u64 {
+            let msg = NewMessage {
+                meta: meta(1),
+                body: &[&body],
+            };
+            let (id, _) = shard
+                .append_message(&msg, 1_000 + i)
+                .unwrap_or_else(|e| panic!("message {i}: {e}"));
+            shard
+                .append_status(&status(id, 0, StatusKind::Delivered, 2_000 + i))
+                .unwrap_or_else(|e| panic!("status {i}: {e}"));
+            shard.sync().unwrap();
+            assert!(shard.rotate_if_settled().unwrap(), "round {i}");
+            // Idle minutes after that rotate nothing and allocate nothing.
+            let before = bytes_on_disk(dir.path());
+            assert!(!shard.rotate_if_settled().unwrap());
+            assert_eq!(bytes_on_disk(dir.path()), before);
+        }
+        // Each sealed segment keeps one message and its status record in 4 KiB.
+        let on_disk = bytes_on_disk(dir.path());
+        assert_eq!(shard.stats().bytes, on_disk);
+        assert!(
+            on_disk <= 30 * 4096,
+            "{on_disk} bytes for 30 small messages"
+        );
+        // And the messages are all still readable.
+        assert_eq!(shard.messages().count(), 30);
+        for id in shard.messages().collect::<Vec<_>>() {
+            assert_eq!(shard.message(id).unwrap().body.len(), 500);
+        }
+        drop(shard);
+        let (shard, report) = Shard::open(cfg(dir.path()), 3_000).unwrap();
+        assert!(report.damaged().next().is_none());
+        assert_eq!(shard.messages().count(), 30);
+    }
+
+    /// Regression (issue 23, bug 1): outcomes of accepted mail must always find room, or a
+    /// delivered result lives only in memory (and is delivered again after a restart) and DSNs
+    /// cannot be queued.
+    #[test]
+    fn a_full_spool_still_records_every_outcome_and_queues_dsns() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ShardConfig {
+            segment_size: 8 << 10,
+            max_bytes: 16 << 10,
+            ..cfg(dir.path())
+        };
+        let (mut shard, _) = Shard::open(c, 1_000).unwrap();
+        let body = vec![b'x'; 3000];
+        let msg = NewMessage {
+            meta: meta(1),
+            body: &[&body],
+        };
+        let mut ids = Vec::new();
+        while let Ok((id, _)) = shard.append_message(&msg, 1_000) {
+            ids.push(id);
+        }
+        assert!(!ids.is_empty());
+        // Far more status records than one segment of headroom holds.
+        for round in 0..100u64 {
+            for &id in &ids {
+                let mut rec = status(id, 0, StatusKind::Deferred, 2_000 + round);
+                rec.reply = "451 4.2.0 mailbox busy, try again later".into();
+                shard
+                    .append_status(&rec)
+                    .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+        }
+        assert!(shard.stats().bytes > (16 << 10) + (8 << 10));
+        // A DSN goes in although new mail does not.
+        let mut dsn = meta(1);
+        dsn.is_dsn = true;
+        dsn.reverse_path = String::new();
+        shard
+            .append_message(
+                &NewMessage {
+                    meta: dsn,
+                    body: &[&body],
+                },
+                3_000,
+            )
+            .unwrap();
+        assert!(matches!(
+            shard.append_message(&msg, 3_000),
+            Err(SpoolError::Full { .. })
+        ));
+        shard.sync().unwrap();
+        drop(shard);
+        let (shard, _) = Shard::open(cfg(dir.path()), 4_000).unwrap();
+        for &id in &ids {
+            assert_eq!(shard.state(id).unwrap().recipients[0].attempts, 1);
+            assert_eq!(
+                shard.state(id).unwrap().recipients[0].next_attempt_ms,
+                2_099 + 300_000,
+                "the last of 100 status records was read back"
+            );
+        }
+    }
+
+    #[test]
+    fn reopening_gives_back_the_unused_space_of_the_last_active_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shard, _) = Shard::open(cfg(dir.path()), 1_000).unwrap();
+        let id = append(&mut shard, 1, b"hello\r\n");
+        shard.sync().unwrap();
+        drop(shard);
+        assert_eq!(bytes_on_disk(dir.path()), 64 << 10);
+        let (shard, _) = Shard::open(cfg(dir.path()), 2_000).unwrap();
+        // The old segment is cut to 4 KiB; the new active one is whole.
+        assert_eq!(bytes_on_disk(dir.path()), (64 << 10) + 4096);
+        assert_eq!(shard.stats().bytes, (64 << 10) + 4096);
+        assert!(shard.message(id).unwrap().body.ends_with(b"hello\r\n"));
     }
 
     #[test]

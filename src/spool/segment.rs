@@ -499,6 +499,34 @@ impl Segment {
         }
     }
 
+    /// Gives the reserved space past the last frame of a sealed (or recovered) mapped segment
+    /// back to the filesystem: the file is cut to `end` rounded up to 4 KiB. Returns the bytes
+    /// freed; does nothing to an active or copied segment or one with a bad header. Callers do
+    /// not trim a segment whose scan stopped at a torn tail: it stays for `spool check` to show.
+    ///
+    /// Durable on return: nothing needs to be. Every frame lies below the cut, and a crash that
+    /// loses the truncation leaves zeros past `end`, which recovery reads as a clean end.
+    pub fn trim(&mut self) -> io::Result<u64> {
+        let (Map::Read(old), Some(file)) = (&self.map, &self.file) else {
+            return Ok(0);
+        };
+        let keep = (self.end as u64).next_multiple_of(4096);
+        let len = old.len() as u64;
+        if self.header_error.is_some() || keep >= len {
+            return Ok(0);
+        }
+        // A recovered segment is open read-only; the cut needs a handle that may write.
+        let writable = OpenOptions::new().write(true).open(&self.path)?;
+        // Map the prefix that stays before cutting the file, so that no mapped page ever lies
+        // past the end of the file (touching one would raise SIGBUS).
+        // SAFETY: as for `load`: the spool lock keeps other writers out and this process never
+        // writes below `end` again; the new mapping covers only bytes that stay in the file.
+        let map = unsafe { MmapOptions::new().len(keep as usize).map(file)? };
+        self.map = Map::Read(map);
+        writable.set_len(keep)?;
+        Ok(len - keep)
+    }
+
     /// The message record at `offset`, zero-copy: archived meta and body.
     ///
     /// `None` unless `offset` is the start of a validated message frame of this segment.
