@@ -4,7 +4,8 @@
 //! `550 5.1.1` at RCPT; `temp-N-...@` gets `451 4.2.0` for its first N attempts (N defaults to
 //! 2), counted per address for the life of the sink; `slow-...@` delays the end-of-data reply by
 //! `--delay` (default 10 s); `drop-N-...@` closes the connection in the middle of the data for its
-//! first N attempts (default 1). Rates apply to every message at end of data.
+//! first N attempts (default 1). Rates apply to every message at end of data. Like a conforming
+//! server, it refuses a non-ASCII address (`553 5.6.7`) unless MAIL carried SMTPUTF8.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -51,6 +52,9 @@ pub struct SinkArgs {
     /// Recipients per transaction; more get `452 4.5.3 Too many recipients` (0: no limit).
     #[arg(long, default_value_t = 0)]
     max_recipients: usize,
+    /// Do not offer DSN (RFC 3461) in the EHLO reply, like a next hop that sends no notices.
+    #[arg(long)]
+    no_dsn: bool,
 }
 
 struct Shared {
@@ -166,6 +170,8 @@ struct Txn {
     slow: bool,
     /// Close the connection in the middle of the data (a `drop-N-` recipient).
     drop: bool,
+    /// MAIL carried SMTPUTF8: non-ASCII addresses are allowed in this transaction.
+    smtputf8: bool,
 }
 
 async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
@@ -263,19 +269,30 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
             pos += nl + 1;
             let upper = line.to_ascii_uppercase();
             if upper.starts_with("EHLO") {
-                out.extend_from_slice(b"250-sink.loadtest\r\n250-PIPELINING\r\n250-SIZE 0\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n");
+                out.extend_from_slice(b"250-sink.loadtest\r\n250-PIPELINING\r\n250-SIZE 0\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n");
+                if !shared.args.no_dsn {
+                    out.extend_from_slice(b"250-DSN\r\n");
+                }
+                out.extend_from_slice(b"250 ENHANCEDSTATUSCODES\r\n");
             } else if upper.starts_with("HELO") {
                 out.extend_from_slice(b"250 sink.loadtest\r\n");
             } else if upper.starts_with("MAIL") {
-                txn = Txn::default();
-                out.extend_from_slice(b"250 2.1.0 Ok\r\n");
+                txn = Txn {
+                    smtputf8: upper.split_whitespace().any(|w| w == "SMTPUTF8"),
+                    ..Txn::default()
+                };
+                if !txn.smtputf8 && !path_of(&line).is_ascii() {
+                    out.extend_from_slice(NON_ASCII_REFUSED);
+                } else {
+                    out.extend_from_slice(b"250 2.1.0 Ok\r\n");
+                }
             } else if upper.starts_with("RCPT") {
-                let addr = line
-                    .split_once('<')
-                    .and_then(|(_, r)| r.split_once('>'))
-                    .map(|(a, _)| a.to_owned())
-                    .unwrap_or_default();
-                out.extend_from_slice(rcpt_reply(&shared, &addr, &mut txn).as_bytes());
+                let addr = path_of(&line).to_owned();
+                if !txn.smtputf8 && !addr.is_ascii() {
+                    out.extend_from_slice(NON_ASCII_REFUSED);
+                } else {
+                    out.extend_from_slice(rcpt_reply(&shared, &addr, &mut txn).as_bytes());
+                }
             } else if upper.starts_with("DATA") {
                 if txn.rcpts.is_empty() {
                     out.extend_from_slice(b"554 5.5.1 No valid recipients\r\n");
@@ -310,6 +327,17 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
         }
     }
     t.close().await;
+}
+
+/// RFC 6531 §3.5: a conforming server refuses a non-ASCII address in a transaction that did
+/// not ask for SMTPUTF8.
+const NON_ASCII_REFUSED: &[u8] = b"553 5.6.7 Non-ASCII address without SMTPUTF8\r\n";
+
+/// The address between the angle brackets of a MAIL or RCPT line ("" when there are none).
+fn path_of(line: &str) -> &str {
+    line.split_once('<')
+        .and_then(|(_, r)| r.split_once('>'))
+        .map_or("", |(a, _)| a)
 }
 
 fn rcpt_reply(shared: &Shared, addr: &str, txn: &mut Txn) -> &'static str {

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::delivery::Cancel;
 use crate::ids::QueueId;
 use crate::net::worker::{Core, unix_ms};
 use crate::smtp::{CommitError, Transaction};
@@ -270,7 +271,7 @@ pub async fn serve(core: Rc<Core>, mut rx: mpsc::UnboundedReceiver<ControlReques
                     .delivery
                     .borrow()
                     .as_ref()
-                    .and_then(|d| d.bounce_now(id));
+                    .and_then(|d| d.cancel(id, Cancel::Bounce));
                 let _ = reply.send(n);
             }
         }
@@ -364,6 +365,9 @@ fn summary(core: &Core) -> QueueSummary {
 }
 
 fn delete(core: &Core, id: QueueId) -> Option<u64> {
+    if let Some(d) = core.delivery.borrow().as_ref() {
+        return d.cancel(id, Cancel::Delete);
+    }
     let now = unix_ms(SystemTime::now());
     let marked = core.shard.borrow_mut().mark_deleted(id, now)?;
     core.kick_commit();

@@ -488,6 +488,16 @@ fn explanation(input: &DsnInput<'_>, returned: &Returned<'_>) -> String {
             "Your message has not yet been delivered to one or more recipients. The mail \
              system is still trying; you do not need to send it again."
         }
+        DsnKind::Success
+            if input
+                .recipients
+                .iter()
+                .all(|r| r.action == DsnAction::Relayed) =>
+        {
+            "Your message was relayed to the mail systems of the recipients below. They do \
+             not send delivery notices, so this is the last notice you will receive about it. \
+             You receive it because you asked for one."
+        }
         DsnKind::Success => {
             "Your message was delivered to the recipients below. You receive this notice \
              because you asked for one."

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use crate::bounce::classify::ConnFailure;
 use crate::net::transport::Transport;
 use crate::smtp::client::{
-    ClientConfig, ClientError, ClientEvent, ClientSession, OutboundEnvelope, OutboundRecipient,
+    ClientConfig, ClientError, ClientEvent, ClientSession, MessageOutcome, OutboundEnvelope,
+    OutboundRecipient,
 };
 use crate::smtp::{Reply, ReplyLimits};
 
@@ -126,21 +127,31 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                     if let Some(wait) = delivery.rate_delay(domain) {
                         tokio::time::sleep(wait).await;
                     }
-                    let Some(job) = delivery.next_job(&hop_key(domain)) else {
-                        session.quit(Instant::now());
-                        continue;
+                    // A job with nothing left to send is skipped: the session must get the
+                    // next job or a QUIT, never sit idle with no deadline.
+                    let started = loop {
+                        let Some(mut job) = delivery.next_job(&hop_key(domain)) else {
+                            break None;
+                        };
+                        match start_job(&delivery, &mut session, &mut job) {
+                            Start::Sent => break Some(Some(job)),
+                            Start::Gone => continue,
+                            Start::Busy => {
+                                delivery.requeue_front(domain, job);
+                                break Some(None);
+                            }
+                        }
                     };
-                    match start_job(&delivery, &mut session, &job) {
-                        Start::Sent => {}
-                        Start::Gone => continue,
-                        Start::Busy => {
-                            delivery.requeue_front(domain, job);
-                            continue;
+                    match started {
+                        None => session.quit(Instant::now()),
+                        // The session is ending; its next event says how.
+                        Some(None) => {}
+                        Some(Some(job)) => {
+                            sent += 1;
+                            current = Some(job);
+                            job_started = Instant::now();
                         }
                     }
-                    sent += 1;
-                    current = Some(job);
-                    job_started = Instant::now();
                 }
                 ClientEvent::Outcome(o) => {
                     delivery
@@ -149,7 +160,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                         .delivery_latency
                         .observe(job_started.elapsed());
                     if let Some(job) = current.take() {
-                        let (over_limit, results) = split_over_limit(&job, &o.recipients, &remote);
+                        let (over_limit, results) = split_over_limit(&job, &o, &remote);
                         if !over_limit.is_empty() {
                             // RFC 5321 §4.5.3.1.10: recipients beyond the next hop's limit go
                             // in the next transaction, at once; this was not their attempt.
@@ -173,7 +184,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                                 let results: Vec<_> = job
                                     .rcpts
                                     .iter()
-                                    .map(|r2| (*r2, result_of(r, &remote)))
+                                    .map(|r2| (*r2, result_of(r, &remote, false)))
                                     .collect();
                                 delivery.record(job.id, &results);
                             }
@@ -281,18 +292,39 @@ fn hop_key(domain: &str) -> String {
 
 enum Start {
     Sent,
-    /// The message is gone (purged or deleted meanwhile).
+    /// Nothing left to send: the message is gone (purged) or its recipients became final
+    /// meanwhile (an operator's bounce or delete).
     Gone,
     /// The session cannot take a message now (it is ending).
     Busy,
 }
 
-/// Sends a job's envelope and body.
-fn start_job(delivery: &Delivery, session: &mut ClientSession, job: &Job) -> Start {
+/// Sends a job's envelope and body, for the recipients of the job that are still not final
+/// (the job keeps only those).
+fn start_job(delivery: &Delivery, session: &mut ClientSession, job: &mut Job) -> Start {
     let shard = delivery.core().shard.borrow();
-    let Some(view) = shard.message(job.id) else {
+    let (Some(view), Some(state)) = (shard.message(job.id), shard.state(job.id)) else {
+        delivery.release(job.id, &job.rcpts);
         return Start::Gone;
     };
+    let done: Vec<u32> = job
+        .rcpts
+        .iter()
+        .copied()
+        .filter(|r| {
+            state
+                .recipients
+                .get(*r as usize)
+                .is_none_or(|s| s.is_final())
+        })
+        .collect();
+    if !done.is_empty() {
+        delivery.release(job.id, &done);
+        job.rcpts.retain(|r| !done.contains(r));
+    }
+    if job.rcpts.is_empty() {
+        return Start::Gone;
+    }
     let meta = view.meta;
     let recipients = job
         .rcpts
@@ -350,9 +382,10 @@ fn notify_param(bits: u8) -> Option<String> {
 /// that reply the hop made no progress, and they are recorded as deferred like any 4xx.
 fn split_over_limit(
     job: &Job,
-    replies: &[Reply],
+    outcome: &MessageOutcome,
     remote: &str,
 ) -> (Vec<u32>, Vec<(u32, AttemptResult)>) {
+    let replies = &outcome.recipients;
     let over = |reply: &Reply| {
         reply.code == 452
             && match reply.enhanced {
@@ -371,18 +404,19 @@ fn split_over_limit(
         if progress && over(reply) {
             over_limit.push(*r);
         } else {
-            results.push((*r, result_of(reply, remote)));
+            results.push((*r, result_of(reply, remote, outcome.dsn_passed_on)));
         }
     }
     (over_limit, results)
 }
 
-fn result_of(reply: &Reply, remote: &str) -> AttemptResult {
+fn result_of(reply: &Reply, remote: &str, dsn_passed_on: bool) -> AttemptResult {
     let text = reply_line(reply);
     if (200..300).contains(&reply.code) {
         return AttemptResult::Delivered {
             reply: text,
             remote: remote.to_owned(),
+            dsn_passed_on,
         };
     }
     AttemptResult::Refused {

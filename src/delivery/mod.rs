@@ -32,6 +32,18 @@ use route::Router;
 /// Tick of the retry wheel.
 const TICK_MS: u64 = 100;
 
+/// A retry deadline in the wheel: the recipient, and the `next_attempt_ms` it was scheduled
+/// for. The entry is live while the recipient's state still says that time: a recipient that
+/// was attempted meanwhile (flush, an earlier entry) has moved on and the entry is skipped.
+/// Comparing stored times, not reading the clock, keeps a wall-clock step from stranding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Due {
+    id: QueueId,
+    rcpt: u32,
+    /// `Some(next_attempt_ms)` from the wheel; `None` forces an attempt now (fresh mail, flush).
+    scheduled_for: Option<u64>,
+}
+
 /// One batch of recipients of one message going to one destination in one transaction.
 #[derive(Clone, Debug)]
 pub struct Job {
@@ -61,6 +73,8 @@ pub enum AttemptResult {
         reply: String,
         /// The host that took it.
         remote: String,
+        /// The host offered DSN and got the recipient's NOTIFY: reporting success is its job.
+        dsn_passed_on: bool,
     },
     /// An SMTP reply refused it (the classifier decides retry or bounce).
     Refused {
@@ -73,6 +87,8 @@ pub enum AttemptResult {
         /// The host that said it.
         remote: String,
     },
+    /// An operator deleted the recipient: final, no DSN.
+    Deleted,
     /// No SMTP reply: connection, TLS or DNS trouble.
     Connection {
         /// What went wrong.
@@ -82,6 +98,30 @@ pub enum AttemptResult {
         /// The host, when one was reached.
         remote: String,
     },
+}
+
+/// What an operator asked for a message's recipients that are not final yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancel {
+    /// Fail them now, with a DSN as for any failure (`queue bounce`).
+    Bounce,
+    /// Drop them, without a DSN (`queue delete`).
+    Delete,
+}
+
+impl Cancel {
+    /// The result recorded for a recipient this cancels.
+    fn result(self) -> AttemptResult {
+        match self {
+            Cancel::Bounce => AttemptResult::Refused {
+                code: 554,
+                enhanced: Some((5, 0, 0)),
+                reply: "554 5.0.0 Bounced by the operator".into(),
+                remote: String::new(),
+            },
+            Cancel::Delete => AttemptResult::Deleted,
+        }
+    }
 }
 
 /// Delivery settings for one core.
@@ -115,7 +155,11 @@ pub struct Delivery {
     config: DeliveryConfig,
     router: RefCell<Rc<Router>>,
     classifier: RefCell<std::sync::Arc<Classifier>>,
-    wheel: RefCell<TimerWheel<(QueueId, u32)>>,
+    /// Retry deadlines on the monotonic clock (ms since `epoch`), so that a step of the wall
+    /// clock neither fires them early nor strands them.
+    wheel: RefCell<TimerWheel<Due>>,
+    /// Time zero of the wheel.
+    epoch: std::time::Instant,
     dests: RefCell<HashMap<String, Destination>>,
     /// Messages made durable since the last loop turn, to schedule now.
     fresh: RefCell<Vec<QueueId>>,
@@ -125,6 +169,9 @@ pub struct Delivery {
     dsn_counter: Cell<u64>,
     /// Recipients queued on a destination or in a transaction right now: never dispatched twice.
     in_flight: RefCell<HashSet<(QueueId, u32)>>,
+    /// Recipients an operator bounced or deleted while their transaction was under way: the
+    /// transaction's result stands if it delivered them, otherwise this does.
+    cancelled: RefCell<HashMap<(QueueId, u32), Cancel>>,
     /// Per-domain STARTTLS policy (reloadable).
     route_tls: RefCell<Vec<(String, crate::smtp::client::TlsPolicy)>>,
 }
@@ -140,9 +187,16 @@ impl Delivery {
     ) -> Rc<Delivery> {
         let now = unix_ms(SystemTime::now());
         let route_tls = config.route_tls.clone();
-        let mut wheel = TimerWheel::new(TICK_MS, now);
+        let mut wheel = TimerWheel::new(TICK_MS, 0);
         for (id, rcpt, next) in core.shard.borrow().pending() {
-            wheel.insert(next, (id, rcpt));
+            wheel.insert(
+                next.saturating_sub(now),
+                Due {
+                    id,
+                    rcpt,
+                    scheduled_for: Some(next),
+                },
+            );
         }
         Rc::new(Delivery {
             core,
@@ -150,6 +204,7 @@ impl Delivery {
             router: RefCell::new(Rc::new(router)),
             classifier: RefCell::new(classifier),
             wheel: RefCell::new(wheel),
+            epoch: std::time::Instant::now(),
             dests: RefCell::new(HashMap::new()),
             fresh: RefCell::new(Vec::new()),
             kick: Notify::new(),
@@ -157,6 +212,7 @@ impl Delivery {
             tls: crate::net::tls::outbound_client_config(),
             dsn_counter: Cell::new(0),
             in_flight: RefCell::new(HashSet::new()),
+            cancelled: RefCell::new(HashMap::new()),
             route_tls: RefCell::new(route_tls),
         })
     }
@@ -229,17 +285,25 @@ impl Delivery {
                         .unwrap_or(false),
                 };
                 if wanted {
-                    due.push((id, rcpt));
+                    due.push(Due {
+                        id,
+                        rcpt,
+                        scheduled_for: None,
+                    });
                 }
             }
         }
         let n = due.len() as u64;
-        self.dispatch_with(&mut due, u64::MAX);
+        self.dispatch(&mut due);
         n
     }
 
-    /// Bounces every non-final recipient of `id` now, with a DSN as for any failure.
-    pub fn bounce_now(&self, id: QueueId) -> Option<u64> {
+    /// Bounces or deletes every non-final recipient of `id` (an operator's `queue bounce` or
+    /// `queue delete`). Recipients waiting on a destination queue are taken off it and become
+    /// final now; those in a transaction under way become final with its result, unless that
+    /// delivered them (the message is then already there: the record says so, no DSN claims
+    /// otherwise). Returns how many recipients it concerns, or `None` for an unknown message.
+    pub fn cancel(&self, id: QueueId, how: Cancel) -> Option<u64> {
         let pending: Vec<u32> = {
             let shard = self.core.shard.borrow();
             let st = shard.state(id)?;
@@ -250,22 +314,46 @@ impl Delivery {
                 .map(|(i, _)| i as u32)
                 .collect()
         };
-        let results: Vec<(u32, AttemptResult)> = pending
-            .iter()
-            .map(|r| {
-                (
-                    *r,
-                    AttemptResult::Refused {
-                        code: 554,
-                        enhanced: Some((5, 0, 0)),
-                        reply: "554 5.0.0 Bounced by the operator".into(),
-                        remote: String::new(),
-                    },
-                )
-            })
-            .collect();
-        self.record(id, &results);
-        Some(results.len() as u64)
+        self.unqueue(id);
+        let mut immediate = Vec::new();
+        {
+            let in_flight = self.in_flight.borrow();
+            let mut cancelled = self.cancelled.borrow_mut();
+            for &r in &pending {
+                if in_flight.contains(&(id, r)) {
+                    cancelled.insert((id, r), how);
+                } else {
+                    immediate.push((r, how.result()));
+                }
+            }
+        }
+        self.record(id, &immediate);
+        Some(pending.len() as u64)
+    }
+
+    /// Takes every recipient of `id` off the destination queues (they stay in no job).
+    fn unqueue(&self, id: QueueId) {
+        let mut in_flight = self.in_flight.borrow_mut();
+        for d in self.dests.borrow_mut().values_mut() {
+            d.queue.retain_mut(|job| {
+                if job.id != id {
+                    return true;
+                }
+                for r in job.rcpts.drain(..) {
+                    in_flight.remove(&(id, r));
+                }
+                false
+            });
+        }
+    }
+
+    /// Forgets recipients that a job dropped before sending (final meanwhile, or the message
+    /// is gone), so that they can be dispatched again if they ever need to be.
+    pub fn release(&self, id: QueueId, rcpts: &[u32]) {
+        let mut in_flight = self.in_flight.borrow_mut();
+        for r in rcpts {
+            in_flight.remove(&(id, *r));
+        }
     }
 
     /// Hands a durable message to delivery (called after its 250 went out).
@@ -288,7 +376,7 @@ impl Delivery {
             if *shutdown.borrow() {
                 return;
             }
-            let now = unix_ms(SystemTime::now());
+            let now = self.wheel_now();
             let fresh: Vec<QueueId> = std::mem::take(&mut *self.fresh.borrow_mut());
             {
                 let shard = self.core.shard.borrow();
@@ -296,7 +384,11 @@ impl Delivery {
                     if let Some(st) = shard.state(id) {
                         for (i, r) in st.recipients.iter().enumerate() {
                             if !r.is_final() {
-                                due.push((id, i as u32));
+                                due.push(Due {
+                                    id,
+                                    rcpt: i as u32,
+                                    scheduled_for: None,
+                                });
                             }
                         }
                     }
@@ -304,7 +396,7 @@ impl Delivery {
             }
             self.wheel.borrow_mut().advance(now, &mut due);
             if !due.is_empty() {
-                self.dispatch(&mut due, now);
+                self.dispatch(&mut due);
             }
             let sleep_ms = self
                 .wheel
@@ -320,26 +412,44 @@ impl Delivery {
         }
     }
 
-    /// Groups due recipients into jobs per (message, domain) and queues them.
-    fn dispatch(self: &Rc<Self>, due: &mut Vec<(QueueId, u32)>, now: u64) {
-        self.dispatch_with(due, now);
+    /// Milliseconds on the wheel's monotonic clock.
+    fn wheel_now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
-    /// As `dispatch`; recipients whose next attempt is after `now` are skipped (stale wheel
-    /// entries), so `now = u64::MAX` forces every listed recipient (flush).
-    fn dispatch_with(self: &Rc<Self>, due: &mut Vec<(QueueId, u32)>, now: u64) {
+    /// Puts a recipient in the wheel to be tried in `delay_ms`, whatever the wall clock does
+    /// meanwhile; `scheduled_for` is its `next_attempt_ms` as the shard holds it now.
+    fn schedule(&self, id: QueueId, rcpt: u32, delay_ms: u64, scheduled_for: u64) {
+        let at = self.wheel_now().saturating_add(delay_ms);
+        self.wheel.borrow_mut().insert(
+            at,
+            Due {
+                id,
+                rcpt,
+                scheduled_for: Some(scheduled_for),
+            },
+        );
+    }
+
+    /// Groups due recipients into jobs per (message, domain) and queues them. Stale wheel
+    /// entries (the recipient is final or was attempted since) are skipped.
+    fn dispatch(self: &Rc<Self>, due: &mut Vec<Due>) {
         let mut jobs: HashMap<(QueueId, String), Vec<u32>> = HashMap::new();
         {
             let shard = self.core.shard.borrow();
-            for (id, rcpt) in due.drain(..) {
+            for Due {
+                id,
+                rcpt,
+                scheduled_for,
+            } in due.drain(..)
+            {
                 let (Some(st), Some(view)) = (shard.state(id), shard.message(id)) else {
                     continue;
                 };
                 let Some(r) = st.recipients.get(rcpt as usize) else {
                     continue;
                 };
-                // Stale wheel entries (already final, or rescheduled later) are skipped.
-                if r.is_final() || r.next_attempt_ms > now.saturating_add(TICK_MS) {
+                if r.is_final() || scheduled_for.is_some_and(|t| t != r.next_attempt_ms) {
                     continue;
                 }
                 let Some(meta) = view.meta.recipients.get(rcpt as usize) else {
@@ -465,10 +575,26 @@ impl Delivery {
     pub fn record(&self, id: QueueId, results: &[(u32, AttemptResult)]) {
         let now_time = SystemTime::now();
         let now = unix_ms(now_time);
+        let overridden: Vec<(u32, AttemptResult)>;
+        let mut results = results;
         {
             let mut in_flight = self.in_flight.borrow_mut();
             for (rcpt, _) in results {
                 in_flight.remove(&(id, *rcpt));
+            }
+            let mut cancelled = self.cancelled.borrow_mut();
+            if !cancelled.is_empty() {
+                // An operator's bounce or delete stands unless the attempt delivered.
+                overridden = results
+                    .iter()
+                    .map(|(r, result)| match cancelled.remove(&(id, *r)) {
+                        Some(how) if !matches!(result, AttemptResult::Delivered { .. }) => {
+                            (*r, how.result())
+                        }
+                        _ => (*r, result.clone()),
+                    })
+                    .collect();
+                results = &overridden;
             }
         }
         let mut failed_dsn = Vec::new();
@@ -500,11 +626,21 @@ impl Delivery {
                 if rs.is_final() {
                     continue;
                 }
-                let attempt = rs.attempts + 1;
                 let address = &addresses[i];
+                if let AttemptResult::Deleted = result {
+                    self.record_deleted(&mut shard, id, *rcpt, rs.attempts, address, now);
+                    continue;
+                }
+                let attempt = rs.attempts + 1;
                 let n = notify[i];
+                let mut success_reported_downstream = false;
                 let (kind, reply, remote, class) = match result {
-                    AttemptResult::Delivered { reply, remote } => {
+                    AttemptResult::Delivered {
+                        reply,
+                        remote,
+                        dsn_passed_on,
+                    } => {
+                        success_reported_downstream = *dsn_passed_on;
                         (StatusKind::Delivered, reply.clone(), remote.clone(), None)
                     }
                     AttemptResult::Refused {
@@ -525,6 +661,7 @@ impl Delivery {
                         };
                         (kind, reply.clone(), remote.clone(), Some(c))
                     }
+                    AttemptResult::Deleted => continue,
                     AttemptResult::Connection {
                         failure,
                         detail,
@@ -611,7 +748,13 @@ impl Delivery {
                 };
                 match kind {
                     StatusKind::Deferred => {
-                        self.wheel.borrow_mut().insert(next, (id, *rcpt));
+                        // What the shard holds (the record may have failed to append: then
+                        // the entry must still match the state to stay live).
+                        let held = shard
+                            .state(id)
+                            .and_then(|s| s.recipients.get(*rcpt as usize))
+                            .map_or(next, |r| r.next_attempt_ms);
+                        self.schedule(id, *rcpt, next.saturating_sub(now), held);
                         let wants_delay = n == 0 || n & 8 != 0;
                         if may_notify
                             && wants_delay
@@ -630,7 +773,11 @@ impl Delivery {
                     StatusKind::Failed if may_notify && n & 1 == 0 && (n == 0 || n & 4 != 0) => {
                         failed_dsn.push(dsn_rcpt());
                     }
-                    StatusKind::Delivered if may_notify && n & 2 != 0 => {
+                    // RFC 3461 §5.2.2-5.2.3: a relay that passed NOTIFY on to a next hop with
+                    // DSN sends nothing (the next hop reports); otherwise it reports "relayed".
+                    StatusKind::Delivered
+                        if may_notify && n & 2 != 0 && !success_reported_downstream =>
+                    {
                         success_dsn.push(dsn_rcpt());
                     }
                     _ => {}
@@ -647,6 +794,45 @@ impl Delivery {
             }
         }
         self.core.kick_commit();
+    }
+
+    /// Records an operator's delete of one recipient: a final `Deleted` status, no DSN.
+    fn record_deleted(
+        &self,
+        shard: &mut crate::spool::Shard,
+        id: QueueId,
+        rcpt: u32,
+        attempts: u32,
+        address: &str,
+        now: u64,
+    ) {
+        let reply = "deleted by operator";
+        let rec = StatusRecord {
+            id: id.0,
+            rcpt,
+            kind: StatusKind::Deleted as u8,
+            attempt: attempts,
+            at_ms: now,
+            next_attempt_ms: 0,
+            reply: reply.into(),
+            remote: String::new(),
+            category: String::new(),
+        };
+        if let Err(e) = shard.append_status(&rec) {
+            tracing::error!(%id, error = %e, "cannot record the deletion");
+        }
+        tracing::info!(%id, recipient = %address, "deleted by operator");
+        self.events.log(LogEvent {
+            at_ms: now,
+            id,
+            recipient: address.to_owned(),
+            outcome: "deleted",
+            remote: String::new(),
+            reply: reply.into(),
+            category: None,
+            attempt: attempts,
+            next_attempt_ms: None,
+        });
     }
 
     /// Builds a DSN about `id` and queues it (null reverse-path, marked as a DSN so that no DSN
@@ -671,7 +857,8 @@ impl Delivery {
                         action: match kind {
                             DsnKind::Failure => DsnAction::Failed,
                             DsnKind::Delay => DsnAction::Delayed,
-                            DsnKind::Success => DsnAction::Delivered,
+                            // ringmta always hands mail on to another system.
+                            DsnKind::Success => DsnAction::Relayed,
                         },
                         status: status_code(kind, &f.reply, f.class),
                         remote_mta: (!f.remote.is_empty()).then(|| format!("dns;{}", f.remote)),
@@ -721,7 +908,9 @@ impl Delivery {
             ret: 0,
             envid: None,
             body_type: 1,
-            smtputf8: false,
+            // RFC 6531 §3.4: a non-ASCII recipient needs SMTPUTF8 on the way out, or a
+            // conforming next hop refuses it (and there is no DSN about a lost DSN).
+            smtputf8: !to.is_ascii(),
             recipients: vec![RecipientMeta {
                 address: to,
                 notify: 1,

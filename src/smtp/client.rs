@@ -101,6 +101,9 @@ pub struct MessageOutcome {
     /// One reply per recipient, in envelope order: the RCPT reply when it failed, the MAIL
     /// reply when MAIL failed, otherwise the reply to the end of data.
     pub recipients: Vec<Reply>,
+    /// The server offered DSN, so each recipient's NOTIFY and ORCPT went with it: a success is
+    /// then the next hop's to report (RFC 3461 §5.2.2), not ours.
+    pub dsn_passed_on: bool,
 }
 
 /// Server extensions seen in the EHLO reply.
@@ -310,6 +313,7 @@ impl ClientSession {
             let replies = vec![reply; envelope.recipients.len()];
             self.events.push_back(ClientEvent::Outcome(MessageOutcome {
                 recipients: replies,
+                dsn_passed_on: self.ext.dsn,
             }));
             self.events.push_back(ClientEvent::Ready);
             return true;
@@ -324,6 +328,7 @@ impl ClientSession {
             let replies = vec![reply; envelope.recipients.len()];
             self.events.push_back(ClientEvent::Outcome(MessageOutcome {
                 recipients: replies,
+                dsn_passed_on: self.ext.dsn,
             }));
             self.events.push_back(ClientEvent::Ready);
             return true;
@@ -527,7 +532,9 @@ impl ClientSession {
                 let Some(msg) = self.msg.as_mut() else {
                     return self.fail(ClientError::Refused(reply));
                 };
-                if reply.code == 250 || reply.code == 251 {
+                // RFC 5321 §4.2.1: any 2yz is a positive completion; 252 and other 2xx
+                // replies accept the recipient as surely as 250 and 251 do.
+                if (200..300).contains(&reply.code) {
                     msg.accepted += 1;
                 } else if let Some(slot) = msg.rcpt_replies.get_mut(i) {
                     *slot = Some(reply);
@@ -672,8 +679,10 @@ impl ClientSession {
                     .unwrap_or_else(|| final_reply.clone())
             })
             .collect();
-        self.events
-            .push_back(ClientEvent::Outcome(MessageOutcome { recipients }));
+        self.events.push_back(ClientEvent::Outcome(MessageOutcome {
+            recipients,
+            dsn_passed_on: self.ext.dsn,
+        }));
     }
 }
 
@@ -861,6 +870,48 @@ mod tests {
         c.handle_input(b"250-mx\r\n250 PIPELINING\r\n", now);
         assert_eq!(c.poll_event(), Some(ClientEvent::Ready));
         assert!(c.extensions().pipelining);
+    }
+
+    /// Regression (issue 23, bug 7): a recipient accepted with 252 was counted as refused, so a
+    /// lone one got an empty transaction (just ".") and was then recorded as delivered.
+    #[test]
+    fn a_252_recipient_gets_the_message_body() {
+        for pipelining in [true, false] {
+            let now = Instant::now();
+            let mut c = ClientSession::new(config(pipelining), false, now);
+            let ext = if pipelining {
+                "250-mx\r\n250 PIPELINING\r\n"
+            } else {
+                "250 mx\r\n"
+            };
+            c.handle_input(b"220 mx\r\n", now);
+            c.handle_input(ext.as_bytes(), now);
+            assert_eq!(c.poll_event(), Some(ClientEvent::Ready));
+            assert!(c.send_message(
+                &envelope(&["b@x.example"]),
+                b"Subject: s\r\n\r\nbody\r\n",
+                now
+            ));
+            let mut out = Vec::new();
+            c.poll_output(&mut out);
+            c.handle_input(b"250 2.1.0 ok\r\n", now);
+            c.poll_output(&mut out);
+            c.handle_input(b"252 2.1.5 cannot verify, will accept\r\n", now);
+            c.poll_output(&mut out);
+            out.clear();
+            c.handle_input(b"354 go\r\n", now);
+            c.poll_output(&mut out);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                "Subject: s\r\n\r\nbody\r\n.\r\n",
+                "pipelining={pipelining}"
+            );
+            c.handle_input(b"250 2.0.0 queued\r\n", now);
+            let Some(ClientEvent::Outcome(o)) = c.poll_event() else {
+                panic!("no outcome, pipelining={pipelining}");
+            };
+            assert_eq!(o.recipients[0].code, 250);
+        }
     }
 
     #[test]

@@ -76,6 +76,12 @@ fn temporary_failures_are_retried_and_permanent_ones_bounce_with_a_dsn() {
             .any(|x| to_header(x) == "X-Sink-Recipients: ok@example.net"),
         "{msgs:?}"
     );
+    // The sink stores a message before it replies: wait for ringmta to record the reply.
+    wait_outcomes(
+        &s.dir,
+        "temp-2-x@example.net",
+        &["deferred", "deferred", "delivered"],
+    );
     let dsn = msgs
         .iter()
         .find(|x| to_header(x) == "X-Sink-Recipients: alice@example.com")
@@ -146,7 +152,8 @@ fn expired_recipient_gets_delivery_time_expired_and_one_delay_notice() {
 
 #[test]
 fn null_sender_and_notify_never_get_no_dsn_but_notify_success_does() {
-    let sink = Sink::start();
+    // A next hop without DSN: ringmta reports the success itself, as "relayed".
+    let sink = Sink::start_with(&["--no-dsn"]);
     let s = Server::start(&routed_to(&sink, ""));
     let mut c = Raw::connect(s.addr("smtp"));
     c.reply();
@@ -180,7 +187,7 @@ fn null_sender_and_notify_never_get_no_dsn_but_notify_success_does() {
         .filter(|x| x.contains("multipart/report"))
         .collect();
     assert_eq!(dsns.len(), 1, "{dsns:?}");
-    assert!(dsns[0].contains("Action: delivered"), "{}", dsns[0]);
+    assert!(dsns[0].contains("Action: relayed"), "{}", dsns[0]);
     assert!(
         dsns[0].contains("Original-Envelope-Id: env-42"),
         "{}",
@@ -537,4 +544,282 @@ fn ten_thousand_recipients_are_accepted_and_delivered_in_batches() {
     // Each batch of 1,000 goes as 300 + 300 + 300 + 100.
     assert!(msgs.iter().all(|m| sink_recipients(m).len() <= 300));
     assert_eq!(msgs.len(), 40);
+}
+
+/// The config of a server with one worker and one connection per destination, whose queue API
+/// listens on loopback (the `queue` CLI talks to it).
+fn one_connection(sink: &Sink, dir: &std::path::Path, extra: &str) -> String {
+    crate::harness::base_config(
+        dir,
+        &format!(
+            "{extra}{}",
+            routed_to(sink, "max_connections = 1\nretry_schedule = [\"1h\"]\n")
+        ),
+    )
+    .replace("threads = 2", "threads = 1")
+    .replace("http = \"\"", "http = \"127.0.0.1:0\"")
+}
+
+fn accepted_id(out: &[String]) -> String {
+    out[0]
+        .strip_prefix("OK ")
+        .unwrap_or_else(|| panic!("not accepted: {out:?}"))
+        .to_owned()
+}
+
+/// Outcomes in the event log of one recipient, in order.
+fn outcomes(dir: &std::path::Path, rcpt: &str) -> Vec<String> {
+    events(dir)
+        .iter()
+        .filter(|e| e["recipient"] == rcpt)
+        .map(|e| e["outcome"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Waits (bounded) until the event log shows `want` for `rcpt` (the sink stores a message
+/// before its end-of-data reply, so the sink can have it before ringmta recorded it).
+fn wait_outcomes(dir: &std::path::Path, rcpt: &str, want: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = outcomes(dir, rcpt);
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{rcpt}: expected {want:?}, the event log has {got:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Regression (issue 23, bug 3): an operator's bounce or delete left the message's job on its
+/// destination queue, and the connection that took it sent it anyway: the bounced message
+/// arrived after its failure DSN, the deleted one arrived too, and the event log showed neither
+/// delivery. A bounce of a message whose transaction is already under way must not claim a
+/// failure the next hop is about to contradict.
+#[test]
+fn operator_bounce_and_delete_stop_queued_work() {
+    // Every end-of-data reply takes 3 s: the first message holds the only connection while the
+    // others wait on the destination queue.
+    let sink = Sink::start_with(&["--delay", "3000"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let s = Server::start_in(&dir, &one_connection(&sink, &dir, ""));
+    let a = accepted_id(&submit(&s, &["--to", "a@example.net"]));
+    let b = accepted_id(&submit(&s, &["--to", "b@example.net"]));
+    let c = accepted_id(&submit(&s, &["--to", "c@example.net"]));
+    let _d = accepted_id(&submit(&s, &["--to", "d@example.net"]));
+    for (verb, id) in [("bounce", &b), ("delete", &c), ("bounce", &a)] {
+        let (code, text, err) = s.cli(&["queue", verb, id]);
+        assert_eq!(code, 0, "{verb} {id}: {err}");
+        assert!(text.contains(":1"), "{verb} {id}: {text}");
+    }
+    let msgs = sink.wait_for("d and the DSN for b", 40, |m| {
+        m.iter().any(|x| to_header(x).contains("d@example.net"))
+            && m.iter()
+                .any(|x| to_header(x) == "X-Sink-Recipients: alice@example.com")
+    });
+    let recipients: Vec<&str> = msgs.iter().map(|m| to_header(m)).collect();
+    assert!(
+        !recipients.iter().any(|r| r.contains("b@example.net")),
+        "the bounced message was delivered: {recipients:?}"
+    );
+    assert!(
+        !recipients.iter().any(|r| r.contains("c@example.net")),
+        "the deleted message was delivered: {recipients:?}"
+    );
+    // a was under way when it was bounced: the next hop took it, so it counts as delivered and
+    // the only DSN is about b.
+    assert!(recipients.iter().any(|r| r.contains("a@example.net")));
+    let dsns: Vec<&String> = msgs
+        .iter()
+        .filter(|x| x.contains("multipart/report"))
+        .collect();
+    assert_eq!(dsns.len(), 1, "{dsns:?}");
+    assert!(dsns[0].contains("Final-Recipient: rfc822;b@example.net"));
+    assert!(dsns[0].contains("Bounced by the operator"), "{}", dsns[0]);
+    wait_outcomes(&dir, "d@example.net", &["delivered"]);
+    assert_eq!(outcomes(&dir, "a@example.net"), ["delivered"]);
+    assert_eq!(outcomes(&dir, "b@example.net"), ["bounced"]);
+    assert_eq!(outcomes(&dir, "c@example.net"), ["deleted"]);
+    let (_, show, _) = s.cli(&["queue", "show", &c]);
+    assert!(show.contains("deleted"), "{show}");
+}
+
+/// Regression (issue 23, bug 4): a connection that took a job whose message had been purged
+/// meanwhile sat idle with no deadline, and with one connection per destination nothing else
+/// went there again.
+#[test]
+fn a_job_whose_message_was_purged_does_not_stall_its_connection() {
+    // 600 KB messages in 1 MiB segments: each has a segment of its own, which purge removes
+    // (retention 0) as soon as its message is final.
+    let sink = Sink::start_with(&["--delay", "3000"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let config = one_connection(
+        &sink,
+        &dir,
+        "[spool]\nsegment_size = \"1MiB\"\n[retention]\ncontent = \"0s\"\n",
+    );
+    let s = Server::start_in(&dir, &config);
+    let big = ["--size", "600000"];
+    let _a = accepted_id(&submit(
+        &s,
+        &[&big[..], &["--to", "a@example.net"]].concat(),
+    ));
+    let b = accepted_id(&submit(
+        &s,
+        &[&big[..], &["--to", "b@example.net"]].concat(),
+    ));
+    let _c = accepted_id(&submit(
+        &s,
+        &[&big[..], &["--to", "c@example.net"]].concat(),
+    ));
+    let (code, _, err) = s.cli(&["queue", "delete", &b]);
+    assert_eq!(code, 0, "{err}");
+    // The purge (every second) removes b's content while a holds the connection.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, text, _) = s.cli(&["queue", "show", &b]);
+        if text.contains("purged") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "b not purged: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    sink.wait_for("c after a", 30, |m| {
+        m.iter().any(|x| to_header(x).contains("c@example.net"))
+    });
+    wait_outcomes(&dir, "c@example.net", &["delivered"]);
+}
+
+/// Regression (issue 23, bug 5): with NOTIFY=SUCCESS passed on to a next hop that offers DSN,
+/// the next hop reports the delivery (RFC 3461 §5.2.2); ringmta sent its own "delivered" too.
+#[test]
+fn notify_success_passed_on_to_a_dsn_next_hop_gets_no_dsn_from_us() {
+    let sink = Sink::start();
+    let s = Server::start(&routed_to(&sink, ""));
+    let mut c = Raw::greeted(s.addr("smtp"));
+    assert!(c.cmd("MAIL FROM:<carol@client.test>").starts_with("250"));
+    assert!(
+        c.cmd("RCPT TO:<happy@example.net> NOTIFY=SUCCESS,FAILURE")
+            .starts_with("250")
+    );
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: notify\r\n\r\nx\r\n.").starts_with("250"));
+    // A second message, after it on the same path: once it arrived, a DSN queued for the
+    // first (in the same step that recorded its delivery) would have had its turn too.
+    assert!(c.cmd("MAIL FROM:<carol@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<later@example.net>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: later\r\n\r\nx\r\n.").starts_with("250"));
+    sink.wait_for("both deliveries", 30, |m| {
+        m.iter().any(|x| to_header(x).contains("later@example.net"))
+            && m.iter().any(|x| to_header(x).contains("happy@example.net"))
+    });
+    assert_eq!(outcomes(&s.dir, "happy@example.net"), ["delivered"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let reports: Vec<String> = sink
+        .messages()
+        .into_iter()
+        .filter(|x| x.contains("multipart/report"))
+        .collect();
+    assert!(reports.is_empty(), "{reports:?}");
+}
+
+/// Regression (issue 23, bug 6): the DSN to a sender with a non-ASCII address went out without
+/// SMTPUTF8, a conforming next hop refused its RCPT, and the failure notice was lost silently.
+#[test]
+fn a_dsn_to_a_non_ascii_sender_goes_out_with_smtputf8() {
+    let sink = Sink::start();
+    let s = Server::start(&routed_to(&sink, ""));
+    let mut c = Raw::greeted(s.addr("smtp"));
+    let r = c.cmd("MAIL FROM:<jörg@bücher.example> SMTPUTF8");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd("RCPT TO:<perm-x@example.net>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: utf8\r\n\r\nx\r\n.").starts_with("250"));
+    let msgs = sink.wait_for("the failure DSN to jörg", 30, |m| {
+        m.iter()
+            .any(|x| to_header(x) == "X-Sink-Recipients: jörg@bücher.example")
+    });
+    let dsn = msgs
+        .iter()
+        .find(|x| to_header(x) == "X-Sink-Recipients: jörg@bücher.example")
+        .unwrap();
+    assert!(
+        dsn.contains("Final-Recipient: rfc822;perm-x@example.net"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Action: failed"), "{dsn}");
+}
+
+/// The libfaketime preload library, when installed (Debian package `faketime`).
+fn libfaketime() -> Option<std::path::PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// Regression (issue 23, bug 2): after the wall clock stepped back, a recipient deferred with a
+/// delay shorter than the step was due at once in the wheel (its deadline lay before the
+/// wheel's high-water mark), then dropped as "not due yet": never retried, never expired, no
+/// DSN. The server runs under libfaketime, whose offset the test moves back one hour while it
+/// runs; the monotonic clock is left alone, as an NTP step leaves it.
+#[test]
+fn a_backward_clock_step_does_not_strand_deferred_recipients() {
+    let Some(lib) = libfaketime() else {
+        eprintln!("SKIP: libfaketime is needed (apt-get install faketime)");
+        return;
+    };
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let offset = tmp.path().join("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let config =
+        crate::harness::base_config(&dir, &routed_to(&sink, "retry_schedule = [\"2s\"]\n"))
+            .replace("threads = 2", "threads = 1");
+    let lib = lib.to_string_lossy().into_owned();
+    let offset_path = offset.to_string_lossy().into_owned();
+    let s = Server::start_in_env(
+        &dir,
+        &config,
+        &[
+            ("LD_PRELOAD", &lib),
+            ("FAKETIME_TIMESTAMP_FILE", &offset_path),
+            ("FAKETIME_CACHE_DURATION", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    // Let the scheduler run on the current time, then step the wall clock back one hour.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::fs::write(&offset, "-3600\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // The first attempt gets 451 (greylisting); the retry 2 s later is accepted.
+    let out = submit(&s, &["--to", "temp-1-grey@example.net"]);
+    assert!(out[0].starts_with("OK "), "{out:?}");
+    sink.wait_for("the retried delivery after the clock step", 30, |m| {
+        m.iter()
+            .any(|x| to_header(x).contains("temp-1-grey@example.net"))
+    });
+    let ev = events(&dir);
+    assert_eq!(
+        outcomes(&dir, "temp-1-grey@example.net"),
+        ["deferred", "delivered"],
+        "{ev:?}"
+    );
+    // The server really ran an hour behind.
+    let ts = ev[0]["ts_ms"].as_u64().unwrap();
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(real - ts > 3_000_000, "event at {ts}, now {real}");
 }

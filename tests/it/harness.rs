@@ -19,6 +19,8 @@ pub struct Server {
     pub config_path: PathBuf,
     pub addrs: HashMap<String, SocketAddr>,
     pub dev_password: Option<String>,
+    /// Extra environment variables for the server process.
+    pub env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -67,6 +69,11 @@ impl Server {
 
     /// Starts a server with the given config text (written next to the spool).
     pub fn start_in(dir: &Path, config: &str) -> Server {
+        Server::start_in_env(dir, config, &[])
+    }
+
+    /// Starts a server with the given config text and extra environment variables.
+    pub fn start_in_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(dir).unwrap();
         let config_path = dir.with_extension("toml");
         std::fs::write(&config_path, config).unwrap();
@@ -76,6 +83,10 @@ impl Server {
             config_path,
             addrs: HashMap::new(),
             dev_password: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _tmp: None,
         };
         s.launch();
@@ -93,6 +104,7 @@ impl Server {
             config_path,
             addrs: HashMap::new(),
             dev_password: None,
+            env: Vec::new(),
             _tmp: None,
         };
         s.launch_with(wrapper);
@@ -118,6 +130,7 @@ impl Server {
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
