@@ -845,7 +845,7 @@ impl Shard {
     }
 
     /// Changes the size limit (configuration reload, or an operator making room). Takes effect at
-    /// the next segment switch.
+    /// the next append.
     pub fn set_max_bytes(&mut self, max_bytes: u64) {
         self.cfg.max_bytes = max_bytes;
     }
@@ -1053,7 +1053,7 @@ impl Shard {
             return Ok(());
         };
         e.seg.seal();
-        match e.seg.trim() {
+        match e.seg.trim(false) {
             Ok(freed) => self.bytes -= freed,
             // The segment stays whole: only space is lost, never a record.
             Err(err) => tracing::warn!(path = %e.seg.path.display(), error = %err,
@@ -1153,7 +1153,7 @@ fn trim_recovered(segments: &mut [SegmentEntry], report: &RecoveryReport) {
         if !clean {
             continue;
         }
-        if let Err(err) = e.seg.trim() {
+        if let Err(err) = e.seg.trim(true) {
             tracing::warn!(path = %e.seg.path.display(), error = %err,
                 "cannot give back the unused space of a recovered segment");
         }
@@ -1764,6 +1764,28 @@ mod tests {
         assert_eq!(bytes_on_disk(dir.path()), (64 << 10) + 4096);
         assert_eq!(shard.stats().bytes, (64 << 10) + 4096);
         assert!(shard.message(id).unwrap().body.ends_with(b"hello\r\n"));
+    }
+
+    #[test]
+    fn reopening_keeps_a_segment_with_bytes_after_its_clean_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shard, _) = Shard::open(cfg(dir.path()), 1_000).unwrap();
+        append(&mut shard, 1, b"hello\r\n");
+        shard.sync().unwrap();
+        drop(shard);
+        // A frame whose header page never reached the disk: zeros, then data further on.
+        let path = &segment_paths(dir.path())[0];
+        let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"later data", 16 << 10).unwrap();
+        drop(f);
+        let (_shard, _) = Shard::open(cfg(dir.path()), 2_000).unwrap();
+        assert_eq!(
+            fs::metadata(path).unwrap().len(),
+            64 << 10,
+            "kept for spool check"
+        );
+        let report = check(dir.path()).unwrap();
+        assert!(!report.is_clean(), "{report}");
     }
 
     #[test]

@@ -506,13 +506,21 @@ impl Segment {
     ///
     /// Durable on return: nothing needs to be. Every frame lies below the cut, and a crash that
     /// loses the truncation leaves zeros past `end`, which recovery reads as a clean end.
-    pub fn trim(&mut self) -> io::Result<u64> {
+    ///
+    /// With `check_tail` (a segment recovered from disk) nothing is cut unless every byte past
+    /// `end` is zero: the start-up scan looks only at the frame header after the last frame, so
+    /// a frame whose header never reached the disk would otherwise vanish unseen. A segment this
+    /// process wrote needs no check (it never writes past `end`).
+    pub fn trim(&mut self, check_tail: bool) -> io::Result<u64> {
         let (Map::Read(old), Some(file)) = (&self.map, &self.file) else {
             return Ok(0);
         };
         let keep = (self.end as u64).next_multiple_of(4096);
         let len = old.len() as u64;
         if self.header_error.is_some() || keep >= len {
+            return Ok(0);
+        }
+        if check_tail && old[self.end..].iter().any(|&b| b != 0) {
             return Ok(0);
         }
         // A recovered segment is open read-only; the cut needs a handle that may write.
@@ -523,7 +531,12 @@ impl Segment {
         // writes below `end` again; the new mapping covers only bytes that stay in the file.
         let map = unsafe { MmapOptions::new().len(keep as usize).map(file)? };
         self.map = Map::Read(map);
-        writable.set_len(keep)?;
+        if let Err(e) = writable.set_len(keep) {
+            // The file keeps its length: map all of it again so that `len` stays true.
+            // SAFETY: as above; the file was not cut, so every mapped byte is in it.
+            self.map = Map::Read(unsafe { MmapOptions::new().len(len as usize).map(file)? });
+            return Err(e);
+        }
         Ok(len - keep)
     }
 

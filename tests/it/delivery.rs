@@ -647,6 +647,38 @@ fn operator_bounce_and_delete_stop_queued_work() {
     assert!(show.contains("deleted"), "{show}");
 }
 
+/// Review of the issue 23 fix: a recipient bounced while its transaction was under way, and
+/// refused by the next hop only for its per-transaction limit, must not go out in the next
+/// transaction (the over-limit requeue bypassed the operator's bounce).
+#[test]
+fn an_operator_bounce_also_stops_recipients_over_the_next_hops_limit() {
+    let sink = Sink::start_with(&["--delay", "3000", "--max-recipients", "1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let s = Server::start_in(&dir, &one_connection(&sink, &dir, ""));
+    let id = accepted_id(&submit(
+        &s,
+        &["--to", "first@example.net", "--to", "second@example.net"],
+    ));
+    // The first transaction carries both; the sink takes one and holds its reply 3 s.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (code, text, err) = s.cli(&["queue", "bounce", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains(":2"), "{text}");
+    wait_outcomes(&dir, "second@example.net", &["bounced"]);
+    wait_outcomes(&dir, "first@example.net", &["delivered"]);
+    let msgs = sink.wait_for("the DSN about second", 30, |m| {
+        m.iter()
+            .any(|x| to_header(x) == "X-Sink-Recipients: alice@example.com")
+    });
+    assert!(
+        !msgs
+            .iter()
+            .any(|x| to_header(x).contains("second@example.net")),
+        "{msgs:?}"
+    );
+}
+
 /// Regression (issue 23, bug 4): a connection that took a job whose message had been purged
 /// meanwhile sat idle with no deadline, and with one connection per destination nothing else
 /// went there again.
