@@ -244,7 +244,7 @@ fn delete(dir: &Path, id: QueueId) -> Result<u64> {
     let _lock = crate::spool::lock(dir).context(
         "cannot lock the spool: is the server running? (with listen.http set, this command goes through its API)",
     )?;
-    let now = crate::net::worker::unix_ms(std::time::SystemTime::now());
+    let now = crate::time::unix_ms(std::time::SystemTime::now());
     // Appends after open go to a fresh segment; keep it small for a one-off command.
     let cfg = ShardConfig {
         segment_size: 1 << 20,

@@ -25,3 +25,5 @@ pub mod ratelimit;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod time;
+pub mod worker;

@@ -265,7 +265,7 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
         "Failed attempts (deferred or bounced) by bounce category.",
         CATEGORIES.iter().map(|&cat| {
             let n = summed(&|c| load(&c.categories[cat as usize]));
-            (crate::delivery::category_name(cat), n)
+            (cat.name(), n)
         }),
     );
     histogram(

@@ -12,10 +12,11 @@ use crate::auth::{AuthService, ThrottlePolicy};
 use crate::config::Config;
 use crate::config::resolved::{Durability, ListenerRole, Secret, TlsSource, User};
 use crate::net::listen::bind_all;
-use crate::net::worker::{self, Shared, WorkerSpec, unix_ms};
 use crate::ratelimit::RateLimit;
 use crate::smtp::{PortRole, SessionConfig, SessionLimits};
 use crate::spool::{self, Shard, ShardConfig};
+use crate::time::unix_ms;
+use crate::worker::{self, Shared, WorkerSpec};
 
 /// Runs the server until SIGTERM or SIGINT. Returns after every worker has flushed its shard.
 pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()> {

@@ -516,27 +516,52 @@ impl Category {
         )
     }
 
-    fn from_name(name: &str) -> Option<Category> {
-        use Category::*;
-        Some(match name {
-            "user_unknown" => UserUnknown,
-            "mailbox_disabled" => MailboxDisabled,
-            "mailbox_full" => MailboxFull,
-            "blocklisted" => Blocklisted,
-            "greylisted" => Greylisted,
-            "rate_limited" => RateLimited,
-            "spam" => Spam,
-            "virus" => Virus,
-            "policy" => Policy,
-            "message_too_big" => MessageTooBig,
-            "relay_denied" => RelayDenied,
-            "host_unknown" => HostUnknown,
-            "tls" => Tls,
-            "protocol" => Protocol,
-            "temporary" => Temporary,
-            "other" => Other,
-            _ => return None,
-        })
+    /// Every category, in declaration order.
+    pub const ALL: [Category; 16] = [
+        Category::UserUnknown,
+        Category::MailboxDisabled,
+        Category::MailboxFull,
+        Category::Blocklisted,
+        Category::Greylisted,
+        Category::RateLimited,
+        Category::Spam,
+        Category::Virus,
+        Category::Policy,
+        Category::MessageTooBig,
+        Category::RelayDenied,
+        Category::HostUnknown,
+        Category::Tls,
+        Category::Protocol,
+        Category::Temporary,
+        Category::Other,
+    ];
+
+    /// The category's name: in rules files, the event log, metrics and `bounce classify`
+    /// output (the same as its serde name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Category::UserUnknown => "user_unknown",
+            Category::MailboxDisabled => "mailbox_disabled",
+            Category::MailboxFull => "mailbox_full",
+            Category::Blocklisted => "blocklisted",
+            Category::Greylisted => "greylisted",
+            Category::RateLimited => "rate_limited",
+            Category::Spam => "spam",
+            Category::Virus => "virus",
+            Category::Policy => "policy",
+            Category::MessageTooBig => "message_too_big",
+            Category::RelayDenied => "relay_denied",
+            Category::HostUnknown => "host_unknown",
+            Category::Tls => "tls",
+            Category::Protocol => "protocol",
+            Category::Temporary => "temporary",
+            Category::Other => "other",
+        }
+    }
+
+    /// The category with this name.
+    pub fn from_name(name: &str) -> Option<Category> {
+        Category::ALL.into_iter().find(|c| c.name() == name)
     }
 }
 
@@ -1801,28 +1826,10 @@ mod tests {
 
     #[test]
     fn names_match_serde() {
-        use Category::*;
-        let categories = [
-            UserUnknown,
-            MailboxDisabled,
-            MailboxFull,
-            Blocklisted,
-            Greylisted,
-            RateLimited,
-            Spam,
-            Virus,
-            Policy,
-            MessageTooBig,
-            RelayDenied,
-            HostUnknown,
-            Tls,
-            Protocol,
-            Temporary,
-            Other,
-        ];
         let name = |v: serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_default();
-        for category in categories {
+        for category in Category::ALL {
             let serde_name = name(serde_json::json!(category));
+            assert_eq!(category.name(), serde_name);
             assert_eq!(Category::from_name(&serde_name), Some(category));
         }
         for action in [Action::Retry, Action::Bounce] {

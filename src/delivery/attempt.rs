@@ -155,12 +155,20 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                 }
                 ClientEvent::Outcome(o) => {
                     delivery
-                        .core()
-                        .metrics
+                        .metrics()
                         .delivery_latency
                         .observe(job_started.elapsed());
                     if let Some(job) = current.take() {
-                        let (over_limit, results) = split_over_limit(&job, &o, &remote);
+                        let (mut over_limit, mut results) = split_over_limit(&job, &o, &remote);
+                        // A recipient the operator bounced or deleted meanwhile is not sent
+                        // again: `record` settles it (it was not delivered).
+                        over_limit.retain(|r| {
+                            let cancelled = delivery.is_cancelled(job.id, *r);
+                            if cancelled {
+                                results.push((*r, result_of(&over_limit_reply(), &remote, false)));
+                            }
+                            !cancelled
+                        });
                         if !over_limit.is_empty() {
                             // RFC 5321 §4.5.3.1.10: recipients beyond the next hop's limit go
                             // in the next transaction, at once; this was not their attempt.
@@ -302,7 +310,7 @@ enum Start {
 /// Sends a job's envelope and body, for the recipients of the job that are still not final
 /// (the job keeps only those).
 fn start_job(delivery: &Delivery, session: &mut ClientSession, job: &mut Job) -> Start {
-    let shard = delivery.core().shard.borrow();
+    let shard = delivery.shard().borrow();
     let (Some(view), Some(state)) = (shard.message(job.id), shard.state(job.id)) else {
         delivery.release(job.id, &job.rcpts);
         return Start::Gone;
@@ -408,6 +416,11 @@ fn split_over_limit(
         }
     }
     (over_limit, results)
+}
+
+/// The reply a recipient beyond the next hop's per-transaction limit got.
+fn over_limit_reply() -> Reply {
+    Reply::with_enhanced(452, (4, 5, 3), "Too many recipients")
 }
 
 fn result_of(reply: &Reply, remote: &str, dsn_passed_on: bool) -> AttemptResult {

@@ -14,17 +14,19 @@ pub mod route;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::bounce::classify::{Action, Category, Classification, Classifier, ConnFailure, Failure};
 use crate::bounce::dsn::{self, DsnAction, DsnInput, DsnKind, DsnRecipient, ReturnContent};
 use crate::ids::QueueId;
-use crate::net::worker::{Core, unix_ms};
+use crate::metrics::CoreMetrics;
 use crate::queue::schedule::{NextStep, RetryPolicy, after_failure, delay_notice_due};
 use crate::queue::wheel::TimerWheel;
-use crate::spool::{MessageMeta, NewMessage, RecipientMeta, StatusKind, StatusRecord};
+use crate::spool::{MessageMeta, NewMessage, RecipientMeta, Shard, StatusKind, StatusRecord};
+use crate::time::unix_ms;
 
 use events::{Event as LogEvent, EventLog};
 use route::Router;
@@ -151,7 +153,12 @@ pub struct DeliveryConfig {
 
 /// Per-core delivery state. Lives in an `Rc` on the worker thread.
 pub struct Delivery {
-    core: Rc<Core>,
+    /// The core's spool shard (the worker's commit task flushes what this appends).
+    shard: Rc<RefCell<Shard>>,
+    /// The core's metrics.
+    metrics: Arc<CoreMetrics>,
+    /// Becomes true when the server shuts down.
+    shutdown: watch::Receiver<bool>,
     config: DeliveryConfig,
     router: RefCell<Rc<Router>>,
     classifier: RefCell<std::sync::Arc<Classifier>>,
@@ -179,7 +186,9 @@ pub struct Delivery {
 impl Delivery {
     /// Builds the delivery state and schedules every pending recipient found by recovery.
     pub fn new(
-        core: Rc<Core>,
+        shard: Rc<RefCell<Shard>>,
+        metrics: Arc<CoreMetrics>,
+        shutdown: watch::Receiver<bool>,
         config: DeliveryConfig,
         router: Router,
         classifier: std::sync::Arc<Classifier>,
@@ -188,7 +197,7 @@ impl Delivery {
         let now = unix_ms(SystemTime::now());
         let route_tls = config.route_tls.clone();
         let mut wheel = TimerWheel::new(TICK_MS, 0);
-        for (id, rcpt, next) in core.shard.borrow().pending() {
+        for (id, rcpt, next) in shard.borrow().pending() {
             wheel.insert(
                 next.saturating_sub(now),
                 Due {
@@ -199,7 +208,9 @@ impl Delivery {
             );
         }
         Rc::new(Delivery {
-            core,
+            shard,
+            metrics,
+            shutdown,
             config,
             router: RefCell::new(Rc::new(router)),
             classifier: RefCell::new(classifier),
@@ -224,7 +235,7 @@ impl Delivery {
         let now = SystemTime::now();
         let mut todo: Vec<(QueueId, Vec<DsnRecipientFacts>)> = Vec::new();
         {
-            let shard = self.core.shard.borrow();
+            let shard = self.shard.borrow();
             for id in shard.messages() {
                 let (Some(st), Some(view)) = (shard.state(id), shard.message(id)) else {
                     continue;
@@ -263,14 +274,13 @@ impl Delivery {
             tracing::info!(%id, recipients = facts.len(), "sending a failure dsn lost by a crash");
             self.send_dsn(id, DsnKind::Failure, &facts, now);
         }
-        self.core.kick_commit();
     }
 
     /// Schedules every deferred recipient (of `domain`, or all) for now. Returns how many.
     pub fn flush(self: &Rc<Self>, domain: Option<&str>) -> u64 {
         let mut due = Vec::new();
         {
-            let shard = self.core.shard.borrow();
+            let shard = self.shard.borrow();
             for (id, rcpt, _) in shard.pending() {
                 let wanted = match domain {
                     None => true,
@@ -305,7 +315,7 @@ impl Delivery {
     /// otherwise). Returns how many recipients it concerns, or `None` for an unknown message.
     pub fn cancel(&self, id: QueueId, how: Cancel) -> Option<u64> {
         let pending: Vec<u32> = {
-            let shard = self.core.shard.borrow();
+            let shard = self.shard.borrow();
             let st = shard.state(id)?;
             st.recipients
                 .iter()
@@ -347,6 +357,12 @@ impl Delivery {
         }
     }
 
+    /// Whether an operator bounced or deleted this recipient while its transaction was under
+    /// way (its result is due to `record`, which settles it).
+    pub fn is_cancelled(&self, id: QueueId, rcpt: u32) -> bool {
+        self.cancelled.borrow().contains_key(&(id, rcpt))
+    }
+
     /// Forgets recipients that a job dropped before sending (final meanwhile, or the message
     /// is gone), so that they can be dispatched again if they ever need to be.
     pub fn release(&self, id: QueueId, rcpts: &[u32]) {
@@ -370,7 +386,7 @@ impl Delivery {
     /// The scheduler loop: wakes on the next deadline or on new mail, moves due recipients to
     /// their destination queues and starts connections.
     pub async fn run(self: Rc<Self>) {
-        let mut shutdown = self.core.shutdown.clone();
+        let mut shutdown = self.shutdown.clone();
         let mut due = Vec::new();
         loop {
             if *shutdown.borrow() {
@@ -379,7 +395,7 @@ impl Delivery {
             let now = self.wheel_now();
             let fresh: Vec<QueueId> = std::mem::take(&mut *self.fresh.borrow_mut());
             {
-                let shard = self.core.shard.borrow();
+                let shard = self.shard.borrow();
                 for id in fresh {
                     if let Some(st) = shard.state(id) {
                         for (i, r) in st.recipients.iter().enumerate() {
@@ -436,7 +452,7 @@ impl Delivery {
     fn dispatch(self: &Rc<Self>, due: &mut Vec<Due>) {
         let mut jobs: HashMap<(QueueId, String), Vec<u32>> = HashMap::new();
         {
-            let shard = self.core.shard.borrow();
+            let shard = self.shard.borrow();
             for Due {
                 id,
                 rcpt,
@@ -601,7 +617,7 @@ impl Delivery {
         let mut delay_dsn = Vec::new();
         let mut success_dsn = Vec::new();
         {
-            let mut shard = self.core.shard.borrow_mut();
+            let mut shard = self.shard.borrow_mut();
             let Some(st) = shard.state(id).cloned() else {
                 return;
             };
@@ -701,9 +717,9 @@ impl Delivery {
                     next_attempt_ms: next,
                     reply: reply.clone(),
                     remote: remote.clone(),
-                    category: category.map(category_name).unwrap_or("").to_owned(),
+                    category: category.map(Category::name).unwrap_or("").to_owned(),
                 };
-                self.core.metrics.outcome(
+                self.metrics.outcome(
                     match kind {
                         StatusKind::Delivered => crate::metrics::Outcome::Delivered,
                         StatusKind::Failed => crate::metrics::Outcome::Bounced,
@@ -720,7 +736,7 @@ impl Delivery {
                     outcome = ?kind,
                     remote = %remote,
                     reply = %reply,
-                    category = category.map(category_name).unwrap_or(""),
+                    category = category.map(Category::name).unwrap_or(""),
                     attempt,
                     "delivery attempt"
                 );
@@ -735,7 +751,7 @@ impl Delivery {
                     },
                     remote: remote.clone(),
                     reply: reply.clone(),
-                    category: category.map(category_name),
+                    category: category.map(Category::name),
                     attempt,
                     next_attempt_ms: (next > 0).then_some(next),
                 });
@@ -793,13 +809,12 @@ impl Delivery {
                 self.send_dsn(id, kind, &list, now_time);
             }
         }
-        self.core.kick_commit();
     }
 
     /// Records an operator's delete of one recipient: a final `Deleted` status, no DSN.
     fn record_deleted(
         &self,
-        shard: &mut crate::spool::Shard,
+        shard: &mut Shard,
         id: QueueId,
         rcpt: u32,
         attempts: u32,
@@ -840,7 +855,7 @@ impl Delivery {
     fn send_dsn(&self, id: QueueId, kind: DsnKind, facts: &[DsnRecipientFacts], now: SystemTime) {
         let now_ms = unix_ms(now);
         let (bytes, to) = {
-            let shard = self.core.shard.borrow();
+            let shard = self.shard.borrow();
             let Some(view) = shard.message(id) else {
                 return;
             };
@@ -924,15 +939,13 @@ impl Delivery {
         };
         let parts: [&[u8]; 1] = [&bytes];
         let appended = self
-            .core
             .shard
             .borrow_mut()
             .append_message(&NewMessage { meta, body: &parts }, now_ms);
         match appended {
             Ok((dsn_id, _)) => {
                 tracing::info!(%id, %dsn_id, kind = ?kind, "dsn queued");
-                self.core
-                    .metrics
+                self.metrics
                     .dsns
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 for f in facts {
@@ -951,7 +964,7 @@ impl Delivery {
                         remote: String::new(),
                         category: String::new(),
                     };
-                    let _ = self.core.shard.borrow_mut().append_status(&rec);
+                    let _ = self.shard.borrow_mut().append_status(&rec);
                 }
                 self.submit(dsn_id);
             }
@@ -986,9 +999,14 @@ impl Delivery {
         &self.tls
     }
 
-    /// The core (shard access).
-    pub fn core(&self) -> &Rc<Core> {
-        &self.core
+    /// The core's spool shard.
+    pub fn shard(&self) -> &RefCell<Shard> {
+        &self.shard
+    }
+
+    /// The core's metrics.
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.metrics
     }
 }
 
@@ -1044,26 +1062,4 @@ pub fn domain_of(address: &str) -> String {
         .unwrap_or(address)
         .trim_end_matches('.')
         .to_ascii_lowercase()
-}
-
-/// The category's name as in the event log and `bounce classify` output.
-pub fn category_name(c: Category) -> &'static str {
-    match c {
-        Category::UserUnknown => "user_unknown",
-        Category::MailboxDisabled => "mailbox_disabled",
-        Category::MailboxFull => "mailbox_full",
-        Category::Blocklisted => "blocklisted",
-        Category::Greylisted => "greylisted",
-        Category::RateLimited => "rate_limited",
-        Category::Spam => "spam",
-        Category::Virus => "virus",
-        Category::Policy => "policy",
-        Category::MessageTooBig => "message_too_big",
-        Category::RelayDenied => "relay_denied",
-        Category::HostUnknown => "host_unknown",
-        Category::Tls => "tls",
-        Category::Protocol => "protocol",
-        Category::Temporary => "temporary",
-        Category::Other => "other",
-    }
 }

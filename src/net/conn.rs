@@ -10,42 +10,41 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::config::resolved::ListenerRole;
 use crate::ids::QueueId;
 use crate::ids::TxnId;
 use crate::net::tls::tls_info;
 use crate::net::transport::{COMMAND_READ_CHUNK, READ_CHUNK, Transport};
-use crate::net::worker::Core;
-use crate::smtp::{CommitError, Event, PeerInfo, ServerSession, Transaction};
+use crate::smtp::{CommitError, Event, ServerSession, Transaction};
+
+use super::{Application, SessionSetup};
 
 type ReadFuture = Pin<Box<dyn std::future::Future<Output = (std::io::Result<usize>, Vec<u8>)>>>;
 
 /// Serves one accepted connection to completion.
-pub async fn serve(
-    core: Rc<Core>,
+pub async fn serve<A: Application>(
+    app: Rc<A>,
     stream: tokio_uring::net::TcpStream,
     peer: SocketAddr,
     role: ListenerRole,
 ) {
     let mut transport = Transport::new(stream);
-    let shared = Arc::clone(&core.shared);
-    let is_trusted = shared
-        .config
-        .trusted_networks
-        .iter()
-        .any(|c| c.contains(peer.ip()));
-    let peer_info = PeerInfo {
-        addr: peer,
-        is_trusted,
-    };
+    let SessionSetup {
+        config: session_config,
+        peer: peer_info,
+        tls: server_tls,
+        command_timeout,
+        data_timeout,
+    } = app.session(role, peer);
+    let is_trusted = peer_info.is_trusted;
 
     let mut tls = None;
     if role == ListenerRole::Submissions {
         let handshake = Box::pin(tokio::time::timeout(
-            shared.config.limits.command_timeout,
-            transport.accept_tls(Arc::clone(&shared.tls), Vec::new()),
+            command_timeout,
+            transport.accept_tls(Arc::clone(&server_tls), Vec::new()),
         ))
         .await
         .unwrap_or_else(|_| Err(timed_out("tls handshake")));
@@ -56,23 +55,16 @@ pub async fn serve(
         }
         tls = transport.tls().map(tls_info);
     }
-    let session_config = Arc::clone(shared.session_config(role));
     let mut session = ServerSession::new(session_config, peer_info, tls, Instant::now());
     if !is_trusted {
-        let shared = Arc::clone(&shared);
-        let metrics = Arc::clone(&core.metrics);
-        session.set_mail_gate(move || {
-            let allowed = shared.message_rate.allow(peer.ip(), Instant::now());
-            if !allowed {
-                metrics
-                    .mail_rate_refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            allowed
-        });
+        let app = Rc::clone(&app);
+        session.set_mail_gate(move || app.allow_mail(peer.ip()));
     }
     let mut driver = Driver {
-        core,
+        app,
+        tls: server_tls,
+        command_timeout,
+        data_timeout,
         transport,
         peer,
         input: Vec::new(),
@@ -94,8 +86,11 @@ pub async fn serve(
     );
 }
 
-struct Driver {
-    core: Rc<Core>,
+struct Driver<A> {
+    app: Rc<A>,
+    tls: Arc<rustls::ServerConfig>,
+    command_timeout: Duration,
+    data_timeout: Duration,
     transport: Transport,
     peer: SocketAddr,
     /// Plaintext received and not yet consumed by the session.
@@ -108,9 +103,9 @@ struct Driver {
     refused: u32,
 }
 
-impl Driver {
+impl<A: Application> Driver<A> {
     async fn run(&mut self, session: &mut ServerSession) {
-        let mut shutdown = self.core.shutdown.clone();
+        let mut shutdown = self.app.shutdown();
         let mut shutdown_seen = *shutdown.borrow();
         if shutdown_seen {
             session.handle_shutdown(Instant::now());
@@ -191,7 +186,7 @@ impl Driver {
         }
         // A client that stops reading must not hold its slot forever (slowloris on replies).
         let written = tokio::time::timeout(
-            self.core.shared.config.limits.data_timeout,
+            self.data_timeout,
             self.transport.write_all(std::mem::take(&mut self.out)),
         )
         .await;
@@ -223,10 +218,8 @@ impl Driver {
                     username, password, ..
                 } => {
                     let outcome = self
-                        .core
-                        .shared
-                        .auth
-                        .verify(username, password, self.peer.ip())
+                        .app
+                        .authenticate(username, password, self.peer.ip())
                         .await;
                     session.handle_auth_result(outcome, Instant::now());
                     unblocked = true;
@@ -239,9 +232,8 @@ impl Driver {
                     // dropped; the session has already consumed it.
                     self.input.clear();
                     let handshake = Box::pin(tokio::time::timeout(
-                        self.core.shared.config.limits.command_timeout,
-                        self.transport
-                            .accept_tls(Arc::clone(&self.core.shared.tls), Vec::new()),
+                        self.command_timeout,
+                        self.transport.accept_tls(Arc::clone(&self.tls), Vec::new()),
                     ))
                     .await
                     .unwrap_or_else(|_| Err(timed_out("tls handshake")));
@@ -288,7 +280,7 @@ impl Driver {
     }
 
     async fn commit(&mut self, _txn: TxnId, t: Transaction) -> Result<QueueId, CommitError> {
-        self.core.commit(t, SystemTime::now()).await
+        self.app.commit(t).await
     }
 }
 

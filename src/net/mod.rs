@@ -1,9 +1,64 @@
 //! The io_uring glue: the only module that owns sockets. Thin and mechanical — it reads, hands
 //! bytes to the sans-IO sessions, writes what they ask for and arms their timers.
+//!
+//! It knows the application only through [`Application`]: admission, session settings,
+//! credentials, commits and the shutdown signal. It writes no reply text of its own (a refused
+//! connection gets the reply `smtp` maps for it).
 
+pub mod accept;
 pub mod conn;
 pub mod listen;
 pub mod signals;
 pub mod tls;
 pub mod transport;
-pub mod worker;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::resolved::ListenerRole;
+use crate::ids::QueueId;
+use crate::smtp::{
+    AuthOutcome, CommitError, ConnectionRefused, PeerInfo, SessionConfig, Transaction,
+};
+
+/// What a connection needs to start its session.
+pub struct SessionSetup {
+    /// Session settings for the listener's role.
+    pub config: Arc<SessionConfig>,
+    /// The peer, and whether it is in the trusted networks.
+    pub peer: PeerInfo,
+    /// The server TLS configuration (implicit TLS and STARTTLS).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Longest wait for a command line or a TLS handshake.
+    pub command_timeout: Duration,
+    /// Longest wait for the rest of a message body.
+    pub data_timeout: Duration,
+}
+
+/// The application, as the I/O layer sees it. The worker implements it; `net` calls nothing
+/// else of it.
+pub trait Application: 'static {
+    /// Decides whether a new connection from `ip` is served, and counts it when it is.
+    fn admit(&self, ip: IpAddr) -> Result<(), ConnectionRefused>;
+    /// A connection that [`admit`](Self::admit) let in has ended.
+    fn release(&self, ip: IpAddr);
+    /// The settings of a session on a listener of `role` with this peer.
+    fn session(&self, role: ListenerRole, peer: SocketAddr) -> SessionSetup;
+    /// Whether a client outside the trusted networks may start another transaction.
+    fn allow_mail(&self, ip: IpAddr) -> bool;
+    /// Checks AUTH credentials.
+    fn authenticate(
+        &self,
+        username: String,
+        password: String,
+        ip: IpAddr,
+    ) -> impl Future<Output = AuthOutcome>;
+    /// Stores an accepted transaction; `Ok` only once it is durable (the 250).
+    fn commit(&self, t: Transaction) -> impl Future<Output = Result<QueueId, CommitError>>;
+    /// Becomes true when the server shuts down.
+    fn shutdown(&self) -> watch::Receiver<bool>;
+}

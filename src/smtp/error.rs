@@ -210,6 +210,41 @@ impl ProtocolError {
     }
 }
 
+/// Why a new connection is turned away before the greeting (RFC 5321 §3.1: a 421 in place of
+/// the 220).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionRefused {
+    /// The worker serves as many connections as it may.
+    #[error("too many connections")]
+    TooManyConnections,
+    /// The client address has as many connections as it may.
+    #[error("too many connections from the address")]
+    TooManyFromAddress,
+    /// The client address opens connections faster than it may.
+    #[error("connection rate exceeded")]
+    RateExceeded,
+}
+
+impl From<&ConnectionRefused> for Reply {
+    fn from(e: &ConnectionRefused) -> Reply {
+        match e {
+            ConnectionRefused::TooManyConnections => {
+                Reply::with_enhanced(421, (4, 3, 2), "Too many connections, try again later")
+            }
+            ConnectionRefused::TooManyFromAddress => Reply::with_enhanced(
+                421,
+                (4, 7, 0),
+                "Too many connections from your address, try again later",
+            ),
+            ConnectionRefused::RateExceeded => Reply::with_enhanced(
+                421,
+                (4, 7, 0),
+                "Connection rate limit exceeded for your address, try again later",
+            ),
+        }
+    }
+}
+
 impl From<&ProtocolError> for Reply {
     fn from(e: &ProtocolError) -> Reply {
         use ProtocolError::*;

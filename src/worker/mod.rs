@@ -1,16 +1,20 @@
-//! One worker thread: a tokio-uring runtime with its own SO_REUSEPORT listeners, its own spool
-//! shard and its own group-commit task. Nothing here is shared with other workers except the
-//! immutable `Shared` and the auth pool handle.
+//! The application on one worker thread: a tokio-uring runtime with its own SO_REUSEPORT
+//! listeners, its own spool shard, group-commit task, housekeeping, delivery and control
+//! requests. Nothing here is shared with other workers except the immutable `Shared` and the
+//! auth pool handle. `net` drives the sockets and reaches this layer only through
+//! [`crate::net::Application`], which [`Core`] implements.
 //!
 //! Group commit: sessions append to the shard's mapping and wait for the durable sequence number
 //! to pass their ticket; one task runs one fdatasync (through io_uring) at a time for everything
 //! appended since the previous one, so N concurrent messages cost one flush, not N.
 
+pub mod control;
+
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Notify, watch};
 
@@ -21,9 +25,13 @@ use crate::delivery::route::Router;
 use crate::delivery::{Delivery, DeliveryConfig};
 use crate::ids::QueueId;
 use crate::message::prepended_headers;
+use crate::net::{Application, SessionSetup};
 use crate::queue::schedule::RetryPolicy;
-use crate::smtp::{CommitError, SessionConfig, Transaction};
+use crate::smtp::{
+    AuthOutcome, CommitError, ConnectionRefused, PeerInfo, SessionConfig, Transaction,
+};
 use crate::spool::{NewMessage, Shard, SpoolError};
+use crate::time::unix_ms;
 
 /// State shared read-only by every worker.
 pub struct Shared {
@@ -66,8 +74,8 @@ pub struct Core {
     pub index: u8,
     /// Shared read-only state.
     pub shared: Arc<Shared>,
-    /// This core's spool shard. Borrows never span an `.await`.
-    pub shard: RefCell<Shard>,
+    /// This core's spool shard (delivery holds it too). Borrows never span an `.await`.
+    pub shard: Rc<RefCell<Shard>>,
     /// (durable sequence, failed-through sequence) published by the commit task.
     durable: watch::Sender<(u64, u64)>,
     /// Wakes the commit task after an append.
@@ -170,16 +178,6 @@ impl Core {
     fn hand_to_delivery(&self, id: QueueId) {
         if let Some(d) = self.delivery.borrow().as_ref() {
             d.submit(id);
-        }
-    }
-
-    /// Status records and DSNs were appended: the commit task flushes them within
-    /// `LAZY_FLUSH`, or sooner along with the next message commit.
-    pub fn kick_commit(&self) {
-        if self.shared.config.spool.durability == Durability::None {
-            let mut shard = self.shard.borrow_mut();
-            let seq = shard.appended_seq();
-            shard.mark_durable(seq);
         }
     }
 
@@ -329,13 +327,6 @@ impl Core {
 /// commit comes along to carry it. A crash inside this window can only cause a redelivery.
 const LAZY_FLUSH: Duration = Duration::from_millis(20);
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// What one worker needs to start.
 pub struct WorkerSpec {
     /// Worker index.
@@ -357,7 +348,7 @@ pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool
         let core = Rc::new(Core {
             index: spec.index,
             shared,
-            shard: RefCell::new(spec.shard),
+            shard: Rc::new(RefCell::new(spec.shard)),
             durable,
             kick: Notify::new(),
             connections: Cell::new(0),
@@ -372,14 +363,9 @@ pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool
         tokio_uring::spawn(Rc::clone(&core).purge_loop());
         tokio_uring::spawn(Rc::clone(&core).stats_loop());
         start_delivery(&core);
-        tokio_uring::spawn(crate::control::serve(Rc::clone(&core), spec.control));
+        tokio_uring::spawn(control::serve(Rc::clone(&core), spec.control));
         for (listener, role) in spec.listeners {
-            let listener = Rc::new(tokio_uring::net::TcpListener::from_std(listener));
-            // Several accepts in flight per listener: with one, a busy event loop accepts at most
-            // one connection per turn and new clients wait in the backlog.
-            for _ in 0..ACCEPTS_IN_FLIGHT {
-                tokio_uring::spawn(accept_loop(Rc::clone(&core), Rc::clone(&listener), role));
-            }
+            crate::net::accept::spawn_listener(&core, listener, role);
         }
         let mut shutdown = core.shutdown.clone();
         let _ = shutdown.wait_for(|s| *s).await;
@@ -447,7 +433,9 @@ fn start_delivery(core: &Rc<Core>) {
         max_messages_per_second: d.max_messages_per_second,
     };
     let delivery = Delivery::new(
-        Rc::clone(core),
+        Rc::clone(&core.shard),
+        Arc::clone(&core.metrics),
+        core.shutdown.clone(),
         settings,
         router,
         Arc::clone(&core.shared.classifier),
@@ -458,83 +446,88 @@ fn start_delivery(core: &Rc<Core>) {
     tokio_uring::spawn(delivery.run());
 }
 
-/// Accept operations kept in flight per listener and core.
-const ACCEPTS_IN_FLIGHT: usize = 16;
-
-async fn accept_loop(
-    core: Rc<Core>,
-    listener: Rc<tokio_uring::net::TcpListener>,
-    role: ListenerRole,
-) {
-    let mut shutdown = core.shutdown.clone();
-    let max = core.shared.config.limits.max_connections_per_core;
-    let per_ip_max = core.shared.config.limits.max_connections_per_ip;
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        let (stream, peer): (tokio_uring::net::TcpStream, SocketAddr) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE/ENFILE: back off instead of spinning; the listener stays open.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let ip = peer.ip();
-        let trusted = core
-            .shared
-            .config
-            .trusted_networks
-            .iter()
-            .any(|c| c.contains(ip));
-        let from_ip = core.per_ip.borrow().get(&ip).copied().unwrap_or(0);
+impl Application for Core {
+    fn admit(&self, ip: IpAddr) -> Result<(), ConnectionRefused> {
         use crate::metrics::Refusal;
-        let refusal: Option<(Refusal, &'static [u8])> = if core.connections.get() >= max {
-            Some((
-                Refusal::PerCore,
-                b"421 4.3.2 Too many connections, try again later\r\n",
-            ))
-        } else if !trusted && from_ip >= per_ip_max {
-            Some((
-                Refusal::PerIp,
-                b"421 4.7.0 Too many connections from your address, try again later\r\n",
-            ))
-        } else if !trusted && !core.shared.connection_rate.allow(ip, Instant::now()) {
-            Some((
-                Refusal::Rate,
-                b"421 4.7.0 Connection rate limit exceeded for your address, try again later\r\n",
-            ))
+        let limits = &self.shared.config.limits;
+        let trusted = self.is_trusted(ip);
+        let from_ip = self.per_ip.borrow().get(&ip).copied().unwrap_or(0);
+        let refusal = if self.connections.get() >= limits.max_connections_per_core {
+            Some((Refusal::PerCore, ConnectionRefused::TooManyConnections))
+        } else if !trusted && from_ip >= limits.max_connections_per_ip {
+            Some((Refusal::PerIp, ConnectionRefused::TooManyFromAddress))
+        } else if !trusted && !self.shared.connection_rate.allow(ip, Instant::now()) {
+            Some((Refusal::Rate, ConnectionRefused::RateExceeded))
         } else {
             None
         };
-        if let Some((why, text)) = refusal {
-            core.metrics.refuse(why);
-            tokio_uring::spawn(async move {
-                let _ = stream.set_nodelay(true);
-                let _ = stream.write_all(text.to_vec()).await;
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-            });
-            continue;
+        if let Some((metric, why)) = refusal {
+            self.metrics.refuse(metric);
+            return Err(why);
         }
-        *core.per_ip.borrow_mut().entry(ip).or_default() += 1;
-        core.connections.set(core.connections.get() + 1);
-        core.metrics
+        *self.per_ip.borrow_mut().entry(ip).or_default() += 1;
+        self.connections.set(self.connections.get() + 1);
+        self.metrics
             .connections_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let c = Rc::clone(&core);
-        tokio_uring::spawn(async move {
-            crate::net::conn::serve(Rc::clone(&c), stream, peer, role).await;
-            c.connections.set(c.connections.get() - 1);
-            let mut per_ip = c.per_ip.borrow_mut();
-            if let Some(n) = per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    per_ip.remove(&ip);
-                }
+        Ok(())
+    }
+
+    fn release(&self, ip: IpAddr) {
+        self.connections.set(self.connections.get() - 1);
+        let mut per_ip = self.per_ip.borrow_mut();
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
             }
-        });
+        }
+    }
+
+    fn session(&self, role: ListenerRole, peer: SocketAddr) -> SessionSetup {
+        let config = &self.shared.config;
+        SessionSetup {
+            config: Arc::clone(self.shared.session_config(role)),
+            peer: PeerInfo {
+                addr: peer,
+                is_trusted: self.is_trusted(peer.ip()),
+            },
+            tls: Arc::clone(&self.shared.tls),
+            command_timeout: config.limits.command_timeout,
+            data_timeout: config.limits.data_timeout,
+        }
+    }
+
+    fn allow_mail(&self, ip: IpAddr) -> bool {
+        let allowed = self.shared.message_rate.allow(ip, Instant::now());
+        if !allowed {
+            self.metrics
+                .mail_rate_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        allowed
+    }
+
+    async fn authenticate(&self, username: String, password: String, ip: IpAddr) -> AuthOutcome {
+        self.shared.auth.verify(username, password, ip).await
+    }
+
+    async fn commit(&self, t: Transaction) -> Result<QueueId, CommitError> {
+        Core::commit(self, t, SystemTime::now()).await
+    }
+
+    fn shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+}
+
+impl Core {
+    /// Whether `ip` is in `relay.trusted_networks`.
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.shared
+            .config
+            .trusted_networks
+            .iter()
+            .any(|c| c.contains(ip))
     }
 }

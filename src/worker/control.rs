@@ -1,0 +1,159 @@
+//! The worker side of control requests: answers the operator HTTP thread's requests about this
+//! worker's shard and delivery (see [`crate::control`] for the requests and the handle).
+
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+
+use crate::control::{ControlRequest, MessageInfo, QueueSummary, RecipientInfo, Reloaded};
+use crate::delivery::Cancel;
+use crate::ids::QueueId;
+use crate::spool::StatusKind;
+use crate::time::unix_ms;
+
+use super::Core;
+
+/// The worker side: answers requests until the channel closes.
+pub async fn serve(core: Rc<Core>, mut rx: mpsc::UnboundedReceiver<ControlRequest>) {
+    while let Some(req) = rx.recv().await {
+        match req {
+            ControlRequest::Inject { transaction, reply } => {
+                let core = Rc::clone(&core);
+                // Commits wait for fdatasync: run them as their own task so other requests
+                // are not held behind them.
+                tokio_uring::spawn(async move {
+                    let result = core.commit(*transaction, SystemTime::now()).await;
+                    let _ = reply.send(result);
+                });
+            }
+            ControlRequest::Message { id, reply } => {
+                let _ = reply.send(message_info(&core, id));
+            }
+            ControlRequest::Queue { reply } => {
+                let _ = reply.send(summary(&core));
+            }
+            ControlRequest::Flush { domain, reply } => {
+                let n = core
+                    .delivery
+                    .borrow()
+                    .as_ref()
+                    .map(|d| d.flush(domain.as_deref()))
+                    .unwrap_or(0);
+                let _ = reply.send(n);
+            }
+            ControlRequest::Delete { id, reply } => {
+                let _ = reply.send(delete(&core, id));
+            }
+            ControlRequest::Reload { settings, reply } => {
+                let _ = reply.send(apply_reload(&core, *settings));
+            }
+            ControlRequest::Bounce { id, reply } => {
+                let n = core
+                    .delivery
+                    .borrow()
+                    .as_ref()
+                    .and_then(|d| d.cancel(id, Cancel::Bounce));
+                let _ = reply.send(n);
+            }
+        }
+    }
+}
+
+fn apply_reload(core: &Core, r: Reloaded) -> Result<(), String> {
+    let d = &r.delivery;
+    let router = crate::delivery::route::Router::new(d.routes.clone(), &d.nameservers, d.smtp_port)
+        .map_err(|e| format!("cannot build the dns resolver: {e}"))?;
+    *core.content.borrow_mut() = r.content;
+    if let Some(delivery) = core.delivery.borrow().as_ref() {
+        let route_tls = d
+            .route_tls
+            .iter()
+            .map(|(dom, p)| (dom.clone(), super::tls_policy(*p)))
+            .collect();
+        delivery.reload(router, r.classifier, route_tls);
+    }
+    Ok(())
+}
+
+fn state_name(kind: Option<StatusKind>) -> &'static str {
+    match kind {
+        None => "queued",
+        Some(StatusKind::Delivered) => "delivered",
+        Some(StatusKind::Failed) => "bounced",
+        Some(StatusKind::Deleted) => "deleted",
+        Some(_) => "deferred",
+    }
+}
+
+fn message_info(core: &Core, id: QueueId) -> Option<MessageInfo> {
+    let shard = core.shard.borrow();
+    let st = shard.state(id)?;
+    let view = shard.message(id)?;
+    let recipients = st
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let last = r.last_status.and_then(|at| shard.status_record(at));
+            RecipientInfo {
+                address: view
+                    .meta
+                    .recipients
+                    .get(i)
+                    .map(|m| m.address.as_str().to_owned())
+                    .unwrap_or_default(),
+                state: state_name(r.kind),
+                attempts: r.attempts,
+                next_attempt_ms: (!r.is_final()).then_some(r.next_attempt_ms),
+                last_reply: last
+                    .map(|l| l.reply.as_str().to_owned())
+                    .filter(|s| !s.is_empty()),
+                category: last
+                    .map(|l| l.category.as_str().to_owned())
+                    .filter(|s| !s.is_empty()),
+            }
+        })
+        .collect();
+    Some(MessageInfo {
+        id: id.to_string(),
+        from: view.meta.reverse_path.as_str().to_owned(),
+        received_at_ms: st.received_at_ms,
+        size: view.body.len() as u64,
+        recipients,
+    })
+}
+
+fn summary(core: &Core) -> QueueSummary {
+    let shard = core.shard.borrow();
+    let mut s = QueueSummary::default();
+    for id in shard.messages() {
+        let (Some(st), Some(view)) = (shard.state(id), shard.message(id)) else {
+            continue;
+        };
+        s.messages += 1;
+        for (i, r) in st.recipients.iter().enumerate() {
+            *s.recipients.entry(state_name(r.kind)).or_default() += 1;
+            if !r.is_final()
+                && let Some(m) = view.meta.recipients.get(i)
+            {
+                *s.destinations
+                    .entry(crate::delivery::domain_of(m.address.as_str()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    s
+}
+
+fn delete(core: &Core, id: QueueId) -> Option<u64> {
+    if let Some(d) = core.delivery.borrow().as_ref() {
+        return d.cancel(id, Cancel::Delete);
+    }
+    let now = unix_ms(SystemTime::now());
+    let marked = core.shard.borrow_mut().mark_deleted(id, now)?;
+    Some(marked.unwrap_or_else(|e| {
+        tracing::error!(%id, error = %e, "cannot record the deletion");
+        0
+    }))
+}
