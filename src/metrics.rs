@@ -131,25 +131,6 @@ impl CoreMetrics {
 /// Order of `CoreMetrics::recipients_by_state`.
 pub const RECIPIENT_STATES: [&str; 5] = ["queued", "deferred", "delivered", "bounced", "deleted"];
 
-const CATEGORIES: [Category; 16] = [
-    Category::UserUnknown,
-    Category::MailboxDisabled,
-    Category::MailboxFull,
-    Category::Blocklisted,
-    Category::Greylisted,
-    Category::RateLimited,
-    Category::Spam,
-    Category::Virus,
-    Category::Policy,
-    Category::MessageTooBig,
-    Category::RelayDenied,
-    Category::HostUnknown,
-    Category::Tls,
-    Category::Protocol,
-    Category::Temporary,
-    Category::Other,
-];
-
 fn sum(cores: &[std::sync::Arc<CoreMetrics>], f: impl Fn(&CoreMetrics) -> u64) -> u64 {
     cores.iter().map(|c| f(c)).sum()
 }
@@ -263,7 +244,7 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
         &mut out,
         ("ringmta_delivery_failures_total", "counter", "category"),
         "Failed attempts (deferred or bounced) by bounce category.",
-        CATEGORIES.iter().map(|&cat| {
+        Category::ALL.iter().map(|&cat| {
             let n = summed(&|c| load(&c.categories[cat as usize]));
             (cat.name(), n)
         }),
