@@ -108,7 +108,7 @@ pub fn run(args: SinkArgs) -> Result<()> {
         temp_attempts: Mutex::new(HashMap::new()),
         record,
     });
-    let sigset = ringmta::net::signals::block();
+    let sigset = ringmta::net::signals::block()?;
     let addr = bound[0].addr;
     for (i, socket) in bound
         .into_iter()
@@ -150,7 +150,7 @@ pub fn run(args: SinkArgs) -> Result<()> {
                 .status();
         });
     }
-    ringmta::net::signals::wait(&sigset);
+    ringmta::net::signals::wait(&sigset)?;
     shared.stop.store(true, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     let n = shared.accepted.load(Ordering::Relaxed);

@@ -120,9 +120,9 @@ impl AuthService {
             })
             .is_err()
         {
-            return AuthOutcome::Throttled;
+            return AuthOutcome::Unavailable;
         }
-        rx.blocking_recv().unwrap_or(AuthOutcome::BadCredentials)
+        rx.blocking_recv().unwrap_or(AuthOutcome::Unavailable)
     }
 
     /// Verifies credentials off-core. A full queue counts as a temporary refusal.
@@ -138,9 +138,10 @@ impl AuthService {
             })
             .is_err()
         {
-            return AuthOutcome::Throttled;
+            // The checkers are behind or gone: a temporary failure, not the client's fault.
+            return AuthOutcome::Unavailable;
         }
-        rx.await.unwrap_or(AuthOutcome::BadCredentials)
+        rx.await.unwrap_or(AuthOutcome::Unavailable)
     }
 }
 

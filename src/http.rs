@@ -213,6 +213,7 @@ impl Api {
             AuthOutcome::Success(u) => u.allowed_senders,
             AuthOutcome::BadCredentials => return error(401, "invalid credentials"),
             AuthOutcome::Throttled => return error(429, "too many failed authentication attempts"),
+            AuthOutcome::Unavailable => return error(503, "credentials cannot be checked now"),
         };
         // Base64 attachments make JSON about 4/3 of the message; leave room for the envelope.
         let limit = self.max_message_size.saturating_mul(4) / 3 + 64 * 1024;

@@ -7,6 +7,8 @@
 //! timeouts). See `docs/architecture.md`.
 
 #![warn(missing_docs)]
+// `unsafe` lives in two modules that allow it: the spool's segment mapping and the signal mask.
+#![deny(unsafe_code)]
 
 pub mod auth;
 pub mod bounce;

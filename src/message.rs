@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use crate::smtp::{BodyType, Ret, ReversePath, Transaction};
-use crate::spool::{MessageMeta, RecipientMeta};
+use crate::spool::{BODY_7BIT, BODY_8BITMIME, MessageMeta, RecipientMeta};
 
 /// Where the header section of `body` ends: the offset just past the blank line, or the whole
 /// body when there is none (a message with no body part).
@@ -81,10 +81,7 @@ pub fn spool_meta(t: &Transaction, received_at_ms: u64) -> MessageMeta {
         .iter()
         .map(|r| RecipientMeta {
             address: r.forward_path.to_string(),
-            notify: u8::from(r.notify.never)
-                | u8::from(r.notify.success) << 1
-                | u8::from(r.notify.failure) << 2
-                | u8::from(r.notify.delay) << 3,
+            notify: r.notify.bits(),
             orcpt: r.orcpt.clone(),
         })
         .collect();
@@ -95,15 +92,11 @@ pub fn spool_meta(t: &Transaction, received_at_ms: u64) -> MessageMeta {
             ReversePath::Null => String::new(),
             ReversePath::Mailbox(m) => m.to_string(),
         },
-        ret: match t.ret {
-            None => 0,
-            Some(Ret::Full) => 1,
-            Some(Ret::Hdrs) => 2,
-        },
+        ret: Ret::to_byte(t.ret),
         envid: t.envid.clone(),
         body_type: match t.body_type {
-            BodyType::SevenBit => 0,
-            BodyType::EightBitMime => 1,
+            BodyType::SevenBit => BODY_7BIT,
+            BodyType::EightBitMime => BODY_8BITMIME,
         },
         smtputf8: t.smtputf8,
         recipients,

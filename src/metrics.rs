@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::bounce::classify::Category;
+use crate::spool::RecipientStatus;
 
 /// Upper bounds of the latency buckets, in microseconds.
 const BUCKETS_US: [u64; 12] = [
@@ -83,9 +84,8 @@ pub struct CoreMetrics {
     pub spool_messages: AtomicU64,
     /// Recipients not yet final, refreshed every second.
     pub queue_pending: AtomicU64,
-    /// Recipients by state (queued, deferred, delivered, bounced, deleted), refreshed every
-    /// second.
-    pub recipients_by_state: [AtomicU64; 5],
+    /// Recipients by state, indexed by [`RecipientStatus`], refreshed every second.
+    pub recipients_by_state: [AtomicU64; RecipientStatus::ALL.len()],
     /// From the end of DATA to the 250 (content checks, append, fdatasync).
     pub accept_latency: Histogram,
     /// One delivery transaction, from taking the job to its outcome.
@@ -127,9 +127,6 @@ impl CoreMetrics {
         self.connections_refused[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
-
-/// Order of `CoreMetrics::recipients_by_state`.
-pub const RECIPIENT_STATES: [&str; 5] = ["queued", "deferred", "delivered", "bounced", "deleted"];
 
 fn sum(cores: &[std::sync::Arc<CoreMetrics>], f: impl Fn(&CoreMetrics) -> u64) -> u64 {
     cores.iter().map(|c| f(c)).sum()
@@ -208,10 +205,12 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
         &mut out,
         ("ringmta_queue_recipients", "gauge", "state"),
         "Recipients in the spool by delivery state.",
-        RECIPIENT_STATES
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (*s, summed(&|c| load(&c.recipients_by_state[i])))),
+        RecipientStatus::ALL.iter().map(|&s| {
+            (
+                s.name(),
+                summed(&|c| load(&c.recipients_by_state[s as usize])),
+            )
+        }),
     );
     labelled(
         &mut out,

@@ -23,7 +23,7 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
     // Signals go to the main thread only: block them before any thread exists (threads inherit
     // the mask), or a second SIGTERM could reach a thread with the default action and kill the
     // process mid-flush.
-    let sigset = crate::net::signals::block();
+    let sigset = crate::net::signals::block().context("blocking the shutdown signals")?;
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.spool_dir)
         .with_context(|| format!("cannot create spool_dir {}", config.spool_dir.display()))?;
@@ -192,7 +192,14 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
     tracing::info!(threads = config.threads, hostname = %config.hostname, "ringmta started");
 
     loop {
-        let sig = crate::net::signals::wait(&sigset);
+        let sig = match crate::net::signals::wait(&sigset) {
+            Ok(sig) => sig,
+            // sigwait only fails on an invalid set; shutting down beats spinning on it.
+            Err(e) => {
+                tracing::error!(error = %e, "waiting for signals failed; shutting down");
+                libc::SIGTERM
+            }
+        };
         if sig == libc::SIGHUP {
             match config_path {
                 None => tracing::warn!(

@@ -24,6 +24,8 @@ use std::fmt;
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::smtp::EnhancedCode;
+
 /// The built-in rules; `Classifier::builtin` parses them.
 const BUILTIN_RULES: &str = include_str!("rules.toml");
 
@@ -668,22 +670,7 @@ fn split_enhanced(text: &str) -> (Option<(u8, u16, u16)>, &str) {
     let end = candidate
         .find(|c: char| c.is_whitespace() || matches!(c, ':' | ';' | ',' | ')'))
         .unwrap_or(candidate.len());
-    let mut parts = candidate[..end].split('.');
-    let parsed = (|| {
-        let class = parts.next()?;
-        let subject = parts.next()?;
-        let detail = parts.next()?;
-        if parts.next().is_some() {
-            return None;
-        }
-        let class = match class {
-            "2" => 2,
-            "4" => 4,
-            "5" => 5,
-            _ => return None,
-        };
-        Some((class, number(subject)?, number(detail)?))
-    })();
+    let parsed = EnhancedCode::parse(&candidate[..end]).map(|e| (e.class, e.subject, e.detail));
     match parsed {
         Some(code) => {
             let rest = &candidate[end..];

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::bounce::classify::ConnFailure;
 use crate::net::transport::Transport;
@@ -46,9 +46,9 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
         timeouts: delivery.config().timeouts,
         reply_limits: ReplyLimits::default(),
     };
-    let mut session = ClientSession::new(client, false, Instant::now());
+    let mut session = ClientSession::new(client, false, delivery.clock().monotonic());
     let mut sent = 0usize;
-    let mut job_started = Instant::now();
+    let mut job_started = delivery.clock().monotonic();
     let mut current: Option<Job> = None;
     let mut raw = Vec::with_capacity(16 * 1024);
     let mut plain = Vec::with_capacity(4096);
@@ -117,11 +117,11 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                         closed = true;
                         break;
                     }
-                    session.handle_tls_established(Instant::now());
+                    session.handle_tls_established(delivery.clock().monotonic());
                 }
                 ClientEvent::Ready => {
                     if sent >= delivery.config().max_messages_per_connection {
-                        session.quit(Instant::now());
+                        session.quit(delivery.clock().monotonic());
                         continue;
                     }
                     if let Some(wait) = delivery.rate_delay(domain) {
@@ -143,13 +143,13 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                         }
                     };
                     match started {
-                        None => session.quit(Instant::now()),
+                        None => session.quit(delivery.clock().monotonic()),
                         // The session is ending; its next event says how.
                         Some(None) => {}
                         Some(Some(job)) => {
                             sent += 1;
                             current = Some(job);
-                            job_started = Instant::now();
+                            job_started = delivery.clock().monotonic();
                         }
                     }
                 }
@@ -203,7 +203,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                         // as Postfix does with smtp_skip_5xx_greeting.
                         ClientError::Refused(r) => (
                             ConnFailure::Protocol,
-                            format!("{remote} refused the session: {}", reply_line(r)),
+                            format!("{remote} refused the session: {}", r.one_line()),
                         ),
                         ClientError::TlsUnavailable(_) => (ConnFailure::Tls, e.to_string()),
                         ClientError::Timeout => {
@@ -251,7 +251,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
             {
                 Ok(r) => r,
                 Err(_) => {
-                    session.handle_timeout(Instant::now());
+                    session.handle_timeout(delivery.clock().monotonic());
                     raw = Vec::with_capacity(16 * 1024);
                     continue;
                 }
@@ -273,7 +273,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                     );
                     break;
                 }
-                session.handle_input(&plain, Instant::now());
+                session.handle_input(&plain, delivery.clock().monotonic());
                 plain.clear();
             }
             _ => {
@@ -340,48 +340,24 @@ fn start_job(delivery: &Delivery, session: &mut ClientSession, job: &mut Job) ->
         .filter_map(|r| meta.recipients.get(*r as usize))
         .map(|m| OutboundRecipient {
             address: m.address.as_str().to_owned(),
-            notify: notify_param(m.notify),
+            notify: m.notify().param(),
             orcpt: m.orcpt.as_ref().map(|o| o.as_str().to_owned()),
         })
         .collect();
     let envelope = OutboundEnvelope {
         reverse_path: meta.reverse_path.as_str().to_owned(),
         recipients,
-        eight_bit: meta.body_type == 1,
+        eight_bit: meta.eight_bit(),
         smtputf8: meta.smtputf8,
-        ret: match meta.ret {
-            1 => Some("FULL".into()),
-            2 => Some("HDRS".into()),
-            _ => None,
-        },
+        ret: meta.ret().map(|r| r.param().to_owned()),
         envid: meta.envid.as_ref().map(|e| e.as_str().to_owned()),
     };
     // The body goes from the mapping straight into the session's stuffing buffer.
-    if session.send_message(&envelope, view.body, Instant::now()) {
+    if session.send_message(&envelope, view.body, delivery.clock().monotonic()) {
         Start::Sent
     } else {
         Start::Busy
     }
-}
-
-fn notify_param(bits: u8) -> Option<String> {
-    if bits == 0 {
-        return None;
-    }
-    if bits & 1 != 0 {
-        return Some("NEVER".into());
-    }
-    let mut v = Vec::new();
-    if bits & 2 != 0 {
-        v.push("SUCCESS");
-    }
-    if bits & 4 != 0 {
-        v.push("FAILURE");
-    }
-    if bits & 8 != 0 {
-        v.push("DELAY");
-    }
-    Some(v.join(","))
 }
 
 /// Splits a transaction's per-recipient replies into the recipients the next hop refused only
@@ -424,34 +400,17 @@ fn over_limit_reply() -> Reply {
 }
 
 fn result_of(reply: &Reply, remote: &str, dsn_passed_on: bool) -> AttemptResult {
-    let text = reply_line(reply);
     if (200..300).contains(&reply.code) {
         return AttemptResult::Delivered {
-            reply: text,
+            reply: reply.clone(),
             remote: remote.to_owned(),
             dsn_passed_on,
         };
     }
     AttemptResult::Refused {
-        code: reply.code,
-        enhanced: reply.enhanced.map(|e| (e.class, e.subject, e.detail)),
-        reply: text,
+        reply: reply.clone(),
         remote: remote.to_owned(),
     }
-}
-
-/// The reply as one line: code, enhanced code and the text lines joined.
-fn reply_line(reply: &Reply) -> String {
-    let mut s = reply.code.to_string();
-    if let Some(e) = reply.enhanced {
-        s.push(' ');
-        s.push_str(&e.to_string());
-    }
-    for l in &reply.lines {
-        s.push(' ');
-        s.push_str(l.trim());
-    }
-    s
 }
 
 /// The connection failed: the job in flight gets the failure; if the connection never carried a

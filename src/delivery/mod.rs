@@ -19,14 +19,21 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
 
-use crate::bounce::classify::{Action, Category, Classification, Classifier, ConnFailure, Failure};
+use crate::bounce::classify::{Category, Classifier};
 use crate::bounce::dsn::{self, DsnAction, DsnInput, DsnKind, DsnRecipient, ReturnContent};
 use crate::ids::QueueId;
 use crate::metrics::CoreMetrics;
-use crate::queue::schedule::{NextStep, RetryPolicy, after_failure, delay_notice_due};
+pub use crate::queue::decision::AttemptResult;
+use crate::queue::decision::{
+    Cause, Decision, EXPIRED, Fate, MessageFacts, RecipientFacts, decide, dsn_status,
+};
+use crate::queue::schedule::RetryPolicy;
 use crate::queue::wheel::TimerWheel;
-use crate::spool::{MessageMeta, NewMessage, RecipientMeta, Shard, StatusKind, StatusRecord};
-use crate::time::unix_ms;
+use crate::smtp::{self, EnhancedCode, Ret};
+use crate::spool::{
+    MessageMeta, NewMessage, RecipientMeta, RecipientStatus, Shard, StatusKind, StatusRecord,
+};
+use crate::time::{Clock, unix_ms};
 
 use events::{Event as LogEvent, EventLog};
 use route::Router;
@@ -66,42 +73,6 @@ pub struct Destination {
     pub next_send: Option<std::time::Instant>,
 }
 
-/// The result of one attempt for one recipient.
-#[derive(Clone, Debug)]
-pub enum AttemptResult {
-    /// A 2xx to the end of data.
-    Delivered {
-        /// The reply text.
-        reply: String,
-        /// The host that took it.
-        remote: String,
-        /// The host offered DSN and got the recipient's NOTIFY: reporting success is its job.
-        dsn_passed_on: bool,
-    },
-    /// An SMTP reply refused it (the classifier decides retry or bounce).
-    Refused {
-        /// Reply code.
-        code: u16,
-        /// Enhanced code.
-        enhanced: Option<(u8, u16, u16)>,
-        /// The whole reply as one line.
-        reply: String,
-        /// The host that said it.
-        remote: String,
-    },
-    /// An operator deleted the recipient: final, no DSN.
-    Deleted,
-    /// No SMTP reply: connection, TLS or DNS trouble.
-    Connection {
-        /// What went wrong.
-        failure: ConnFailure,
-        /// Human-readable detail.
-        detail: String,
-        /// The host, when one was reached.
-        remote: String,
-    },
-}
-
 /// What an operator asked for a message's recipients that are not final yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cancel {
@@ -115,12 +86,7 @@ impl Cancel {
     /// The result recorded for a recipient this cancels.
     fn result(self) -> AttemptResult {
         match self {
-            Cancel::Bounce => AttemptResult::Refused {
-                code: 554,
-                enhanced: Some((5, 0, 0)),
-                reply: "554 5.0.0 Bounced by the operator".into(),
-                remote: String::new(),
-            },
+            Cancel::Bounce => AttemptResult::Bounced,
             Cancel::Delete => AttemptResult::Deleted,
         }
     }
@@ -151,6 +117,19 @@ pub struct DeliveryConfig {
     pub timeouts: crate::smtp::client::ClientTimeouts,
 }
 
+/// What delivery is handed of its core: the shard, the metrics, the shutdown signal and the
+/// clock (delivery reads no clock of its own).
+pub struct CoreHandles {
+    /// The core's spool shard (the worker's commit task flushes what delivery appends).
+    pub shard: Rc<RefCell<Shard>>,
+    /// The core's metrics.
+    pub metrics: Arc<CoreMetrics>,
+    /// Becomes true when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// The time.
+    pub clock: Rc<dyn Clock>,
+}
+
 /// Per-core delivery state. Lives in an `Rc` on the worker thread.
 pub struct Delivery {
     /// The core's spool shard (the worker's commit task flushes what this appends).
@@ -159,6 +138,8 @@ pub struct Delivery {
     metrics: Arc<CoreMetrics>,
     /// Becomes true when the server shuts down.
     shutdown: watch::Receiver<bool>,
+    /// The time.
+    clock: Rc<dyn Clock>,
     config: DeliveryConfig,
     router: RefCell<Rc<Router>>,
     classifier: RefCell<std::sync::Arc<Classifier>>,
@@ -186,15 +167,19 @@ pub struct Delivery {
 impl Delivery {
     /// Builds the delivery state and schedules every pending recipient found by recovery.
     pub fn new(
-        shard: Rc<RefCell<Shard>>,
-        metrics: Arc<CoreMetrics>,
-        shutdown: watch::Receiver<bool>,
+        core: CoreHandles,
         config: DeliveryConfig,
         router: Router,
         classifier: std::sync::Arc<Classifier>,
         events: EventLog,
     ) -> Rc<Delivery> {
-        let now = unix_ms(SystemTime::now());
+        let CoreHandles {
+            shard,
+            metrics,
+            shutdown,
+            clock,
+        } = core;
+        let now = unix_ms(clock.now());
         let route_tls = config.route_tls.clone();
         let mut wheel = TimerWheel::new(TICK_MS, 0);
         for (id, rcpt, next) in shard.borrow().pending() {
@@ -215,7 +200,8 @@ impl Delivery {
             router: RefCell::new(Rc::new(router)),
             classifier: RefCell::new(classifier),
             wheel: RefCell::new(wheel),
-            epoch: std::time::Instant::now(),
+            epoch: clock.monotonic(),
+            clock,
             dests: RefCell::new(HashMap::new()),
             fresh: RefCell::new(Vec::new()),
             kick: Notify::new(),
@@ -232,7 +218,7 @@ impl Delivery {
     /// DSN was due but is not marked as sent (the DSN is queued right after the failure record,
     /// so a crash between the two loses it). Called once at start.
     pub fn recover_dsns(&self) {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let mut todo: Vec<(QueueId, Vec<DsnRecipientFacts>)> = Vec::new();
         {
             let shard = self.shard.borrow();
@@ -248,20 +234,30 @@ impl Delivery {
                     let Some(m) = view.meta.recipients.get(i) else {
                         continue;
                     };
-                    let n = m.notify;
-                    let wants = n & 1 == 0 && (n == 0 || n & 4 != 0);
-                    if r.kind == Some(StatusKind::Failed) && !r.dsn_sent && wants {
+                    if r.kind == Some(StatusKind::Failed)
+                        && !r.dsn_sent
+                        && m.notify().reports_failure()
+                    {
                         let last = r.last_status.and_then(|at| shard.status_record(at));
+                        let reply = last.map_or("", |l| l.reply.as_str());
+                        let cause = if reply.starts_with(EXPIRED) {
+                            Some(Cause::Expired)
+                        } else {
+                            last.and_then(|l| Category::from_name(l.category.as_str()))
+                                .map(Cause::Category)
+                        };
+                        let enhanced = reply
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(EnhancedCode::parse);
                         facts.push(DsnRecipientFacts {
                             rcpt: i as u32,
                             address: m.address.as_str().to_owned(),
-                            reply: last
-                                .map(|l| l.reply.as_str().to_owned())
-                                .unwrap_or_default(),
+                            reply: reply.to_owned(),
                             remote: last
                                 .map(|l| l.remote.as_str().to_owned())
                                 .unwrap_or_default(),
-                            class: None,
+                            status: dsn_status(DsnKind::Failure, enhanced, cause),
                         });
                     }
                 }
@@ -430,7 +426,10 @@ impl Delivery {
 
     /// Milliseconds on the wheel's monotonic clock.
     fn wheel_now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.clock
+            .monotonic()
+            .duration_since(self.epoch)
+            .as_millis() as u64
     }
 
     /// Puts a recipient in the wheel to be tried in `delay_ms`, whatever the wall clock does
@@ -559,7 +558,7 @@ impl Delivery {
         if rate == 0 {
             return None;
         }
-        let now = std::time::Instant::now();
+        let now = self.clock.monotonic();
         let mut dests = self.dests.borrow_mut();
         let d = dests.entry(domain.to_owned()).or_default();
         let slot = d.next_send.map_or(now, |t| t.max(now));
@@ -586,10 +585,11 @@ impl Delivery {
             .unwrap_or_default()
     }
 
-    /// Records one attempt's result for some recipients of a message: status records, retry
-    /// scheduling, DSNs and the event log.
+    /// Records one attempt's result for some recipients of a message: asks the pure decision
+    /// what becomes of each recipient, then applies it (status record, retry entry, metrics,
+    /// event log, DSNs).
     pub fn record(&self, id: QueueId, results: &[(u32, AttemptResult)]) {
-        let now_time = SystemTime::now();
+        let now_time = self.clock.now();
         let now = unix_ms(now_time);
         let overridden: Vec<(u32, AttemptResult)>;
         let mut results = results;
@@ -613,9 +613,7 @@ impl Delivery {
                 results = &overridden;
             }
         }
-        let mut failed_dsn = Vec::new();
-        let mut delay_dsn = Vec::new();
-        let mut success_dsn = Vec::new();
+        let mut notices: [Vec<DsnRecipientFacts>; 3] = Default::default();
         {
             let mut shard = self.shard.borrow_mut();
             let Some(st) = shard.state(id).cloned() else {
@@ -624,230 +622,136 @@ impl Delivery {
             let Some(view) = shard.message(id) else {
                 return;
             };
-            let received = st.received_at_ms;
-            let is_dsn = view.meta.is_dsn;
-            let null_sender = view.meta.reverse_path.is_empty();
-            let mut addresses = Vec::new();
-            let mut notify = Vec::new();
-            for (rcpt, _) in results {
-                let m = view.meta.recipients.get(*rcpt as usize);
-                addresses.push(m.map(|m| m.address.as_str().to_owned()).unwrap_or_default());
-                notify.push(m.map(|m| m.notify).unwrap_or(0));
-            }
-            let may_notify = !is_dsn && !null_sender;
-            for (i, (rcpt, result)) in results.iter().enumerate() {
+            let message = MessageFacts {
+                received_ms: st.received_at_ms,
+                may_notify: !view.meta.is_dsn && !view.meta.reverse_path.is_empty(),
+            };
+            let recipients: Vec<(String, smtp::Notify)> = results
+                .iter()
+                .map(|(rcpt, _)| {
+                    view.meta.recipients.get(*rcpt as usize).map_or_else(
+                        || (String::new(), smtp::Notify::default()),
+                        |m| (m.address.as_str().to_owned(), m.notify()),
+                    )
+                })
+                .collect();
+            let classifier = std::sync::Arc::clone(&self.classifier.borrow());
+            for ((rcpt, result), (address, notify)) in results.iter().zip(recipients) {
                 let Some(rs) = st.recipients.get(*rcpt as usize) else {
                     continue;
                 };
                 if rs.is_final() {
                     continue;
                 }
-                let address = &addresses[i];
-                if let AttemptResult::Deleted = result {
-                    self.record_deleted(&mut shard, id, *rcpt, rs.attempts, address, now);
-                    continue;
-                }
-                let attempt = rs.attempts + 1;
-                let n = notify[i];
-                let mut success_reported_downstream = false;
-                let (kind, reply, remote, class) = match result {
-                    AttemptResult::Delivered {
-                        reply,
-                        remote,
-                        dsn_passed_on,
-                    } => {
-                        success_reported_downstream = *dsn_passed_on;
-                        (StatusKind::Delivered, reply.clone(), remote.clone(), None)
-                    }
-                    AttemptResult::Refused {
-                        code,
-                        enhanced,
-                        reply,
-                        remote,
-                    } => {
-                        let c = self.classifier.borrow().classify(&Failure::Reply {
-                            code: *code,
-                            enhanced: *enhanced,
-                            text: reply,
-                        });
-                        let kind = if c.action == Action::Bounce {
-                            StatusKind::Failed
-                        } else {
-                            StatusKind::Deferred
-                        };
-                        (kind, reply.clone(), remote.clone(), Some(c))
-                    }
-                    AttemptResult::Deleted => continue,
-                    AttemptResult::Connection {
-                        failure,
-                        detail,
-                        remote,
-                    } => {
-                        let c = self
-                            .classifier
-                            .borrow()
-                            .classify(&Failure::Connection(*failure));
-                        let kind = if c.action == Action::Bounce {
-                            StatusKind::Failed
-                        } else {
-                            StatusKind::Deferred
-                        };
-                        (kind, detail.clone(), remote.clone(), Some(c))
-                    }
+                let facts = RecipientFacts {
+                    attempts: rs.attempts,
+                    delay_notified: rs.delay_notified,
+                    notify,
                 };
-                let (kind, reply, next) = if kind == StatusKind::Deferred {
-                    match after_failure(&self.config.policy, attempt, received, now) {
-                        NextStep::RetryAt(t) => (kind, reply, t),
-                        NextStep::Expire => (
-                            StatusKind::Failed,
-                            format!("delivery time expired; last error: {reply}"),
-                            0,
-                        ),
-                    }
-                } else {
-                    (kind, reply, 0)
-                };
-                let category = class.map(|c| c.category);
-                let rec = StatusRecord {
-                    id: id.0,
-                    rcpt: *rcpt,
-                    kind: kind as u8,
-                    attempt,
-                    at_ms: now,
-                    next_attempt_ms: next,
-                    reply: reply.clone(),
-                    remote: remote.clone(),
-                    category: category.map(Category::name).unwrap_or("").to_owned(),
-                };
-                self.metrics.outcome(
-                    match kind {
-                        StatusKind::Delivered => crate::metrics::Outcome::Delivered,
-                        StatusKind::Failed => crate::metrics::Outcome::Bounced,
-                        _ => crate::metrics::Outcome::Deferred,
-                    },
-                    category,
+                let d = decide(
+                    message,
+                    facts,
+                    result,
+                    &classifier,
+                    &self.config.policy,
+                    now,
                 );
-                if let Err(e) = shard.append_status(&rec) {
-                    tracing::error!(%id, error = %e, "cannot record delivery status");
-                }
-                tracing::info!(
-                    %id,
-                    recipient = %address,
-                    outcome = ?kind,
-                    remote = %remote,
-                    reply = %reply,
-                    category = category.map(Category::name).unwrap_or(""),
-                    attempt,
-                    "delivery attempt"
-                );
-                self.events.log(LogEvent {
-                    at_ms: now,
-                    id,
-                    recipient: address.clone(),
-                    outcome: match kind {
-                        StatusKind::Delivered => "delivered",
-                        StatusKind::Failed => "bounced",
-                        _ => "deferred",
-                    },
-                    remote: remote.clone(),
-                    reply: reply.clone(),
-                    category: category.map(Category::name),
-                    attempt,
-                    next_attempt_ms: (next > 0).then_some(next),
-                });
-                let dsn_rcpt = || DsnRecipientFacts {
-                    rcpt: *rcpt,
-                    address: address.clone(),
-                    reply: reply.clone(),
-                    remote: remote.clone(),
-                    class,
-                };
-                match kind {
-                    StatusKind::Deferred => {
-                        // What the shard holds (the record may have failed to append: then
-                        // the entry must still match the state to stay live).
-                        let held = shard
-                            .state(id)
-                            .and_then(|s| s.recipients.get(*rcpt as usize))
-                            .map_or(next, |r| r.next_attempt_ms);
-                        self.schedule(id, *rcpt, next.saturating_sub(now), held);
-                        let wants_delay = n == 0 || n & 8 != 0;
-                        if may_notify
-                            && wants_delay
-                            && n & 1 == 0
-                            && delay_notice_due(
-                                &self.config.policy,
-                                received,
-                                now,
-                                rs.delay_notified,
-                            )
-                        {
-                            delay_dsn.push(dsn_rcpt());
-                        }
-                    }
-                    // RFC 3461 §4.1: without NOTIFY, failures are reported; NEVER silences.
-                    StatusKind::Failed if may_notify && n & 1 == 0 && (n == 0 || n & 4 != 0) => {
-                        failed_dsn.push(dsn_rcpt());
-                    }
-                    // RFC 3461 §5.2.2-5.2.3: a relay that passed NOTIFY on to a next hop with
-                    // DSN sends nothing (the next hop reports); otherwise it reports "relayed".
-                    StatusKind::Delivered
-                        if may_notify && n & 2 != 0 && !success_reported_downstream =>
-                    {
-                        success_dsn.push(dsn_rcpt());
-                    }
-                    _ => {}
+                self.apply(&mut shard, id, *rcpt, &address, &d, now);
+                if let Some(notice) = d.dsn {
+                    notices[notice.kind as usize].push(DsnRecipientFacts {
+                        rcpt: *rcpt,
+                        address,
+                        reply: d.text,
+                        remote: d.remote,
+                        status: notice.status,
+                    });
                 }
             }
         }
-        for (kind, list) in [
-            (DsnKind::Failure, failed_dsn),
-            (DsnKind::Delay, delay_dsn),
-            (DsnKind::Success, success_dsn),
-        ] {
+        for (kind, list) in [DsnKind::Failure, DsnKind::Delay, DsnKind::Success]
+            .into_iter()
+            .zip(notices)
+        {
             if !list.is_empty() {
                 self.send_dsn(id, kind, &list, now_time);
             }
         }
     }
 
-    /// Records an operator's delete of one recipient: a final `Deleted` status, no DSN.
-    fn record_deleted(
+    /// Applies one recipient's decision: its status record, its next wheel entry, the metrics,
+    /// the log line and the event.
+    fn apply(
         &self,
         shard: &mut Shard,
         id: QueueId,
         rcpt: u32,
-        attempts: u32,
         address: &str,
+        d: &Decision,
         now: u64,
     ) {
-        let reply = "deleted by operator";
+        let (kind, next, status) = match d.fate {
+            Fate::Delivered => (StatusKind::Delivered, 0, RecipientStatus::Delivered),
+            Fate::Deferred { next_attempt_ms } => (
+                StatusKind::Deferred,
+                next_attempt_ms,
+                RecipientStatus::Deferred,
+            ),
+            Fate::Failed { .. } => (StatusKind::Failed, 0, RecipientStatus::Bounced),
+            Fate::Deleted => (StatusKind::Deleted, 0, RecipientStatus::Deleted),
+        };
         let rec = StatusRecord {
             id: id.0,
             rcpt,
-            kind: StatusKind::Deleted as u8,
-            attempt: attempts,
+            kind: kind as u8,
+            attempt: d.attempt,
             at_ms: now,
-            next_attempt_ms: 0,
-            reply: reply.into(),
-            remote: String::new(),
-            category: String::new(),
+            next_attempt_ms: next,
+            reply: d.text.clone(),
+            remote: d.remote.clone(),
+            category: d.category.map(Category::name).unwrap_or("").to_owned(),
         };
-        if let Err(e) = shard.append_status(&rec) {
-            tracing::error!(%id, error = %e, "cannot record the deletion");
+        let outcome = match d.fate {
+            Fate::Delivered => Some(crate::metrics::Outcome::Delivered),
+            Fate::Deferred { .. } => Some(crate::metrics::Outcome::Deferred),
+            Fate::Failed { .. } => Some(crate::metrics::Outcome::Bounced),
+            Fate::Deleted => None,
+        };
+        if let Some(o) = outcome {
+            self.metrics.outcome(o, d.category);
         }
-        tracing::info!(%id, recipient = %address, "deleted by operator");
+        if let Err(e) = shard.append_status(&rec) {
+            tracing::error!(%id, error = %e, "cannot record delivery status");
+        }
+        tracing::info!(
+            %id,
+            recipient = %address,
+            outcome = status.name(),
+            remote = %d.remote,
+            reply = %d.text,
+            category = d.category.map(Category::name).unwrap_or(""),
+            attempt = d.attempt,
+            "delivery attempt"
+        );
         self.events.log(LogEvent {
             at_ms: now,
             id,
             recipient: address.to_owned(),
-            outcome: "deleted",
-            remote: String::new(),
-            reply: reply.into(),
-            category: None,
-            attempt: attempts,
-            next_attempt_ms: None,
+            outcome: status.name(),
+            remote: d.remote.clone(),
+            reply: d.text.clone(),
+            category: d.category.map(Category::name),
+            attempt: d.attempt,
+            next_attempt_ms: (next > 0).then_some(next),
         });
+        if kind == StatusKind::Deferred {
+            // What the shard holds (the record may have failed to append: then the entry must
+            // still match the state to stay live).
+            let held = shard
+                .state(id)
+                .and_then(|s| s.recipients.get(rcpt as usize))
+                .map_or(next, |r| r.next_attempt_ms);
+            self.schedule(id, rcpt, next.saturating_sub(now), held);
+        }
     }
 
     /// Builds a DSN about `id` and queues it (null reverse-path, marked as a DSN so that no DSN
@@ -875,7 +779,7 @@ impl Delivery {
                             // ringmta always hands mail on to another system.
                             DsnKind::Success => DsnAction::Relayed,
                         },
-                        status: status_code(kind, &f.reply, f.class),
+                        status: (f.status.class, f.status.subject, f.status.detail),
                         remote_mta: (!f.remote.is_empty()).then(|| format!("dns;{}", f.remote)),
                         diagnostic: (!f.reply.is_empty()).then(|| format!("smtp; {}", f.reply)),
                         last_attempt: now,
@@ -893,9 +797,9 @@ impl Delivery {
             let boundary = format!("{id}.{n}.{now_ms}/{}", self.config.hostname);
             let from = format!("MAILER-DAEMON@{}", self.config.hostname);
             let envid = meta.envid.as_ref().map(|e| e.as_str().to_owned());
-            let return_content = match (kind, meta.ret) {
-                (_, 2) => ReturnContent::Headers,
-                (DsnKind::Failure, _) => ReturnContent::Full,
+            // RFC 3461 §4.3: the full message only in a failure DSN, and only unless RET=HDRS.
+            let return_content = match (kind, meta.ret()) {
+                (DsnKind::Failure, None | Some(Ret::Full)) => ReturnContent::Full,
                 _ => ReturnContent::Headers,
             };
             let input = DsnInput {
@@ -1008,6 +912,11 @@ impl Delivery {
     pub fn metrics(&self) -> &CoreMetrics {
         &self.metrics
     }
+
+    /// The time.
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
 }
 
 struct DsnRecipientFacts {
@@ -1015,43 +924,7 @@ struct DsnRecipientFacts {
     address: String,
     reply: String,
     remote: String,
-    class: Option<Classification>,
-}
-
-/// The RFC 3464 Status for a recipient: the remote enhanced code when there is one, else one
-/// derived from the category.
-fn status_code(kind: DsnKind, reply: &str, class: Option<Classification>) -> (u8, u16, u16) {
-    if kind == DsnKind::Success {
-        return (2, 0, 0);
-    }
-    if let Some(code) = enhanced_in(reply)
-        && (kind == DsnKind::Failure && code.0 == 5 || kind == DsnKind::Delay && code.0 == 4)
-    {
-        return code;
-    }
-    let class_digit = if kind == DsnKind::Delay { 4 } else { 5 };
-    let (s, d) = match class.map(|c| c.category) {
-        Some(Category::UserUnknown) => (1, 1),
-        Some(Category::HostUnknown) => (1, 2),
-        Some(Category::MailboxFull) => (2, 2),
-        Some(Category::MessageTooBig) => (3, 4),
-        Some(Category::Blocklisted | Category::Spam | Category::Policy | Category::RelayDenied) => {
-            (7, 1)
-        }
-        Some(Category::Tls) => (7, 10),
-        _ if reply.starts_with("delivery time expired") => (4, 7),
-        _ => (0, 0),
-    };
-    (class_digit, s, d)
-}
-
-fn enhanced_in(reply: &str) -> Option<(u8, u16, u16)> {
-    let word = reply.split_whitespace().nth(1)?;
-    let mut it = word.split('.');
-    let c: u8 = it.next()?.parse().ok()?;
-    let s: u16 = it.next()?.parse().ok()?;
-    let d: u16 = it.next()?.parse().ok()?;
-    (matches!(c, 2 | 4 | 5) && it.next().is_none()).then_some((c, s, d))
+    status: EnhancedCode,
 }
 
 /// Lower-case domain of an address (the part after the last `@`).

@@ -35,9 +35,17 @@ pub enum RouteError {
     /// No address for any host. Permanent when the names do not exist; here treated as retry.
     #[error("no address found for the mail hosts of {0}")]
     NoAddress(String),
-    /// A temporary DNS failure (SERVFAIL, timeout, network).
+    /// A temporary DNS failure (SERVFAIL, network).
     #[error("temporary dns failure for {domain}: {reason}")]
     Temporary {
+        /// The domain.
+        domain: String,
+        /// What the resolver said.
+        reason: String,
+    },
+    /// The DNS lookup timed out.
+    #[error("dns lookup for {domain} timed out: {reason}")]
+    Timeout {
         /// The domain.
         domain: String,
         /// What the resolver said.
@@ -52,9 +60,7 @@ impl RouteError {
             RouteError::NullMx(_) => ConnFailure::DnsNullMx,
             RouteError::NxDomain(_) => ConnFailure::DnsNxDomain,
             RouteError::NoAddress(_) => ConnFailure::DnsNoAddress,
-            RouteError::Temporary { reason, .. } if reason.contains("timed out") => {
-                ConnFailure::DnsTimeout
-            }
+            RouteError::Timeout { .. } => ConnFailure::DnsTimeout,
             RouteError::Temporary { .. } => ConnFailure::DnsServFail,
         }
     }
@@ -74,8 +80,18 @@ impl Router {
         nameservers: &[SocketAddr],
         smtp_port: u16,
     ) -> Result<Router, NetError> {
+        Router::with_timeout(routes, nameservers, smtp_port, Duration::from_secs(5))
+    }
+
+    /// [`Router::new`] with another timeout per DNS query.
+    fn with_timeout(
+        routes: Vec<StaticRoute>,
+        nameservers: &[SocketAddr],
+        smtp_port: u16,
+        timeout: Duration,
+    ) -> Result<Router, NetError> {
         let mut opts = ResolverOpts::default();
-        opts.timeout = Duration::from_secs(5);
+        opts.timeout = timeout;
         opts.attempts = 2;
         let builder = if nameservers.is_empty() {
             Resolver::builder_tokio()?
@@ -139,11 +155,12 @@ impl Router {
                 DnsOutcome::NxDomain => return Err(RouteError::NxDomain(domain.to_owned())),
                 // RFC 5321 §5.1: no MX records → the domain itself is the implicit MX.
                 DnsOutcome::NoRecords => vec![(0, fqdn.clone())],
-                DnsOutcome::Temporary => {
-                    return Err(RouteError::Temporary {
-                        domain: domain.to_owned(),
+                DnsOutcome::Temporary { timed_out } => {
+                    return Err(DnsTrouble {
+                        timed_out,
                         reason: e.to_string(),
-                    });
+                    }
+                    .for_domain(domain));
                 }
             },
         };
@@ -167,10 +184,7 @@ impl Router {
         }
         if hops.is_empty() {
             return Err(match temporary {
-                Some(reason) => RouteError::Temporary {
-                    domain: domain.to_owned(),
-                    reason,
-                },
+                Some(trouble) => trouble.for_domain(domain),
                 None => RouteError::NoAddress(domain.to_owned()),
             });
         }
@@ -192,14 +206,11 @@ impl Router {
                 addrs,
             }]),
             Ok(_) => Err(RouteError::NoAddress(domain.to_owned())),
-            Err(reason) => Err(RouteError::Temporary {
-                domain: domain.to_owned(),
-                reason,
-            }),
+            Err(trouble) => Err(trouble.for_domain(domain)),
         }
     }
 
-    async fn lookup_addrs(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    async fn lookup_addrs(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, DnsTrouble> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
@@ -212,7 +223,10 @@ impl Router {
             Ok(ips) => Ok(ips.iter().map(|ip| SocketAddr::new(ip, port)).collect()),
             Err(e) => match classify_dns(&e) {
                 DnsOutcome::NxDomain | DnsOutcome::NoRecords => Ok(Vec::new()),
-                DnsOutcome::Temporary => Err(e.to_string()),
+                DnsOutcome::Temporary { timed_out } => Err(DnsTrouble {
+                    timed_out,
+                    reason: e.to_string(),
+                }),
             },
         }
     }
@@ -221,7 +235,25 @@ impl Router {
 enum DnsOutcome {
     NxDomain,
     NoRecords,
-    Temporary,
+    Temporary { timed_out: bool },
+}
+
+/// A lookup that failed for now.
+struct DnsTrouble {
+    timed_out: bool,
+    reason: String,
+}
+
+impl DnsTrouble {
+    fn for_domain(self, domain: &str) -> RouteError {
+        let domain = domain.to_owned();
+        let reason = self.reason;
+        if self.timed_out {
+            RouteError::Timeout { domain, reason }
+        } else {
+            RouteError::Temporary { domain, reason }
+        }
+    }
 }
 
 fn classify_dns(e: &NetError) -> DnsOutcome {
@@ -233,7 +265,11 @@ fn classify_dns(e: &NetError) -> DnsOutcome {
         }
         NetError::Dns(DnsError::NoRecordsFound(_)) => DnsOutcome::NoRecords,
         NetError::Dns(DnsError::ResponseCode(ResponseCode::NXDomain)) => DnsOutcome::NxDomain,
-        _ => DnsOutcome::Temporary,
+        NetError::Timeout => DnsOutcome::Temporary { timed_out: true },
+        NetError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            DnsOutcome::Temporary { timed_out: true }
+        }
+        _ => DnsOutcome::Temporary { timed_out: false },
     }
 }
 
@@ -245,4 +281,33 @@ fn address_literal(domain: &str) -> Option<IpAddr> {
         .or_else(|| inner.strip_prefix("ipv6:"))
         .unwrap_or(inner);
     inner.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name server that takes the queries and never answers: the route error is the timeout
+    /// variant, which the classifier knows as a DNS timeout (not a SERVFAIL).
+    #[test]
+    fn a_silent_name_server_is_a_dns_timeout() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        // The TCP side on the same port accepts and stays silent too (it may not be free: then
+        // the resolver's TCP attempt is refused, which is not what is tested here).
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port)).ok();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt.block_on(async {
+            let ns = SocketAddr::from(([127, 0, 0, 1], port));
+            let router =
+                Router::with_timeout(Vec::new(), &[ns], 25, Duration::from_millis(200)).unwrap();
+            router.resolve("silent.example").await.unwrap_err()
+        });
+        drop((udp, tcp));
+        assert!(matches!(err, RouteError::Timeout { .. }), "{err:?}");
+        assert_eq!(err.as_failure(), ConnFailure::DnsTimeout);
+    }
 }

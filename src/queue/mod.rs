@@ -1,5 +1,7 @@
-//! Scheduling: pure retry maths (`schedule`) and the hierarchical timer wheel (`wheel`) that
-//! holds every pending recipient's next attempt on a core.
+//! The queue's pure core: what becomes of a recipient after an attempt (`decision`), the retry
+//! maths (`schedule`) and the hierarchical timer wheel (`wheel`) that holds every pending
+//! recipient's next attempt on a core. Nothing here reads a clock or does I/O.
 
+pub mod decision;
 pub mod schedule;
 pub mod wheel;

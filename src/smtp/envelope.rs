@@ -1,7 +1,8 @@
 //! The accepted transaction handed to the spool: envelope, DSN parameters and body.
 //!
-//! Plain data, no behaviour: the server session fills it in and moves it out in
-//! [`Event::Commit`](super::Event::Commit).
+//! Plain data: the server session fills it in and moves it out in
+//! [`Event::Commit`](super::Event::Commit). The DSN parameters also know their RFC 3461
+//! meaning and their one-byte spool encoding, so nothing else decodes bits by hand.
 
 use std::net::SocketAddr;
 
@@ -37,6 +38,106 @@ pub struct Notify {
     pub failure: bool,
     /// `DELAY`.
     pub delay: bool,
+}
+
+impl Notify {
+    /// Spool bit for `NEVER`.
+    pub const NEVER: u8 = 1;
+    /// Spool bit for `SUCCESS`.
+    pub const SUCCESS: u8 = 2;
+    /// Spool bit for `FAILURE`.
+    pub const FAILURE: u8 = 4;
+    /// Spool bit for `DELAY`.
+    pub const DELAY: u8 = 8;
+
+    /// The one-byte spool encoding; 0 means the parameter was not given.
+    pub const fn bits(self) -> u8 {
+        ((self.never as u8) * Notify::NEVER)
+            | ((self.success as u8) * Notify::SUCCESS)
+            | ((self.failure as u8) * Notify::FAILURE)
+            | ((self.delay as u8) * Notify::DELAY)
+    }
+
+    /// Decodes [`Notify::bits`]; unknown bits are ignored.
+    pub const fn from_bits(bits: u8) -> Notify {
+        Notify {
+            never: bits & Notify::NEVER != 0,
+            success: bits & Notify::SUCCESS != 0,
+            failure: bits & Notify::FAILURE != 0,
+            delay: bits & Notify::DELAY != 0,
+        }
+    }
+
+    /// Whether the client gave the parameter at all.
+    pub const fn given(self) -> bool {
+        self.never || self.success || self.failure || self.delay
+    }
+
+    /// Whether a failure is reported: RFC 3461 §4.1 makes `FAILURE,DELAY` the default, and
+    /// `NEVER` silences everything.
+    pub const fn reports_failure(self) -> bool {
+        !self.never && (!self.given() || self.failure)
+    }
+
+    /// Whether a delay is reported (same default as [`Notify::reports_failure`]).
+    pub const fn reports_delay(self) -> bool {
+        !self.never && (!self.given() || self.delay)
+    }
+
+    /// Whether a success is reported: only when asked for.
+    pub const fn reports_success(self) -> bool {
+        !self.never && self.success
+    }
+
+    /// The ESMTP value to pass on to the next hop (`NEVER`, or a comma list), `None` when the
+    /// client gave none (RFC 3461 §4.1: a relay passes NOTIFY on only as it received it).
+    pub fn param(self) -> Option<String> {
+        if !self.given() {
+            return None;
+        }
+        if self.never {
+            return Some("NEVER".into());
+        }
+        let words = [
+            (self.success, "SUCCESS"),
+            (self.failure, "FAILURE"),
+            (self.delay, "DELAY"),
+        ];
+        let list: Vec<&str> = words
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, w)| *w)
+            .collect();
+        Some(list.join(","))
+    }
+}
+
+impl Ret {
+    /// The one-byte spool encoding of an optional `RET=`: 0 not given, 1 `FULL`, 2 `HDRS`.
+    pub const fn to_byte(ret: Option<Ret>) -> u8 {
+        match ret {
+            None => 0,
+            Some(Ret::Full) => 1,
+            Some(Ret::Hdrs) => 2,
+        }
+    }
+
+    /// Decodes [`Ret::to_byte`]; an unknown byte reads as not given.
+    pub const fn from_byte(byte: u8) -> Option<Ret> {
+        match byte {
+            1 => Some(Ret::Full),
+            2 => Some(Ret::Hdrs),
+            _ => None,
+        }
+    }
+
+    /// The ESMTP value.
+    pub const fn param(self) -> &'static str {
+        match self {
+            Ret::Full => "FULL",
+            Ret::Hdrs => "HDRS",
+        }
+    }
 }
 
 /// One accepted recipient.

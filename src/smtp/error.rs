@@ -61,6 +61,9 @@ pub enum ProtocolError {
     /// The credentials were checked and refused.
     #[error("authentication credentials invalid")]
     BadCredentials,
+    /// The credentials could not be checked now.
+    #[error("temporary authentication failure")]
+    AuthUnavailable,
     /// An authenticated user used a MAIL FROM outside their allowed senders.
     #[error("sender address not owned by user {user}")]
     SenderNotOwned {
@@ -274,6 +277,7 @@ impl From<&ProtocolError> for Reply {
             BadBase64 => r(501, (5, 5, 2), "Cannot decode response"),
             MalformedCredentials => r(501, (5, 5, 2), "Malformed authentication data"),
             BadCredentials => r(535, (5, 7, 8), "Authentication credentials invalid"),
+            AuthUnavailable => r(454, (4, 7, 0), "Temporary authentication failure"),
             SenderNotOwned { user } => r(
                 550,
                 (5, 7, 1),

@@ -29,6 +29,29 @@ impl EnhancedCode {
     }
 }
 
+impl EnhancedCode {
+    /// Parses `class.subject.detail` (RFC 3463 §2): a class of 2, 4 or 5, then one to three
+    /// digits twice. The only parser of the syntax in the crate.
+    pub fn parse(word: &str) -> Option<EnhancedCode> {
+        let mut parts = word.split('.');
+        let (class, subject, detail) = (parts.next()?, parts.next()?, parts.next()?);
+        let digits = |s: &str, max: usize| {
+            !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit())
+        };
+        if parts.next().is_some() || !digits(class, 1) || !digits(subject, 3) || !digits(detail, 3)
+        {
+            return None;
+        }
+        let class: u8 = class.parse().ok()?;
+        matches!(class, 2 | 4 | 5).then_some(())?;
+        Some(EnhancedCode::new(
+            class,
+            subject.parse().ok()?,
+            detail.parse().ok()?,
+        ))
+    }
+}
+
 impl fmt::Display for EnhancedCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
@@ -62,6 +85,21 @@ impl Reply {
     pub fn with_enhanced(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>) -> Self {
         let (class, subject, detail) = enhanced;
         Reply::new(code, Some(EnhancedCode::new(class, subject, detail)), text)
+    }
+
+    /// The reply as one line, for logs, status records and DSNs: the code, the enhanced code
+    /// and the text lines joined by spaces.
+    pub fn one_line(&self) -> String {
+        let mut s = self.code.to_string();
+        if let Some(e) = self.enhanced {
+            s.push(' ');
+            s.push_str(&e.to_string());
+        }
+        for l in &self.lines {
+            s.push(' ');
+            s.push_str(l.trim());
+        }
+        s
     }
 
     /// Whether the code is a 2xx or 3xx (positive) reply.
@@ -260,26 +298,10 @@ fn parse_code(line: &[u8]) -> Result<u16, ReplyParseError> {
 /// Splits a leading `class.subject.detail` (RFC 3463 §2) off `text` when its class matches `code`.
 fn split_enhanced(text: &[u8], code: u16) -> Option<(EnhancedCode, &[u8])> {
     let end = text.iter().position(|&b| b == b' ').unwrap_or(text.len());
-    let word = std::str::from_utf8(&text[..end]).ok()?;
-    let mut parts = word.split('.');
-    let class = parts.next()?;
-    let subject = parts.next()?;
-    let detail = parts.next()?;
-    let short = |s: &str, max: usize| {
-        !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit())
-    };
-    if parts.next().is_some() || !short(class, 1) || !short(subject, 3) || !short(detail, 3) {
-        return None;
-    }
-    let class: u8 = class.parse().ok()?;
-    if u16::from(class) != code / 100 || !matches!(class, 2 | 4 | 5) {
-        return None;
-    }
-    let rest = text.get(end + 1..).unwrap_or(&[]);
-    Some((
-        EnhancedCode::new(class, subject.parse().ok()?, detail.parse().ok()?),
-        rest,
-    ))
+    let code_class = code / 100;
+    let enhanced = EnhancedCode::parse(std::str::from_utf8(&text[..end]).ok()?)
+        .filter(|e| u16::from(e.class) == code_class)?;
+    Some((enhanced, text.get(end + 1..).unwrap_or(&[])))
 }
 
 #[cfg(test)]

@@ -89,6 +89,9 @@ pub enum AuthOutcome {
     BadCredentials,
     /// The checker refuses further attempts from this client: `421 4.7.0` and close.
     Throttled,
+    /// The credentials could not be checked (the checker is overloaded or gone): `454 4.7.0`
+    /// (RFC 4954 §6), not counted against the client, which may try again.
+    Unavailable,
 }
 
 /// Why the spool could not take a message, given back through [`ServerSession::handle_commit`].
@@ -432,6 +435,10 @@ impl ServerSession {
             }
             AuthOutcome::BadCredentials => s.auth_failed(),
             AuthOutcome::Throttled => s.close(&Reply::from(&ProtocolError::TooManyAuthFailures)),
+            AuthOutcome::Unavailable => {
+                s.reply(&Reply::from(&ProtocolError::AuthUnavailable));
+                State::AwaitingCommand(None)
+            }
         });
     }
 

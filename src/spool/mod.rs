@@ -46,7 +46,8 @@ use crate::ids::QueueId;
 
 pub use record::{
     ArchivedMessageMeta, ArchivedPlaceholder, ArchivedRecipientMeta, ArchivedStatusRecord,
-    MessageMeta, Placeholder, PlaceholderRecipient, RecipientMeta, StatusKind, StatusRecord,
+    BODY_7BIT, BODY_8BITMIME, MessageMeta, Placeholder, PlaceholderRecipient, RecipientMeta,
+    StatusKind, StatusRecord,
 };
 pub use recovery::{RecoveryReport, SegmentReport};
 pub use segment::{HeaderError, TornTail};
@@ -350,6 +351,56 @@ impl RecipientState {
     /// Whether this recipient reached a final status.
     pub fn is_final(&self) -> bool {
         self.kind.is_some_and(StatusKind::is_final)
+    }
+
+    /// Where it stands, as operators see it.
+    pub fn status(&self) -> RecipientStatus {
+        match self.kind {
+            None => RecipientStatus::Queued,
+            Some(StatusKind::Delivered) => RecipientStatus::Delivered,
+            Some(StatusKind::Failed) => RecipientStatus::Bounced,
+            Some(StatusKind::Deleted) => RecipientStatus::Deleted,
+            Some(StatusKind::Deferred | StatusKind::DelayNotified | StatusKind::DsnSent) => {
+                RecipientStatus::Deferred
+            }
+        }
+    }
+}
+
+/// Where a recipient stands, as the queue listing, the metrics and the event log name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecipientStatus {
+    /// Not tried yet.
+    Queued = 0,
+    /// Tried, to be tried again.
+    Deferred = 1,
+    /// Delivered (final).
+    Delivered = 2,
+    /// Failed (final).
+    Bounced = 3,
+    /// Deleted by an operator (final).
+    Deleted = 4,
+}
+
+impl RecipientStatus {
+    /// Every status, in discriminant order.
+    pub const ALL: [RecipientStatus; 5] = [
+        RecipientStatus::Queued,
+        RecipientStatus::Deferred,
+        RecipientStatus::Delivered,
+        RecipientStatus::Bounced,
+        RecipientStatus::Deleted,
+    ];
+
+    /// The name operators see.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RecipientStatus::Queued => "queued",
+            RecipientStatus::Deferred => "deferred",
+            RecipientStatus::Delivered => "delivered",
+            RecipientStatus::Bounced => "bounced",
+            RecipientStatus::Deleted => "deleted",
+        }
     }
 }
 

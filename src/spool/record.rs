@@ -24,6 +24,8 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::smtp::{Notify, Ret};
+
 /// Length of a frame header in bytes.
 pub const FRAME_HEADER_LEN: usize = 16;
 /// Alignment of frames and payloads.
@@ -67,11 +69,11 @@ pub struct MessageMeta {
     pub received_at_ms: u64,
     /// MAIL FROM address, empty for the null reverse path.
     pub reverse_path: String,
-    /// RFC 3461 RET: 0 not given, 1 FULL, 2 HDRS.
+    /// RFC 3461 RET as [`Ret::to_byte`]; read it with [`ArchivedMessageMeta::ret`].
     pub ret: u8,
     /// RFC 3461 ENVID.
     pub envid: Option<String>,
-    /// BODY= parameter: 0 7BIT/not given, 1 8BITMIME, 2 BINARYMIME.
+    /// BODY= parameter: [`BODY_7BIT`] or [`BODY_8BITMIME`].
     pub body_type: u8,
     /// Whether the SMTPUTF8 parameter was given.
     pub smtputf8: bool,
@@ -95,11 +97,42 @@ pub struct MessageMeta {
 pub struct RecipientMeta {
     /// The forward path.
     pub address: String,
-    /// RFC 3461 NOTIFY bits: 1 never, 2 success, 4 failure, 8 delay; 0 = not given.
+    /// RFC 3461 NOTIFY as [`Notify::bits`]; read it with [`RecipientMeta::notify`].
     pub notify: u8,
     /// RFC 3461 ORCPT, as given.
     pub orcpt: Option<String>,
 }
+
+impl RecipientMeta {
+    /// The NOTIFY parameter.
+    pub fn notify(&self) -> Notify {
+        Notify::from_bits(self.notify)
+    }
+}
+
+impl ArchivedRecipientMeta {
+    /// The NOTIFY parameter.
+    pub fn notify(&self) -> Notify {
+        Notify::from_bits(self.notify)
+    }
+}
+
+impl ArchivedMessageMeta {
+    /// The RET parameter.
+    pub fn ret(&self) -> Option<Ret> {
+        Ret::from_byte(self.ret)
+    }
+
+    /// Whether the body was declared 8BITMIME.
+    pub fn eight_bit(&self) -> bool {
+        self.body_type == BODY_8BITMIME
+    }
+}
+
+/// `MessageMeta::body_type` for 7BIT or no BODY parameter.
+pub const BODY_7BIT: u8 = 0;
+/// `MessageMeta::body_type` for BODY=8BITMIME.
+pub const BODY_8BITMIME: u8 = 1;
 
 /// The outcome of one step for one recipient of a message.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]

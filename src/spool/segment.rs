@@ -34,6 +34,8 @@
 //!   only offsets found there, which is what makes the unchecked rkyv access sound.
 //! - Bytes in `[end, len)` of the active segment have never been written by this process.
 
+#![allow(unsafe_code)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;

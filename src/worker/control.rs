@@ -9,7 +9,6 @@ use tokio::sync::mpsc;
 use crate::control::{ControlRequest, MessageInfo, QueueSummary, RecipientInfo, Reloaded};
 use crate::delivery::Cancel;
 use crate::ids::QueueId;
-use crate::spool::StatusKind;
 use crate::time::unix_ms;
 
 use super::Core;
@@ -76,16 +75,6 @@ fn apply_reload(core: &Core, r: Reloaded) -> Result<(), String> {
     Ok(())
 }
 
-fn state_name(kind: Option<StatusKind>) -> &'static str {
-    match kind {
-        None => "queued",
-        Some(StatusKind::Delivered) => "delivered",
-        Some(StatusKind::Failed) => "bounced",
-        Some(StatusKind::Deleted) => "deleted",
-        Some(_) => "deferred",
-    }
-}
-
 fn message_info(core: &Core, id: QueueId) -> Option<MessageInfo> {
     let shard = core.shard.borrow();
     let st = shard.state(id)?;
@@ -103,7 +92,7 @@ fn message_info(core: &Core, id: QueueId) -> Option<MessageInfo> {
                     .get(i)
                     .map(|m| m.address.as_str().to_owned())
                     .unwrap_or_default(),
-                state: state_name(r.kind),
+                state: r.status().name(),
                 attempts: r.attempts,
                 next_attempt_ms: (!r.is_final()).then_some(r.next_attempt_ms),
                 last_reply: last
@@ -133,7 +122,7 @@ fn summary(core: &Core) -> QueueSummary {
         };
         s.messages += 1;
         for (i, r) in st.recipients.iter().enumerate() {
-            *s.recipients.entry(state_name(r.kind)).or_default() += 1;
+            *s.recipients.entry(r.status().name()).or_default() += 1;
             if !r.is_final()
                 && let Some(m) = view.meta.recipients.get(i)
             {

@@ -22,7 +22,7 @@ use crate::auth::AuthService;
 use crate::config::Config;
 use crate::config::resolved::{Durability, ListenerRole};
 use crate::delivery::route::Router;
-use crate::delivery::{Delivery, DeliveryConfig};
+use crate::delivery::{CoreHandles, Delivery, DeliveryConfig};
 use crate::ids::QueueId;
 use crate::message::prepended_headers;
 use crate::net::{Application, SessionSetup};
@@ -31,7 +31,7 @@ use crate::smtp::{
     AuthOutcome, CommitError, ConnectionRefused, PeerInfo, SessionConfig, Transaction,
 };
 use crate::spool::{NewMessage, Shard, SpoolError};
-use crate::time::unix_ms;
+use crate::time::{SystemClock, unix_ms};
 
 /// State shared read-only by every worker.
 pub struct Shared {
@@ -82,6 +82,8 @@ pub struct Core {
     kick: Notify,
     /// Open connections on this core.
     pub connections: Cell<usize>,
+    /// Woken when the last connection of the core closes (the shutdown drain waits on it).
+    idle: Notify,
     /// Open connections per client IP on this core (entries removed at zero).
     pub per_ip: RefCell<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// Becomes true when the server shuts down.
@@ -193,21 +195,13 @@ impl Core {
             self.metrics
                 .queue_pending
                 .store(st.pending_recipients, Relaxed);
-            let mut by_state = [0u64; 5];
+            let mut by_state = [0u64; crate::spool::RecipientStatus::ALL.len()];
             {
-                use crate::spool::StatusKind;
                 let shard = self.shard.borrow();
                 for id in shard.messages() {
                     let Some(m) = shard.state(id) else { continue };
                     for r in m.recipients.iter() {
-                        let i = match r.kind {
-                            None => 0,
-                            Some(StatusKind::Delivered) => 2,
-                            Some(StatusKind::Failed) => 3,
-                            Some(StatusKind::Deleted) => 4,
-                            Some(_) => 1,
-                        };
-                        by_state[i] += 1;
+                        by_state[r.status() as usize] += 1;
                     }
                 }
             }
@@ -352,6 +346,7 @@ pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool
             durable,
             kick: Notify::new(),
             connections: Cell::new(0),
+            idle: Notify::new(),
             per_ip: RefCell::new(std::collections::HashMap::new()),
             shutdown,
             unique: Cell::new(0),
@@ -371,10 +366,13 @@ pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool
         let _ = shutdown.wait_for(|s| *s).await;
         // Sessions see the same signal: idle ones get 421 at once, busy ones finish their
         // transaction. Give them a bounded time.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while core.connections.get() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let drained = tokio::time::timeout(Duration::from_secs(30), async {
+            // One thread: no connection can close between the check and the wait.
+            while core.connections.get() > 0 {
+                core.idle.notified().await;
+            }
+        });
+        let _ = drained.await;
         if let Err(e) = core.shard.borrow_mut().sync() {
             tracing::error!(error = %e, "final spool flush failed");
         }
@@ -432,10 +430,14 @@ fn start_delivery(core: &Rc<Core>) {
             .collect(),
         max_messages_per_second: d.max_messages_per_second,
     };
+    let handles = CoreHandles {
+        shard: Rc::clone(&core.shard),
+        metrics: Arc::clone(&core.metrics),
+        shutdown: core.shutdown.clone(),
+        clock: Rc::new(SystemClock),
+    };
     let delivery = Delivery::new(
-        Rc::clone(&core.shard),
-        Arc::clone(&core.metrics),
-        core.shutdown.clone(),
+        handles,
         settings,
         router,
         Arc::clone(&core.shared.classifier),
@@ -475,6 +477,9 @@ impl Application for Core {
 
     fn release(&self, ip: IpAddr) {
         self.connections.set(self.connections.get() - 1);
+        if self.connections.get() == 0 {
+            self.idle.notify_waiters();
+        }
         let mut per_ip = self.per_ip.borrow_mut();
         if let Some(n) = per_ip.get_mut(&ip) {
             *n -= 1;

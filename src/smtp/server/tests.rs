@@ -212,6 +212,7 @@ fn run(setup: &Setup, steps: &[(&str, &str)], split: Split) {
             }
             "AUTH_BAD" => r.s.handle_auth_result(AuthOutcome::BadCredentials, r.now),
             "AUTH_THROTTLED" => r.s.handle_auth_result(AuthOutcome::Throttled, r.now),
+            "AUTH_UNAVAILABLE" => r.s.handle_auth_result(AuthOutcome::Unavailable, r.now),
             "COMMIT_OK" => {
                 let txn = r.last_txn.expect("no commit event");
                 r.s.handle_commit(txn, Ok(arg.parse().unwrap()), r.now);
@@ -244,7 +245,13 @@ fn run(setup: &Setup, steps: &[(&str, &str)], split: Split) {
         }
         if matches!(
             kind,
-            "AUTH_OK" | "AUTH_BAD" | "AUTH_THROTTLED" | "COMMIT_OK" | "COMMIT_ERR" | "TLS"
+            "AUTH_OK"
+                | "AUTH_BAD"
+                | "AUTH_THROTTLED"
+                | "AUTH_UNAVAILABLE"
+                | "COMMIT_OK"
+                | "COMMIT_ERR"
+                | "TLS"
         ) {
             r.feed(&[]);
         }
@@ -696,6 +703,24 @@ fn auth_exchanges() {
             ("E", "AUTH Plain alice@example.com secret"),
             ("AUTH_THROTTLED", ""),
             ("S", AUTH_TOO_MANY),
+            ("E", "CLOSE"),
+        ],
+    );
+    // A checker that cannot answer is a temporary failure (RFC 4954 §6), not the client's
+    // fault: 454, the session goes on and a later AUTH can succeed.
+    script_with(
+        submissions(),
+        &[
+            ("S", GREETING),
+            ("C", &format!("EHLO a\r\nAUTH PLAIN {PLAIN_ALICE}\r\n")),
+            ("S", &ehlo_tls()),
+            ("E", "AUTH Plain alice@example.com secret"),
+            ("AUTH_UNAVAILABLE", ""),
+            ("S", "454 4.7.0 Temporary authentication failure\r\n"),
+            ("C", &format!("AUTH PLAIN {PLAIN_ALICE}\r\nQUIT\r\n")),
+            ("E", "AUTH Plain alice@example.com secret"),
+            ("AUTH_OK", "alice@example.com"),
+            ("S", &format!("{AUTH_OK}{BYE}")),
             ("E", "CLOSE"),
         ],
     );
