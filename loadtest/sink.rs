@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Args;
 
-use ringmta::config::resolved::{Listener, ListenerRole};
+use ringmta::config::resolved::Listener;
 use ringmta::net::listen::bind_all;
 use ringmta::net::transport::Transport;
+use ringmta::smtp::PortRole;
 
 #[derive(Debug, Args)]
 pub struct SinkArgs {
@@ -78,7 +79,7 @@ pub fn run(args: SinkArgs) -> Result<()> {
     let bound = bind_all(
         &[Listener {
             addr: args.listen,
-            role: ListenerRole::Smtp,
+            role: PortRole::Relay,
         }],
         threads,
     )?;

@@ -299,7 +299,7 @@ fn listing(snap: &SpoolSnapshot) -> String {
             out,
             "{}  {}  {:>8} B  {}/{} pending  <{}>  {}",
             m.id,
-            crate::message::rfc5322_date(ms_to_time(m.meta.received_at_ms)),
+            crate::rfc5322::date(ms_to_time(m.meta.received_at_ms)),
             m.body_len,
             pending,
             rcpts.len(),
@@ -332,7 +332,7 @@ fn describe(snap: &SpoolSnapshot, id: QueueId) -> Option<String> {
         let _ = writeln!(
             out,
             "received:    {}",
-            crate::message::rfc5322_date(ms_to_time(meta.received_at_ms))
+            crate::rfc5322::date(ms_to_time(meta.received_at_ms))
         );
         let _ = writeln!(out, "from:        <{}>", meta.reverse_path);
         let _ = writeln!(
@@ -373,12 +373,12 @@ fn describe(snap: &SpoolSnapshot, id: QueueId) -> Option<String> {
     let _ = writeln!(
         out,
         "received:    {}",
-        crate::message::rfc5322_date(ms_to_time(p.received_at_ms))
+        crate::rfc5322::date(ms_to_time(p.received_at_ms))
     );
     let _ = writeln!(
         out,
         "purged:      {}",
-        crate::message::rfc5322_date(ms_to_time(p.purged_at_ms))
+        crate::rfc5322::date(ms_to_time(p.purged_at_ms))
     );
     let _ = writeln!(out, "from:        <{}>", p.reverse_path);
     let _ = writeln!(out, "size:        {} bytes", p.body_len);

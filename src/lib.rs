@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod net;
 pub mod queue;
 pub mod ratelimit;
+pub mod rfc5322;
 pub mod server;
 pub mod smtp;
 pub mod spool;

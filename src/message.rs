@@ -5,35 +5,15 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
+use crate::rfc5322::{self, has_header, header_section};
 use crate::smtp::{BodyType, Ret, ReversePath, Transaction};
 use crate::spool::{BODY_7BIT, BODY_8BITMIME, MessageMeta, RecipientMeta};
-
-/// Where the header section of `body` ends: the offset just past the blank line, or the whole
-/// body when there is none (a message with no body part).
-pub fn header_section(body: &[u8]) -> &[u8] {
-    if body.starts_with(b"\r\n") {
-        return &[];
-    }
-    match body.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => &body[..i + 2],
-        None => body,
-    }
-}
-
-/// Whether the header section has a field with this (lower-case) name.
-pub fn has_header(headers: &[u8], name: &str) -> bool {
-    headers.split(|b| *b == b'\n').any(|line| {
-        line.len() > name.len()
-            && line[name.len()] == b':'
-            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
-    })
-}
 
 /// Builds the header lines ringmta prepends: a Received trace field and, for submissions,
 /// the missing Date and Message-ID. `unique` makes the Message-ID unique (e.g. a counter mixed
 /// with the time).
 pub fn prepended_headers(t: &Transaction, hostname: &str, now: SystemTime, unique: u64) -> Vec<u8> {
-    let date = rfc5322_date(now);
+    let date = rfc5322::date(now);
     let mut h = String::with_capacity(256);
     let with = match (t.esmtp, t.tls.is_some(), t.auth_user.is_some()) {
         (false, _, _) => "SMTP",
@@ -116,36 +96,4 @@ fn sanitize(s: &str) -> String {
         .filter(|c| !c.is_control() && *c != '(' && *c != ')')
         .take(255)
         .collect()
-}
-
-/// RFC 5322 §3.3 date in UTC, e.g. `Wed, 25 Nov 2026 11:47:45 +0000`.
-pub fn rfc5322_date(t: SystemTime) -> String {
-    // httpdate gives "Wed, 25 Nov 2026 11:47:45 GMT"; RFC 5322 prefers a numeric zone.
-    let s = httpdate::fmt_http_date(t);
-    match s.strip_suffix("GMT") {
-        Some(prefix) => format!("{prefix}+0000"),
-        None => s,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_section_and_lookup() {
-        let body = b"From: a@b\r\nmessage-ID: <x@y>\r\n\r\nDate: not a header\r\n";
-        let h = header_section(body);
-        assert_eq!(h, b"From: a@b\r\nmessage-ID: <x@y>\r\n");
-        assert!(has_header(h, "message-id"));
-        assert!(!has_header(h, "date"));
-        assert!(!has_header(h, "from:"));
-        assert_eq!(header_section(b"\r\nbody only"), b"");
-    }
-
-    #[test]
-    fn date_is_rfc5322() {
-        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
-        assert_eq!(rfc5322_date(t), "Wed, 18 Nov 2026 11:06:40 +0000");
-    }
 }

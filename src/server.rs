@@ -10,10 +10,11 @@ use tokio::sync::watch;
 
 use crate::auth::{AuthService, ThrottlePolicy};
 use crate::config::Config;
-use crate::config::resolved::{Durability, ListenerRole, Secret, TlsSource, User};
+use crate::config::resolved::{Secret, TlsSource, User};
 use crate::net::listen::bind_all;
 use crate::ratelimit::RateLimit;
 use crate::smtp::{PortRole, SessionConfig, SessionLimits};
+use crate::spool::Durability;
 use crate::spool::{self, Shard, ShardConfig};
 use crate::time::unix_ms;
 use crate::worker::{self, Shared, WorkerSpec};
@@ -113,10 +114,7 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
             shard: i as u8,
             segment_size: config.spool.segment_size,
             max_bytes: config.spool.max_size,
-            durability: match config.spool.durability {
-                Durability::Fsync => spool::Durability::Fsync,
-                Durability::None => spool::Durability::None,
-            },
+            durability: config.spool.durability,
         };
         let (shard, report) =
             Shard::open(cfg, now_ms).with_context(|| format!("cannot open spool shard {i}"))?;
@@ -128,15 +126,15 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
     let mut ready = String::from("ringmta ready:");
     for b in &bound {
         let name = match b.role {
-            ListenerRole::Smtp => "smtp",
-            ListenerRole::Submission => "submission",
-            ListenerRole::Submissions => "submissions",
+            PortRole::Relay => "smtp",
+            PortRole::Submission => "submission",
+            PortRole::Submissions => "submissions",
         };
         ready.push_str(&format!(" {name}={}", b.addr));
         tracing::info!(role = name, addr = %b.addr, "listening");
     }
 
-    let mut per_worker: Vec<Vec<(std::net::TcpListener, ListenerRole)>> =
+    let mut per_worker: Vec<Vec<(std::net::TcpListener, PortRole)>> =
         (0..config.threads).map(|_| Vec::new()).collect();
     for b in bound {
         for (i, s) in b.sockets.into_iter().enumerate() {

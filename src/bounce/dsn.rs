@@ -19,7 +19,9 @@
 //!   `out.is_ascii()` tells which.
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+use crate::rfc5322::{self, header_section};
 
 /// What the notification as a whole reports; chooses the Subject and the opening explanation.
 /// Each recipient still carries its own [`DsnAction`].
@@ -185,7 +187,7 @@ pub fn render(input: &DsnInput<'_>) -> Vec<u8> {
     fold(
         &mut fields,
         "Date: ",
-        &rfc5322_date(input.date),
+        &rfc5322::date(input.date),
         FOLD_AT,
         " ",
     );
@@ -415,18 +417,6 @@ fn choose_returned<'a>(input: &DsnInput<'a>) -> Returned<'a> {
     }
 }
 
-/// The header section of a message: up to and including the CRLF that ends its last field,
-/// without the empty line. All of it when there is no empty line.
-fn header_section(message: &[u8]) -> &[u8] {
-    if message.starts_with(b"\r\n") {
-        return &[];
-    }
-    match message.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => &message[..i + 2],
-        None => message,
-    }
-}
-
 /// The longest prefix of `section` made of whole fields that fits in `cap` octets and whose
 /// lines are all transportable.
 fn whole_fields_prefix(section: &[u8], cap: usize) -> &[u8] {
@@ -541,7 +531,7 @@ fn explanation(input: &DsnInput<'_>, returned: &Returned<'_>) -> String {
             fold(&mut p, INDENT, &text, TEXT_WIDTH, "        ");
         }
         if let (DsnAction::Delayed, Some(until)) = (r.action, r.will_retry_until) {
-            let text = format!("Retries go on until: {}", rfc5322_date(until));
+            let text = format!("Retries go on until: {}", rfc5322::date(until));
             fold(&mut p, INDENT, &text, TEXT_WIDTH, "        ");
         }
         paragraphs.push(p);
@@ -602,7 +592,7 @@ fn delivery_status(input: &DsnInput<'_>) -> String {
     fold(
         &mut s,
         "Arrival-Date: ",
-        &rfc5322_date(input.arrival_date),
+        &rfc5322::date(input.arrival_date),
         FOLD_AT,
         " ",
     );
@@ -649,7 +639,7 @@ fn delivery_status(input: &DsnInput<'_>) -> String {
         fold(
             &mut s,
             "Last-Attempt-Date: ",
-            &rfc5322_date(r.last_attempt),
+            &rfc5322::date(r.last_attempt),
             FOLD_AT,
             " ",
         );
@@ -657,7 +647,7 @@ fn delivery_status(input: &DsnInput<'_>) -> String {
             fold(
                 &mut s,
                 "Will-Retry-Until: ",
-                &rfc5322_date(until),
+                &rfc5322::date(until),
                 FOLD_AT,
                 " ",
             );
@@ -891,20 +881,6 @@ fn delimiter_followers(boundary: &str, contents: &[&[u8]]) -> Option<[usize; 256
     found.then_some(followers)
 }
 
-/// RFC 5322 §3.3 date in UTC with a numeric zone, e.g. `Thu, 01 Jan 1970 00:00:00 +0000`.
-fn rfc5322_date(t: SystemTime) -> String {
-    // httpdate panics outside 1970..=9999; clamp rather than trust every caller's clock.
-    let mut t = t.max(UNIX_EPOCH);
-    if let Some(last) = UNIX_EPOCH.checked_add(Duration::from_secs(253_402_300_799)) {
-        t = t.min(last);
-    }
-    let s = httpdate::fmt_http_date(t);
-    match s.strip_suffix("GMT") {
-        Some(prefix) => format!("{prefix}+0000"),
-        None => s,
-    }
-}
-
 /// The unfolded value of the first Content-Type field of a header section, if any.
 fn content_type_value(headers: &[u8]) -> Option<Vec<u8>> {
     let mut value: Option<Vec<u8>> = None;
@@ -966,6 +942,7 @@ fn split_parameters(value: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use mail_parser::{MessageParser, MimeHeaders};
     use proptest::prelude::*;
@@ -1738,17 +1715,17 @@ Content-Type: text/html\r\n\r\n<b>boo</b>\n--=_dsn_0001--\rX-Bare-CR: 1";
 
     #[test]
     fn dates_use_a_numeric_zone_and_never_panic() {
-        assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322::date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 +0000");
         assert_eq!(
-            rfc5322_date(at(1_800_000_000)),
+            rfc5322::date(at(1_800_000_000)),
             "Fri, 15 Jan 2027 08:00:00 +0000"
         );
         assert_eq!(
-            rfc5322_date(UNIX_EPOCH - Duration::from_secs(5)),
+            rfc5322::date(UNIX_EPOCH - Duration::from_secs(5)),
             "Thu, 01 Jan 1970 00:00:00 +0000"
         );
         assert_eq!(
-            rfc5322_date(at(400_000_000_000)),
+            rfc5322::date(at(400_000_000_000)),
             "Fri, 31 Dec 9999 23:59:59 +0000"
         );
     }

@@ -6,17 +6,10 @@ use std::time::Duration;
 
 use super::error::{ConfigError, Problem};
 use super::raw::RawConfig;
-
-/// Which SMTP role a listener plays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenerRole {
-    /// Port 25 role: STARTTLS offered, relay only for trusted networks or authenticated users.
-    Smtp,
-    /// Port 587 role: STARTTLS, AUTH required.
-    Submission,
-    /// Port 465 role: implicit TLS, AUTH required.
-    Submissions,
-}
+use crate::queue::schedule::{RetryPolicy, RetryPolicyError};
+use crate::smtp::PortRole;
+use crate::smtp::client::TlsPolicy;
+pub use crate::spool::Durability;
 
 /// One SMTP listening address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +17,7 @@ pub struct Listener {
     /// Address to bind (port 0 = pick a free port).
     pub addr: SocketAddr,
     /// Its role.
-    pub role: ListenerRole,
+    pub role: PortRole,
 }
 
 /// Where the certificate comes from.
@@ -162,15 +155,6 @@ pub struct Limits {
     pub max_junk_commands: u32,
 }
 
-/// Whether a 250 waits for fdatasync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// 250 only after fdatasync (default).
-    Fsync,
-    /// Benchmarks only: 250 after the write to the mapping.
-    None,
-}
-
 /// Spool tuning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolSettings {
@@ -198,12 +182,9 @@ pub struct DeliverySettings {
     pub routes: Vec<Route>,
     /// DNS servers; empty = system resolver.
     pub nameservers: Vec<SocketAddr>,
-    /// Delays between attempts; the last repeats.
-    pub retry_schedule: Vec<Duration>,
-    /// Bounce after this long in the queue.
-    pub max_queue_lifetime: Duration,
-    /// One delay DSN after this long.
-    pub delay_notice_after: Duration,
+    /// `retry_schedule`, `max_queue_lifetime` and `delay_notice_after`, checked by
+    /// [`RetryPolicy::new`].
+    pub retry: RetryPolicy,
     /// Connections per destination.
     pub max_connections: usize,
     /// Messages per outbound connection.
@@ -215,7 +196,7 @@ pub struct DeliverySettings {
     /// Port of MX hosts.
     pub smtp_port: u16,
     /// Outbound STARTTLS policy.
-    pub tls: OutboundTls,
+    pub tls: TlsPolicy,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Wait for a command reply.
@@ -225,20 +206,9 @@ pub struct DeliverySettings {
     /// Operator bounce rules file.
     pub bounce_rules: Option<PathBuf>,
     /// STARTTLS policy overrides by lower-case recipient domain.
-    pub route_tls: Vec<(String, OutboundTls)>,
+    pub route_tls: Vec<(String, TlsPolicy)>,
     /// Messages per second per destination and worker; 0 = unlimited.
     pub max_messages_per_second: u32,
-}
-
-/// Outbound STARTTLS policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutboundTls {
-    /// Use STARTTLS when offered (RFC 3207 §4.1, RFC 7435).
-    Opportunistic,
-    /// Refuse to deliver without TLS.
-    Required,
-    /// Never use STARTTLS.
-    Disabled,
 }
 
 /// Log output format.
@@ -291,20 +261,23 @@ pub struct Config {
     pub rspamd: Option<Scanner>,
 }
 
-/// One DKIM key.
+/// One signing identity as written in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DkimKey {
-    /// Signing domain.
+    /// Signing domain (`d=`). Messages whose header From domain equals it or is a subdomain of
+    /// it are signed with this key.
     pub domain: String,
-    /// Selector.
+    /// Selector (`s=`): the public key is published at `<selector>._domainkey.<domain>`.
     pub selector: String,
-    /// PEM file.
+    /// PEM file holding the private key: PKCS#8 or PKCS#1 for RSA, PKCS#8 for ed25519.
     pub private_key: PathBuf,
-    /// Algorithm, when forced.
+    /// `"rsa-sha256"` or `"ed25519-sha256"`; `None` takes the algorithm from the key. When set,
+    /// it must agree with the key.
     pub algorithm: Option<String>,
-    /// Headers to sign, when not the default list.
+    /// Header fields to sign; `None` means `content::dkim::DEFAULT_SIGNED_HEADERS`. Must include `From`.
     pub headers: Option<Vec<String>>,
-    /// Over-sign From.
+    /// List `From` once more in `h=` than it occurs, so that a `From` field added later breaks
+    /// the signature (RFC 6376 §8.15). The usual default is `true`.
     pub oversign_from: bool,
 }
 
@@ -415,7 +388,7 @@ impl Resolver {
         key: &str,
         v: Option<&Vec<String>>,
         default: &str,
-        role: ListenerRole,
+        role: PortRole,
     ) -> Vec<Listener> {
         let list = match v {
             Some(list) => list.clone(),
@@ -465,19 +438,19 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         "listen.smtp",
         raw.listen.smtp.as_ref(),
         "127.0.0.1:2525",
-        ListenerRole::Smtp,
+        PortRole::Relay,
     );
     listeners.extend(r.addrs(
         "listen.submission",
         raw.listen.submission.as_ref(),
         "127.0.0.1:2587",
-        ListenerRole::Submission,
+        PortRole::Submission,
     ));
     listeners.extend(r.addrs(
         "listen.submissions",
         raw.listen.submissions.as_ref(),
         "127.0.0.1:2465",
-        ListenerRole::Submissions,
+        PortRole::Submissions,
     ));
     let http = match raw.listen.http.as_deref() {
         None => Some(SocketAddr::from(([127, 0, 0, 1], 8025))),
@@ -670,36 +643,44 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
             ),
         }
     }
-    let schedule_raw = d
-        .retry_schedule
-        .clone()
-        .unwrap_or_else(|| ["5m", "10m", "20m", "40m", "1h"].map(String::from).to_vec());
-    let mut retry_schedule = Vec::new();
-    for (i, s) in schedule_raw.iter().enumerate() {
-        retry_schedule.push(r.duration(
-            &format!("delivery.retry_schedule[{i}]"),
-            Some(s),
-            Duration::from_secs(300),
-        ));
-    }
-    if retry_schedule.is_empty() {
-        r.problem("delivery.retry_schedule", "needs at least one delay");
-        retry_schedule.push(Duration::from_secs(300));
-    }
+    let defaults = RetryPolicy::default();
+    let retry_schedule = match &d.retry_schedule {
+        None => defaults.schedule.clone(),
+        Some(steps) => steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let key = format!("delivery.retry_schedule[{i}]");
+                r.duration(&key, Some(s), defaults.schedule[0])
+            })
+            .collect(),
+    };
+    let max_queue_lifetime = r.duration(
+        "delivery.max_queue_lifetime",
+        d.max_queue_lifetime.as_ref(),
+        defaults.max_lifetime,
+    );
+    let delay_notice_after = r.duration(
+        "delivery.delay_notice_after",
+        d.delay_notice_after.as_ref(),
+        defaults.delay_notice_after,
+    );
+    let retry = RetryPolicy::new(retry_schedule, max_queue_lifetime, delay_notice_after)
+        .unwrap_or_else(|e| {
+            let key = match e {
+                RetryPolicyError::EmptySchedule => "delivery.retry_schedule".to_owned(),
+                RetryPolicyError::ZeroStep { index, .. }
+                | RetryPolicyError::DecreasingStep { index, .. } => {
+                    format!("delivery.retry_schedule[{index}]")
+                }
+            };
+            r.problem(key, e.to_string());
+            defaults
+        });
     let delivery = DeliverySettings {
         routes,
         nameservers,
-        retry_schedule,
-        max_queue_lifetime: r.duration(
-            "delivery.max_queue_lifetime",
-            d.max_queue_lifetime.as_ref(),
-            Duration::from_secs(5 * 86_400),
-        ),
-        delay_notice_after: r.duration(
-            "delivery.delay_notice_after",
-            d.delay_notice_after.as_ref(),
-            Duration::from_secs(4 * 3600),
-        ),
+        retry,
         max_connections: d.max_connections.unwrap_or(16).max(1),
         max_messages_per_connection: d.max_messages_per_connection.unwrap_or(100).max(1),
         max_recipients_per_transaction: d.max_recipients_per_transaction.unwrap_or(100).max(1),
@@ -709,12 +690,9 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
             .map(PathBuf::from)
             .unwrap_or_else(|| spool_dir.join("events.jsonl")),
         smtp_port: d.smtp_port.unwrap_or(25),
-        tls: d
-            .tls
-            .as_deref()
-            .map_or(OutboundTls::Opportunistic, |policy| {
-                outbound_tls(&mut r, "delivery.tls".into(), policy)
-            }),
+        tls: d.tls.as_deref().map_or(TlsPolicy::Opportunistic, |policy| {
+            outbound_tls(&mut r, "delivery.tls".into(), policy)
+        }),
         connect_timeout: r.duration(
             "delivery.connect_timeout",
             d.connect_timeout.as_ref(),
@@ -853,17 +831,17 @@ fn scanner(r: &mut Resolver, key: &str, target: String, c: &super::raw::RawScann
 
 /// An outbound STARTTLS policy; an unknown word is a problem reported under `key` (and reads
 /// as opportunistic, so resolution can go on and report everything at once).
-fn outbound_tls(r: &mut Resolver, key: String, policy: &str) -> OutboundTls {
+fn outbound_tls(r: &mut Resolver, key: String, policy: &str) -> TlsPolicy {
     match policy {
-        "opportunistic" => OutboundTls::Opportunistic,
-        "required" => OutboundTls::Required,
-        "disabled" => OutboundTls::Disabled,
+        "opportunistic" => TlsPolicy::Opportunistic,
+        "required" => TlsPolicy::Required,
+        "disabled" => TlsPolicy::Disabled,
         _ => {
             r.problem(
                 key,
                 format!("{policy:?} is not \"opportunistic\", \"required\" or \"disabled\""),
             );
-            OutboundTls::Opportunistic
+            TlsPolicy::Opportunistic
         }
     }
 }
@@ -903,7 +881,7 @@ mod tests {
         assert_eq!(c.limits.max_recipients, 1000);
         assert_eq!(c.spool.durability, Durability::Fsync);
         assert_eq!(
-            c.delivery.max_queue_lifetime,
+            c.delivery.retry.max_lifetime,
             Duration::from_secs(5 * 86_400)
         );
         assert_eq!(c.retention_content, Duration::from_secs(30 * 86_400));
@@ -947,7 +925,7 @@ content = "30d"
         let c = from_toml(text, "t").unwrap();
         assert_eq!(c.hostname, "mta.example.com");
         assert_eq!(c.delivery.routes.len(), 2);
-        assert_eq!(c.delivery.retry_schedule[4], Duration::from_secs(3600));
+        assert_eq!(c.delivery.retry.schedule[4], Duration::from_secs(3600));
         assert_eq!(c.users.as_ref().unwrap()[0].allowed_senders.len(), 2);
     }
 
@@ -957,7 +935,7 @@ content = "30d"
         let c = from_toml(text, "t").unwrap();
         assert_eq!(
             c.delivery.route_tls,
-            vec![("bank.example".to_owned(), OutboundTls::Required)]
+            vec![("bank.example".to_owned(), TlsPolicy::Required)]
         );
         assert_eq!(c.delivery.max_messages_per_second, 5);
         let err = from_toml(
@@ -969,6 +947,32 @@ content = "30d"
             err.to_string().contains("delivery.route_tls.x.example"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn retry_schedules_that_would_spin_or_shrink_are_refused() {
+        for (schedule, key, words) in [
+            ("[\"0s\"]", "delivery.retry_schedule[0]", "shorter than 1ms"),
+            (
+                "[\"5m\", \"1m\"]",
+                "delivery.retry_schedule[1]",
+                "shorter than the step before",
+            ),
+            ("[]", "delivery.retry_schedule", "empty"),
+        ] {
+            let err = from_toml(&format!("[delivery]\nretry_schedule = {schedule}\n"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains(words),
+                "{schedule}: {err}"
+            );
+        }
+        let ok = from_toml(
+            "[delivery]\nretry_schedule = [\"1s\", \"1s\", \"2m\"]\n",
+            "t",
+        );
+        assert_eq!(ok.unwrap().delivery.retry.schedule.len(), 3);
     }
 
     #[test]

@@ -43,25 +43,8 @@ pub const DEFAULT_SIGNED_HEADERS: &[&str] = &[
     "List-Unsubscribe",
 ];
 
-/// One signing identity as written in the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DkimKeyConfig {
-    /// Signing domain (`d=`). Messages whose header From domain equals it or is a subdomain of
-    /// it are signed with this key.
-    pub domain: String,
-    /// Selector (`s=`): the public key is published at `<selector>._domainkey.<domain>`.
-    pub selector: String,
-    /// PEM file holding the private key: PKCS#8 or PKCS#1 for RSA, PKCS#8 for ed25519.
-    pub private_key: PathBuf,
-    /// `"rsa-sha256"` or `"ed25519-sha256"`; `None` takes the algorithm from the key. When set,
-    /// it must agree with the key.
-    pub algorithm: Option<String>,
-    /// Header fields to sign; `None` means [`DEFAULT_SIGNED_HEADERS`]. Must include `From`.
-    pub headers: Option<Vec<String>>,
-    /// List `From` once more in `h=` than it occurs, so that a `From` field added later breaks
-    /// the signature (RFC 6376 §8.15). The usual default is `true`.
-    pub oversign_from: bool,
-}
+/// One signing identity as written in the configuration (resolved by `config`).
+pub use crate::config::resolved::DkimKey as DkimKeyConfig;
 
 /// A DKIM signing algorithm this module signs with. `rsa-sha1` is not offered: RFC 8301 §3.1
 /// forbids signing with it.

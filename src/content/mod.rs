@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::config::resolved::{OnError, Scanner, User};
-use crate::message::header_section;
+use crate::rfc5322::header_section;
 use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath, SenderPattern, Transaction};
 
 /// Why the checks could not be set up.
@@ -118,19 +118,7 @@ impl ContentChecks {
         let dkim = if config.dkim.is_empty() {
             None
         } else {
-            let keys: Vec<dkim::DkimKeyConfig> = config
-                .dkim
-                .iter()
-                .map(|k| dkim::DkimKeyConfig {
-                    domain: k.domain.clone(),
-                    selector: k.selector.clone(),
-                    private_key: k.private_key.clone(),
-                    algorithm: k.algorithm.clone(),
-                    headers: k.headers.clone(),
-                    oversign_from: k.oversign_from,
-                })
-                .collect();
-            Some(Arc::new(dkim::DkimSigner::load(&keys)?))
+            Some(Arc::new(dkim::DkimSigner::load(&config.dkim)?))
         };
         let sign_pool = dkim
             .as_ref()

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::config::resolved::ListenerRole;
+use crate::smtp::PortRole;
 use crate::smtp::Reply;
 
 use super::Application;
@@ -18,7 +18,7 @@ pub const ACCEPTS_IN_FLIGHT: usize = 16;
 pub fn spawn_listener<A: Application>(
     app: &Rc<A>,
     listener: std::net::TcpListener,
-    role: ListenerRole,
+    role: PortRole,
 ) {
     let listener = Rc::new(tokio_uring::net::TcpListener::from_std(listener));
     for _ in 0..ACCEPTS_IN_FLIGHT {
@@ -29,7 +29,7 @@ pub fn spawn_listener<A: Application>(
 async fn accept_loop<A: Application>(
     app: Rc<A>,
     listener: Rc<tokio_uring::net::TcpListener>,
-    role: ListenerRole,
+    role: PortRole,
 ) {
     let mut shutdown = app.shutdown();
     loop {

@@ -12,11 +12,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::resolved::ListenerRole;
 use crate::ids::QueueId;
 use crate::ids::TxnId;
 use crate::net::tls::tls_info;
 use crate::net::transport::{COMMAND_READ_CHUNK, READ_CHUNK, Transport};
+use crate::smtp::PortRole;
 use crate::smtp::{CommitError, Event, ServerSession, Transaction};
 
 use super::{Application, SessionSetup};
@@ -28,7 +28,7 @@ pub async fn serve<A: Application>(
     app: Rc<A>,
     stream: tokio_uring::net::TcpStream,
     peer: SocketAddr,
-    role: ListenerRole,
+    role: PortRole,
 ) {
     let mut transport = Transport::new(stream);
     let SessionSetup {
@@ -41,7 +41,7 @@ pub async fn serve<A: Application>(
     let is_trusted = peer_info.is_trusted;
 
     let mut tls = None;
-    if role == ListenerRole::Submissions {
+    if role == PortRole::Submissions {
         let handshake = Box::pin(tokio::time::timeout(
             command_timeout,
             transport.accept_tls(Arc::clone(&server_tls), Vec::new()),

@@ -9,14 +9,15 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::resolved::{Listener, ListenerRole};
+use crate::config::resolved::Listener;
+use crate::smtp::PortRole;
 
 /// The sockets of one configured address: one per worker.
 pub struct Bound {
     /// The address actually bound (port 0 resolved).
     pub addr: SocketAddr,
     /// The role.
-    pub role: ListenerRole,
+    pub role: PortRole,
     /// One socket per worker.
     pub sockets: Vec<TcpListener>,
 }

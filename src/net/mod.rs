@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::resolved::ListenerRole;
 use crate::ids::QueueId;
+use crate::smtp::PortRole;
 use crate::smtp::{
     AuthOutcome, CommitError, ConnectionRefused, PeerInfo, SessionConfig, Transaction,
 };
@@ -47,7 +47,7 @@ pub trait Application: 'static {
     /// A connection that [`admit`](Self::admit) let in has ended.
     fn release(&self, ip: IpAddr);
     /// The settings of a session on a listener of `role` with this peer.
-    fn session(&self, role: ListenerRole, peer: SocketAddr) -> SessionSetup;
+    fn session(&self, role: PortRole, peer: SocketAddr) -> SessionSetup;
     /// Whether a client outside the trusted networks may start another transaction.
     fn allow_mail(&self, ip: IpAddr) -> bool;
     /// Checks AUTH credentials.

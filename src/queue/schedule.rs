@@ -89,6 +89,18 @@ impl RetryPolicy {
     }
 }
 
+impl Default for RetryPolicy {
+    /// 5m, 10m, 20m, 40m, then every hour; bounce after 5 days; one delay notice after 4 hours.
+    fn default() -> Self {
+        let min = |m: u64| Duration::from_secs(60 * m);
+        RetryPolicy {
+            schedule: vec![min(5), min(10), min(20), min(40), min(60)],
+            max_lifetime: min(5 * 24 * 60),
+            delay_notice_after: min(4 * 60),
+        }
+    }
+}
+
 /// What to do with a message after a failed attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NextStep {

@@ -65,12 +65,7 @@ fn apply_reload(core: &Core, r: Reloaded) -> Result<(), String> {
         .map_err(|e| format!("cannot build the dns resolver: {e}"))?;
     *core.content.borrow_mut() = r.content;
     if let Some(delivery) = core.delivery.borrow().as_ref() {
-        let route_tls = d
-            .route_tls
-            .iter()
-            .map(|(dom, p)| (dom.clone(), super::tls_policy(*p)))
-            .collect();
-        delivery.reload(router, r.classifier, route_tls);
+        delivery.reload(router, r.classifier, d.route_tls.clone());
     }
     Ok(())
 }

@@ -20,16 +20,16 @@ use tokio::sync::{Notify, watch};
 
 use crate::auth::AuthService;
 use crate::config::Config;
-use crate::config::resolved::{Durability, ListenerRole};
 use crate::delivery::route::Router;
 use crate::delivery::{CoreHandles, Delivery, DeliveryConfig};
 use crate::ids::QueueId;
 use crate::message::prepended_headers;
 use crate::net::{Application, SessionSetup};
-use crate::queue::schedule::RetryPolicy;
+use crate::smtp::PortRole;
 use crate::smtp::{
     AuthOutcome, CommitError, ConnectionRefused, PeerInfo, SessionConfig, Transaction,
 };
+use crate::spool::Durability;
 use crate::spool::{NewMessage, Shard, SpoolError};
 use crate::time::{SystemClock, unix_ms};
 
@@ -59,11 +59,11 @@ pub struct Shared {
 
 impl Shared {
     /// The session settings for a listener role.
-    pub fn session_config(&self, role: ListenerRole) -> &Arc<SessionConfig> {
+    pub fn session_config(&self, role: PortRole) -> &Arc<SessionConfig> {
         match role {
-            ListenerRole::Smtp => &self.sessions[0],
-            ListenerRole::Submission => &self.sessions[1],
-            ListenerRole::Submissions => &self.sessions[2],
+            PortRole::Relay => &self.sessions[0],
+            PortRole::Submission => &self.sessions[1],
+            PortRole::Submissions => &self.sessions[2],
         }
     }
 }
@@ -326,7 +326,7 @@ pub struct WorkerSpec {
     /// Worker index.
     pub index: u8,
     /// Bound listeners (std sockets, SO_REUSEPORT already set) with their role.
-    pub listeners: Vec<(std::net::TcpListener, ListenerRole)>,
+    pub listeners: Vec<(std::net::TcpListener, PortRole)>,
     /// The recovered spool shard.
     pub shard: Shard,
     /// Requests from the operator HTTP thread.
@@ -384,17 +384,6 @@ pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool
     });
 }
 
-/// The session-level STARTTLS policy for a configured one.
-pub fn tls_policy(p: crate::config::resolved::OutboundTls) -> crate::smtp::client::TlsPolicy {
-    use crate::config::resolved::OutboundTls;
-    use crate::smtp::client::TlsPolicy;
-    match p {
-        OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
-        OutboundTls::Required => TlsPolicy::Required,
-        OutboundTls::Disabled => TlsPolicy::Disabled,
-    }
-}
-
 fn start_delivery(core: &Rc<Core>) {
     let config = &core.shared.config;
     let d = &config.delivery;
@@ -406,16 +395,12 @@ fn start_delivery(core: &Rc<Core>) {
         }
     };
     let settings = DeliveryConfig {
-        policy: RetryPolicy {
-            schedule: d.retry_schedule.clone(),
-            max_lifetime: d.max_queue_lifetime,
-            delay_notice_after: d.delay_notice_after,
-        },
+        policy: d.retry.clone(),
         max_connections: d.max_connections,
         max_messages_per_connection: d.max_messages_per_connection,
         max_recipients_per_transaction: d.max_recipients_per_transaction,
         hostname: config.hostname.clone(),
-        tls: tls_policy(d.tls),
+        tls: d.tls,
         connect_timeout: d.connect_timeout,
         timeouts: crate::smtp::client::ClientTimeouts {
             greeting: d.command_timeout,
@@ -423,11 +408,7 @@ fn start_delivery(core: &Rc<Core>) {
             data_init: d.command_timeout.min(std::time::Duration::from_secs(120)),
             data_done: d.data_timeout,
         },
-        route_tls: d
-            .route_tls
-            .iter()
-            .map(|(dom, p)| (dom.clone(), tls_policy(*p)))
-            .collect(),
+        route_tls: d.route_tls.clone(),
         max_messages_per_second: d.max_messages_per_second,
     };
     let handles = CoreHandles {
@@ -489,7 +470,7 @@ impl Application for Core {
         }
     }
 
-    fn session(&self, role: ListenerRole, peer: SocketAddr) -> SessionSetup {
+    fn session(&self, role: PortRole, peer: SocketAddr) -> SessionSetup {
         let config = &self.shared.config;
         SessionSetup {
             config: Arc::clone(self.shared.session_config(role)),
