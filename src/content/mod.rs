@@ -9,8 +9,10 @@
 
 pub mod clamd;
 pub mod dkim;
+pub mod http1;
 pub mod mime;
 pub mod rspamd;
+pub mod scanner;
 
 use std::collections::HashMap;
 use std::sync::Arc;
