@@ -98,6 +98,11 @@ impl CoreMetrics {
         self.rejected[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Messages refused for this reason so far.
+    pub fn rejected(&self, why: RejectReason) -> u64 {
+        load(&self.rejected[why as usize])
+    }
+
     /// Counts one recipient's attempt outcome (and its category when it failed).
     pub fn outcome(&self, o: Outcome, category: Option<Category>) {
         self.outcomes[o as usize].fetch_add(1, Ordering::Relaxed);

@@ -1,22 +1,20 @@
 //! Start-up and shutdown of `ringmta serve`: lock the spool, recover the shards, bind, start the
 //! workers, wait for signals, and stop cleanly.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 
-use crate::auth::{AuthService, ThrottlePolicy};
+use crate::auth::AuthService;
 use crate::config::Config;
-use crate::config::resolved::{Secret, TlsSource, User};
 use crate::net::listen::bind_all;
-use crate::ratelimit::RateLimit;
-use crate::smtp::{PortRole, SessionConfig, SessionLimits};
+use crate::smtp::PortRole;
 use crate::spool::Durability;
 use crate::spool::{self, Shard, ShardConfig};
 use crate::time::unix_ms;
+use crate::worker::shared::{build_classifier, users_of};
 use crate::worker::{self, Shared, WorkerSpec};
 
 /// Runs the server until SIGTERM or SIGINT. Returns after every worker has flushed its shard.
@@ -53,57 +51,7 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
         );
     }
 
-    let (cert, key) = match &config.tls {
-        TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
-        TlsSource::SelfSigned => {
-            crate::net::tls::ensure_self_signed(&config.spool_dir.join("tls"), &config.hostname)?
-        }
-    };
-    let tls = crate::net::tls::server_config(&cert, &key)?;
-
-    let users = match &config.users {
-        Some(users) => users.clone(),
-        None => vec![dev_user(&config.spool_dir)?],
-    };
-    for u in &users {
-        if matches!(u.secret, Secret::Plain(_)) && config.users.is_some() {
-            tracing::warn!(user = %u.username, "plaintext password in config; use password_hash from `ringmta hash-password`");
-        }
-    }
-    let policy = ThrottlePolicy {
-        max_failures: config.limits.auth_failures_per_ip,
-        window: config.limits.auth_failure_window,
-    };
-    let auth = AuthService::start(&users, policy, config.threads.clamp(1, 4));
-
-    let sessions = [PortRole::Relay, PortRole::Submission, PortRole::Submissions]
-        .map(|role| Arc::new(session_config(&config, role)));
-    let classifier = build_classifier(&config)?;
-    let events =
-        crate::delivery::events::EventLog::open(&config.delivery.event_log).with_context(|| {
-            format!(
-                "cannot open event log {}",
-                config.delivery.event_log.display()
-            )
-        })?;
-    let content = crate::content::ContentChecks::new(&config, &users).context("content checks")?;
-    let shared = Arc::new(Shared {
-        config: Arc::clone(&config),
-        tls,
-        auth,
-        sessions,
-        classifier: Arc::new(classifier),
-        events,
-        content: Arc::new(content),
-        metrics: (0..config.threads)
-            .map(|_| Arc::new(crate::metrics::CoreMetrics::default()))
-            .collect(),
-        connection_rate: RateLimit::new(
-            config.limits.connection_rate_per_ip,
-            config.limits.rate_window,
-        ),
-        message_rate: RateLimit::new(config.limits.message_rate_per_ip, config.limits.rate_window),
-    });
+    let shared = Arc::new(Shared::build(Arc::clone(&config))?);
 
     // Recover every shard before accepting anything.
     let now_ms = unix_ms(SystemTime::now());
@@ -231,67 +179,6 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
     Ok(())
 }
 
-fn session_config(config: &Config, role: PortRole) -> SessionConfig {
-    let l = &config.limits;
-    SessionConfig {
-        hostname: config.hostname.clone(),
-        role,
-        limits: SessionLimits {
-            max_line_length: l.max_line_length,
-            max_message_size: l.max_message_size,
-            max_recipients: l.max_recipients,
-            max_bad_commands: l.max_bad_commands,
-            max_auth_failures: l.max_auth_failures,
-            command_timeout: l.command_timeout,
-            data_timeout: l.data_timeout,
-            min_data_rate: l.min_data_rate,
-            max_junk_commands: l.max_junk_commands,
-        },
-        starttls_available: true,
-    }
-}
-
-/// The development user of a config without `[[users]]`: created once, its password kept in
-/// `spool_dir/dev-user` (mode 0600) and printed at every start.
-fn dev_user(spool_dir: &std::path::Path) -> Result<User> {
-    let path: PathBuf = spool_dir.join("dev-user");
-    let password = match std::fs::read_to_string(&path) {
-        Ok(p) if !p.trim().is_empty() => p.trim().to_owned(),
-        _ => {
-            use rand::Rng;
-            let p: String = rand::thread_rng()
-                .sample_iter(&rand::distributions::Alphanumeric)
-                .take(20)
-                .map(char::from)
-                .collect();
-            std::fs::write(&path, &p)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-            p
-        }
-    };
-    let username = "dev@localhost".to_owned();
-    println!("ringmta dev user: {username} password: {password} (no [[users]] configured)");
-    Ok(User {
-        username,
-        secret: Secret::Plain(password),
-        allowed_senders: vec!["*".into()],
-    })
-}
-
-fn build_classifier(config: &Config) -> Result<crate::bounce::classify::Classifier> {
-    let mut classifier = crate::bounce::classify::Classifier::builtin();
-    if let Some(path) = &config.delivery.bounce_rules {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read bounce rules {}", path.display()))?;
-        let extra =
-            crate::bounce::classify::Classifier::from_toml(&text, &path.display().to_string())?;
-        classifier = classifier.with_operator_rules(extra);
-    }
-    Ok(classifier)
-}
-
 /// SIGHUP: reads the file again and, if all of it is valid, applies users, routes, DKIM keys,
 /// scanners and bounce rules to the running server without dropping any connection. Settings
 /// that need new sockets, threads or a new spool are reported and left as they are.
@@ -312,10 +199,7 @@ fn reload(
             "listeners, http, spool and tls settings changed: they apply at the next restart"
         );
     }
-    let users = match &new.users {
-        Some(users) => users.clone(),
-        None => vec![dev_user(&new.spool_dir)?],
-    };
+    let users = users_of(&new)?;
     let classifier = Arc::new(build_classifier(&new)?);
     let content =
         Arc::new(crate::content::ContentChecks::new(&new, &users).context("content checks")?);

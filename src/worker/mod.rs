@@ -9,6 +9,7 @@
 //! appended since the previous one, so N concurrent messages cost one flush, not N.
 
 pub mod control;
+pub mod shared;
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
@@ -100,6 +101,33 @@ pub struct Core {
 }
 
 impl Core {
+    /// A core around its recovered shard. Nothing runs yet: [`run`] starts its tasks.
+    pub fn new(
+        index: u8,
+        shared: Arc<Shared>,
+        shard: Shard,
+        shutdown: watch::Receiver<bool>,
+    ) -> Rc<Core> {
+        let metrics = Arc::clone(&shared.metrics[usize::from(index)]);
+        let content = RefCell::new(Arc::clone(&shared.content));
+        let (durable, _) = watch::channel((shard.durable_seq(), 0));
+        Rc::new(Core {
+            index,
+            shared,
+            shard: Rc::new(RefCell::new(shard)),
+            durable,
+            kick: Notify::new(),
+            connections: Cell::new(0),
+            idle: Notify::new(),
+            per_ip: RefCell::new(std::collections::HashMap::new()),
+            shutdown,
+            unique: Cell::new(0),
+            delivery: RefCell::new(None),
+            metrics,
+            content,
+        })
+    }
+
     /// Appends an accepted transaction to the spool and waits until it is durable.
     pub async fn commit(&self, t: Transaction, now: SystemTime) -> Result<QueueId, CommitError> {
         use crate::metrics::RejectReason;
@@ -335,25 +363,8 @@ pub struct WorkerSpec {
 
 /// Runs a worker until shutdown: accept loops, the commit task, then a drain and a final flush.
 pub fn run(spec: WorkerSpec, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
-    let metrics = Arc::clone(&shared.metrics[usize::from(spec.index)]);
-    let shared_content = Arc::clone(&shared.content);
     tokio_uring::start(async move {
-        let (durable, _) = watch::channel((spec.shard.durable_seq(), 0));
-        let core = Rc::new(Core {
-            index: spec.index,
-            shared,
-            shard: Rc::new(RefCell::new(spec.shard)),
-            durable,
-            kick: Notify::new(),
-            connections: Cell::new(0),
-            idle: Notify::new(),
-            per_ip: RefCell::new(std::collections::HashMap::new()),
-            shutdown,
-            unique: Cell::new(0),
-            delivery: RefCell::new(None),
-            metrics: Arc::clone(&metrics),
-            content: RefCell::new(Arc::clone(&shared_content)),
-        });
+        let core = Core::new(spec.index, shared, spec.shard, shutdown);
         tokio_uring::spawn(Rc::clone(&core).commit_loop());
         tokio_uring::spawn(Rc::clone(&core).purge_loop());
         tokio_uring::spawn(Rc::clone(&core).stats_loop());
@@ -517,3 +528,6 @@ impl Core {
             .any(|c| c.contains(ip))
     }
 }
+
+#[cfg(test)]
+mod tests;

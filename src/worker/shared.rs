@@ -1,0 +1,146 @@
+//! The state every worker shares, built once at start-up from the configuration: TLS, the
+//! credential pool, session settings, bounce rules, the event log, content checks, per-core
+//! metrics and the per-address rate limits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::auth::{AuthService, ThrottlePolicy};
+use crate::config::Config;
+use crate::config::resolved::{Secret, TlsSource, User};
+use crate::ratelimit::RateLimit;
+use crate::smtp::{PortRole, SessionConfig, SessionLimits};
+
+use super::Shared;
+
+impl Shared {
+    /// Builds the shared state. Creates the self-signed certificate and the development user's
+    /// password file under `spool_dir` when the configuration asks for them.
+    pub fn build(config: Arc<Config>) -> Result<Shared> {
+        let (cert, key) = match &config.tls {
+            TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
+            TlsSource::SelfSigned => crate::net::tls::ensure_self_signed(
+                &config.spool_dir.join("tls"),
+                &config.hostname,
+            )?,
+        };
+        let tls = crate::net::tls::server_config(&cert, &key)?;
+
+        let users = users_of(&config)?;
+        for u in &users {
+            if matches!(u.secret, Secret::Plain(_)) && config.users.is_some() {
+                tracing::warn!(user = %u.username, "plaintext password in config; use password_hash from `ringmta hash-password`");
+            }
+        }
+        let policy = ThrottlePolicy {
+            max_failures: config.limits.auth_failures_per_ip,
+            window: config.limits.auth_failure_window,
+        };
+        let auth = AuthService::start(&users, policy, config.threads.clamp(1, 4));
+
+        let sessions = [PortRole::Relay, PortRole::Submission, PortRole::Submissions]
+            .map(|role| Arc::new(session_config(&config, role)));
+        let classifier = build_classifier(&config)?;
+        let events = crate::delivery::events::EventLog::open(&config.delivery.event_log)
+            .with_context(|| {
+                format!(
+                    "cannot open event log {}",
+                    config.delivery.event_log.display()
+                )
+            })?;
+        let content =
+            crate::content::ContentChecks::new(&config, &users).context("content checks")?;
+        Ok(Shared {
+            config: Arc::clone(&config),
+            tls,
+            auth,
+            sessions,
+            classifier: Arc::new(classifier),
+            events,
+            content: Arc::new(content),
+            metrics: (0..config.threads)
+                .map(|_| Arc::new(crate::metrics::CoreMetrics::default()))
+                .collect(),
+            connection_rate: RateLimit::new(
+                config.limits.connection_rate_per_ip,
+                config.limits.rate_window,
+            ),
+            message_rate: RateLimit::new(
+                config.limits.message_rate_per_ip,
+                config.limits.rate_window,
+            ),
+        })
+    }
+}
+
+/// The users a configuration defines, or the development user when it defines none.
+pub fn users_of(config: &Config) -> Result<Vec<User>> {
+    Ok(match &config.users {
+        Some(users) => users.clone(),
+        None => vec![dev_user(&config.spool_dir)?],
+    })
+}
+
+fn session_config(config: &Config, role: PortRole) -> SessionConfig {
+    let l = &config.limits;
+    SessionConfig {
+        hostname: config.hostname.clone(),
+        role,
+        limits: SessionLimits {
+            max_line_length: l.max_line_length,
+            max_message_size: l.max_message_size,
+            max_recipients: l.max_recipients,
+            max_bad_commands: l.max_bad_commands,
+            max_auth_failures: l.max_auth_failures,
+            command_timeout: l.command_timeout,
+            data_timeout: l.data_timeout,
+            min_data_rate: l.min_data_rate,
+            max_junk_commands: l.max_junk_commands,
+        },
+        starttls_available: true,
+    }
+}
+
+/// The development user of a config without `[[users]]`: created once, its password kept in
+/// `spool_dir/dev-user` (mode 0600) and printed at every start.
+fn dev_user(spool_dir: &std::path::Path) -> Result<User> {
+    let path: PathBuf = spool_dir.join("dev-user");
+    let password = match std::fs::read_to_string(&path) {
+        Ok(p) if !p.trim().is_empty() => p.trim().to_owned(),
+        _ => {
+            use rand::Rng;
+            let p: String = rand::thread_rng()
+                .sample_iter(&rand::distributions::Alphanumeric)
+                .take(20)
+                .map(char::from)
+                .collect();
+            std::fs::write(&path, &p)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+            p
+        }
+    };
+    let username = "dev@localhost".to_owned();
+    println!("ringmta dev user: {username} password: {password} (no [[users]] configured)");
+    Ok(User {
+        username,
+        secret: Secret::Plain(password),
+        allowed_senders: vec!["*".into()],
+    })
+}
+
+/// The built-in bounce rules, with the operator's file on top when configured.
+pub fn build_classifier(config: &Config) -> Result<crate::bounce::classify::Classifier> {
+    let mut classifier = crate::bounce::classify::Classifier::builtin();
+    if let Some(path) = &config.delivery.bounce_rules {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read bounce rules {}", path.display()))?;
+        let extra =
+            crate::bounce::classify::Classifier::from_toml(&text, &path.display().to_string())?;
+        classifier = classifier.with_operator_rules(extra);
+    }
+    Ok(classifier)
+}
