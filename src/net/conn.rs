@@ -57,8 +57,7 @@ pub async fn serve<A: Application>(
     }
     let mut session = ServerSession::new(session_config, peer_info, tls, Instant::now());
     if !is_trusted {
-        let app = Rc::clone(&app);
-        session.set_mail_gate(move || app.allow_mail(peer.ip()));
+        session.require_mail_approval();
     }
     let mut driver = Driver {
         app,
@@ -222,6 +221,11 @@ impl<A: Application> Driver<A> {
                         .authenticate(username, password, self.peer.ip())
                         .await;
                     session.handle_auth_result(outcome, Instant::now());
+                    unblocked = true;
+                }
+                Event::ApproveMail => {
+                    let allowed = self.app.allow_mail(self.peer.ip());
+                    session.handle_mail_approval(allowed, Instant::now());
                     unblocked = true;
                 }
                 Event::StartTls => {

@@ -125,6 +125,11 @@ pub enum Event {
         /// The password, as sent.
         password: String,
     },
+    /// A MAIL passed every check of the session; the application decides whether this client
+    /// may start another transaction now (its message rate) and answers with
+    /// [`ServerSession::handle_mail_approval`]. Only asked after
+    /// [`ServerSession::require_mail_approval`].
+    ApproveMail,
     /// "220 Ready to start TLS" has been queued; the glue flushes output, runs the handshake,
     /// then calls handle_tls_established (or drops the connection if the handshake fails).
     StartTls,
@@ -158,9 +163,9 @@ pub struct ServerSession {
     line_started: Option<Instant>,
     /// The DATA body or BDAT transaction being received, for `min_data_rate`.
     transfer: Option<Transfer>,
-    /// Asked at each MAIL; `false` refuses it with 450 (the per-IP message rate). Installed by
+    /// Each MAIL waits for [`Event::ApproveMail`]'s answer (the per-IP message rate). Set by
     /// the glue for untrusted clients, authenticated or not.
-    mail_gate: Option<MailGate>,
+    mail_approval: bool,
     output: Vec<u8>,
     events: VecDeque<Event>,
 }
@@ -170,15 +175,6 @@ pub struct ServerSession {
 struct Transfer {
     started: Instant,
     bytes: u64,
-}
-
-/// A check the glue runs at MAIL; see [`ServerSession::set_mail_gate`].
-pub struct MailGate(Box<dyn FnMut() -> bool>);
-
-impl std::fmt::Debug for MailGate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MailGate")
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -223,6 +219,8 @@ enum State {
         envelope: Option<Envelope>,
     },
     AwaitingAuthResult,
+    /// A MAIL waits for [`Event::ApproveMail`]'s answer; the envelope it opens if approved.
+    AwaitingMailApproval(Envelope),
     AwaitingCommit(TxnId),
     AwaitingTls,
     Closed,
@@ -253,7 +251,7 @@ impl ServerSession {
             last_activity: now,
             line_started: None,
             transfer: None,
-            mail_gate: None,
+            mail_approval: false,
             output: Vec::new(),
             events: VecDeque::new(),
         };
@@ -283,7 +281,9 @@ impl ServerSession {
             }
             let used = match &mut self.state {
                 State::Closed | State::AwaitingTls => return bytes.len(),
-                State::AwaitingAuthResult | State::AwaitingCommit(_) => return pos,
+                State::AwaitingAuthResult
+                | State::AwaitingMailApproval(_)
+                | State::AwaitingCommit(_) => return pos,
                 State::AwaitingCommand(_) | State::AwaitingAuthResponse(_) => {
                     let used = self.read_line(rest);
                     // A command line must be complete within the command timeout of its first
@@ -354,10 +354,38 @@ impl ServerSession {
         bytes.len()
     }
 
-    /// Installs the check asked at each MAIL; when it returns `false` the MAIL gets
-    /// `450 4.7.1` (counted as a junk command, not as a bad one).
-    pub fn set_mail_gate(&mut self, gate: impl FnMut() -> bool + 'static) {
-        self.mail_gate = Some(MailGate(Box::new(gate)));
+    /// From now on each MAIL that passes the session's checks waits for the application's
+    /// [`Event::ApproveMail`] answer; a refusal gets `450 4.7.1` (counted as a junk command,
+    /// not as a bad one).
+    pub fn require_mail_approval(&mut self) {
+        self.mail_approval = true;
+    }
+
+    /// Delivers the answer to [`Event::ApproveMail`].
+    pub fn handle_mail_approval(&mut self, allowed: bool, now: Instant) {
+        match self.state {
+            State::AwaitingMailApproval(_) => {}
+            State::Closed => return,
+            _ => {
+                debug_assert!(false, "handle_mail_approval in state {:?}", self.state);
+                return;
+            }
+        }
+        self.last_activity = now;
+        self.transition(|s, old| {
+            let State::AwaitingMailApproval(envelope) = old else {
+                unreachable!("checked above");
+            };
+            if allowed {
+                s.reply(&Reply::with_enhanced(250, (2, 1, 0), "Ok"));
+                State::AwaitingCommand(Some(envelope))
+            } else {
+                s.reject(
+                    ProtocolError::MessageRateExceeded,
+                    State::AwaitingCommand(None),
+                )
+            }
+        });
     }
 
     /// Closes the session with `421 4.4.2` if the deadline from [`Self::poll_timeout`] passed.
@@ -492,6 +520,7 @@ impl ServerSession {
             | State::ReceivingBdat { .. }
             | State::DiscardingBdat { .. } => limits.data_timeout,
             State::AwaitingAuthResult
+            | State::AwaitingMailApproval(_)
             | State::AwaitingCommit(_)
             | State::AwaitingTls
             | State::Closed => return None,
@@ -762,8 +791,6 @@ impl ServerSession {
             Some(ProtocolError::OutOfSequence(Sequence::NestedMail))
         } else if self.config.role != PortRole::Relay && self.auth_user.is_none() {
             Some(ProtocolError::AuthRequired)
-        } else if self.mail_gate.as_mut().is_some_and(|gate| !(gate.0)()) {
-            Some(ProtocolError::MessageRateExceeded)
         } else if !esmtp && params.count > 0 {
             Some(ProtocolError::ParamsAfterHelo)
         } else if params
@@ -780,13 +807,18 @@ impl ServerSession {
         if let Some(e) = error {
             return self.reject(e, State::AwaitingCommand(txn));
         }
-        self.reply(&Reply::with_enhanced(250, (2, 1, 0), "Ok"));
-        State::AwaitingCommand(Some(Envelope {
+        let envelope = Envelope {
             reverse_path,
             params,
             recipients: Vec::new(),
             bdat: None,
-        }))
+        };
+        if self.mail_approval {
+            self.events.push_back(Event::ApproveMail);
+            return State::AwaitingMailApproval(envelope);
+        }
+        self.reply(&Reply::with_enhanced(250, (2, 1, 0), "Ok"));
+        State::AwaitingCommand(Some(envelope))
     }
 
     /// An authenticated user may only use their own senders; `<>` (bounces) is always allowed.

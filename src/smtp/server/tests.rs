@@ -145,6 +145,7 @@ fn render(event: &Event) -> String {
             username,
             password,
         } => format!("AUTH {mechanism:?} {username} {password}"),
+        Event::ApproveMail => "APPROVE_MAIL".into(),
         Event::StartTls => "STARTTLS".into(),
         Event::Close => "CLOSE".into(),
     }
@@ -1074,6 +1075,10 @@ proptest! {
                             s.handle_auth_result(AuthOutcome::BadCredentials, now);
                             progressed = true;
                         }
+                        Event::ApproveMail => {
+                            s.handle_mail_approval(true, now);
+                            progressed = true;
+                        }
                         Event::StartTls => {
                             s.handle_tls_established(tls_info(), now);
                         }
@@ -1261,26 +1266,59 @@ fn tiny_bdat_chunks_are_one_transfer_for_the_minimum_rate() {
 }
 
 #[test]
-fn the_mail_gate_refuses_with_450_without_counting_a_bad_command() {
+fn a_refused_mail_approval_gets_450_without_counting_a_bad_command() {
     let limits = SessionLimits {
         max_bad_commands: 1,
         ..SessionLimits::default()
     };
     let start = Instant::now();
     let mut s = relay_session(limits, false, start);
-    let mut allowed = 1;
-    s.set_mail_gate(move || {
-        allowed -= 1;
-        allowed >= 0
-    });
+    s.require_mail_approval();
     say(&mut s, b"EHLO c.example\r\n", start);
-    assert!(say(&mut s, b"MAIL FROM:<a@example.org>\r\n", start).starts_with("250"));
+    assert_eq!(say(&mut s, b"MAIL FROM:<a@example.org>\r\n", start), "");
+    assert!(matches!(s.poll_event(), Some(Event::ApproveMail)));
+    assert_eq!(
+        s.poll_timeout(),
+        None,
+        "no deadline while the application decides"
+    );
+    s.handle_mail_approval(true, start);
+    assert_eq!(say(&mut s, b"", start), "250 2.1.0 Ok\r\n");
     assert!(say(&mut s, b"RSET\r\n", start).starts_with("250"));
     for _ in 0..3 {
-        let text = say(&mut s, b"MAIL FROM:<a@example.org>\r\n", start);
+        assert_eq!(say(&mut s, b"MAIL FROM:<a@example.org>\r\n", start), "");
+        assert!(matches!(s.poll_event(), Some(Event::ApproveMail)));
+        s.handle_mail_approval(false, start);
+        let text = say(&mut s, b"", start);
         assert!(text.starts_with("450 4.7.1"), "{text}");
     }
     assert!(!s.is_closed(), "rate refusals are not bad commands");
+    // A MAIL the session refuses by itself never reaches the application.
+    assert!(say(&mut s, b"MAIL FROM:<a@example.org> SIZE=x\r\n", start).starts_with("501"));
+    assert!(s.poll_event().is_none());
+}
+
+/// Pipelined commands behind a MAIL wait for its approval, then run in order.
+#[test]
+fn commands_pipelined_after_mail_wait_for_the_approval() {
+    let start = Instant::now();
+    let mut s = relay_session(SessionLimits::default(), false, start);
+    s.require_mail_approval();
+    say(&mut s, b"EHLO c.example\r\n", start);
+    let input = b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n";
+    let used = s.handle_input(input, start);
+    assert_eq!(used, b"MAIL FROM:<a@example.org>\r\n".len());
+    let mut out = Vec::new();
+    s.poll_output(&mut out);
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    assert!(matches!(s.poll_event(), Some(Event::ApproveMail)));
+    s.handle_mail_approval(false, start);
+    let rest = say(&mut s, &input[used..], start);
+    assert!(rest.starts_with("450 4.7.1"), "{rest}");
+    assert!(
+        rest.contains("\r\n503 5.5.1"),
+        "RCPT without a transaction: {rest}"
+    );
 }
 
 /// Keep-alives cannot hold a session forever: past `max_junk_commands` each NOOP counts as a
