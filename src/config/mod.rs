@@ -1,11 +1,21 @@
 //! Configuration in two stages: `raw` (serde, as written) and `resolved` (checked, typed).
 //!
-//! Defaults live in `resolved.rs` only. Each module later receives its own slice of the resolved
-//! config (`SessionLimits`, `RetryPolicy`, ...), never the whole tree.
+//! `resolved::resolve` checks the top-level keys and hands each section to its own file, which
+//! holds the section's types, defaults and checks: `listen` (`[listen]`, `[tls]`), `users`
+//! (`[[users]]`, `[relay]`), `limits`, `spool`, `delivery`, `content` (`[[dkim]]`, `[scan]`).
+//! Values come out in their consumers' own types where one exists (`RetryPolicy`,
+//! `TlsPolicy`, `PortRole`, `spool::Durability`, the DKIM signer's key), and every problem is
+//! reported at once.
 
+mod content;
+mod delivery;
 pub mod error;
+mod limits;
+mod listen;
 pub mod raw;
 pub mod resolved;
+mod spool;
+mod users;
 
 pub use error::{ConfigError, Problem};
 pub use resolved::Config;
