@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::scanner::{ReplyError, ScanConn, ScanError, Status, printable};
+use super::scanner::{ReplyError, ScanConn, ScanError, Status, printable, within};
 
 /// Bytes of message per `INSTREAM` chunk. clamd accepts any chunk up to its `StreamMaxLength`;
 /// 64 KiB keeps the request buffer small while a typical message still goes in one write.
@@ -205,7 +205,7 @@ pub async fn clamd_scan(
         Ok(conn) => conn?,
         Err(_) => return Err(ScanError::Timeout),
     };
-    conn.run_until(deadline, instream(&conn, message)).await
+    within(&conn, deadline, instream(&conn, message)).await
 }
 
 async fn instream(conn: &ScanConn, message: &[u8]) -> Result<ScanVerdict, ScanError> {

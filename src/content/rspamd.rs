@@ -21,7 +21,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::http1::{MAX_RESPONSE, parse_response};
-use super::scanner::{ReplyError, ScanConn, ScanError, Status};
+use super::scanner::{ReplyError, ScanConn, ScanError, Status, within};
 
 /// Bytes of request per write: the head and the start of the message, then the rest in pieces
 /// of this size, so the copy of the message that owned-buffer I/O needs stays bounded.
@@ -173,8 +173,7 @@ pub async fn rspamd_check(
         Ok(conn) => conn?,
         Err(_) => return Err(ScanError::Timeout),
     };
-    conn.run_until(deadline, exchange(&conn, &url, req, message))
-        .await
+    within(&conn, deadline, exchange(&conn, &url, req, message)).await
 }
 
 async fn exchange(

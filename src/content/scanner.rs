@@ -1,17 +1,25 @@
-//! What the scanner clients share: the connection (TCP or a local socket, owned-buffer
-//! tokio-uring I/O, one deadline for the whole exchange with a shutdown on timeout), the error
+//! What the scanner clients share: the connection (a [`crate::net::stream::Stream`]: TCP or a
+//! local socket, one deadline for the whole exchange with a shutdown on timeout), the error
 //! types, and the "need more bytes" status of their incremental parsers.
-//!
-//! Never blocks the thread. tokio-uring does not cancel in-flight operations, so on a timeout
-//! the socket is shut down before it is dropped: without that, a read the scanner never
-//! answers would keep the socket (and its buffer) alive until the scanner closed it.
 
 use std::future::Future;
 use std::io;
-use std::net::{Shutdown, SocketAddr};
 
 use tokio::time::Instant;
-use tokio_uring::buf::BoundedBuf;
+
+pub(crate) use crate::net::stream::Stream as ScanConn;
+
+/// Runs a scanner exchange on `conn` until `deadline`; past it the socket is shut down and the
+/// exchange is a [`ScanError::Timeout`].
+pub(crate) async fn within<T>(
+    conn: &ScanConn,
+    deadline: Instant,
+    exchange: impl Future<Output = Result<T, ScanError>>,
+) -> Result<T, ScanError> {
+    conn.run_until(deadline, exchange)
+        .await
+        .unwrap_or(Err(ScanError::Timeout))
+}
 
 /// Why a scan gave no verdict. Callers decide whether that tempfails the message or lets it
 /// through; nothing here does either.
@@ -96,81 +104,6 @@ pub(crate) fn printable(bytes: &[u8]) -> String {
             }
         })
         .collect()
-}
-
-/// A connection to a scanner over TCP or a local socket, with owned-buffer I/O.
-pub(crate) enum ScanConn {
-    Tcp(tokio_uring::net::TcpStream),
-    Unix(tokio_uring::net::UnixStream),
-}
-
-impl ScanConn {
-    /// Connects over TCP with TCP_NODELAY: requests and replies are small and each waits for
-    /// the other.
-    pub(crate) async fn connect_tcp(addr: SocketAddr) -> io::Result<ScanConn> {
-        let stream = tokio_uring::net::TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(ScanConn::Tcp(stream))
-    }
-
-    /// Connects to a local socket.
-    pub(crate) async fn connect_unix(path: &std::path::Path) -> io::Result<ScanConn> {
-        Ok(ScanConn::Unix(
-            tokio_uring::net::UnixStream::connect(path).await?,
-        ))
-    }
-
-    /// Writes all of `buf` and hands it back.
-    pub(crate) async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        match self {
-            ScanConn::Tcp(s) => s.write_all(buf).await,
-            ScanConn::Unix(s) => s.write_all(buf).await,
-        }
-    }
-
-    /// One read appended to `buf`, never growing it past `limit` bytes (so a reply that is
-    /// too long shows up as `buf.len() == limit` for the parser to reject). Returns the bytes
-    /// read, 0 at EOF or when `buf` is already at the limit.
-    pub(crate) async fn read_append(
-        &self,
-        mut buf: Vec<u8>,
-        limit: usize,
-    ) -> (io::Result<usize>, Vec<u8>) {
-        let len = buf.len();
-        let want = limit.saturating_sub(len).min(16 * 1024);
-        if want == 0 {
-            return (Ok(0), buf);
-        }
-        buf.reserve(want);
-        // A slice of the spare capacity: tokio-uring reads into a Vec from its start, and the
-        // slice makes the read append instead.
-        let slice = buf.slice(len..len + want);
-        let (n, slice) = match self {
-            ScanConn::Tcp(s) => s.read(slice).await,
-            ScanConn::Unix(s) => s.read(slice).await,
-        };
-        (n, slice.into_inner())
-    }
-
-    /// Runs `exchange` until `deadline`. On timeout the socket is shut down, which completes
-    /// the operations the dropped future left in flight so that the socket closes now rather
-    /// than when the peer gives up.
-    pub(crate) async fn run_until<T>(
-        &self,
-        deadline: Instant,
-        exchange: impl Future<Output = Result<T, ScanError>>,
-    ) -> Result<T, ScanError> {
-        match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(result) => result,
-            Err(_) => {
-                let _ = match self {
-                    ScanConn::Tcp(s) => s.shutdown(Shutdown::Both),
-                    ScanConn::Unix(s) => s.shutdown(Shutdown::Both),
-                };
-                Err(ScanError::Timeout)
-            }
-        }
-    }
 }
 
 /// Fake scanners and the real-daemon launcher, shared by the clamd and rspamd tests.

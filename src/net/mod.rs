@@ -1,4 +1,5 @@
-//! The io_uring glue: the only module that owns sockets. Thin and mechanical — it reads, hands
+//! The io_uring glue: the only module that owns sockets (SMTP in and out, and the scanner
+//! clients' streams). Thin and mechanical — it reads, hands
 //! bytes to the sans-IO sessions, writes what they ask for and arms their timers.
 //!
 //! It knows the application only through [`Application`]: admission, session settings,
@@ -9,6 +10,7 @@ pub mod accept;
 pub mod conn;
 pub mod listen;
 pub mod signals;
+pub mod stream;
 pub mod tls;
 pub mod transport;
 

@@ -5,8 +5,9 @@
 //! operation is in flight and comes back with the result. Reads are split in two so that a
 //! pending read never borrows the TLS state: `read_raw` is a plain socket read that may stay in
 //! flight across a timer or shutdown wake-up, and `decode` turns the bytes it returned into
-//! plaintext. Only this folder knows about tokio-uring; a move to another runtime touches only
-//! `src/net/`.
+//! plaintext. Only this folder owns sockets; outside it, tokio-uring is used only as the
+//! runtime (spawning tasks and timers in `worker` and `delivery`, and the group commit's
+//! fdatasync in `worker`).
 
 use std::future::Future;
 use std::io::{self, Read, Write};
