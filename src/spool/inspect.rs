@@ -1,0 +1,149 @@
+//! Offline views of a spool: `ringmta spool check` and the reader behind `spool dump`.
+
+use super::*;
+
+/// What `ringmta spool check` reports: per shard, what recovery would read and drop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// One report per shard directory, by shard number.
+    pub shards: Vec<RecoveryReport>,
+    /// The ledger scan, if there is a ledger.
+    pub ledger: Option<SegmentReport>,
+}
+
+impl CheckReport {
+    /// Whether every segment and the ledger read to a clean end with valid headers.
+    pub fn is_clean(&self) -> bool {
+        self.shards.iter().all(|s| s.damaged().next().is_none())
+            && self
+                .ledger
+                .as_ref()
+                .is_none_or(|l| l.torn.is_none() && l.header_error.is_none())
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in &self.shards {
+            write!(f, "{s}")?;
+            for seg in &s.segments {
+                if seg.torn.is_none() && seg.header_error.is_none() {
+                    writeln!(f, "  {seg}")?;
+                }
+            }
+        }
+        match &self.ledger {
+            Some(l) => writeln!(f, "ledger {l}")?,
+            None => writeln!(f, "no ledger")?,
+        }
+        let verdict = if self.is_clean() {
+            "clean: recovery would drop nothing"
+        } else {
+            "damaged: recovery would drop the tails listed above (never acknowledged data)"
+        };
+        writeln!(f, "{verdict}")
+    }
+}
+
+/// Offline, read-only: scans every shard of a spool directory as recovery would, verifying every
+/// record's checksum and archive. Works while a server runs: it never writes, reads copies of
+/// the files, and stops each segment at its first invalid record (a record being written at that
+/// moment shows up as a torn tail).
+pub fn check(dir: &Path) -> Result<CheckReport, SpoolError> {
+    let mut report = CheckReport::default();
+    for shard in recovery::list_shards(dir)? {
+        let rec = recovery::recover_shard(dir, shard, Load::Read, true)?;
+        report.shards.push(rec.report);
+    }
+    report.ledger = ledger::read_ledger(dir, |_| {})?;
+    Ok(report)
+}
+
+/// A message as `queue ls/show` sees it (owned: the files are read, not mapped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageSnapshot {
+    /// Its id.
+    pub id: QueueId,
+    /// Envelope and session facts.
+    pub meta: MessageMeta,
+    /// Body size in bytes.
+    pub body_len: u64,
+    /// Per-recipient state.
+    pub state: MessageState,
+    /// Per recipient, the reply of its last status record.
+    pub last_replies: Vec<Option<String>>,
+}
+
+/// All messages of a spool with their state, plus the ledger's placeholders.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpoolSnapshot {
+    /// Messages still in segments, by id.
+    pub messages: Vec<MessageSnapshot>,
+    /// Purged messages, by id, one per id (an interrupted purge can write one twice), excluding
+    /// ids still present in `messages`.
+    pub placeholders: Vec<Placeholder>,
+}
+
+/// Reads every message of a spool directory with its state, and the ledger's placeholders.
+/// Read-only and safe while a server runs (see [`check`]).
+pub fn read_spool(dir: &Path) -> Result<SpoolSnapshot, SpoolError> {
+    let mut snap = SpoolSnapshot::default();
+    for shard in recovery::list_shards(dir)? {
+        let rec = recovery::recover_shard(dir, shard, Load::Read, false)?;
+        let seg = |seq: u64| {
+            rec.segments
+                .binary_search_by_key(&seq, |e| e.seg.seq)
+                .ok()
+                .map(|i| &rec.segments[i].seg)
+        };
+        for (&id, state) in &rec.index {
+            let Some((meta, body)) =
+                seg(state.at.segment).and_then(|s| s.message_at(state.at.offset))
+            else {
+                continue;
+            };
+            let meta: MessageMeta = rkyv::deserialize::<MessageMeta, rancor::Error>(meta)
+                .map_err(|source| SpoolError::Encode { id, source })?;
+            let last_replies = state
+                .recipients
+                .iter()
+                .map(|r| {
+                    let at = r.last_status?;
+                    let rec = seg(at.segment)?.status_at(at.offset)?;
+                    Some(rec.reply.as_str().to_owned())
+                })
+                .collect();
+            snap.messages.push(MessageSnapshot {
+                id,
+                meta,
+                body_len: body.len() as u64,
+                state: state.clone(),
+                last_replies,
+            });
+        }
+    }
+    snap.messages.sort_by_key(|m| m.id);
+    let live: HashSet<u64> = snap.messages.iter().map(|m| m.id.0).collect();
+    let mut seen = HashSet::new();
+    let mut failed = None;
+    ledger::read_ledger(dir, |p| {
+        let id = p.id.to_native();
+        if live.contains(&id) || !seen.insert(id) {
+            return;
+        }
+        match rkyv::deserialize::<Placeholder, rancor::Error>(p) {
+            Ok(p) => snap.placeholders.push(p),
+            Err(source) => {
+                failed = Some(SpoolError::Encode {
+                    id: QueueId(id),
+                    source,
+                })
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    snap.placeholders.sort_by_key(|p| p.id);
+    Ok(snap)
+}
