@@ -11,6 +11,7 @@ pub mod clamd;
 pub mod dkim;
 pub mod http1;
 pub mod mime;
+pub mod refusal;
 pub mod rspamd;
 pub mod scanner;
 
@@ -20,7 +21,9 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::config::resolved::{OnError, Scanner, User};
 use crate::rfc5322::header_section;
-use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath, SenderPattern, Transaction};
+use crate::smtp::{Mailbox, ReversePath, SenderPattern, Transaction};
+
+use refusal::Refusal;
 
 /// Why the checks could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -145,22 +148,15 @@ impl ContentChecks {
         self.clamd.is_some() || self.rspamd.is_some()
     }
 
-    /// Pure checks of a finished transaction. `Err` is the reply to send instead of 250.
-    pub fn validate(&self, t: &Transaction) -> Result<(), Reply> {
+    /// Pure checks of a finished transaction. `Err` says why it is refused (its reply:
+    /// `Reply::from(&refusal)`).
+    pub fn validate(&self, t: &Transaction) -> Result<(), Refusal> {
         let headers = header_section(&t.body);
         if headers.len() > self.max_header_size {
-            return Err(reply(
-                552,
-                (5, 3, 4),
-                "Message header section exceeds the size limit",
-            ));
+            return Err(Refusal::HeaderTooBig);
         }
         if let Err(e) = mime::check(&t.body, self.mime) {
-            return Err(reply(
-                554,
-                (5, 6, 0),
-                format!("Message structure rejected: {e}"),
-            ));
+            return Err(Refusal::Structure(e));
         }
         let Some(user) = &t.auth_user else {
             return Ok(());
@@ -174,40 +170,35 @@ impl ContentChecks {
             .and_then(|a| a.address())
             .map(str::to_owned);
         let Some(from) = from else {
-            return Err(reply(550, (5, 6, 0), "Message has no valid From header"));
+            return Err(Refusal::NoFrom);
         };
         let Ok(mailbox) = Mailbox::parse(&from) else {
-            return Err(reply(550, (5, 6, 0), "Message has no valid From header"));
+            return Err(Refusal::NoFrom);
         };
         let allowed = self
             .senders
             .get(&user.to_lowercase())
             .is_some_and(|patterns| patterns.iter().any(|p| p.matches(&mailbox)));
         if !allowed {
-            return Err(reply(
-                550,
-                (5, 7, 1),
-                format!(
-                    "Sender address rejected: header From <{from}> does not match your authenticated address {user}"
-                ),
-            ));
+            return Err(Refusal::FromNotOwned {
+                from,
+                user: user.clone(),
+            });
         }
         Ok(())
     }
 
-    /// Runs the scanners (when configured). `Err` is the reply to send instead of 250.
-    pub async fn scan(&self, t: &Transaction) -> Result<Additions, Reply> {
+    /// Runs the scanners (when configured). `Err` says why the message is refused.
+    pub async fn scan(&self, t: &Transaction) -> Result<Additions, Refusal> {
         let mut add = Additions::default();
         if let Some((addr, s)) = &self.clamd {
             match clamd::clamd_scan(addr, &t.body, s.timeout).await {
                 Ok(clamd::ScanVerdict::Clean) => {}
                 Ok(clamd::ScanVerdict::Infected(name)) => {
                     tracing::info!(signature = %name, "message rejected: malware");
-                    return Err(reply(
-                        554,
-                        (5, 7, 1),
-                        format!("Message rejected: malware found ({})", printable(&name)),
-                    ));
+                    return Err(Refusal::Malware {
+                        signature: printable(&name),
+                    });
                 }
                 Err(e) => scanner_failed("clamd", s.on_error, &e)?,
             }
@@ -233,21 +224,13 @@ impl ContentChecks {
             match rspamd::rspamd_check(&s.target, &req, &t.body, s.timeout).await {
                 Ok(r) => match r.action {
                     rspamd::SpamAction::Reject => {
-                        return Err(reply(
-                            550,
-                            (5, 7, 1),
-                            format!("Message rejected as spam (score {:.1})", r.score),
-                        ));
+                        return Err(Refusal::Spam { score: r.score });
                     }
                     rspamd::SpamAction::SoftReject => {
-                        return Err(reply(
-                            451,
-                            (4, 7, 1),
-                            "Message deferred by the spam filter, try again later",
-                        ));
+                        return Err(Refusal::SpamDeferred);
                     }
                     rspamd::SpamAction::Greylist => {
-                        return Err(reply(451, (4, 7, 1), "Greylisted, try again later"));
+                        return Err(Refusal::Greylisted);
                     }
                     rspamd::SpamAction::AddHeader | rspamd::SpamAction::RewriteSubject => {
                         add.headers.extend_from_slice(&rspamd::spam_headers(&r));
@@ -291,7 +274,7 @@ impl ContentChecks {
     }
 }
 
-fn scanner_failed(name: &str, on_error: OnError, e: &dyn std::fmt::Display) -> Result<(), Reply> {
+fn scanner_failed(name: &str, on_error: OnError, e: &dyn std::fmt::Display) -> Result<(), Refusal> {
     match on_error {
         OnError::Accept => {
             tracing::warn!(scanner = name, error = %e, "scanner failed; message accepted unscanned (on_error = accept)");
@@ -299,17 +282,9 @@ fn scanner_failed(name: &str, on_error: OnError, e: &dyn std::fmt::Display) -> R
         }
         OnError::Tempfail => {
             tracing::warn!(scanner = name, error = %e, "scanner failed; message deferred");
-            Err(reply(
-                451,
-                (4, 7, 1),
-                "Content scanner unavailable, try again later",
-            ))
+            Err(Refusal::ScannerUnavailable)
         }
     }
-}
-
-fn reply(code: u16, (c, s, d): (u8, u16, u16), text: impl Into<String>) -> Reply {
-    Reply::new(code, Some(EnhancedCode::new(c, s, d)), text)
 }
 
 fn printable(s: &str) -> String {

@@ -149,9 +149,12 @@ impl Core {
 
     async fn commit_inner(&self, t: Transaction, now: SystemTime) -> Result<QueueId, CommitError> {
         let content = Arc::clone(&self.content.borrow());
-        content.validate(&t).map_err(CommitError::Rejected)?;
+        let refused = |r: crate::content::refusal::Refusal| {
+            CommitError::Rejected(crate::smtp::Reply::from(&r))
+        };
+        content.validate(&t).map_err(refused)?;
         let additions = if content.has_scanners() {
-            content.scan(&t).await.map_err(CommitError::Rejected)?
+            content.scan(&t).await.map_err(refused)?
         } else {
             crate::content::Additions::default()
         };
