@@ -50,6 +50,8 @@ struct Job {
     username: String,
     password: String,
     ip: IpAddr,
+    /// When the client asked (failures are counted at this time).
+    at: Instant,
     reply: oneshot::Sender<AuthOutcome>,
 }
 
@@ -80,7 +82,7 @@ impl AuthService {
                 .name(format!("ringmta-auth-{i}"))
                 .spawn(move || {
                     for job in rx {
-                        let outcome = state.verify(&job.username, &job.password, job.ip);
+                        let outcome = state.verify(&job.username, &job.password, job.ip, job.at);
                         let _ = job.reply.send(outcome);
                     }
                 })
@@ -108,7 +110,13 @@ impl AuthService {
 
     /// As `verify`, for a thread outside any runtime (the HTTP thread): blocks until the
     /// verifier answers.
-    pub fn verify_blocking(&self, username: String, password: String, ip: IpAddr) -> AuthOutcome {
+    pub fn verify_blocking(
+        &self,
+        username: String,
+        password: String,
+        ip: IpAddr,
+        now: Instant,
+    ) -> AuthOutcome {
         let (reply, rx) = oneshot::channel();
         if self
             .tx
@@ -116,6 +124,7 @@ impl AuthService {
                 username,
                 password,
                 ip,
+                at: now,
                 reply,
             })
             .is_err()
@@ -126,7 +135,13 @@ impl AuthService {
     }
 
     /// Verifies credentials off-core. A full queue counts as a temporary refusal.
-    pub async fn verify(&self, username: String, password: String, ip: IpAddr) -> AuthOutcome {
+    pub async fn verify(
+        &self,
+        username: String,
+        password: String,
+        ip: IpAddr,
+        now: Instant,
+    ) -> AuthOutcome {
         let (reply, rx) = oneshot::channel();
         if self
             .tx
@@ -134,6 +149,7 @@ impl AuthService {
                 username,
                 password,
                 ip,
+                at: now,
                 reply,
             })
             .is_err()
@@ -146,8 +162,7 @@ impl AuthService {
 }
 
 impl State {
-    fn verify(&self, username: &str, password: &str, ip: IpAddr) -> AuthOutcome {
-        let now = Instant::now();
+    fn verify(&self, username: &str, password: &str, ip: IpAddr, now: Instant) -> AuthOutcome {
         if self.is_throttled(ip, now) {
             return AuthOutcome::Throttled;
         }
@@ -258,7 +273,7 @@ mod tests {
     }
 
     fn run(service: &AuthService, u: &str, p: &str, ip: &str) -> AuthOutcome {
-        tokio_uring::start(service.verify(u.into(), p.into(), ip.parse().unwrap()))
+        tokio_uring::start(service.verify(u.into(), p.into(), ip.parse().unwrap(), Instant::now()))
     }
 
     #[test]

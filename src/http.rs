@@ -209,12 +209,18 @@ impl Api {
             }
             return r;
         };
-        let allowed = match self.auth.verify_blocking(user.clone(), password, peer) {
-            AuthOutcome::Success(u) => u.allowed_senders,
-            AuthOutcome::BadCredentials => return error(401, "invalid credentials"),
-            AuthOutcome::Throttled => return error(429, "too many failed authentication attempts"),
-            AuthOutcome::Unavailable => return error(503, "credentials cannot be checked now"),
-        };
+        let allowed =
+            match self
+                .auth
+                .verify_blocking(user.clone(), password, peer, std::time::Instant::now())
+            {
+                AuthOutcome::Success(u) => u.allowed_senders,
+                AuthOutcome::BadCredentials => return error(401, "invalid credentials"),
+                AuthOutcome::Throttled => {
+                    return error(429, "too many failed authentication attempts");
+                }
+                AuthOutcome::Unavailable => return error(503, "credentials cannot be checked now"),
+            };
         // Base64 attachments make JSON about 4/3 of the message; leave room for the envelope.
         let limit = self.max_message_size.saturating_mul(4) / 3 + 64 * 1024;
         let mut body = Vec::new();

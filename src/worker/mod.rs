@@ -509,7 +509,10 @@ impl Application for Core {
     }
 
     async fn authenticate(&self, username: String, password: String, ip: IpAddr) -> AuthOutcome {
-        self.shared.auth.verify(username, password, ip).await
+        self.shared
+            .auth
+            .verify(username, password, ip, Instant::now())
+            .await
     }
 
     async fn commit(&self, t: Transaction) -> Result<QueueId, CommitError> {
