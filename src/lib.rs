@@ -28,5 +28,7 @@ pub mod rfc5322;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+#[doc(hidden)]
+pub mod testkit;
 pub mod time;
 pub mod worker;

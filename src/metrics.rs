@@ -69,6 +69,8 @@ pub struct CoreMetrics {
     pub connections_refused: [AtomicU64; 3],
     /// MAIL commands refused by the per-address message rate.
     pub mail_rate_refused: AtomicU64,
+    /// accept(2) failures (EMFILE, ENFILE, ENOMEM...): the listener backs off and retries.
+    pub accept_errors: AtomicU64,
     /// Messages acknowledged with 250.
     pub messages_accepted: AtomicU64,
     rejected: [AtomicU64; 3],
@@ -161,6 +163,12 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
         "counter",
         "SMTP connections accepted.",
         sum(cores, |c| load(&c.connections_total)),
+    );
+    simple(
+        "ringmta_accept_errors_total",
+        "counter",
+        "accept(2) failures (out of descriptors or memory); the listener backs off 50 ms.",
+        sum(cores, |c| load(&c.accept_errors)),
     );
     simple(
         "ringmta_mail_rate_refused_total",

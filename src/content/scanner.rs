@@ -244,7 +244,7 @@ pub(crate) mod test_support {
     /// a "SKIP: ..." line printed, when the script or the daemon is missing.
     pub fn start_scanner(kind: &str) -> Option<Scanner> {
         let Some(script) = script() else {
-            println!("SKIP: tests/it/scanners.sh not found");
+            crate::testkit::skip("tests/it/scanners.sh not found");
             return None;
         };
         let dir = TempDir::new(kind);
@@ -270,7 +270,7 @@ pub(crate) mod test_support {
             .unwrap_or_default();
         let line = line.trim_end();
         if let Some(reason) = line.strip_prefix("SKIP: ") {
-            println!("SKIP: {reason}");
+            crate::testkit::skip(reason);
             let _ = child.wait();
             return None;
         }

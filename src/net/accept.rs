@@ -41,7 +41,7 @@ async fn accept_loop<A: Application>(
             Ok(x) => x,
             Err(e) => {
                 // EMFILE/ENFILE: back off instead of spinning; the listener stays open.
-                tracing::warn!(error = %e, "accept failed");
+                app.accept_failed(&e);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

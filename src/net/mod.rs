@@ -48,6 +48,9 @@ pub trait Application: 'static {
     fn admit(&self, ip: IpAddr) -> Result<(), ConnectionRefused>;
     /// A connection that [`admit`](Self::admit) let in has ended.
     fn release(&self, ip: IpAddr);
+
+    /// accept(2) failed (out of descriptors or memory); the listener backs off and retries.
+    fn accept_failed(&self, error: &std::io::Error);
     /// The settings of a session on a listener of `role` with this peer.
     fn session(&self, role: PortRole, peer: SocketAddr) -> SessionSetup;
     /// Whether a client outside the trusted networks may start another transaction.

@@ -470,6 +470,13 @@ impl Application for Core {
         Ok(())
     }
 
+    fn accept_failed(&self, error: &std::io::Error) {
+        tracing::warn!(%error, "accept failed");
+        self.metrics
+            .accept_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn release(&self, ip: IpAddr) {
         self.connections.set(self.connections.get() - 1);
         if self.connections.get() == 0 {

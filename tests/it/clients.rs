@@ -40,7 +40,7 @@ print("SENT", n)
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     if text.starts_with("SKIP") {
-        eprintln!("SKIP: Django is not installed (pip install django)");
+        ringmta::testkit::skip("Django is not installed (pip install django)");
         return;
     }
     assert!(
@@ -57,7 +57,9 @@ print("SENT", n)
 fn nodemailer_over_starttls() {
     let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/node/node_modules");
     if !std::path::Path::new(modules).join("nodemailer").exists() || !crate::harness::have("node") {
-        eprintln!("SKIP: node and nodemailer are needed (npm install --prefix tests/it/node)");
+        ringmta::testkit::skip(
+            "node and nodemailer are needed (npm install --prefix tests/it/node)",
+        );
         return;
     }
     let sink = Sink::start();

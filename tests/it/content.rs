@@ -202,7 +202,8 @@ fn scanner_down_tempfails_or_accepts_as_configured() {
     assert!(out[0].starts_with("OK "), "{out:?}");
 }
 
-/// Starts a real scanner with `scanners.sh`; `None` (after printing SKIP) when not installed.
+/// Starts a real scanner with `scanners.sh`; `None` (after a skip) only when it is not
+/// installed. A scanner that is installed but does not start fails the test.
 fn real_scanner(kind: &str, dir: &std::path::Path) -> Option<(Killed, String)> {
     let mut child = Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/scanners.sh"))
@@ -215,13 +216,18 @@ fn real_scanner(kind: &str, dir: &std::path::Path) -> Option<(Killed, String)> {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .ok()?;
-    if line.starts_with("SKIP") || line.trim().is_empty() {
-        eprintln!("SKIP: {kind} is not available ({})", line.trim());
+    if line.starts_with("SKIP") {
+        ringmta::testkit::skip(&format!("{kind} is not available ({})", line.trim()));
         let _ = child.kill();
         let _ = child.wait();
         return None;
     }
-    let addr = line.trim().split_once(' ').map(|(_, a)| a.to_owned())?;
+    // Anything else than an address is a daemon that is installed but did not start (crashed,
+    // never ready, lost a port race): an error, never a skip.
+    let Some(addr) = line.trim().split_once(' ').map(|(_, a)| a.to_owned()) else {
+        let status = child.wait();
+        panic!("scanners.sh {kind} failed to start ({status:?}); its stderr is above");
+    };
     Some((Killed(child), addr))
 }
 
@@ -288,7 +294,7 @@ fn dkim_signature_verifies_with_an_independent_verifier() {
     let txt = format!("v=DKIM1; k=rsa; p={}", public.trim());
     let zone = serde_json::json!({ "s1._domainkey.example.com": { "TXT": [txt] } }).to_string();
     let Some(dns) = crate::harness::Dns::start(&zone) else {
-        eprintln!("SKIP: python3 with dnslib is needed");
+        ringmta::testkit::skip("python3 with dnslib is needed");
         return;
     };
     let sink = crate::harness::Sink::start();
@@ -329,7 +335,7 @@ print("VALID" if dkim.verify(tampered, dnsfunc=dnsfunc) else "INVALID")
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), stored.as_bytes()).unwrap();
     let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
     if out.starts_with("SKIP") {
-        eprintln!("SKIP: dkimpy is needed ({out})");
+        ringmta::testkit::skip(&format!("dkimpy is needed ({out})"));
         return;
     }
     let lines: Vec<&str> = out.lines().collect();

@@ -1,7 +1,9 @@
 //! End-to-end delivery: ringmta relays to a real sink on loopback, retries, bounces, sends DSNs
 //! and resolves MX records through a real DNS server on loopback.
 
-use crate::harness::{Dns, Raw, Server, Sink, events, python};
+use crate::harness::{
+    Dns, Raw, Server, Sink, count_outcome, events, outcomes_of, python, wait_events,
+};
 
 const CLIENT: &str = include_str!("client.py");
 
@@ -40,12 +42,10 @@ fn accepted_mail_reaches_the_sink_with_a_received_header() {
         assert!(m.contains("by mx.test (ringmta) with ESMTP"), "{m}");
         assert!(m.contains("Subject: test "), "{m}");
     }
-    let ev = events(&s.dir);
-    assert_eq!(
-        ev.iter().filter(|e| e["outcome"] == "delivered").count(),
-        3,
-        "{ev:?}"
-    );
+    let ev = wait_events(&s.dir, "3 deliveries", 30, |ev| {
+        count_outcome(ev, "delivered") >= 3
+    });
+    assert_eq!(count_outcome(&ev, "delivered"), 3, "{ev:?}");
 }
 
 #[test]
@@ -95,7 +95,12 @@ fn temporary_failures_are_retried_and_permanent_ones_bounce_with_a_dsn() {
         !dsn.contains("Final-Recipient: rfc822;temp-2-x"),
         "only the bounced recipient: {dsn}"
     );
-    let ev = events(&s.dir);
+    let ev = wait_events(&s.dir, "the retried delivery", 30, |ev| {
+        outcomes_of(ev, "temp-2-x@example.net")
+            .last()
+            .map(String::as_str)
+            == Some("delivered")
+    });
     let temp: Vec<_> = ev
         .iter()
         .filter(|e| e["recipient"] == "temp-2-x@example.net")
@@ -198,13 +203,10 @@ fn null_sender_and_notify_never_get_no_dsn_but_notify_success_does() {
         "{}",
         dsns[0]
     );
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let ev = events(&s.dir);
-    assert_eq!(
-        ev.iter().filter(|e| e["outcome"] == "bounced").count(),
-        2,
-        "{ev:?}"
-    );
+    let ev = wait_events(&s.dir, "2 bounces", 30, |ev| {
+        count_outcome(ev, "bounced") >= 2
+    });
+    assert_eq!(count_outcome(&ev, "bounced"), 2, "{ev:?}");
     assert_eq!(
         sink.messages()
             .iter()
@@ -223,7 +225,7 @@ fn mx_routing_through_a_dns_server_on_loopback() {
         "implicit.test": {"A": ["127.0.0.1"]},
         "nullmx.test": {"MX": [[0, "."]]}, "servfail.test": "SERVFAIL"}"#;
     let Some(dns) = Dns::start(zone) else {
-        eprintln!("SKIP: python3 with dnslib is needed (pip install dnslib)");
+        ringmta::testkit::skip("python3 with dnslib is needed (pip install dnslib)");
         return;
     };
     let extra = format!(
@@ -256,7 +258,11 @@ fn mx_routing_through_a_dns_server_on_loopback() {
             && m.iter()
                 .any(|x| to_header(x) == "X-Sink-Recipients: news@alice.example")
     });
-    let ev = events(&s.dir);
+    let ev = wait_events(&s.dir, "the outcomes of the five domains", 30, |ev| {
+        ["c@nullmx.test", "d@nxdomain.test", "e@servfail.test"]
+            .iter()
+            .all(|r| !outcomes_of(ev, r).is_empty())
+    });
     let outcome = |r: &str| {
         ev.iter()
             .filter(|e| e["recipient"] == r)
@@ -371,7 +377,9 @@ fn next_hop_vanishing_mid_data_is_retried_and_then_delivered() {
         m.iter()
             .any(|x| to_header(x).contains("drop-1-x@example.net"))
     });
-    let ev = events(&s.dir);
+    let ev = wait_events(&s.dir, "the delivery after the drop", 30, |ev| {
+        count_outcome(ev, "delivered") >= 1
+    });
     let outcomes: Vec<_> = ev
         .iter()
         .map(|e| e["outcome"].as_str().unwrap().to_owned())
@@ -392,10 +400,12 @@ fn per_destination_rate_limit_spaces_deliveries() {
     let out = submit(&s, &["--count", "10", "--to", "bob@example.net"]);
     assert!(out.iter().all(|l| l.starts_with("OK ")), "{out:?}");
     sink.wait_for("10 deliveries", 30, |m| m.len() >= 10);
-    let ts: Vec<u64> = events(&s.dir)
-        .iter()
-        .map(|e| e["ts_ms"].as_u64().unwrap())
-        .collect();
+    let ts: Vec<u64> = wait_events(&s.dir, "10 deliveries", 30, |ev| {
+        count_outcome(ev, "delivered") >= 10
+    })
+    .iter()
+    .map(|e| e["ts_ms"].as_u64().unwrap())
+    .collect();
     let span = ts.iter().max().unwrap() - ts.iter().min().unwrap();
     // 10 messages at 5/s need at least 9 intervals of 200 ms.
     assert!(span >= 1700, "10 deliveries within {span} ms at 5/s");
@@ -413,8 +423,10 @@ fn required_tls_for_a_domain_defers_when_the_next_hop_has_no_starttls() {
     sink.wait_for("the delivery that needs no TLS", 30, |m| {
         m.iter().any(|x| to_header(x).contains("b@example.net"))
     });
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let ev = events(&s.dir);
+    let ev = wait_events(&s.dir, "both outcomes", 30, |ev| {
+        !outcomes_of(ev, "a@secure.example").is_empty()
+            && !outcomes_of(ev, "b@example.net").is_empty()
+    });
     let secure: Vec<_> = ev
         .iter()
         .filter(|e| e["recipient"] == "a@secure.example")
@@ -807,7 +819,7 @@ fn libfaketime() -> Option<std::path::PathBuf> {
 #[test]
 fn a_backward_clock_step_does_not_strand_deferred_recipients() {
     let Some(lib) = libfaketime() else {
-        eprintln!("SKIP: libfaketime is needed (apt-get install faketime)");
+        ringmta::testkit::skip("libfaketime is needed (apt-get install faketime)");
         return;
     };
     let sink = Sink::start();

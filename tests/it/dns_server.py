@@ -7,8 +7,12 @@ Unknown names get NXDOMAIN; known names without the asked type get NOERROR with 
 Stops by itself after --ttl seconds (default 600) so a crashed test never leaves it running.
 """
 import json, os, socket, sys, threading, time
-from dnslib import DNSRecord, RR, QTYPE, RCODE, MX, A, TXT
-from dnslib.server import DNSServer, BaseResolver
+try:
+    from dnslib import DNSRecord, RR, QTYPE, RCODE, MX, A, TXT
+    from dnslib.server import DNSServer, BaseResolver
+except ImportError as e:
+    print(f"SKIP: dnslib is not installed ({e})", flush=True)
+    sys.exit(77)
 
 zone = {k.lower().rstrip("."): v for k, v in json.loads(sys.argv[1]).items()}
 ttl = float(sys.argv[2]) if len(sys.argv) > 2 else 600

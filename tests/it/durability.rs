@@ -175,7 +175,7 @@ fn disk_full_gives_452_and_recovers_when_space_returns() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !mounted {
-        eprintln!("SKIP: cannot mount a tmpfs (needs root)");
+        ringmta::testkit::skip("cannot mount a tmpfs (needs root)");
         return;
     }
     struct Unmount(std::path::PathBuf);

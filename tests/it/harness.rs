@@ -432,10 +432,16 @@ impl Dns {
             .spawn()
             .ok()?;
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .ok()?;
-        let port = line.trim().rsplit(' ').next()?.parse().ok()?;
+        let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+        if line.starts_with("SKIP") {
+            let _ = child.wait();
+            return None;
+        }
+        // The helper is there but did not come up: an error, never a skip.
+        let Some(port) = line.trim().rsplit(' ').next().and_then(|p| p.parse().ok()) else {
+            let status = child.wait();
+            panic!("dns_server.py failed to start ({status:?}): {line:?}");
+        };
         Some(Dns { child, port })
     }
 }
@@ -445,6 +451,42 @@ impl Drop for Dns {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits (bounded) until `pred` holds for the event log of a spool; returns the events. The
+/// sink stores a message before it answers 250 and another thread writes the event line after,
+/// so a test that saw the message must still wait for its line.
+pub fn wait_events(
+    spool: &Path,
+    what: &str,
+    secs: u64,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let ev = events(spool);
+        if pred(&ev) {
+            return ev;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what} in the event log: {ev:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Events with this outcome.
+pub fn count_outcome(ev: &[serde_json::Value], outcome: &str) -> usize {
+    ev.iter().filter(|e| e["outcome"] == outcome).count()
+}
+
+/// The outcomes of one recipient, in order.
+pub fn outcomes_of(ev: &[serde_json::Value], recipient: &str) -> Vec<String> {
+    ev.iter()
+        .filter(|e| e["recipient"] == recipient)
+        .map(|e| e["outcome"].as_str().unwrap_or("").to_owned())
+        .collect()
 }
 
 /// Reads the JSON-lines event log of a spool.

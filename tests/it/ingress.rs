@@ -1,6 +1,6 @@
 //! Submission and relay through the real server with smtplib, swaks and raw bytes.
 
-use crate::harness::{PASSWORD, Raw, Server, have, python};
+use crate::harness::{PASSWORD, Raw, Server, Sink, have, python};
 
 const CLIENT: &str = include_str!("client.py");
 
@@ -230,26 +230,30 @@ def reply(fh):
             return b"".join(lines)
 reply(f)
 raw.sendall(b"EHLO x\r\n"); reply(f)
-raw.sendall(b"STARTTLS\r\nRSET\r\nMAIL FROM:<evil@x>\r\n")
+raw.sendall(b"STARTTLS\r\nQUIT\r\n")
 print(reply(f).decode().strip())
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 t = ctx.wrap_socket(raw, server_hostname="mx.test")
 t.sendall(b"NOOP\r\n")
 tf = t.makefile("rb")
 print(reply(tf).decode().strip())
+t.sendall(b"EHLO y\r\n")
+print(reply(tf).decode().splitlines()[0])
 "#;
     let (code, out, err) = python(script, &[s.port("submission").to_string()]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "220 2.0.0 Ready to start TLS");
-    // The first reply inside TLS answers our NOOP, not the injected RSET.
-    assert_eq!(lines[1], "250 2.0.0 Ok");
+    // The injected QUIT would answer 221 and close: the first reply inside TLS must answer our
+    // NOOP, and the session must go on.
+    assert_eq!(lines[1], "250 2.0.0 Ok", "{out}");
+    assert!(lines[2].starts_with("250-"), "{out}");
 }
 
 #[test]
 fn swaks_submission_with_starttls_and_auth() {
     if !have("swaks") {
-        eprintln!("SKIP: swaks is not installed (apt-get install swaks)");
+        ringmta::testkit::skip("swaks is not installed (apt-get install swaks)");
         return;
     }
     let s = Server::start("");
@@ -285,34 +289,88 @@ fn swaks_submission_with_starttls_and_auth() {
     assert!(text.contains("235 2.7.0"), "{text}");
 }
 
-#[test]
-fn swaks_bdat_chunking_is_queued() {
-    if !have("swaks") {
-        eprintln!("SKIP: swaks is not installed (apt-get install swaks)");
-        return;
+/// What a BDAT transaction carries: a line that would end a DATA body, lines that DATA would
+/// dot-stuff, and a chunk boundary inside a line. BDAT transfers them untouched (RFC 3030 §2).
+const BDAT_CHUNKS: [&str; 3] = [
+    "From: a@client.test\r\nTo: bob@example.net\r\nSubject: chunks\r\n\r\nfirst line\r\n.\r\n",
+    "..two dots\r\n.one dot\r\nhalf a li",
+    "ne\r\nlast line\r\n",
+];
+
+/// Sends a BDAT transaction of [`BDAT_CHUNKS`] through the binary, routed to a sink, either one
+/// command at a time or everything in one write (PIPELINING), and checks the replies and the
+/// message at the sink byte for byte.
+fn bdat_through_the_binary(pipelined: bool) {
+    let sink = Sink::start();
+    let s = Server::start(&format!(
+        "[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n",
+        sink.addr
+    ));
+    let mut c = Raw::connect(s.addr("smtp"));
+    assert!(c.reply().starts_with("220"));
+    let ehlo = c.cmd("EHLO client.test");
+    assert!(
+        ehlo.contains("CHUNKING") && ehlo.contains("PIPELINING"),
+        "{ehlo}"
+    );
+    let mut commands: Vec<Vec<u8>> = vec![
+        b"MAIL FROM:<a@client.test>\r\n".to_vec(),
+        b"RCPT TO:<bob@example.net>\r\n".to_vec(),
+    ];
+    for (i, chunk) in BDAT_CHUNKS.iter().enumerate() {
+        let last = if i + 1 == BDAT_CHUNKS.len() {
+            " LAST"
+        } else {
+            ""
+        };
+        let mut cmd = format!("BDAT {}{last}\r\n", chunk.len()).into_bytes();
+        cmd.extend_from_slice(chunk.as_bytes());
+        commands.push(cmd);
     }
-    let s = Server::start("");
-    let out = std::process::Command::new("swaks")
-        .args([
-            "--server",
-            "127.0.0.1",
-            "--port",
-            &s.port("smtp").to_string(),
-        ])
-        .args([
-            "--from",
-            "a@client.test",
-            "--to",
-            "bob@example.net",
-            "--helo",
-            "swaks.test",
-        ])
-        .arg("--pipeline")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("queued as"), "{text}");
+    let mut replies = Vec::new();
+    if pipelined {
+        c.send(&commands.concat());
+        for _ in &commands {
+            replies.push(c.reply());
+        }
+    } else {
+        for cmd in &commands {
+            c.send(cmd);
+            replies.push(c.reply());
+        }
+    }
+    assert!(replies[0].starts_with("250 2.1.0"), "{replies:?}");
+    assert!(replies[1].starts_with("250 2.1.5"), "{replies:?}");
+    for r in &replies[2..replies.len() - 1] {
+        assert!(r.starts_with("250 2.0.0"), "a chunk: {replies:?}");
+    }
+    let done = replies.last().unwrap();
+    assert!(done.starts_with("250 2.0.0 Ok: queued as "), "{replies:?}");
+    assert!(c.cmd("QUIT").starts_with("221"));
+    let stored = sink.wait_for("the BDAT message", 20, |m| m.len() == 1);
+    let sent = BDAT_CHUNKS.concat();
+    let msg = &stored[0];
+    assert!(
+        msg.starts_with("X-Sink-Recipients: bob@example.net\r\nReceived: from client.test"),
+        "{msg}"
+    );
+    assert!(msg.ends_with(&sent), "sink has:\n{msg}\nsent:\n{sent}");
+    let received = msg.find("Received:").unwrap();
+    let body_start = msg.len() - sent.len();
+    assert!(
+        !msg[received..body_start].contains("\r\n\r\n"),
+        "only trace fields before it"
+    );
+}
+
+#[test]
+fn bdat_chunks_one_at_a_time_reach_the_sink_byte_for_byte() {
+    bdat_through_the_binary(false);
+}
+
+#[test]
+fn bdat_pipelined_in_one_write_reaches_the_sink_byte_for_byte() {
+    bdat_through_the_binary(true);
 }
 
 #[test]

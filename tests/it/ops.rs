@@ -71,7 +71,9 @@ for fam in text_string_to_metric_families(text):
     );
     assert!(has("metrics 200"), "{out}");
     if has("SKIP-PARSER") {
-        eprintln!("SKIP: prometheus_client is not installed (pip install prometheus_client)");
+        ringmta::testkit::skip(
+            "prometheus_client is not installed (pip install prometheus_client)",
+        );
         return;
     }
     let value = |name: &str| -> f64 {

@@ -82,9 +82,9 @@ fn dkimpy_verify(msg: &[u8], record: &str) -> Option<bool> {
     };
     let probe = Command::new("python3").args(["-c", needs]).output();
     if !matches!(&probe, Ok(o) if o.status.success()) {
-        eprintln!(
-            "SKIP dkimpy check: python3 with dkimpy (and pynacl for ed25519) not installed \
-             (pip install dkimpy pynacl)"
+        crate::testkit::skip(
+            "dkimpy check: python3 with dkimpy (and pynacl for ed25519) not installed \
+             (pip install dkimpy pynacl)",
         );
         return None;
     }
