@@ -21,6 +21,8 @@ pub struct Server {
     pub dev_password: Option<String>,
     /// Extra environment variables for the server process.
     pub env: Vec<(String, String)>,
+    /// Every line the server wrote to stderr (its log), also echoed to the test's stderr.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -79,6 +81,7 @@ impl Server {
         std::fs::write(&config_path, config).unwrap();
         let mut s = Server {
             child: None,
+            log: Default::default(),
             dir: dir.to_owned(),
             config_path,
             addrs: HashMap::new(),
@@ -100,6 +103,7 @@ impl Server {
         std::fs::write(&config_path, config).unwrap();
         let mut s = Server {
             child: None,
+            log: Default::default(),
             dir: dir.to_owned(),
             config_path,
             addrs: HashMap::new(),
@@ -133,9 +137,17 @@ impl Server {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn ringmta");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::clone(&self.log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                log.lock().unwrap().push(line);
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -164,6 +176,21 @@ impl Server {
             }
         }
         self.child = Some(child);
+    }
+
+    /// Waits (bounded) until the server's log has a line containing `needle`.
+    pub fn wait_log(&self, needle: &str, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line with {needle:?} within {secs} s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Address of a listener role: "smtp", "submission" or "submissions".

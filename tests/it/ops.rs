@@ -368,7 +368,9 @@ fn sighup_reloads_users_and_routes_and_keeps_sessions() {
     // A broken file is rejected; the server keeps the last good configuration.
     std::fs::write(&s.config_path, "this is = not [valid toml").unwrap();
     s.signal(1);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The server read the broken file and said so: only then does the check below mean it
+    // kept the good configuration.
+    s.wait_log("reload rejected", 20);
     assert!(
         login("new horse").starts_with("OK "),
         "the good configuration was dropped"
