@@ -672,8 +672,11 @@ fn an_operator_bounce_also_stops_recipients_over_the_next_hops_limit() {
         &s,
         &["--to", "first@example.net", "--to", "second@example.net"],
     ));
-    // The first transaction carries both; the sink takes one and holds its reply 3 s.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The first transaction carries both; the sink takes one, stores it and holds its reply
+    // 3 s: once it is stored, the transaction is under way.
+    sink.wait_for("the first transaction", 10, |m| {
+        m.iter().any(|x| to_header(x).contains("first@example.net"))
+    });
     let (code, text, err) = s.cli(&["queue", "bounce", &id]);
     assert_eq!(code, 0, "{err}");
     assert!(text.contains(":2"), "{text}");

@@ -324,6 +324,24 @@ impl Raw {
         }
     }
 
+    /// Connects until a greeting is a 220 (a freed slot may take a moment to be seen by the
+    /// server), for at most `secs`.
+    pub fn connect_until_greeted(addr: SocketAddr, secs: u64) -> Raw {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let mut c = Raw::connect(addr);
+            let greeting = c.reply();
+            if greeting.starts_with("220") {
+                return c;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still refused after {secs} s: {greeting}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Connects, checks the 220 greeting and says EHLO.
     pub fn greeted(addr: SocketAddr) -> Raw {
         let mut c = Raw::connect(addr);
@@ -351,6 +369,33 @@ pub fn metrics(server: &Server) -> String {
     let mut text = String::new();
     c.read_to_string(&mut text).unwrap();
     text
+}
+
+/// The value of one sample in Prometheus text, e.g. `ringmta_dsns_total` or
+/// `ringmta_queue_recipients{state="bounced"}`.
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits (bounded) until every `(sample, least)` has at least that value on `/metrics`.
+pub fn wait_metrics(server: &Server, wanted: &[(&str, f64)], secs: u64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let text = metrics(server);
+        if wanted
+            .iter()
+            .all(|(sample, least)| metric_value(&text, sample).is_some_and(|v| v >= *least))
+        {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics never reached {wanted:?} within {secs} s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A `loadtest sink` process that stores every accepted message in a directory.

@@ -37,7 +37,16 @@ fn metrics_health_and_readiness() {
     assert!(out.starts_with("OK "), "{out}");
     // 3 delivered messages plus the bounce's DSN to alice@example.com.
     sink.wait_for("deliveries and the DSN", 30, |m| m.len() >= 4);
-    std::thread::sleep(std::time::Duration::from_millis(1200)); // gauges refresh every second
+    // The outcome counters follow the sink's 250, the gauges refresh every second.
+    crate::harness::wait_metrics(
+        &s,
+        &[
+            ("ringmta_deliveries_total{outcome=\"delivered\"}", 4.0),
+            ("ringmta_queue_recipients{state=\"delivered\"}", 4.0),
+            ("ringmta_queue_recipients{state=\"bounced\"}", 1.0),
+        ],
+        30,
+    );
     let script = r#"
 import sys, urllib.request, urllib.error
 base = "http://" + sys.argv[1]
@@ -183,11 +192,11 @@ print("spoof", call("POST", "/api/v1/messages", raw, "alice@example.com:{pw}")[0
         "{}",
         msgs[0]
     );
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The state follows the sink's 250; ask until it does (bounded).
     let state = api(
         &s,
         &format!(
-            "code, body = call('GET', '/api/v1/messages/{id}')\nprint(code, body['recipients'][0]['state'])"
+            "import time\nfor _ in range(300):\n    code, body = call('GET', '/api/v1/messages/{id}')\n    if body['recipients'][0]['state'] == 'delivered': break\n    time.sleep(0.1)\nprint(code, body['recipients'][0]['state'])"
         ),
     );
     assert_eq!(state, ["200 delivered"]);
@@ -216,12 +225,16 @@ fn queue_api_counts_flushes_deletes_and_bounces() {
     assert_eq!(code, 0, "{err}");
     let ids: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("OK ")).collect();
     assert_eq!(ids.len(), 2, "{out}");
-    std::thread::sleep(std::time::Duration::from_millis(800)); // first attempts fail: deferred
     let out = api(
         &s,
         &format!(
             r#"
-code, q = call("GET", "/api/v1/queue")
+import time
+# The first attempts fail (a closed port): wait (bounded) until both are deferred.
+for _ in range(300):
+    code, q = call("GET", "/api/v1/queue")
+    if q["recipients"].get("deferred", 0) == 2: break
+    time.sleep(0.1)
 print("queue", code, q["messages"], q["recipients"].get("deferred", 0), q["destinations"].get("example.net", 0))
 code, r = call("POST", "/api/v1/queue/flush?domain=example.net")
 print("flush", code, r["rescheduled"])
