@@ -870,3 +870,32 @@ fn a_backward_clock_step_does_not_strand_deferred_recipients() {
         .as_millis() as u64;
     assert!(real - ts > 3_000_000, "event at {ts}, now {real}");
 }
+
+/// Outbound STARTTLS really happens: ringmta A relays with `tls = "required"` to ringmta B,
+/// a real next hop that offers STARTTLS; B records the message as received over TLS.
+#[test]
+fn outbound_starttls_is_negotiated_with_a_next_hop_that_offers_it() {
+    let hop = Server::start("");
+    let relay = Server::start(&format!(
+        "[delivery]\nroutes = {{ \"*\" = \"{}\" }}\ntls = \"required\"\n",
+        hop.addr("smtp")
+    ));
+    let out = submit(&relay, &["--to", "tls@example.net"]);
+    assert!(out[0].starts_with("OK "), "{out:?}");
+    wait_events(&relay.dir, "the delivery to the next hop", 30, |ev| {
+        count_outcome(ev, "delivered") == 1
+    });
+    let (code, ls, err) = hop.cli(&["queue", "ls"]);
+    assert_eq!(code, 0, "{err}");
+    let id = ls
+        .lines()
+        .find(|l| l.contains("tls@example.net"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the next hop has no message for tls@example.net:\n{ls}"));
+    let (code, show, err) = hop.cli(&["queue", "show", id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        show.contains("tls:         TLSv1."),
+        "not received over TLS:\n{show}"
+    );
+}

@@ -537,3 +537,89 @@ fn open_relay_battery_is_refused_from_untrusted_clients() {
         "no recipient may have been accepted"
     );
 }
+
+/// An operator's certificate and key, as openssl writes them: RSA keys in PKCS#1 and PKCS#8,
+/// an EC key in SEC1, and a leaf signed by an intermediate. A client that trusts only the root
+/// completes a verified handshake on the implicit-TLS port, so the server loaded the key and
+/// sends the chain.
+#[test]
+fn operator_certificates_load_in_every_key_format_and_serve_their_chain() {
+    if !have("openssl") {
+        ringmta::testkit::skip("openssl is needed to make the test certificates");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let sh = |script: &str| {
+        let out = std::process::Command::new("bash")
+            .args(["-euc", script])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout root.key -out root.pem -days 2 \
+          -subj /CN=ringmta-test-root -addext basicConstraints=critical,CA:TRUE \
+          -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+        printf 'basicConstraints=critical,CA:TRUE\\nkeyUsage=critical,keyCertSign,cRLSign\\n' > ca.ext
+        openssl req -new -newkey rsa:2048 -nodes -keyout mid.key -out mid.csr \
+          -subj /CN=ringmta-test-intermediate 2>/dev/null
+        openssl x509 -req -in mid.csr -CA root.pem -CAkey root.key -CAcreateserial -days 2 \
+          -extfile ca.ext -out mid.pem 2>/dev/null
+        printf 'subjectAltName=DNS:mx.test\\n' > leaf.ext");
+    for (name, make_key, header) in [
+        (
+            "pkcs1",
+            "openssl genrsa -traditional -out leaf.key 2048 2>/dev/null",
+            "BEGIN RSA PRIVATE KEY",
+        ),
+        (
+            "pkcs8",
+            "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out leaf.key 2>/dev/null",
+            "BEGIN PRIVATE KEY",
+        ),
+        (
+            "sec1",
+            "openssl ecparam -name prime256v1 -genkey -noout -out leaf.key",
+            "BEGIN EC PRIVATE KEY",
+        ),
+    ] {
+        sh(&format!(
+            "{make_key}
+            openssl req -new -key leaf.key -subj /CN=mx.test -out leaf.csr
+            openssl x509 -req -in leaf.csr -CA mid.pem -CAkey mid.key -CAcreateserial -days 2 \
+              -extfile leaf.ext -out leaf.pem 2>/dev/null
+            mkdir -p {name} && cp leaf.key {name}/key.pem && cat leaf.pem mid.pem > {name}/chain.pem"
+        ));
+        let key = d.join(name).join("key.pem");
+        assert!(
+            std::fs::read_to_string(&key).unwrap().contains(header),
+            "{name}"
+        );
+        let s = Server::start(&format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            d.join(name).join("chain.pem").display(),
+            key.display()
+        ));
+        let script = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+raw = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+t = ctx.wrap_socket(raw, server_hostname="mx.test")
+print(t.recv(512).decode().strip())
+"#;
+        let (code, out, err) = python(
+            script,
+            &[
+                s.port("submissions").to_string(),
+                d.join("root.pem").display().to_string(),
+            ],
+        );
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(out.starts_with("220 "), "{name}: {out}");
+    }
+}
