@@ -389,3 +389,61 @@ fn sighup_reloads_users_and_routes_and_keeps_sessions() {
         "the good configuration was dropped"
     );
 }
+
+/// SIGHUP applies new bounce rules to the running server: the same 451 from the next hop is
+/// retried before the reload and bounced after it (an operator rule tried first).
+#[test]
+fn sighup_reloads_the_bounce_rules() {
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let rules = tmp.path().join("bounce-rules.toml");
+    std::fs::write(&rules, "").unwrap();
+    let cfg = |extra: &str| {
+        crate::harness::base_config(
+            &dir,
+            &format!(
+                "[delivery]\nroutes = {{ \"*\" = \"{}\" }}\nretry_schedule = [\"1h\"]\n\
+                 bounce_rules = \"{}\"\n{extra}",
+                sink.addr,
+                rules.display()
+            ),
+        )
+    };
+    // Info level: the log says when the reload is done.
+    let s = Server::start_in_env(&dir, &cfg(""), &[("RUST_LOG", "info")]);
+    let send = |to: &str| {
+        let (code, out, err) = python(
+            CLIENT,
+            &[
+                "--port".into(),
+                s.port("smtp").to_string(),
+                "--to".into(),
+                to.into(),
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with("OK "), "{out}");
+    };
+    send("temp-9-before@example.net");
+    crate::harness::wait_events(&dir, "the first 451", 30, |ev| {
+        crate::harness::outcomes_of(ev, "temp-9-before@example.net") == ["deferred"]
+    });
+    std::fs::write(
+        &rules,
+        "[[rule]]\ncode = \"451\"\npattern = \"try again\"\ncategory = \"policy\"\naction = \"bounce\"\n",
+    )
+    .unwrap();
+    s.signal(1);
+    s.wait_log("configuration reloaded", 20);
+    send("temp-9-after@example.net");
+    let ev = crate::harness::wait_events(&dir, "the second 451", 30, |ev| {
+        !crate::harness::outcomes_of(ev, "temp-9-after@example.net").is_empty()
+    });
+    let after: Vec<_> = ev
+        .iter()
+        .filter(|e| e["recipient"] == "temp-9-after@example.net")
+        .collect();
+    assert_eq!(after[0]["outcome"], "bounced", "{ev:?}");
+    assert_eq!(after[0]["category"], "policy", "{ev:?}");
+}
