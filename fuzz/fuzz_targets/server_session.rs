@@ -1,5 +1,5 @@
 //! The server session driven by an arbitrary sequence of operations: input chunks, timeouts,
-//! commit and auth results, TLS completion, shutdown. Never panics; output stays bounded.
+//! commit, auth and MAIL-approval results, TLS completion, shutdown. Never panics; output stays bounded.
 //! Results are only delivered when the session asked for them (as the glue does); calling
 //! `handle_*` out of turn is API misuse, caught by debug assertions, not peer input.
 #![no_main]
@@ -26,6 +26,9 @@ enum Op {
     AuthThrottled,
     Tls,
     Shutdown,
+    AuthUnavailable,
+    MailOk,
+    MailRefused,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -62,6 +65,10 @@ fuzz_target!(|case: Case| {
         cipher: "x".into(),
     });
     let mut s = ServerSession::new(config, peer, tls, now);
+    // As the glue does for clients outside the trusted networks.
+    if !case.trusted {
+        s.require_mail_approval();
+    }
     let mut pending = Vec::new();
     let mut out = Vec::new();
     let mut fed = 0usize;
@@ -69,6 +76,7 @@ fuzz_target!(|case: Case| {
     let mut next_commit = 0u8;
     let mut awaiting_auth = false;
     let mut awaiting_tls = false;
+    let mut awaiting_mail = false;
     for op in case.ops {
         match op {
             Op::Input(bytes) => {
@@ -111,7 +119,21 @@ fuzz_target!(|case: Case| {
                 awaiting_auth = false;
                 s.handle_auth_result(AuthOutcome::Throttled, now)
             }
-            Op::Tls | Op::AuthOk | Op::AuthBad | Op::AuthThrottled => {}
+            Op::AuthUnavailable if awaiting_auth => {
+                awaiting_auth = false;
+                s.handle_auth_result(AuthOutcome::Unavailable, now)
+            }
+            Op::MailOk | Op::MailRefused if awaiting_mail => {
+                awaiting_mail = false;
+                s.handle_mail_approval(matches!(op, Op::MailOk), now)
+            }
+            Op::Tls
+            | Op::AuthOk
+            | Op::AuthBad
+            | Op::AuthThrottled
+            | Op::AuthUnavailable
+            | Op::MailOk
+            | Op::MailRefused => {}
             Op::CommitOk => next_commit = 0,
             Op::CommitFull => next_commit = 1,
             Op::CommitIo => next_commit = 2,
@@ -120,6 +142,7 @@ fuzz_target!(|case: Case| {
             match &ev {
                 Event::Authenticate { .. } => awaiting_auth = true,
                 Event::StartTls => awaiting_tls = true,
+                Event::ApproveMail => awaiting_mail = true,
                 _ => {}
             }
             if let Event::Commit(txn, t) = ev {

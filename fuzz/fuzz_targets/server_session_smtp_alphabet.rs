@@ -93,6 +93,9 @@ fuzz_target!(|data: &[u8]| {
             cipher: "x".into(),
         });
         let mut s = ServerSession::new(config, peer, tls, now);
+        if !trusted {
+            s.require_mail_approval();
+        }
         let mut pos = 0;
         let mut out = Vec::new();
         for _ in 0..10_000 {
@@ -120,6 +123,7 @@ fuzz_target!(|data: &[u8]| {
                         },
                         now,
                     ),
+                    Event::ApproveMail => s.handle_mail_approval(pos % 2 == 0, now),
                     Event::Close => {}
                 }
             }
