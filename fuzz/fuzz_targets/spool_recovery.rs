@@ -119,7 +119,11 @@ fuzz_target!(|data: &[u8]| {
             let Some((sender, body)) = written.get(&id.0) else {
                 panic!("recovered message {id} was never written");
             };
-            assert_eq!(v.meta.reverse_path.as_str(), sender, "{id}: envelope altered");
+            assert_eq!(
+                v.meta.reverse_path.as_str(),
+                sender,
+                "{id}: envelope altered"
+            );
             assert_eq!(v.body, &body[..], "{id}: body altered");
         }
     }
