@@ -53,6 +53,34 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
 
     let shared = Arc::new(Shared::build(Arc::clone(&config))?);
 
+    // The HTTP API comes up before recovery, so that /healthz answers and /readyz says 503
+    // while a large spool is read; each worker's control channel exists from now on (requests
+    // wait until the worker runs).
+    let (control_senders, mut control_receivers): (Vec<_>, Vec<_>) = (0..config.threads)
+        .map(|_| tokio::sync::mpsc::unbounded_channel())
+        .unzip();
+    let reload_control = crate::control::ControlHandle::new(control_senders.clone());
+    let ready_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let http = match config.http {
+        Some(addr) => {
+            let api = crate::http::Api {
+                metrics: shared.metrics.clone(),
+                ready: Arc::clone(&ready_flag),
+                control: crate::control::ControlHandle::new(control_senders.clone()),
+                auth: shared.auth.clone(),
+                hostname: config.hostname.clone(),
+                max_message_size: config.limits.max_message_size,
+            };
+            let h = crate::http::HttpServer::start(addr, api)?;
+            // `ringmta queue ...` finds the API here when the configured port is 0.
+            let _ = std::fs::write(config.spool_dir.join("http.addr"), h.addr.to_string());
+            println!("ringmta http: {} (ready once recovery is done)", h.addr);
+            tracing::info!(addr = %h.addr, "http listening");
+            Some(h)
+        }
+        None => None,
+    };
+
     // Recover every shard before accepting anything.
     let now_ms = unix_ms(SystemTime::now());
     let mut shards = Vec::new();
@@ -92,10 +120,12 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut handles = Vec::new();
-    let mut control_senders = Vec::new();
-    for (i, (listeners, shard)) in per_worker.into_iter().zip(shards).enumerate() {
-        let (control_tx, control) = tokio::sync::mpsc::unbounded_channel();
-        control_senders.push(control_tx);
+    for (i, ((listeners, shard), control)) in per_worker
+        .into_iter()
+        .zip(shards)
+        .zip(control_receivers.drain(..))
+        .enumerate()
+    {
         let spec = WorkerSpec {
             index: i as u8,
             listeners,
@@ -111,27 +141,9 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
                 .context("cannot start worker thread")?,
         );
     }
-    let reload_control = crate::control::ControlHandle::new(control_senders.clone());
-    let ready_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let http = match config.http {
-        Some(addr) => {
-            let api = crate::http::Api {
-                metrics: shared.metrics.clone(),
-                ready: Arc::clone(&ready_flag),
-                control: crate::control::ControlHandle::new(control_senders.clone()),
-                auth: shared.auth.clone(),
-                hostname: config.hostname.clone(),
-                max_message_size: config.limits.max_message_size,
-            };
-            let h = crate::http::HttpServer::start(addr, api)?;
-            ready.push_str(&format!(" http={}", h.addr));
-            // `ringmta queue ...` finds the API here when the configured port is 0.
-            let _ = std::fs::write(config.spool_dir.join("http.addr"), h.addr.to_string());
-            tracing::info!(addr = %h.addr, "http listening");
-            Some(h)
-        }
-        None => None,
-    };
+    if let Some(h) = &http {
+        ready.push_str(&format!(" http={}", h.addr));
+    }
     // Recovery is done and every worker runs: ready.
     ready_flag.store(true, std::sync::atomic::Ordering::Release);
     println!("{ready}");

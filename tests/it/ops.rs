@@ -447,3 +447,88 @@ fn sighup_reloads_the_bounce_rules() {
     assert_eq!(after[0]["outcome"], "bounced", "{ev:?}");
     assert_eq!(after[0]["category"], "policy", "{ev:?}");
 }
+
+/// While a large spool is recovered, the HTTP API is already up: /healthz answers 200 and
+/// /readyz 503; once recovery is done (the ready line), /readyz answers 200.
+#[test]
+fn readyz_is_503_until_recovery_ends() {
+    use ringmta::spool::{MessageMeta, NewMessage, RecipientMeta, Shard, ShardConfig};
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    // Enough queued messages that reading them back takes a while (about a second here).
+    {
+        let (mut shard, _) = Shard::open(ShardConfig::new(&dir, 0), 1_000).unwrap();
+        let meta = MessageMeta {
+            received_at_ms: 1_000,
+            reverse_path: "a@client.test".into(),
+            recipients: vec![RecipientMeta {
+                address: "b@example.net".into(),
+                ..RecipientMeta::default()
+            }],
+            ..MessageMeta::default()
+        };
+        let body: [&[u8]; 1] = [b"Subject: queued\r\n\r\nx\r\n"];
+        for _ in 0..400_000 {
+            let msg = NewMessage {
+                meta: meta.clone(),
+                body: &body,
+            };
+            shard.append_message(&msg, 1_000).unwrap();
+        }
+        shard.sync().unwrap();
+    }
+    let cfg = http_config(&dir, crate::harness::NOWHERE).replace("threads = 2", "threads = 1");
+    let config_path = tmp.path().join("ringmta.toml");
+    std::fs::write(&config_path, cfg).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringmta"))
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _guard = Kill(child);
+    let status = |addr: &str, path: &str| -> u16 {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(c, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let http = loop {
+        let line = lines.next().expect("stdout closed").unwrap();
+        assert!(
+            !line.starts_with("ringmta ready:"),
+            "ready before the http line: {line}"
+        );
+        if let Some(rest) = line.strip_prefix("ringmta http: ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    assert_eq!(status(&http, "/healthz"), 200);
+    assert_eq!(
+        status(&http, "/readyz"),
+        503,
+        "ready while the spool is still read"
+    );
+    let ready = loop {
+        let line = lines.next().expect("stdout closed").unwrap();
+        if line.starts_with("ringmta ready:") {
+            break line;
+        }
+    };
+    assert!(ready.contains(&format!("http={http}")), "{ready}");
+    assert_eq!(status(&http, "/readyz"), 200);
+}
