@@ -407,3 +407,41 @@ fn mime_bombs_are_refused_before_the_scanners_and_ordinary_multipart_passes() {
     let r = send(ordinary);
     assert!(r.starts_with("250 2.0.0"), "{r}");
 }
+
+/// SIGHUP brings a scanner into the running server: EICAR is accepted before the reload that
+/// configures the real clamd, and refused after it (new sessions use the new checks).
+#[test]
+fn sighup_reload_adds_the_clamd_scanner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((_clamd, addr)) = real_scanner("clamd", &tmp.path().join("clamd")) else {
+        return;
+    };
+    let dir = tmp.path().join("spool");
+    let s = Server::start_in_env(
+        &dir,
+        &crate::harness::base_config(&dir, ""),
+        &[("RUST_LOG", "info")],
+    );
+    let eicar = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+    let send = || {
+        let mut c = Raw::connect(s.addr("smtp"));
+        c.reply();
+        c.cmd("EHLO client.test");
+        c.cmd("MAIL FROM:<a@client.test>");
+        c.cmd("RCPT TO:<b@example.net>");
+        c.cmd("DATA");
+        c.cmd(&format!("Subject: test\r\n\r\n{eicar}\r\n."))
+    };
+    let before = send();
+    assert!(before.starts_with("250 2.0.0"), "no scanner yet: {before}");
+    let with_clamd =
+        crate::harness::base_config(&dir, &format!("[scan.clamd]\naddress = \"{addr}\"\n"));
+    std::fs::write(&s.config_path, with_clamd).unwrap();
+    s.signal(1);
+    s.wait_log("configuration reloaded", 20);
+    let after = send();
+    assert!(
+        after.starts_with("554 5.7.1") && after.contains("Eicar"),
+        "{after}"
+    );
+}
