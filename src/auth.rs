@@ -117,21 +117,10 @@ impl AuthService {
         ip: IpAddr,
         now: Instant,
     ) -> AuthOutcome {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .tx
-            .try_send(Job {
-                username,
-                password,
-                ip,
-                at: now,
-                reply,
-            })
-            .is_err()
-        {
-            return AuthOutcome::Unavailable;
+        match self.queue(username, password, ip, now) {
+            Some(rx) => rx.blocking_recv().unwrap_or(AuthOutcome::Unavailable),
+            None => AuthOutcome::Unavailable,
         }
-        rx.blocking_recv().unwrap_or(AuthOutcome::Unavailable)
     }
 
     /// Verifies credentials off-core. A full queue counts as a temporary refusal.
@@ -142,22 +131,30 @@ impl AuthService {
         ip: IpAddr,
         now: Instant,
     ) -> AuthOutcome {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .tx
-            .try_send(Job {
-                username,
-                password,
-                ip,
-                at: now,
-                reply,
-            })
-            .is_err()
-        {
-            // The checkers are behind or gone: a temporary failure, not the client's fault.
-            return AuthOutcome::Unavailable;
+        match self.queue(username, password, ip, now) {
+            Some(rx) => rx.await.unwrap_or(AuthOutcome::Unavailable),
+            None => AuthOutcome::Unavailable,
         }
-        rx.await.unwrap_or(AuthOutcome::Unavailable)
+    }
+
+    /// Hands a check to the verifier threads; `None` when they are behind or gone (a
+    /// temporary failure, not the client's fault). A dropped answer means the same.
+    fn queue(
+        &self,
+        username: String,
+        password: String,
+        ip: IpAddr,
+        at: Instant,
+    ) -> Option<oneshot::Receiver<AuthOutcome>> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            username,
+            password,
+            ip,
+            at,
+            reply,
+        };
+        self.tx.try_send(job).ok().map(|()| rx)
     }
 }
 

@@ -231,6 +231,9 @@ fn real_scanner(kind: &str, dir: &std::path::Path) -> Option<(Killed, String)> {
     Some((Killed(child), addr))
 }
 
+/// The EICAR test file, which every clamd signature set detects.
+const EICAR: &str = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
 #[test]
 fn real_clamd_rejects_malware_and_passes_clean_mail() {
     let tmp = tempfile::tempdir().unwrap();
@@ -244,8 +247,7 @@ fn real_clamd_rejects_malware_and_passes_clean_mail() {
     c.cmd("MAIL FROM:<a@client.test>");
     c.cmd("RCPT TO:<b@example.net>");
     c.cmd("DATA");
-    let eicar = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
-    let r = c.cmd(&format!("Subject: test\r\n\r\n{eicar}\r\n."));
+    let r = c.cmd(&format!("Subject: test\r\n\r\n{EICAR}\r\n."));
     assert!(r.starts_with("554 5.7.1") && r.contains("Eicar"), "{r}");
     c.cmd("MAIL FROM:<a@client.test>");
     c.cmd("RCPT TO:<b@example.net>");
@@ -422,7 +424,6 @@ fn sighup_reload_adds_the_clamd_scanner() {
         &crate::harness::base_config(&dir, ""),
         &[("RUST_LOG", "info")],
     );
-    let eicar = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
     let send = || {
         let mut c = Raw::connect(s.addr("smtp"));
         c.reply();
@@ -430,7 +431,7 @@ fn sighup_reload_adds_the_clamd_scanner() {
         c.cmd("MAIL FROM:<a@client.test>");
         c.cmd("RCPT TO:<b@example.net>");
         c.cmd("DATA");
-        c.cmd(&format!("Subject: test\r\n\r\n{eicar}\r\n."))
+        c.cmd(&format!("Subject: test\r\n\r\n{EICAR}\r\n."))
     };
     let before = send();
     assert!(before.starts_with("250 2.0.0"), "no scanner yet: {before}");

@@ -145,12 +145,8 @@ fn descriptor_exhaustion_does_not_stop_the_server() {
     }
     loop {
         let m = metrics(&s);
-        let errors = m
-            .lines()
-            .find_map(|l| l.strip_prefix("ringmta_accept_errors_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        if errors > 0 {
+        let errors = crate::harness::metric_value(&m, "ringmta_accept_errors_total");
+        if errors.is_some_and(|e| e > 0.0) {
             break;
         }
         assert!(
