@@ -766,7 +766,17 @@ fn notify_success_passed_on_to_a_dsn_next_hop_gets_no_dsn_from_us() {
             && m.iter().any(|x| to_header(x).contains("happy@example.net"))
     });
     assert_eq!(outcomes(&s.dir, "happy@example.net"), ["delivered"]);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Every message ringmta queued, DSNs included, stays in the spool after a clean stop:
+    // no message from <> means no DSN was ever made.
+    let mut s = s;
+    assert_eq!(s.stop(), Some(0));
+    let (code, ls, err) = s.cli(&["queue", "ls"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(ls.contains("2 message(s) in the spool"), "{ls}");
+    assert!(
+        !ls.contains("<>  carol@client.test"),
+        "a DSN was queued:\n{ls}"
+    );
     let reports: Vec<String> = sink
         .messages()
         .into_iter()
@@ -845,10 +855,36 @@ fn a_backward_clock_step_does_not_strand_deferred_recipients() {
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
         ],
     );
-    // Let the scheduler run on the current time, then step the wall clock back one hour.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // One delivery on the true time, then step the wall clock back one hour, and probe until a
+    // delivery is stamped an hour behind (libfaketime rereads its file at most once a second).
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let delivered_at = |rcpt: &str| {
+        wait_outcomes(&dir, rcpt, &["delivered"]);
+        let ev = events(&dir);
+        let e = ev.iter().find(|e| e["recipient"] == rcpt).unwrap();
+        e["ts_ms"].as_u64().unwrap()
+    };
+    submit(&s, &["--to", "before@example.net"]);
+    assert!(now_ms().abs_diff(delivered_at("before@example.net")) < 600_000);
     std::fs::write(&offset, "-3600\n").unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for probe in 0.. {
+        let rcpt = format!("probe-{probe}@example.net");
+        submit(&s, &["--to", &rcpt]);
+        if now_ms().saturating_sub(delivered_at(&rcpt)) > 3_000_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server's clock never stepped back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     // The first attempt gets 451 (greylisting); the retry 2 s later is accepted.
     let out = submit(&s, &["--to", "temp-1-grey@example.net"]);
     assert!(out[0].starts_with("OK "), "{out:?}");
@@ -856,19 +892,20 @@ fn a_backward_clock_step_does_not_strand_deferred_recipients() {
         m.iter()
             .any(|x| to_header(x).contains("temp-1-grey@example.net"))
     });
+    wait_outcomes(&dir, "temp-1-grey@example.net", &["deferred", "delivered"]);
     let ev = events(&dir);
-    assert_eq!(
-        outcomes(&dir, "temp-1-grey@example.net"),
-        ["deferred", "delivered"],
-        "{ev:?}"
+    // The retry ran on the stepped clock, an hour behind.
+    let grey = ev
+        .iter()
+        .filter(|e| e["recipient"] == "temp-1-grey@example.net")
+        .last()
+        .unwrap();
+    let ts = grey["ts_ms"].as_u64().unwrap();
+    assert!(
+        now_ms().saturating_sub(ts) > 3_000_000,
+        "event at {ts}, now {}",
+        now_ms()
     );
-    // The server really ran an hour behind.
-    let ts = ev[0]["ts_ms"].as_u64().unwrap();
-    let real = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    assert!(real - ts > 3_000_000, "event at {ts}, now {real}");
 }
 
 /// Outbound STARTTLS really happens: ringmta A relays with `tls = "required"` to ringmta B,
