@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,10 @@ pub struct SinkArgs {
     /// Do not offer DSN (RFC 3461) in the EHLO reply, like a next hop that sends no notices.
     #[arg(long)]
     no_dsn: bool,
+    /// Append "<client address> <EHLO name> <connections open now>" for every EHLO or HELO to
+    /// this file: who connected, from where, and how many connections were open at once.
+    #[arg(long)]
+    connection_log: Option<std::path::PathBuf>,
 }
 
 struct Shared {
@@ -65,6 +69,29 @@ struct Shared {
     stop: AtomicBool,
     temp_attempts: Mutex<HashMap<String, u32>>,
     record: Option<std::sync::mpsc::Sender<String>>,
+    connection_log: Option<std::sync::mpsc::Sender<String>>,
+    /// Connections open now.
+    open: AtomicUsize,
+}
+
+/// A thread that appends the lines it is sent to `path`, flushing after each burst.
+fn appender(path: std::path::PathBuf) -> std::sync::mpsc::Sender<String> {
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        while let Ok(line) = rx.recv() {
+            let _ = writeln!(f, "{line}");
+            while let Ok(more) = rx.try_recv() {
+                let _ = writeln!(f, "{more}");
+            }
+            let _ = f.flush();
+        }
+    });
+    tx
 }
 
 pub fn run(args: SinkArgs) -> Result<()> {
@@ -83,24 +110,8 @@ pub fn run(args: SinkArgs) -> Result<()> {
         }],
         threads,
     )?;
-    let record = args.record.clone().map(|path| {
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .expect("open --record file");
-            while let Ok(line) = rx.recv() {
-                let _ = writeln!(f, "{line}");
-                while let Ok(more) = rx.try_recv() {
-                    let _ = writeln!(f, "{more}");
-                }
-                let _ = f.flush();
-            }
-        });
-        tx
-    });
+    let record = args.record.clone().map(appender);
+    let connection_log = args.connection_log.clone().map(appender);
     let shared = Arc::new(Shared {
         args,
         accepted: AtomicU64::new(0),
@@ -108,6 +119,8 @@ pub fn run(args: SinkArgs) -> Result<()> {
         stop: AtomicBool::new(false),
         temp_attempts: Mutex::new(HashMap::new()),
         record,
+        connection_log,
+        open: AtomicUsize::new(0),
     });
     let sigset = ringmta::net::signals::block()?;
     let addr = bound[0].addr;
@@ -125,13 +138,19 @@ pub fn run(args: SinkArgs) -> Result<()> {
                 let listener = tokio_uring::net::TcpListener::from_std(socket);
                 let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64 + 1);
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else {
+                    let Ok((stream, peer)) = listener.accept().await else {
                         continue;
                     };
                     seed = seed
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
-                    tokio_uring::spawn(serve(Arc::clone(&shared), Transport::new(stream), seed));
+                    shared.open.fetch_add(1, Ordering::SeqCst);
+                    tokio_uring::spawn(serve(
+                        Arc::clone(&shared),
+                        Transport::new(stream),
+                        peer,
+                        seed,
+                    ));
                 }
             })
         });
@@ -175,7 +194,7 @@ struct Txn {
     smtputf8: bool,
 }
 
-async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
+async fn serve(shared: Arc<Shared>, mut t: Transport, peer: SocketAddr, mut rng: u64) {
     let mut input: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut raw = Vec::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(512);
@@ -185,6 +204,8 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
     let mut msgid: Option<String> = None;
     let mut fresh = false;
     let keep_body = shared.args.maildir.is_some();
+    // This connection is in `shared.open` (counted at accept) until QUIT or the end.
+    let mut counted = true;
     let mut body: Vec<u8> = Vec::new();
     let mut data_from = 0usize;
     let shared = Rc::new(shared);
@@ -269,6 +290,13 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
                 .to_owned();
             pos += nl + 1;
             let upper = line.to_ascii_uppercase();
+            if let Some(log) = &shared.connection_log
+                && (upper.starts_with("EHLO") || upper.starts_with("HELO"))
+            {
+                let name = line.split_whitespace().nth(1).unwrap_or("");
+                let open = shared.open.load(Ordering::SeqCst);
+                let _ = log.send(format!("{} {name} {open}", peer.ip()));
+            }
             if upper.starts_with("EHLO") {
                 out.extend_from_slice(b"250-sink.loadtest\r\n250-PIPELINING\r\n250-SIZE 0\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n");
                 if !shared.args.no_dsn {
@@ -309,6 +337,12 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
             } else if upper.starts_with("NOOP") {
                 out.extend_from_slice(b"250 2.0.0 Ok\r\n");
             } else if upper.starts_with("QUIT") {
+                // No longer open once QUIT is read: the client, seeing the 221, may open its
+                // next connection at once, and the count must not include this one then.
+                if counted {
+                    shared.open.fetch_sub(1, Ordering::SeqCst);
+                    counted = false;
+                }
                 out.extend_from_slice(b"221 2.0.0 Bye\r\n");
                 quit = true;
                 break;
@@ -326,6 +360,9 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, mut rng: u64) {
             }
             break;
         }
+    }
+    if counted {
+        shared.open.fetch_sub(1, Ordering::SeqCst);
     }
     t.close().await;
 }

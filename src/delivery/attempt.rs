@@ -15,6 +15,7 @@ use crate::smtp::client::{
 use crate::smtp::{Reply, ReplyLimits};
 
 use super::route::NextHop;
+use super::sites::site_of;
 use super::{AttemptResult, Delivery, Job};
 
 /// Runs one connection for `domain` until its queue is empty (or the connection fails).
@@ -29,6 +30,11 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
             }
             return;
         }
+    };
+    // The site's host-wide connection limit: without a free slot the destination waits
+    // (parked) until a connection to the site closes on any core.
+    let Some(slot) = delivery.site_slot(domain, &site_of(&hops)) else {
+        return;
     };
     let Some((mut transport, hop)) = connect_any(&delivery, &hops).await else {
         let detail = format!("cannot connect to any mail host of {domain}");
@@ -124,7 +130,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                         session.quit(delivery.clock().monotonic());
                         continue;
                     }
-                    if let Some(wait) = delivery.rate_delay(domain) {
+                    if let Some(wait) = slot.site().rate_delay(delivery.clock().monotonic()) {
                         tokio::time::sleep(wait).await;
                     }
                     // A job with nothing left to send is skipped: the session must get the

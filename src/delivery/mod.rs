@@ -10,6 +10,7 @@
 pub mod attempt;
 pub mod events;
 pub mod route;
+pub mod sites;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -69,8 +70,6 @@ pub struct Destination {
     pub queue: VecDeque<Job>,
     /// Open connections.
     pub active: usize,
-    /// Earliest time the next message may start (rate limit), shared by its connections.
-    pub next_send: Option<std::time::Instant>,
 }
 
 /// What an operator asked for a message's recipients that are not final yet.
@@ -96,7 +95,7 @@ impl Cancel {
 pub struct DeliveryConfig {
     /// Retry policy.
     pub policy: RetryPolicy,
-    /// Connections per destination on this core.
+    /// Connections per destination on this core (the site's host-wide limit holds too).
     pub max_connections: usize,
     /// Messages per connection.
     pub max_messages_per_connection: usize,
@@ -109,8 +108,6 @@ pub struct DeliveryConfig {
     pub tls: crate::smtp::client::TlsPolicy,
     /// Per-domain STARTTLS policy overrides.
     pub route_tls: Vec<(String, crate::smtp::client::TlsPolicy)>,
-    /// Messages per second per destination on this core; 0 = unlimited.
-    pub max_messages_per_second: u32,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Outbound session timeouts.
@@ -118,7 +115,7 @@ pub struct DeliveryConfig {
 }
 
 /// What delivery is handed of its core: the shard, the metrics, the shutdown signal and the
-/// clock (delivery reads no clock of its own).
+/// clock (delivery reads no clock of its own), and the sites every core shares.
 pub struct CoreHandles {
     /// The core's spool shard (the worker's commit task flushes what delivery appends).
     pub shard: Rc<RefCell<Shard>>,
@@ -128,6 +125,8 @@ pub struct CoreHandles {
     pub shutdown: watch::Receiver<bool>,
     /// The time.
     pub clock: Rc<dyn Clock>,
+    /// Destination sites and their host-wide limits (shared by every core).
+    pub sites: Arc<sites::Sites>,
 }
 
 /// Per-core delivery state. Lives in an `Rc` on the worker thread.
@@ -149,9 +148,14 @@ pub struct Delivery {
     /// Time zero of the wheel.
     epoch: std::time::Instant,
     dests: RefCell<HashMap<String, Destination>>,
+    /// Destinations whose site had no free connection slot: no connection starts for them until
+    /// a slot frees anywhere in the process (the site wakes this core through `kick`).
+    parked: RefCell<HashMap<String, Arc<sites::Site>>>,
+    sites: Arc<sites::Sites>,
     /// Messages made durable since the last loop turn, to schedule now.
     fresh: RefCell<Vec<QueueId>>,
-    kick: Notify,
+    /// Wakes the scheduler loop: new mail, or a site slot freed on any core.
+    kick: Arc<Notify>,
     events: EventLog,
     tls: std::sync::Arc<rustls::ClientConfig>,
     dsn_counter: Cell<u64>,
@@ -178,6 +182,7 @@ impl Delivery {
             metrics,
             shutdown,
             clock,
+            sites,
         } = core;
         let now = unix_ms(clock.now());
         let route_tls = config.route_tls.clone();
@@ -203,8 +208,10 @@ impl Delivery {
             epoch: clock.monotonic(),
             clock,
             dests: RefCell::new(HashMap::new()),
+            parked: RefCell::new(HashMap::new()),
+            sites,
             fresh: RefCell::new(Vec::new()),
-            kick: Notify::new(),
+            kick: Arc::new(Notify::new()),
             events,
             tls: crate::net::tls::outbound_client_config(),
             dsn_counter: Cell::new(0),
@@ -410,6 +417,19 @@ impl Delivery {
             if !due.is_empty() {
                 self.dispatch(&mut due);
             }
+            // Destinations whose site has a free slot again (a slot freed on some core woke
+            // this loop; the loop's periodic turn checks too).
+            let free: Vec<String> = self
+                .parked
+                .borrow()
+                .iter()
+                .filter(|(_, site)| site.has_free_slot())
+                .map(|(domain, _)| domain.clone())
+                .collect();
+            for domain in free {
+                self.parked.borrow_mut().remove(&domain);
+                self.start_connections(&domain);
+            }
             let sleep_ms = self
                 .wheel
                 .borrow()
@@ -508,6 +528,9 @@ impl Delivery {
                 let Some(d) = dests.get_mut(domain) else {
                     return;
                 };
+                if self.parked.borrow().contains_key(domain) {
+                    return;
+                }
                 let want = d.queue.len().min(self.config.max_connections);
                 if d.active < want {
                     d.active += 1;
@@ -551,19 +574,15 @@ impl Delivery {
             .unwrap_or(self.config.tls)
     }
 
-    /// How long to wait before starting the next message to `domain` (rate limit); reserves
-    /// the slot.
-    pub fn rate_delay(&self, domain: &str) -> Option<Duration> {
-        let rate = self.config.max_messages_per_second;
-        if rate == 0 {
-            return None;
+    /// Takes a connection slot of `site` for a connection to `domain`; when the site has none
+    /// free, parks the destination until one frees on any core, and returns `None`.
+    pub fn site_slot(&self, domain: &str, site: &str) -> Option<sites::SiteSlot> {
+        let site = self.sites.get(site);
+        let slot = site.acquire(&self.kick);
+        if slot.is_none() {
+            self.parked.borrow_mut().insert(domain.to_owned(), site);
         }
-        let now = self.clock.monotonic();
-        let mut dests = self.dests.borrow_mut();
-        let d = dests.entry(domain.to_owned()).or_default();
-        let slot = d.next_send.map_or(now, |t| t.max(now));
-        d.next_send = Some(slot + Duration::from_secs_f64(1.0 / f64::from(rate)));
-        (slot > now).then(|| slot - now)
+        slot
     }
 
     /// Puts a job back at the head of its destination's queue.

@@ -56,6 +56,8 @@ pub struct Shared {
     pub connection_rate: crate::ratelimit::RateLimit,
     /// MAIL commands per untrusted client address (authenticated or not), over all workers.
     pub message_rate: crate::ratelimit::RateLimit,
+    /// Destination sites and their host-wide delivery limits, over all workers.
+    pub sites: Arc<crate::delivery::sites::Sites>,
 }
 
 impl Shared {
@@ -423,13 +425,13 @@ fn start_delivery(core: &Rc<Core>) {
             data_done: d.data_timeout,
         },
         route_tls: d.route_tls.clone(),
-        max_messages_per_second: d.max_messages_per_second,
     };
     let handles = CoreHandles {
         shard: Rc::clone(&core.shard),
         metrics: Arc::clone(&core.metrics),
         shutdown: core.shutdown.clone(),
         clock: Rc::new(SystemClock),
+        sites: Arc::clone(&core.shared.sites),
     };
     let delivery = Delivery::new(
         handles,

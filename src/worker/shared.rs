@@ -1,6 +1,6 @@
 //! The state every worker shares, built once at start-up from the configuration: TLS, the
 //! credential pool, session settings, bounce rules, the event log, content checks, per-core
-//! metrics and the per-address rate limits.
+//! metrics, the per-address rate limits and the destination sites' limits.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,6 +71,11 @@ impl Shared {
                 config.limits.message_rate_per_ip,
                 config.limits.rate_window,
             ),
+            sites: Arc::new(crate::delivery::sites::Sites::new(
+                config.delivery.max_connections,
+                config.delivery.max_messages_per_second,
+                std::time::Instant::now(),
+            )),
         })
     }
 }

@@ -897,8 +897,7 @@ fn a_backward_clock_step_does_not_strand_deferred_recipients() {
     // The retry ran on the stepped clock, an hour behind.
     let grey = ev
         .iter()
-        .filter(|e| e["recipient"] == "temp-1-grey@example.net")
-        .last()
+        .rfind(|e| e["recipient"] == "temp-1-grey@example.net")
         .unwrap();
     let ts = grey["ts_ms"].as_u64().unwrap();
     assert!(
@@ -935,4 +934,51 @@ fn outbound_starttls_is_negotiated_with_a_next_hop_that_offers_it() {
         show.contains("tls:         TLSv1."),
         "not received over TLS:\n{show}"
     );
+}
+
+/// Sites and host-wide limits (issue 13): two domains whose MX records name the same host are
+/// one site, and with `threads = 2` and `max_connections = 2` the host never sees a third
+/// connection, whichever core queued the mail. The sink logs, at each EHLO, how many
+/// connections it has open; it answers each message after 100 ms so that connections overlap.
+#[test]
+fn two_domains_on_one_mx_share_one_host_wide_connection_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("connections");
+    let sink = Sink::start_with(&["--delay", "100", "--connection-log", log.to_str().unwrap()]);
+    let zone = r#"{"a.test": {"MX": [[10, "mx.shared.test."]]},
+        "b.test": {"MX": [[20, "MX.shared.test."]]},
+        "mx.shared.test": {"A": ["127.0.0.1"]}}"#;
+    let Some(dns) = Dns::start(zone) else {
+        ringmta::testkit::skip("python3 with dnslib is needed (pip install dnslib)");
+        return;
+    };
+    let s = Server::start(&format!(
+        "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nsmtp_port = {}\nmax_connections = 2\n",
+        dns.port,
+        sink.addr.port()
+    ));
+    // One connection per message: the kernel spreads them over both workers.
+    let out = submit(
+        &s,
+        &[
+            "--count",
+            "30",
+            "--reconnect",
+            "--to",
+            "x@a.test",
+            "--to",
+            "y@b.test",
+        ],
+    );
+    assert!(out.iter().all(|l| l.starts_with("OK ")), "{out:?}");
+    // One transaction per message and domain.
+    sink.wait_for("60 deliveries", 60, |m| m.len() == 60);
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let open: Vec<usize> = lines
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(open.len() >= 2, "{lines}");
+    let peak = open.iter().copied().max().unwrap();
+    assert_eq!(peak, 2, "connections open at once, at each EHLO:\n{lines}");
 }

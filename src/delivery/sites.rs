@@ -1,0 +1,252 @@
+//! Destination sites and their host-wide limits.
+//!
+//! A *site* is the set of mail hosts a domain resolves to: every domain a provider hosts on the
+//! same MX set shares one site (MX rollup), and a static route is a site of its own. The limits
+//! that a receiver counts — concurrent connections and messages per second — hold per site for
+//! the whole process, whatever `threads` is: every core takes its connection slots and its send
+//! times from the same [`Site`], with atomics.
+//!
+//! A site is looked up once per connection (behind a mutex); the per-message rate check is one
+//! compare-and-swap on the site's next send time, with no lock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::route::NextHop;
+
+/// The name of the site a list of next hops belongs to: its host names, lower-cased, without a
+/// trailing dot, sorted and deduplicated, joined by spaces. Two domains whose MX records name
+/// the same hosts (in any order, with any preferences) get the same site.
+pub fn site_of(hops: &[NextHop]) -> String {
+    let mut names: Vec<String> = hops
+        .iter()
+        .map(|h| h.name.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    names.sort();
+    names.dedup();
+    names.join(" ")
+}
+
+/// Every site the process has delivered to, with the limits they share.
+pub struct Sites {
+    /// Concurrent connections per site, whole process.
+    max_connections: usize,
+    /// Messages per second per site, whole process; 0 = unlimited.
+    max_messages_per_second: u32,
+    /// Time zero of the sites' send times.
+    epoch: Instant,
+    sites: Mutex<HashMap<String, Arc<Site>>>,
+}
+
+impl Sites {
+    /// An empty registry with the limits every site gets.
+    pub fn new(max_connections: usize, max_messages_per_second: u32, epoch: Instant) -> Sites {
+        Sites {
+            max_connections: max_connections.max(1),
+            max_messages_per_second,
+            epoch,
+            sites: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The site named `name`, created on first use.
+    pub fn get(&self, name: &str) -> Arc<Site> {
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(site) = sites.get(name) {
+            return Arc::clone(site);
+        }
+        let site = Arc::new(Site {
+            name: name.to_owned(),
+            max_connections: self.max_connections,
+            send_interval_ns: match self.max_messages_per_second {
+                0 => 0,
+                rate => 1_000_000_000 / u64::from(rate),
+            },
+            epoch: self.epoch,
+            connections: AtomicUsize::new(0),
+            next_send_ns: AtomicU64::new(0),
+            waiting: Mutex::new(Vec::new()),
+        });
+        sites.insert(name.to_owned(), Arc::clone(&site));
+        site
+    }
+
+    /// Open connections per site (sites with none are left out), for metrics and tests.
+    pub fn connections(&self) -> Vec<(String, usize)> {
+        let sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(String, usize)> = sites
+            .values()
+            .map(|s| (s.name.clone(), s.connections.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// One destination site: its connection slots and its next send time, shared by every core.
+pub struct Site {
+    name: String,
+    max_connections: usize,
+    /// Nanoseconds between two messages; 0 = unlimited.
+    send_interval_ns: u64,
+    epoch: Instant,
+    connections: AtomicUsize,
+    /// Earliest start of the next message, in ns since `epoch`.
+    next_send_ns: AtomicU64,
+    /// The cores waiting for a slot: each is woken once when one frees.
+    waiting: Mutex<Vec<Arc<Notify>>>,
+}
+
+impl Site {
+    /// The site's name (see [`site_of`]).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Takes a connection slot, or, when every slot is taken, registers `wake` to be notified
+    /// when one frees and returns `None`.
+    pub fn acquire(self: &Arc<Self>, wake: &Arc<Notify>) -> Option<SiteSlot> {
+        if let Some(slot) = self.try_acquire() {
+            return Some(slot);
+        }
+        {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            if !waiting.iter().any(|w| Arc::ptr_eq(w, wake)) {
+                waiting.push(Arc::clone(wake));
+            }
+        }
+        // A slot freed between the first try and the registration woke nobody: try again.
+        self.try_acquire()
+    }
+
+    /// Whether a connection slot is free right now.
+    pub fn has_free_slot(&self) -> bool {
+        self.connections.load(Ordering::Acquire) < self.max_connections
+    }
+
+    fn try_acquire(self: &Arc<Self>) -> Option<SiteSlot> {
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_connections).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SiteSlot {
+                site: Arc::clone(self),
+            })
+    }
+
+    /// Reserves the next send time at or after `now`; returns how long to wait for it (the
+    /// site's messages per second hold across every connection on every core).
+    pub fn rate_delay(&self, now: Instant) -> Option<Duration> {
+        if self.send_interval_ns == 0 {
+            return None;
+        }
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let reserved = self
+            .next_send_ns
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |next| {
+                Some(next.max(now_ns) + self.send_interval_ns)
+            })
+            .expect("the update always succeeds");
+        let slot = reserved.max(now_ns);
+        (slot > now_ns).then(|| Duration::from_nanos(slot - now_ns))
+    }
+}
+
+/// A connection slot of a site; freeing it (drop) wakes the cores that waited for one.
+pub struct SiteSlot {
+    site: Arc<Site>,
+}
+
+impl SiteSlot {
+    /// The site this slot belongs to.
+    pub fn site(&self) -> &Arc<Site> {
+        &self.site
+    }
+}
+
+impl Drop for SiteSlot {
+    fn drop(&mut self) {
+        self.site.connections.fetch_sub(1, Ordering::AcqRel);
+        let waiting =
+            std::mem::take(&mut *self.site.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        for wake in waiting {
+            wake.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(name: &str) -> NextHop {
+        NextHop {
+            name: name.to_owned(),
+            addrs: vec![],
+        }
+    }
+
+    #[test]
+    fn domains_on_the_same_mx_hosts_share_a_site() {
+        let a = site_of(&[hop("mx1.provider.test"), hop("MX2.provider.test.")]);
+        let b = site_of(&[hop("mx2.provider.test"), hop("mx1.provider.test")]);
+        assert_eq!(a, "mx1.provider.test mx2.provider.test");
+        assert_eq!(a, b);
+        assert_ne!(a, site_of(&[hop("mx1.provider.test")]));
+        assert_eq!(site_of(&[hop("127.0.0.1:2525")]), "127.0.0.1:2525");
+    }
+
+    #[test]
+    fn connection_slots_hold_for_every_core_and_a_freed_slot_wakes_a_waiter() {
+        let sites = Sites::new(2, 0, Instant::now());
+        let (core_a, core_b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let site = sites.get("mx.test");
+        let one = site.acquire(&core_a).expect("first slot");
+        let two = sites.get("mx.test").acquire(&core_b).expect("second slot");
+        assert!(site.acquire(&core_a).is_none());
+        assert!(site.acquire(&core_b).is_none());
+        assert!(site.acquire(&core_b).is_none(), "registered once");
+        assert_eq!(sites.connections(), [("mx.test".to_owned(), 2)]);
+        assert_eq!(site.waiting.lock().unwrap().len(), 2);
+        drop(one);
+        assert!(
+            site.waiting.lock().unwrap().is_empty(),
+            "every waiter woken"
+        );
+        // Both cores hold a permit now: their next wait returns at once.
+        let woken = |n: &Notify| {
+            let fut = n.notified();
+            let mut fut = std::pin::pin!(fut);
+            fut.as_mut().enable()
+        };
+        assert!(woken(&core_a) && woken(&core_b));
+        let three = site.acquire(&core_b).expect("the freed slot");
+        assert!(site.acquire(&core_a).is_none());
+        drop((two, three));
+        assert!(sites.connections().is_empty());
+    }
+
+    #[test]
+    fn the_rate_spaces_messages_across_connections() {
+        let t0 = Instant::now();
+        let sites = Sites::new(4, 10, t0);
+        let site = sites.get("mx.test");
+        let other = sites.get("other.test");
+        let ms = Duration::from_millis;
+        assert_eq!(site.rate_delay(t0), None);
+        assert_eq!(site.rate_delay(t0), Some(ms(100)));
+        assert_eq!(sites.get("mx.test").rate_delay(t0), Some(ms(200)));
+        assert_eq!(site.rate_delay(t0 + ms(250)), Some(ms(50)));
+        assert_eq!(other.rate_delay(t0), None, "each site has its own rate");
+        // Idle time is not saved up: after a pause the next message goes at once, one only.
+        assert_eq!(site.rate_delay(t0 + ms(2000)), None);
+        assert_eq!(site.rate_delay(t0 + ms(2000)), Some(ms(100)));
+        assert_eq!(Sites::new(1, 0, t0).get("x").rate_delay(t0), None);
+    }
+}
