@@ -4,7 +4,8 @@
 //! `550 5.1.1` at RCPT; `temp-N-...@` gets `451 4.2.0` for its first N attempts (N defaults to
 //! 2), counted per address for the life of the sink; `slow-...@` delays the end-of-data reply by
 //! `--delay` (default 10 s); `drop-N-...@` closes the connection in the middle of the data for its
-//! first N attempts (default 1). Rates apply to every message at end of data. Like a conforming
+//! first N attempts (default 1); `throttle-N-...@` gets Gmail's `421 4.7.28` rate-limit reply at
+//! RCPT for its first N attempts (default 1), and the connection is closed. Rates apply to every message at end of data. Like a conforming
 //! server, it refuses a non-ASCII address (`553 5.6.7`) unless MAIL carried SMTPUTF8.
 
 use std::collections::HashMap;
@@ -56,8 +57,9 @@ pub struct SinkArgs {
     /// Do not offer DSN (RFC 3461) in the EHLO reply, like a next hop that sends no notices.
     #[arg(long)]
     no_dsn: bool,
-    /// Append "<client address> <EHLO name> <connections open now>" for every EHLO or HELO to
-    /// this file: who connected, from where, and how many connections were open at once.
+    /// Append "<unix ms> <client address> <EHLO name> <connections open now>" for every EHLO
+    /// or HELO to this file: when and from where a client connected, under which name, and how
+    /// many connections were open at once.
     #[arg(long)]
     connection_log: Option<std::path::PathBuf>,
 }
@@ -295,7 +297,10 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, peer: SocketAddr, mut rng:
             {
                 let name = line.split_whitespace().nth(1).unwrap_or("");
                 let open = shared.open.load(Ordering::SeqCst);
-                let _ = log.send(format!("{} {name} {open}", peer.ip()));
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let _ = log.send(format!("{ms} {} {name} {open}", peer.ip()));
             }
             if upper.starts_with("EHLO") {
                 out.extend_from_slice(b"250-sink.loadtest\r\n250-PIPELINING\r\n250-SIZE 0\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n");
@@ -320,7 +325,12 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, peer: SocketAddr, mut rng:
                 if !txn.smtputf8 && !addr.is_ascii() {
                     out.extend_from_slice(NON_ASCII_REFUSED);
                 } else {
-                    out.extend_from_slice(rcpt_reply(&shared, &addr, &mut txn).as_bytes());
+                    let reply = rcpt_reply(&shared, &addr, &mut txn);
+                    out.extend_from_slice(reply.as_bytes());
+                    if reply == THROTTLED {
+                        quit = true;
+                        break;
+                    }
                 }
             } else if upper.starts_with("DATA") {
                 if txn.rcpts.is_empty() {
@@ -378,6 +388,9 @@ fn path_of(line: &str) -> &str {
         .map_or("", |(a, _)| a)
 }
 
+/// Gmail's rate-limit reply (the text of its 4.7.28 replies), after which it hangs up.
+const THROTTLED: &str = "421 4.7.28 Our system has detected an unusual rate of unsolicited mail originating from your IP address. Please try again later.\r\n";
+
 fn rcpt_reply(shared: &Shared, addr: &str, txn: &mut Txn) -> &'static str {
     let local = addr.split('@').next().unwrap_or("").to_ascii_lowercase();
     if shared.args.max_recipients > 0 && txn.rcpts.len() >= shared.args.max_recipients {
@@ -390,6 +403,11 @@ fn rcpt_reply(shared: &Shared, addr: &str, txn: &mut Txn) -> &'static str {
         && within_first_attempts(shared, addr, rest, 2)
     {
         return "451 4.2.0 Mailbox temporarily unavailable, try again later\r\n";
+    }
+    if let Some(rest) = local.strip_prefix("throttle-")
+        && within_first_attempts(shared, addr, rest, 1)
+    {
+        return THROTTLED;
     }
     if local.starts_with("slow-") {
         txn.slow = true;

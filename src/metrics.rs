@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::bounce::classify::Category;
+use crate::queue::throttle::Signal;
 use crate::spool::RecipientStatus;
 
 /// Upper bounds of the latency buckets, in microseconds.
@@ -78,6 +79,8 @@ pub struct CoreMetrics {
     categories: [AtomicU64; 16],
     /// DSNs queued.
     pub dsns: AtomicU64,
+    /// Sites throttled by their receiver's reply: `rate_limited`, `blocklisted`.
+    throttles: [AtomicU64; 2],
     /// Spool bytes (segment files), refreshed every second.
     pub spool_bytes: AtomicU64,
     /// Spool records, refreshed every second.
@@ -129,6 +132,11 @@ pub enum Refusal {
 const REFUSALS: [&str; 3] = ["per_core", "per_ip", "rate"];
 
 impl CoreMetrics {
+    /// Counts a site throttled by its receiver.
+    pub fn throttled(&self, signal: Signal) {
+        self.throttles[signal as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a connection refused at accept.
     pub fn refuse(&self, why: Refusal) {
         self.connections_refused[why as usize].fetch_add(1, Ordering::Relaxed);
@@ -251,6 +259,14 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
             .iter()
             .enumerate()
             .map(|(i, o)| (*o, summed(&|c| load(&c.outcomes[i])))),
+    );
+    labelled(
+        &mut out,
+        ("ringmta_site_throttles_total", "counter", "signal"),
+        "Destination sites paused by a rate_limited or blocklisted reply (delivery.throttle_pause).",
+        [Signal::RateLimited, Signal::Blocklisted]
+            .iter()
+            .map(|s| (s.name(), summed(&|c| load(&c.throttles[*s as usize])))),
     );
     labelled(
         &mut out,

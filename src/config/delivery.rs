@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::raw::RawDelivery;
 use super::resolved::Resolver;
 use crate::queue::schedule::{RetryPolicy, RetryPolicyError};
+use crate::queue::throttle::ThrottlePolicy;
 use crate::smtp::client::TlsPolicy;
 
 /// A static route entry.
@@ -51,8 +52,10 @@ pub struct DeliverySettings {
     pub bounce_rules: Option<PathBuf>,
     /// STARTTLS policy overrides by lower-case recipient domain.
     pub route_tls: Vec<(String, TlsPolicy)>,
-    /// Messages per second per destination and worker; 0 = unlimited.
+    /// Messages per second per destination site, whole process; 0 = unlimited.
     pub max_messages_per_second: u32,
+    /// The reaction to `rate_limited` and `blocklisted` replies.
+    pub throttle: ThrottlePolicy,
 }
 
 impl DeliverySettings {
@@ -150,12 +153,42 @@ impl DeliverySettings {
             bounce_rules: d.bounce_rules.as_ref().map(PathBuf::from),
             route_tls: Vec::new(),
             max_messages_per_second: d.max_messages_per_second.unwrap_or(0),
+            throttle: throttle_policy(r, d),
         };
         for (domain, policy) in d.route_tls.iter().flatten() {
             let p = outbound_tls(r, format!("delivery.route_tls.{domain}"), policy);
             delivery.route_tls.push((domain.to_ascii_lowercase(), p));
         }
         delivery
+    }
+}
+
+/// `delivery.throttle_pause`, `delivery.blocklist_pause` and `delivery.throttle_ramp_step`.
+fn throttle_policy(r: &mut Resolver, d: &RawDelivery) -> ThrottlePolicy {
+    let defaults = ThrottlePolicy::default();
+    let mut ms = |key: &str, value: Option<&String>, default_ms: u64| {
+        let d = r.duration(key, value, Duration::from_millis(default_ms));
+        if d.is_zero() {
+            r.problem(key.to_owned(), "must be longer than 0".to_owned());
+        }
+        d.as_millis() as u64
+    };
+    ThrottlePolicy {
+        pause_ms: ms(
+            "delivery.throttle_pause",
+            d.throttle_pause.as_ref(),
+            defaults.pause_ms,
+        ),
+        blocklist_pause_ms: ms(
+            "delivery.blocklist_pause",
+            d.blocklist_pause.as_ref(),
+            defaults.blocklist_pause_ms,
+        ),
+        ramp_step_ms: ms(
+            "delivery.throttle_ramp_step",
+            d.throttle_ramp_step.as_ref(),
+            defaults.ramp_step_ms,
+        ),
     }
 }
 

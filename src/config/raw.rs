@@ -217,7 +217,7 @@ pub struct RawDelivery {
     pub max_queue_lifetime: Option<String>,
     /// Send one delay DSN after this long. Default: 4h.
     pub delay_notice_after: Option<String>,
-    /// Connections per destination. Default: 16.
+    /// Connections open at once per destination site, whole process. Default: 16.
     pub max_connections: Option<usize>,
     /// Messages per outbound connection before it is closed. Default: 100.
     pub max_messages_per_connection: Option<usize>,
@@ -238,8 +238,14 @@ pub struct RawDelivery {
     pub bounce_rules: Option<String>,
     /// STARTTLS policy per recipient domain, overriding `tls` (e.g. `{ "bank.example" = "required" }`).
     pub route_tls: Option<BTreeMap<String, String>>,
-    /// Messages per second per destination and worker; 0 = unlimited. Default: 0.
+    /// Messages per second per destination site, whole process; 0 = unlimited. Default: 0.
     pub max_messages_per_second: Option<u32>,
+    /// No new connection to a site this long after a `rate_limited` reply. Default: 1m.
+    pub throttle_pause: Option<String>,
+    /// No new connection to a site this long after a `blocklisted` reply. Default: 1h.
+    pub blocklist_pause: Option<String>,
+    /// After a pause, a site's connection limit doubles this often from 1. Default: 1m.
+    pub throttle_ramp_step: Option<String>,
     /// Path of the JSON-lines event log. Default: `spool_dir/events.jsonl`.
     pub event_log: Option<String>,
 }

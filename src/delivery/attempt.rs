@@ -83,7 +83,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                     &delivery,
                     domain,
                     &mut current,
-                    sent,
+                    sent == 0,
                     ConnFailure::Reset,
                     &format!("write to {remote}: {e}"),
                     &remote,
@@ -115,7 +115,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                             &delivery,
                             domain,
                             &mut current,
-                            sent,
+                            sent == 0,
                             ConnFailure::Tls,
                             &format!("tls with {remote}: {e}"),
                             &remote,
@@ -126,7 +126,10 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                     session.handle_tls_established(delivery.clock().monotonic());
                 }
                 ClientEvent::Ready => {
-                    if sent >= delivery.config().max_messages_per_connection {
+                    // A paused site (throttled on any core) takes no new message: the jobs wait.
+                    if sent >= delivery.config().max_messages_per_connection
+                        || !slot.site().accepting(delivery.clock().monotonic())
+                    {
                         session.quit(delivery.clock().monotonic());
                         continue;
                     }
@@ -166,6 +169,16 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                         .observe(job_started.elapsed());
                     if let Some(job) = current.take() {
                         let (mut over_limit, mut results) = split_over_limit(&job, &o, &remote);
+                        // A refusal that says "slow down" pauses the site (a recipient over the
+                        // hop's per-transaction limit, sent again at once, is not one).
+                        if let Some((signal, reply)) = results.iter().find_map(|(_, r)| match r {
+                            AttemptResult::Refused { reply, .. } => {
+                                delivery.signal_of(reply).map(|s| (s, reply))
+                            }
+                            _ => None,
+                        }) {
+                            delivery.throttle(slot.site(), signal, reply);
+                        }
                         // A recipient the operator bounced or deleted meanwhile is not sent
                         // again: `record` settles it (it was not delivered).
                         over_limit.retain(|r| {
@@ -190,6 +203,16 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                     }
                 }
                 ClientEvent::Failed(e) => {
+                    // A refusal that says "slow down" pauses the whole site; the destination's
+                    // other jobs then wait for the pause, queued, instead of each being tried
+                    // and deferred.
+                    let throttled = match &e {
+                        ClientError::Refused(r) => delivery
+                            .signal_of(r)
+                            .inspect(|s| delivery.throttle(slot.site(), *s, r))
+                            .is_some(),
+                        _ => false,
+                    };
                     let (failure, detail) = match &e {
                         ClientError::Refused(r) if current.is_some() => {
                             // A reply that ends the session (e.g. 421) during a transaction.
@@ -221,7 +244,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                         &delivery,
                         domain,
                         &mut current,
-                        sent,
+                        sent == 0 && !throttled,
                         failure,
                         &detail,
                         &remote,
@@ -272,7 +295,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                         &delivery,
                         domain,
                         &mut current,
-                        sent,
+                        sent == 0,
                         ConnFailure::Tls,
                         &format!("tls with {remote}: {e}"),
                         &remote,
@@ -287,7 +310,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                     &delivery,
                     domain,
                     &mut current,
-                    sent,
+                    sent == 0,
                     ConnFailure::Reset,
                     &format!("connection to {remote} closed"),
                     &remote,
@@ -419,14 +442,14 @@ fn result_of(reply: &Reply, remote: &str, dsn_passed_on: bool) -> AttemptResult 
     }
 }
 
-/// The connection failed: the job in flight gets the failure; if the connection never carried a
-/// message, every queued job of the destination does too (they would fail the same way, and a
-/// new connection must not be started in a tight loop).
+/// The connection failed: the job in flight gets the failure; with `drain_queue` (the
+/// connection never carried a message), every queued job of the destination does too (they
+/// would fail the same way, and a new connection must not be started in a tight loop).
 fn give_up(
     delivery: &Delivery,
     domain: &str,
     current: &mut Option<Job>,
-    sent: usize,
+    drain_queue: bool,
     failure: ConnFailure,
     detail: &str,
     remote: &str,
@@ -434,7 +457,7 @@ fn give_up(
     if let Some(job) = current.take() {
         fail_job(delivery, &job, failure, detail, remote);
     }
-    if sent == 0 {
+    if drain_queue {
         for job in delivery.drain_jobs(domain) {
             fail_job(delivery, &job, failure, detail, remote);
         }

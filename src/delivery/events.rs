@@ -1,4 +1,5 @@
-//! The delivery event log: one JSON object per line per attempt, for senders' pipelines.
+//! The delivery event log: one JSON object per line per attempt, for senders' pipelines, and
+//! one per change of a destination site's state (`"event": "site_throttled"`).
 //!
 //! Writes go through a channel to one writer thread so that a slow disk never stalls a core; the
 //! writer flushes whenever the channel runs dry.
@@ -9,6 +10,38 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::ids::QueueId;
+
+/// A destination site throttled by its receiver's reply.
+#[derive(Debug, Clone)]
+pub struct SiteEvent {
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The site (its MX hosts, see `delivery::sites::site_of`).
+    pub site: String,
+    /// `rate_limited` or `blocklisted`.
+    pub signal: &'static str,
+    /// No new connection to the site before this time (ms since the Unix epoch); then a ramp.
+    pub paused_until_ms: u64,
+    /// The reply that said so.
+    pub reply: String,
+}
+
+/// What the writer thread is sent.
+#[derive(Debug, Clone)]
+enum Entry {
+    Attempt(Event),
+    Site(SiteEvent),
+}
+
+#[derive(Serialize)]
+struct SiteLine<'a> {
+    ts_ms: u64,
+    event: &'static str,
+    site: &'a str,
+    signal: &'a str,
+    paused_until_ms: u64,
+    reply: &'a str,
+}
 
 /// One attempt's outcome for one recipient.
 #[derive(Debug, Clone)]
@@ -49,7 +82,7 @@ struct Line<'a> {
 /// Handle to the event log writer; cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
-    tx: Option<crossbeam_channel::Sender<Event>>,
+    tx: Option<crossbeam_channel::Sender<Entry>>,
 }
 
 impl EventLog {
@@ -59,7 +92,7 @@ impl EventLog {
             .create(true)
             .append(true)
             .open(path)?;
-        let (tx, rx) = crossbeam_channel::bounded::<Event>(65_536);
+        let (tx, rx) = crossbeam_channel::bounded::<Entry>(65_536);
         std::thread::Builder::new()
             .name("ringmta-events".into())
             .spawn(move || {
@@ -82,16 +115,45 @@ impl EventLog {
 
     /// Queues an event; drops it (with a warning) if the writer is far behind.
     pub fn log(&self, ev: Event) {
+        self.send(Entry::Attempt(ev));
+    }
+
+    /// Queues one site event for the writer.
+    pub fn site(&self, ev: SiteEvent) {
+        self.send(Entry::Site(ev));
+    }
+
+    fn send(&self, entry: Entry) {
         if let Some(tx) = &self.tx
-            && tx.try_send(ev).is_err()
+            && tx.try_send(entry).is_err()
         {
             tracing::warn!("event log writer is behind; an event was dropped");
         }
     }
 }
 
-fn write_line(out: &mut impl Write, ev: &Event) {
-    let line = Line {
+fn write_line(out: &mut impl Write, entry: &Entry) {
+    let written = match entry {
+        Entry::Attempt(ev) => serde_json::to_writer(&mut *out, &attempt_line(ev)),
+        Entry::Site(ev) => serde_json::to_writer(
+            &mut *out,
+            &SiteLine {
+                ts_ms: ev.at_ms,
+                event: "site_throttled",
+                site: &ev.site,
+                signal: ev.signal,
+                paused_until_ms: ev.paused_until_ms,
+                reply: &ev.reply,
+            },
+        ),
+    };
+    if written.is_ok() {
+        let _ = out.write_all(b"\n");
+    }
+}
+
+fn attempt_line(ev: &Event) -> Line<'_> {
+    Line {
         ts_ms: ev.at_ms,
         queue_id: ev.id.to_string(),
         recipient: &ev.recipient,
@@ -101,8 +163,5 @@ fn write_line(out: &mut impl Write, ev: &Event) {
         category: ev.category,
         attempt: ev.attempt,
         next_attempt_ms: ev.next_attempt_ms,
-    };
-    if serde_json::to_writer(&mut *out, &line).is_ok() {
-        let _ = out.write_all(b"\n");
     }
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
 
-use crate::bounce::classify::{Category, Classifier};
+use crate::bounce::classify::{Category, Classifier, Failure};
 use crate::bounce::dsn::{self, DsnAction, DsnInput, DsnKind, DsnRecipient, ReturnContent};
 use crate::ids::QueueId;
 use crate::metrics::CoreMetrics;
@@ -29,6 +29,7 @@ use crate::queue::decision::{
     Cause, Decision, EXPIRED, Fate, MessageFacts, RecipientFacts, decide, dsn_status,
 };
 use crate::queue::schedule::RetryPolicy;
+use crate::queue::throttle::Signal;
 use crate::queue::wheel::TimerWheel;
 use crate::smtp::{self, EnhancedCode, Ret};
 use crate::spool::{
@@ -423,7 +424,7 @@ impl Delivery {
                 .parked
                 .borrow()
                 .iter()
-                .filter(|(_, site)| site.has_free_slot())
+                .filter(|(_, site)| site.has_free_slot(self.clock.monotonic()))
                 .map(|(domain, _)| domain.clone())
                 .collect();
             for domain in free {
@@ -578,11 +579,48 @@ impl Delivery {
     /// free, parks the destination until one frees on any core, and returns `None`.
     pub fn site_slot(&self, domain: &str, site: &str) -> Option<sites::SiteSlot> {
         let site = self.sites.get(site);
-        let slot = site.acquire(&self.kick);
+        let slot = site.acquire(&self.kick, self.clock.monotonic());
         if slot.is_none() {
             self.parked.borrow_mut().insert(domain.to_owned(), site);
         }
         slot
+    }
+
+    /// The throttling signal in a receiver's reply, if its bounce category carries one.
+    pub fn signal_of(&self, reply: &smtp::Reply) -> Option<Signal> {
+        if reply.code < 400 {
+            return None;
+        }
+        let text = reply.one_line();
+        let class = self.classifier.borrow().classify(&Failure::Reply {
+            code: reply.code,
+            enhanced: reply.enhanced.map(|e| (e.class, e.subject, e.detail)),
+            text: &text,
+        });
+        Signal::of(class.category)
+    }
+
+    /// A receiver's reply throttles its site: no connection to it during the pause, on any
+    /// core, then a ramp back (`queue::throttle`). Logged, counted and written to the event log.
+    pub fn throttle(&self, site: &sites::Site, signal: Signal, reply: &smtp::Reply) {
+        let pause = site.signal(signal, self.clock.monotonic());
+        let now = unix_ms(self.clock.now());
+        let until = now + pause.as_millis() as u64;
+        self.metrics.throttled(signal);
+        tracing::warn!(
+            site = site.name(),
+            signal = signal.name(),
+            pause_ms = pause.as_millis() as u64,
+            reply = %reply.one_line(),
+            "site throttled"
+        );
+        self.events.site(events::SiteEvent {
+            at_ms: now,
+            site: site.name().to_owned(),
+            signal: signal.name(),
+            paused_until_ms: until,
+            reply: reply.one_line(),
+        });
     }
 
     /// Puts a job back at the head of its destination's queue.

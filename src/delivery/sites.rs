@@ -8,15 +8,20 @@
 //!
 //! A site is looked up once per connection (behind a mutex); the per-message rate check is one
 //! compare-and-swap on the site's next send time, with no lock.
+//!
+//! A site whose receiver answers `rate_limited` or `blocklisted` is throttled
+//! ([`crate::queue::throttle`]): no new connection during the pause, then a connection limit
+//! that ramps back. Only a throttled site's state is behind a lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
 use super::route::NextHop;
+use crate::queue::throttle::{Signal, Throttle, ThrottlePolicy};
 
 /// The name of the site a list of next hops belongs to: its host names, lower-cased, without a
 /// trailing dot, sorted and deduplicated, joined by spaces. Two domains whose MX records name
@@ -37,6 +42,8 @@ pub struct Sites {
     max_connections: usize,
     /// Messages per second per site, whole process; 0 = unlimited.
     max_messages_per_second: u32,
+    /// The reaction to throttling replies.
+    policy: ThrottlePolicy,
     /// Time zero of the sites' send times.
     epoch: Instant,
     sites: Mutex<HashMap<String, Arc<Site>>>,
@@ -44,10 +51,16 @@ pub struct Sites {
 
 impl Sites {
     /// An empty registry with the limits every site gets.
-    pub fn new(max_connections: usize, max_messages_per_second: u32, epoch: Instant) -> Sites {
+    pub fn new(
+        max_connections: usize,
+        max_messages_per_second: u32,
+        policy: ThrottlePolicy,
+        epoch: Instant,
+    ) -> Sites {
         Sites {
             max_connections: max_connections.max(1),
             max_messages_per_second,
+            policy,
             epoch,
             sites: Mutex::new(HashMap::new()),
         }
@@ -70,6 +83,9 @@ impl Sites {
             connections: AtomicUsize::new(0),
             next_send_ns: AtomicU64::new(0),
             waiting: Mutex::new(Vec::new()),
+            policy: self.policy,
+            throttled: AtomicBool::new(false),
+            throttle: Mutex::new(Throttle::default()),
         });
         sites.insert(name.to_owned(), Arc::clone(&site));
         site
@@ -100,6 +116,11 @@ pub struct Site {
     next_send_ns: AtomicU64,
     /// The cores waiting for a slot: each is woken once when one frees.
     waiting: Mutex<Vec<Arc<Notify>>>,
+    policy: ThrottlePolicy,
+    /// Whether `throttle` may limit the site now (set by a signal, cleared when the ramp is
+    /// over, both under the `throttle` lock); an unthrottled site never takes that lock.
+    throttled: AtomicBool,
+    throttle: Mutex<Throttle>,
 }
 
 impl Site {
@@ -108,10 +129,43 @@ impl Site {
         &self.name
     }
 
-    /// Takes a connection slot, or, when every slot is taken, registers `wake` to be notified
-    /// when one frees and returns `None`.
-    pub fn acquire(self: &Arc<Self>, wake: &Arc<Notify>) -> Option<SiteSlot> {
-        if let Some(slot) = self.try_acquire() {
+    /// Milliseconds since the sites' time zero.
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// How many connections the site may have open at `now`: its limit, or less while it is
+    /// throttled.
+    fn limit(&self, now: Instant) -> usize {
+        if !self.throttled.load(Ordering::Acquire) {
+            return self.max_connections;
+        }
+        let throttle = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
+        let now_ms = self.ms(now);
+        if throttle.is_over(now_ms, self.max_connections, &self.policy) {
+            self.throttled.store(false, Ordering::Release);
+        }
+        throttle.limit(now_ms, self.max_connections, &self.policy)
+    }
+
+    /// Whether connections may start or take new messages at `now` (not paused).
+    pub fn accepting(&self, now: Instant) -> bool {
+        self.limit(now) > 0
+    }
+
+    /// Takes a throttling signal received at `now`; returns how long the site is paused.
+    pub fn signal(&self, signal: Signal, now: Instant) -> Duration {
+        let mut throttle = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
+        let now_ms = self.ms(now);
+        let until = throttle.signal(signal, now_ms, &self.policy);
+        self.throttled.store(true, Ordering::Release);
+        Duration::from_millis(until - now_ms)
+    }
+
+    /// Takes a connection slot, or, when every slot the site may use at `now` is taken (or it
+    /// is paused), registers `wake` to be notified when one frees and returns `None`.
+    pub fn acquire(self: &Arc<Self>, wake: &Arc<Notify>, now: Instant) -> Option<SiteSlot> {
+        if let Some(slot) = self.try_acquire(now) {
             return Some(slot);
         }
         {
@@ -121,18 +175,19 @@ impl Site {
             }
         }
         // A slot freed between the first try and the registration woke nobody: try again.
-        self.try_acquire()
+        self.try_acquire(now)
     }
 
-    /// Whether a connection slot is free right now.
-    pub fn has_free_slot(&self) -> bool {
-        self.connections.load(Ordering::Acquire) < self.max_connections
+    /// Whether a connection slot is free at `now`.
+    pub fn has_free_slot(&self, now: Instant) -> bool {
+        self.connections.load(Ordering::Acquire) < self.limit(now)
     }
 
-    fn try_acquire(self: &Arc<Self>) -> Option<SiteSlot> {
+    fn try_acquire(self: &Arc<Self>, now: Instant) -> Option<SiteSlot> {
+        let limit = self.limit(now);
         self.connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_connections).then_some(n + 1)
+                (n < limit).then_some(n + 1)
             })
             .ok()
             .map(|_| SiteSlot {
@@ -204,14 +259,18 @@ mod tests {
 
     #[test]
     fn connection_slots_hold_for_every_core_and_a_freed_slot_wakes_a_waiter() {
-        let sites = Sites::new(2, 0, Instant::now());
+        let t0 = Instant::now();
+        let sites = Sites::new(2, 0, ThrottlePolicy::default(), t0);
         let (core_a, core_b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let site = sites.get("mx.test");
-        let one = site.acquire(&core_a).expect("first slot");
-        let two = sites.get("mx.test").acquire(&core_b).expect("second slot");
-        assert!(site.acquire(&core_a).is_none());
-        assert!(site.acquire(&core_b).is_none());
-        assert!(site.acquire(&core_b).is_none(), "registered once");
+        let one = site.acquire(&core_a, t0).expect("first slot");
+        let two = sites
+            .get("mx.test")
+            .acquire(&core_b, t0)
+            .expect("second slot");
+        assert!(site.acquire(&core_a, t0).is_none());
+        assert!(site.acquire(&core_b, t0).is_none());
+        assert!(site.acquire(&core_b, t0).is_none(), "registered once");
         assert_eq!(sites.connections(), [("mx.test".to_owned(), 2)]);
         assert_eq!(site.waiting.lock().unwrap().len(), 2);
         drop(one);
@@ -226,8 +285,8 @@ mod tests {
             fut.as_mut().enable()
         };
         assert!(woken(&core_a) && woken(&core_b));
-        let three = site.acquire(&core_b).expect("the freed slot");
-        assert!(site.acquire(&core_a).is_none());
+        let three = site.acquire(&core_b, t0).expect("the freed slot");
+        assert!(site.acquire(&core_a, t0).is_none());
         drop((two, three));
         assert!(sites.connections().is_empty());
     }
@@ -235,7 +294,7 @@ mod tests {
     #[test]
     fn the_rate_spaces_messages_across_connections() {
         let t0 = Instant::now();
-        let sites = Sites::new(4, 10, t0);
+        let sites = Sites::new(4, 10, ThrottlePolicy::default(), t0);
         let site = sites.get("mx.test");
         let other = sites.get("other.test");
         let ms = Duration::from_millis;
@@ -247,6 +306,55 @@ mod tests {
         // Idle time is not saved up: after a pause the next message goes at once, one only.
         assert_eq!(site.rate_delay(t0 + ms(2000)), None);
         assert_eq!(site.rate_delay(t0 + ms(2000)), Some(ms(100)));
-        assert_eq!(Sites::new(1, 0, t0).get("x").rate_delay(t0), None);
+        assert_eq!(
+            Sites::new(1, 0, ThrottlePolicy::default(), t0)
+                .get("x")
+                .rate_delay(t0),
+            None
+        );
+    }
+
+    #[test]
+    fn a_throttled_site_takes_no_connection_during_the_pause_then_ramps_back() {
+        let t0 = Instant::now();
+        let policy = ThrottlePolicy {
+            pause_ms: 1_000,
+            blocklist_pause_ms: 10_000,
+            ramp_step_ms: 500,
+        };
+        let sites = Sites::new(4, 0, policy, t0);
+        let core = Arc::new(Notify::new());
+        let site = sites.get("mx.test");
+        let open = site.acquire(&core, t0).unwrap();
+        let ms = Duration::from_millis;
+        assert_eq!(site.signal(Signal::RateLimited, t0 + ms(100)), ms(1_000));
+        assert!(
+            !site.accepting(t0 + ms(100)),
+            "paused: the open connection stops too"
+        );
+        assert!(site.acquire(&core, t0 + ms(1_099)).is_none());
+        assert!(!site.has_free_slot(t0 + ms(1_099)));
+        // After the pause: one connection, and the one still open counts.
+        assert!(site.accepting(t0 + ms(1_100)));
+        assert!(site.acquire(&core, t0 + ms(1_100)).is_none());
+        drop(open);
+        let one = site.acquire(&core, t0 + ms(1_100)).unwrap();
+        assert!(site.acquire(&core, t0 + ms(1_599)).is_none());
+        let two = site.acquire(&core, t0 + ms(1_600)).unwrap();
+        // Back at full strength: the lock is no longer taken.
+        let (three, four) = (
+            site.acquire(&core, t0 + ms(2_100)).unwrap(),
+            site.acquire(&core, t0 + ms(2_100)).unwrap(),
+        );
+        assert!(!site.throttled.load(Ordering::Acquire));
+        assert!(
+            site.acquire(&core, t0 + ms(2_100)).is_none(),
+            "the limit is 4"
+        );
+        drop((one, two, three, four));
+        assert!(
+            sites.get("other.test").accepting(t0 + ms(200)),
+            "one site only"
+        );
     }
 }

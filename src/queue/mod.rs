@@ -1,7 +1,9 @@
 //! The queue's pure core: what becomes of a recipient after an attempt (`decision`), the retry
-//! maths (`schedule`) and the hierarchical timer wheel (`wheel`) that holds every pending
-//! recipient's next attempt on a core. Nothing here reads a clock or does I/O.
+//! maths (`schedule`), a site's reaction to throttling replies (`throttle`) and the hierarchical
+//! timer wheel (`wheel`) that holds every pending recipient's next attempt on a core. Nothing
+//! here reads a clock or does I/O.
 
 pub mod decision;
 pub mod schedule;
+pub mod throttle;
 pub mod wheel;

@@ -450,6 +450,13 @@ impl ClientSession {
             self.fail(ClientError::Refused(reply));
             return;
         };
+        // RFC 5321 §3.8: a 421 is the server closing the session, whatever command it answers
+        // (Gmail's `421 4.7.28` rate limit comes at RCPT): the transaction is over, and the
+        // reply is what its recipients get.
+        if reply.code == 421 && !matches!(expect, Expect::Quit) {
+            self.fail(ClientError::Refused(reply));
+            return;
+        }
         let t = self.config.timeouts.command;
         match expect {
             Expect::Greeting => {
@@ -930,6 +937,29 @@ mod tests {
         c.handle_input(b"250 queued\r\n421 bye\r\n", now);
         assert!(matches!(c.poll_event(), Some(ClientEvent::Outcome(_))));
         assert!(matches!(c.poll_event(), Some(ClientEvent::Failed(_))));
+        assert_eq!(c.poll_event(), None);
+        assert!(!c.send_message(&envelope(&["c@x.example"]), b"y\r\n", now));
+    }
+
+    #[test]
+    fn a_421_at_rcpt_ends_the_session_with_that_reply() {
+        let now = Instant::now();
+        let mut c = ClientSession::new(config(true), false, now);
+        c.handle_input(b"220 mx\r\n", now);
+        c.handle_input(b"250 mx\r\n", now);
+        assert_eq!(c.poll_event(), Some(ClientEvent::Ready));
+        assert!(c.send_message(&envelope(&["a@x.example", "b@x.example"]), b"x\r\n", now));
+        let mut out = Vec::new();
+        c.poll_output(&mut out);
+        // The server takes the first recipient, then rate-limits and hangs up.
+        c.handle_input(b"250 ok\r\n250 ok\r\n421 4.7.28 rate limited\r\n", now);
+        let Some(ClientEvent::Failed(ClientError::Refused(r))) = c.poll_event() else {
+            panic!("the 421 must end the session");
+        };
+        assert_eq!(
+            (r.code, r.one_line().as_str()),
+            (421, "421 4.7.28 rate limited")
+        );
         assert_eq!(c.poll_event(), None);
         assert!(!c.send_message(&envelope(&["c@x.example"]), b"y\r\n", now));
     }

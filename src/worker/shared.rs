@@ -74,6 +74,7 @@ impl Shared {
             sites: Arc::new(crate::delivery::sites::Sites::new(
                 config.delivery.max_connections,
                 config.delivery.max_messages_per_second,
+                config.delivery.throttle,
                 std::time::Instant::now(),
             )),
         })

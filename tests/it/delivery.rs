@@ -982,3 +982,70 @@ fn two_domains_on_one_mx_share_one_host_wide_connection_limit() {
     let peak = open.iter().copied().max().unwrap();
     assert_eq!(peak, 2, "connections open at once, at each EHLO:\n{lines}");
 }
+
+/// Throttling (issue 13): a next hop's `421 4.7.28` rate-limit reply pauses its site for
+/// `delivery.throttle_pause`: the 200 messages queued meanwhile wait, with no connection and no
+/// deferral of their own, and go once the pause is over. The pause is an event and a metric.
+#[test]
+fn a_rate_limit_reply_pauses_the_site_while_the_queued_mail_waits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("connections");
+    let sink = Sink::start_with(&["--connection-log", log.to_str().unwrap()]);
+    let dir = tmp.path().join("spool");
+    let config = crate::harness::base_config(
+        &dir,
+        &routed_to(
+            &sink,
+            "max_connections = 2\nthrottle_pause = \"3s\"\nthrottle_ramp_step = \"1s\"\n\
+             retry_schedule = [\"1h\"]\n",
+        ),
+    )
+    .replace("http = \"\"", "http = \"127.0.0.1:0\"");
+    let s = Server::start_in(&dir, &config);
+    submit(&s, &["--to", "throttle-1-first@example.net"]);
+    let ev = wait_events(&dir, "the site paused", 30, |ev| {
+        ev.iter().any(|e| e["event"] == "site_throttled")
+    });
+    let paused = ev.iter().find(|e| e["event"] == "site_throttled").unwrap();
+    assert_eq!(paused["signal"], "rate_limited", "{paused}");
+    assert_eq!(paused["site"], sink.addr.to_string(), "{paused}");
+    assert!(paused["reply"].as_str().unwrap().starts_with("421 4.7.28"));
+    let (from, until) = (
+        paused["ts_ms"].as_u64().unwrap(),
+        paused["paused_until_ms"].as_u64().unwrap(),
+    );
+    assert_eq!(until - from, 3_000);
+    // 200 messages while the site is paused.
+    let out = submit(&s, &["--count", "200", "--to", "waiting@example.net"]);
+    assert!(out.iter().all(|l| l.starts_with("OK ")), "{out:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        now < until,
+        "the test sent the 200 too slowly to see the pause"
+    );
+    sink.wait_for("the 200 waiting messages", 60, |m| m.len() == 200);
+    let ev = wait_events(&dir, "200 deliveries", 30, |ev| {
+        crate::harness::count_outcome(ev, "delivered") == 200
+    });
+    // One deferral: the throttled recipient's. The others waited in the queue.
+    assert_eq!(crate::harness::count_outcome(&ev, "deferred"), 1, "{ev:?}");
+    // The sink saw the throttled connection, then none until the pause was over.
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let times: Vec<u64> = lines
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(times[0] <= from, "{lines}");
+    let during: Vec<&u64> = times[1..].iter().filter(|t| **t < until).collect();
+    assert!(
+        during.is_empty(),
+        "connections during the pause: {during:?}\n{lines}"
+    );
+    let m = crate::harness::metrics(&s);
+    let throttles =
+        crate::harness::metric_value(&m, "ringmta_site_throttles_total{signal=\"rate_limited\"}");
+    assert_eq!(throttles, Some(1.0), "{m}");
+}
