@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,9 +57,9 @@ pub struct SinkArgs {
     /// Do not offer DSN (RFC 3461) in the EHLO reply, like a next hop that sends no notices.
     #[arg(long)]
     no_dsn: bool,
-    /// Append "<unix ms> <client address> <EHLO name> <connections open now>" for every EHLO
-    /// or HELO to this file: when and from where a client connected, under which name, and how
-    /// many connections were open at once.
+    /// Append "<unix ms> <client address> <EHLO name> <connections open from that address>" for
+    /// every EHLO or HELO to this file: when and from where a client connected, under which
+    /// name, and how many connections that address had open at once.
     #[arg(long)]
     connection_log: Option<std::path::PathBuf>,
 }
@@ -72,8 +72,18 @@ struct Shared {
     temp_attempts: Mutex<HashMap<String, u32>>,
     record: Option<std::sync::mpsc::Sender<String>>,
     connection_log: Option<std::sync::mpsc::Sender<String>>,
-    /// Connections open now.
-    open: AtomicUsize,
+    /// Connections open now, by client address.
+    open: Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+impl Shared {
+    /// Adds `change` to the connections open from `ip`; returns how many are open now.
+    fn opened(&self, ip: std::net::IpAddr, change: isize) -> usize {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        *n = n.saturating_add_signed(change);
+        *n
+    }
 }
 
 /// A thread that appends the lines it is sent to `path`, flushing after each burst.
@@ -122,7 +132,7 @@ pub fn run(args: SinkArgs) -> Result<()> {
         temp_attempts: Mutex::new(HashMap::new()),
         record,
         connection_log,
-        open: AtomicUsize::new(0),
+        open: Mutex::new(HashMap::new()),
     });
     let sigset = ringmta::net::signals::block()?;
     let addr = bound[0].addr;
@@ -146,7 +156,7 @@ pub fn run(args: SinkArgs) -> Result<()> {
                     seed = seed
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
-                    shared.open.fetch_add(1, Ordering::SeqCst);
+                    shared.opened(peer.ip(), 1);
                     tokio_uring::spawn(serve(
                         Arc::clone(&shared),
                         Transport::new(stream),
@@ -296,7 +306,7 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, peer: SocketAddr, mut rng:
                 && (upper.starts_with("EHLO") || upper.starts_with("HELO"))
             {
                 let name = line.split_whitespace().nth(1).unwrap_or("");
-                let open = shared.open.load(Ordering::SeqCst);
+                let open = shared.opened(peer.ip(), 0);
                 let ms = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis());
@@ -350,7 +360,7 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, peer: SocketAddr, mut rng:
                 // No longer open once QUIT is read: the client, seeing the 221, may open its
                 // next connection at once, and the count must not include this one then.
                 if counted {
-                    shared.open.fetch_sub(1, Ordering::SeqCst);
+                    shared.opened(peer.ip(), -1);
                     counted = false;
                 }
                 out.extend_from_slice(b"221 2.0.0 Bye\r\n");
@@ -372,7 +382,7 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, peer: SocketAddr, mut rng:
         }
     }
     if counted {
-        shared.open.fetch_sub(1, Ordering::SeqCst);
+        shared.opened(peer.ip(), -1);
     }
     t.close().await;
 }

@@ -266,6 +266,7 @@ mod tests {
             username: "alice@example.com".into(),
             secret,
             allowed_senders: vec!["*@example.com".into()],
+            egress_pool: None,
         }
     }
 

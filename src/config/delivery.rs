@@ -56,6 +56,8 @@ pub struct DeliverySettings {
     pub max_messages_per_second: u32,
     /// The reaction to `rate_limited` and `blocklisted` replies.
     pub throttle: ThrottlePolicy,
+    /// The default egress pool (checked against `[[egress.pools]]`).
+    pub egress_pool: Option<String>,
 }
 
 impl DeliverySettings {
@@ -154,6 +156,7 @@ impl DeliverySettings {
             route_tls: Vec::new(),
             max_messages_per_second: d.max_messages_per_second.unwrap_or(0),
             throttle: throttle_policy(r, d),
+            egress_pool: d.egress_pool.clone(),
         };
         for (domain, policy) in d.route_tls.iter().flatten() {
             let p = outbound_tls(r, format!("delivery.route_tls.{domain}"), policy);

@@ -2,13 +2,15 @@
 //!
 //! `resolved::resolve` checks the top-level keys and hands each section to its own file, which
 //! holds the section's types, defaults and checks: `listen` (`[listen]`, `[tls]`), `users`
-//! (`[[users]]`, `[relay]`), `limits`, `spool`, `delivery`, `content` (`[[dkim]]`, `[scan]`).
+//! (`[[users]]`, `[relay]`), `limits`, `spool`, `delivery`, `egress` (`[[egress.sources]]`,
+//! `[[egress.pools]]`), `content` (`[[dkim]]`, `[scan]`).
 //! Values come out in their consumers' own types where one exists (`RetryPolicy`,
 //! `TlsPolicy`, `PortRole`, `spool::Durability`, the DKIM signer's key), and every problem is
 //! reported at once.
 
 mod content;
 mod delivery;
+pub mod egress;
 pub mod error;
 mod limits;
 mod listen;

@@ -36,6 +36,9 @@ pub struct RawConfig {
     /// Outbound delivery.
     #[serde(default)]
     pub delivery: RawDelivery,
+    /// Local addresses to deliver from, and pools of them.
+    #[serde(default)]
+    pub egress: RawEgress,
     /// Content retention.
     #[serde(default)]
     pub retention: RawRetention,
@@ -138,6 +141,57 @@ pub struct RawUser {
     pub password: Option<String>,
     /// Envelope senders this user may use: exact, `*@domain` or `*`. Default: the username.
     pub allowed_senders: Option<Vec<String>>,
+    /// The egress pool this user's mail leaves from. Default: `delivery.egress_pool`.
+    pub egress_pool: Option<String>,
+}
+
+/// `[egress]`: `[[egress.sources]]` and `[[egress.pools]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgress {
+    /// Local addresses to connect from.
+    #[serde(default)]
+    pub sources: Vec<RawEgressSource>,
+    /// Weighted sets of sources.
+    #[serde(default)]
+    pub pools: Vec<RawEgressPool>,
+}
+
+/// One `[[egress.sources]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgressSource {
+    /// Its name.
+    pub name: String,
+    /// A local IPv4 or IPv6 address.
+    pub address: String,
+    /// The EHLO name on its connections. Default: `hostname`.
+    pub ehlo: Option<String>,
+}
+
+/// One `[[egress.pools]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgressPool {
+    /// Its name.
+    pub name: String,
+    /// Source names, each optionally weighted: `["a", { name = "b", weight = 3 }]`.
+    pub sources: Vec<RawPoolMember>,
+}
+
+/// A pool member: a source name (weight 1) or `{ name, weight }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawPoolMember {
+    /// A source with weight 1.
+    Name(String),
+    /// A source with a weight.
+    Weighted {
+        /// The source.
+        name: String,
+        /// Its share of the pool's connections.
+        weight: u32,
+    },
 }
 
 /// `[limits]`.
@@ -246,6 +300,9 @@ pub struct RawDelivery {
     pub blocklist_pause: Option<String>,
     /// After a pause, a site's connection limit doubles this often from 1. Default: 1m.
     pub throttle_ramp_step: Option<String>,
+    /// The egress pool mail leaves from (a user's `egress_pool` overrides it). Default: none,
+    /// the system's choice of source address.
+    pub egress_pool: Option<String>,
     /// Path of the JSON-lines event log. Default: `spool_dir/events.jsonl`.
     pub event_log: Option<String>,
 }

@@ -11,6 +11,7 @@ pub use crate::spool::Durability;
 
 pub use super::content::{DkimKey, OnError, Scanner};
 pub use super::delivery::{DeliverySettings, Route};
+pub use super::egress::{EgressPool, EgressSettings, EgressSource};
 pub use super::limits::Limits;
 pub use super::listen::{Listener, TlsSource};
 pub use super::spool::SpoolSettings;
@@ -50,6 +51,8 @@ pub struct Config {
     pub spool: SpoolSettings,
     /// Delivery.
     pub delivery: DeliverySettings,
+    /// Local addresses to deliver from, and pools of them.
+    pub egress: EgressSettings,
     /// Keep bodies this long after the final outcome.
     pub retention_content: Duration,
     /// Log format.
@@ -191,6 +194,15 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
     let spool = SpoolSettings::resolve(&mut r, &raw.spool);
 
     let delivery = DeliverySettings::resolve(&mut r, &raw.delivery, &spool_dir);
+    let egress = EgressSettings::resolve(&mut r, &raw.egress, &hostname);
+    if let Some(pool) = &delivery.egress_pool {
+        egress.check_pool(&mut r, "delivery.egress_pool".into(), pool);
+    }
+    for (i, u) in users.iter().flatten().enumerate() {
+        if let Some(pool) = &u.egress_pool {
+            egress.check_pool(&mut r, format!("users[{i}].egress_pool"), pool);
+        }
+    }
 
     let retention_content = r.duration(
         "retention.content",
@@ -231,6 +243,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         limits,
         spool,
         delivery,
+        egress,
         retention_content,
         log_format,
         log_level,

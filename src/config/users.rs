@@ -82,6 +82,8 @@ pub struct User {
     pub secret: Secret,
     /// Allowed envelope senders (patterns, see `smtp::SenderPattern`).
     pub allowed_senders: Vec<String>,
+    /// The egress pool this user's mail leaves from (checked against `[[egress.pools]]`).
+    pub egress_pool: Option<String>,
 }
 
 /// `relay.trusted_networks`, loopback when not given.
@@ -143,6 +145,7 @@ pub(super) fn resolve(r: &mut Resolver, users: Vec<RawUser>) -> Vec<User> {
             username: u.username,
             secret,
             allowed_senders,
+            egress_pool: u.egress_pool,
         });
     }
     out

@@ -1,7 +1,7 @@
 //! One outbound connection to one destination: route, connect, drive a `ClientSession`, and
 //! deliver queued jobs until the queue is empty or the per-connection limit is reached.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,36 +16,46 @@ use crate::smtp::{Reply, ReplyLimits};
 
 use super::route::NextHop;
 use super::sites::site_of;
-use super::{AttemptResult, Delivery, Job};
+use super::{AttemptResult, Delivery, DestKey, Job};
 
-/// Runs one connection for `domain` until its queue is empty (or the connection fails).
-pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
+/// Runs one connection for a destination until its queue is empty (or the connection fails).
+pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
+    let domain = key.domain.as_str();
     let hops = match delivery.router().resolve(domain).await {
         Ok(h) => h,
         Err(e) => {
             let failure = e.as_failure();
             let detail = e.to_string();
-            for job in delivery.drain_jobs(domain) {
+            for job in delivery.drain_jobs(key) {
                 fail_job(&delivery, &job, failure, &detail, "");
             }
             return;
         }
     };
-    // The site's host-wide connection limit: without a free slot the destination waits
-    // (parked) until a connection to the site closes on any core.
-    let Some(slot) = delivery.site_slot(domain, &site_of(&hops)) else {
+    // The egress source (the pool's next, in weighted round robin), then the path's host-wide
+    // connection limit: without a free slot the destination waits (parked) until a connection
+    // on that path closes on any core.
+    let source = key
+        .pool
+        .and_then(|p| delivery.egress().pick(p))
+        .map(Arc::clone);
+    let source_name = source.as_ref().map(|s| s.name.as_str());
+    let Some(slot) = delivery.site_slot(key, &site_of(&hops), source_name) else {
         return;
     };
-    let Some((mut transport, hop)) = connect_any(&delivery, &hops).await else {
+    let from = source.as_ref().map(|s| s.address);
+    let Some((mut transport, hop)) = connect_any(&delivery, &hops, from).await else {
         let detail = format!("cannot connect to any mail host of {domain}");
-        for job in delivery.drain_jobs(domain) {
+        for job in delivery.drain_jobs(key) {
             fail_job(&delivery, &job, ConnFailure::Refused, &detail, "");
         }
         return;
     };
     let cfg = delivery.config();
     let client = ClientConfig {
-        helo: cfg.hostname.clone(),
+        helo: source
+            .as_ref()
+            .map_or_else(|| cfg.hostname.clone(), |s| s.ehlo.clone()),
         tls: delivery.tls_policy(domain),
         pipelining: true,
         auth: None,
@@ -81,7 +91,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
             if let Err(e) = res {
                 give_up(
                     &delivery,
-                    domain,
+                    key,
                     &mut current,
                     sent == 0,
                     ConnFailure::Reset,
@@ -113,7 +123,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                     if let Err(e) = handshake {
                         give_up(
                             &delivery,
-                            domain,
+                            key,
                             &mut current,
                             sent == 0,
                             ConnFailure::Tls,
@@ -139,14 +149,14 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                     // A job with nothing left to send is skipped: the session must get the
                     // next job or a QUIT, never sit idle with no deadline.
                     let started = loop {
-                        let Some(mut job) = delivery.next_job(&hop_key(domain)) else {
+                        let Some(mut job) = delivery.next_job(key) else {
                             break None;
                         };
                         match start_job(&delivery, &mut session, &mut job) {
                             Start::Sent => break Some(Some(job)),
                             Start::Gone => continue,
                             Start::Busy => {
-                                delivery.requeue_front(domain, job);
+                                delivery.requeue_front(key, job);
                                 break Some(None);
                             }
                         }
@@ -192,7 +202,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                             // RFC 5321 §4.5.3.1.10: recipients beyond the next hop's limit go
                             // in the next transaction, at once; this was not their attempt.
                             delivery.requeue_front(
-                                domain,
+                                key,
                                 Job {
                                     id: job.id,
                                     rcpts: over_limit,
@@ -242,7 +252,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                     };
                     give_up(
                         &delivery,
-                        domain,
+                        key,
                         &mut current,
                         sent == 0 && !throttled,
                         failure,
@@ -293,7 +303,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
                 if let Err(e) = transport.decode(&mut raw, &mut plain).await {
                     give_up(
                         &delivery,
-                        domain,
+                        key,
                         &mut current,
                         sent == 0,
                         ConnFailure::Tls,
@@ -308,7 +318,7 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
             _ => {
                 give_up(
                     &delivery,
-                    domain,
+                    key,
                     &mut current,
                     sent == 0,
                     ConnFailure::Reset,
@@ -320,11 +330,6 @@ pub async fn connection(delivery: Rc<Delivery>, domain: &str) {
         }
     }
     transport.close().await;
-}
-
-/// The destination key used for queues (the recipient domain).
-fn hop_key(domain: &str) -> String {
-    domain.to_owned()
 }
 
 enum Start {
@@ -447,7 +452,7 @@ fn result_of(reply: &Reply, remote: &str, dsn_passed_on: bool) -> AttemptResult 
 /// would fail the same way, and a new connection must not be started in a tight loop).
 fn give_up(
     delivery: &Delivery,
-    domain: &str,
+    key: &DestKey,
     current: &mut Option<Job>,
     drain_queue: bool,
     failure: ConnFailure,
@@ -458,7 +463,7 @@ fn give_up(
         fail_job(delivery, &job, failure, detail, remote);
     }
     if drain_queue {
-        for job in delivery.drain_jobs(domain) {
+        for job in delivery.drain_jobs(key) {
             fail_job(delivery, &job, failure, detail, remote);
         }
     }
@@ -486,12 +491,20 @@ fn fail_job(delivery: &Delivery, job: &Job, failure: ConnFailure, detail: &str, 
     delivery.record(job.id, &results);
 }
 
-/// Connects to the first reachable address of the first reachable host.
-async fn connect_any(delivery: &Delivery, hops: &[NextHop]) -> Option<(Transport, NextHop)> {
+/// Connects to the first reachable address of the first reachable host, from the local address
+/// `from` when there is one (addresses of the other IP family are skipped then).
+async fn connect_any(
+    delivery: &Delivery,
+    hops: &[NextHop],
+    from: Option<IpAddr>,
+) -> Option<(Transport, NextHop)> {
     let timeout = delivery.config().connect_timeout;
     for hop in hops {
         for addr in &hop.addrs {
-            if let Some(t) = connect(*addr, timeout).await {
+            if from.is_some_and(|f| f.is_ipv4() != addr.is_ipv4()) {
+                continue;
+            }
+            if let Some(t) = connect(*addr, from, timeout).await {
                 return Some((t, hop.clone()));
             }
         }
@@ -499,8 +512,14 @@ async fn connect_any(delivery: &Delivery, hops: &[NextHop]) -> Option<(Transport
     None
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Option<Transport> {
-    match tokio::time::timeout(timeout, Transport::connect(addr)).await {
+async fn connect(addr: SocketAddr, from: Option<IpAddr>, timeout: Duration) -> Option<Transport> {
+    let connecting = async {
+        match from {
+            Some(local) => Transport::connect_from(addr, local).await,
+            None => Transport::connect(addr).await,
+        }
+    };
+    match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(t)) => Some(t),
         Ok(Err(e)) => {
             tracing::debug!(%addr, error = %e, "connect failed");

@@ -18,6 +18,8 @@ pub struct SiteEvent {
     pub at_ms: u64,
     /// The site (its MX hosts, see `delivery::sites::site_of`).
     pub site: String,
+    /// The egress source of the throttled path, if any.
+    pub source: Option<String>,
     /// `rate_limited` or `blocklisted`.
     pub signal: &'static str,
     /// No new connection to the site before this time (ms since the Unix epoch); then a ramp.
@@ -38,6 +40,7 @@ struct SiteLine<'a> {
     ts_ms: u64,
     event: &'static str,
     site: &'a str,
+    source: Option<&'a str>,
     signal: &'a str,
     paused_until_ms: u64,
     reply: &'a str,
@@ -141,6 +144,7 @@ fn write_line(out: &mut impl Write, entry: &Entry) {
                 ts_ms: ev.at_ms,
                 event: "site_throttled",
                 site: &ev.site,
+                source: ev.source.as_deref(),
                 signal: ev.signal,
                 paused_until_ms: ev.paused_until_ms,
                 reply: &ev.reply,

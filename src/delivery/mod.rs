@@ -8,6 +8,7 @@
 //! `docs/delivery.md`.
 
 pub mod attempt;
+pub mod egress;
 pub mod events;
 pub mod route;
 pub mod sites;
@@ -64,7 +65,17 @@ pub struct Job {
     pub rcpts: Vec<u32>,
 }
 
-/// A destination (recipient domain) with its ready queue and connection count.
+/// What a destination queue holds: the jobs of one recipient domain that leave through one
+/// egress pool (`None`: no pool, the system's source address).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DestKey {
+    /// The recipient domain (lower case).
+    pub domain: String,
+    /// The egress pool.
+    pub pool: Option<egress::PoolId>,
+}
+
+/// A destination (recipient domain and egress pool) with its ready queue and connection count.
 #[derive(Default)]
 pub struct Destination {
     /// Jobs ready to go.
@@ -128,6 +139,8 @@ pub struct CoreHandles {
     pub clock: Rc<dyn Clock>,
     /// Destination sites and their host-wide limits (shared by every core).
     pub sites: Arc<sites::Sites>,
+    /// Egress sources and pools (shared by every core).
+    pub egress: Arc<egress::Egress>,
 }
 
 /// Per-core delivery state. Lives in an `Rc` on the worker thread.
@@ -148,11 +161,12 @@ pub struct Delivery {
     wheel: RefCell<TimerWheel<Due>>,
     /// Time zero of the wheel.
     epoch: std::time::Instant,
-    dests: RefCell<HashMap<String, Destination>>,
+    dests: RefCell<HashMap<DestKey, Destination>>,
     /// Destinations whose site had no free connection slot: no connection starts for them until
     /// a slot frees anywhere in the process (the site wakes this core through `kick`).
-    parked: RefCell<HashMap<String, Arc<sites::Site>>>,
+    parked: RefCell<HashMap<DestKey, Arc<sites::Site>>>,
     sites: Arc<sites::Sites>,
+    egress: Arc<egress::Egress>,
     /// Messages made durable since the last loop turn, to schedule now.
     fresh: RefCell<Vec<QueueId>>,
     /// Wakes the scheduler loop: new mail, or a site slot freed on any core.
@@ -184,6 +198,7 @@ impl Delivery {
             shutdown,
             clock,
             sites,
+            egress,
         } = core;
         let now = unix_ms(clock.now());
         let route_tls = config.route_tls.clone();
@@ -211,6 +226,7 @@ impl Delivery {
             dests: RefCell::new(HashMap::new()),
             parked: RefCell::new(HashMap::new()),
             sites,
+            egress,
             fresh: RefCell::new(Vec::new()),
             kick: Arc::new(Notify::new()),
             events,
@@ -420,16 +436,16 @@ impl Delivery {
             }
             // Destinations whose site has a free slot again (a slot freed on some core woke
             // this loop; the loop's periodic turn checks too).
-            let free: Vec<String> = self
+            let free: Vec<DestKey> = self
                 .parked
                 .borrow()
                 .iter()
                 .filter(|(_, site)| site.has_free_slot(self.clock.monotonic()))
-                .map(|(domain, _)| domain.clone())
+                .map(|(key, _)| key.clone())
                 .collect();
-            for domain in free {
-                self.parked.borrow_mut().remove(&domain);
-                self.start_connections(&domain);
+            for key in free {
+                self.parked.borrow_mut().remove(&key);
+                self.start_connections(&key);
             }
             let sleep_ms = self
                 .wheel
@@ -467,10 +483,10 @@ impl Delivery {
         );
     }
 
-    /// Groups due recipients into jobs per (message, domain) and queues them. Stale wheel
+    /// Groups due recipients into jobs per (message, destination) and queues them. Stale wheel
     /// entries (the recipient is final or was attempted since) are skipped.
     fn dispatch(self: &Rc<Self>, due: &mut Vec<Due>) {
-        let mut jobs: HashMap<(QueueId, String), Vec<u32>> = HashMap::new();
+        let mut jobs: HashMap<(QueueId, DestKey), Vec<u32>> = HashMap::new();
         {
             let shard = self.shard.borrow();
             for Due {
@@ -494,8 +510,13 @@ impl Delivery {
                 if !self.in_flight.borrow_mut().insert((id, rcpt)) {
                     continue;
                 }
-                let domain = domain_of(meta.address.as_str());
-                let entry = jobs.entry((id, domain)).or_default();
+                let key = DestKey {
+                    domain: domain_of(meta.address.as_str()),
+                    pool: self
+                        .egress
+                        .pool_for(view.meta.auth_user.as_ref().map(|u| u.as_str())),
+                };
+                let entry = jobs.entry((id, key)).or_default();
                 if !entry.contains(&rcpt) {
                     entry.push(rcpt);
                 }
@@ -505,31 +526,31 @@ impl Delivery {
         {
             let mut dests = self.dests.borrow_mut();
             let per_txn = self.config.max_recipients_per_transaction.max(1);
-            for ((id, domain), rcpts) in jobs {
-                let queue = &mut dests.entry(domain.clone()).or_default().queue;
+            for ((id, key), rcpts) in jobs {
+                let queue = &mut dests.entry(key.clone()).or_default().queue;
                 for chunk in rcpts.chunks(per_txn) {
                     queue.push_back(Job {
                         id,
                         rcpts: chunk.to_vec(),
                     });
                 }
-                touched.insert(domain);
+                touched.insert(key);
             }
         }
-        for domain in touched {
-            self.start_connections(&domain);
+        for key in touched {
+            self.start_connections(&key);
         }
     }
 
     /// Starts connections for a destination up to its limit.
-    fn start_connections(self: &Rc<Self>, domain: &str) {
+    fn start_connections(self: &Rc<Self>, key: &DestKey) {
         loop {
             let start = {
                 let mut dests = self.dests.borrow_mut();
-                let Some(d) = dests.get_mut(domain) else {
+                let Some(d) = dests.get_mut(key) else {
                     return;
                 };
-                if self.parked.borrow().contains_key(domain) {
+                if self.parked.borrow().contains_key(key) {
                     return;
                 }
                 let want = d.queue.len().min(self.config.max_connections);
@@ -544,25 +565,25 @@ impl Delivery {
                 return;
             }
             let this = Rc::clone(self);
-            let domain = domain.to_owned();
+            let key = key.clone();
             tokio_uring::spawn(async move {
-                attempt::connection(Rc::clone(&this), &domain).await;
+                attempt::connection(Rc::clone(&this), &key).await;
                 let more = {
                     let mut dests = this.dests.borrow_mut();
-                    let d = dests.entry(domain.clone()).or_default();
+                    let d = dests.entry(key.clone()).or_default();
                     d.active -= 1;
                     !d.queue.is_empty()
                 };
                 if more {
-                    this.start_connections(&domain);
+                    this.start_connections(&key);
                 }
             });
         }
     }
 
     /// Takes the next job for a destination.
-    pub fn next_job(&self, domain: &str) -> Option<Job> {
-        self.dests.borrow_mut().get_mut(domain)?.queue.pop_front()
+    pub fn next_job(&self, key: &DestKey) -> Option<Job> {
+        self.dests.borrow_mut().get_mut(key)?.queue.pop_front()
     }
 
     /// The STARTTLS policy for a destination.
@@ -575,15 +596,26 @@ impl Delivery {
             .unwrap_or(self.config.tls)
     }
 
-    /// Takes a connection slot of `site` for a connection to `domain`; when the site has none
-    /// free, parks the destination until one frees on any core, and returns `None`.
-    pub fn site_slot(&self, domain: &str, site: &str) -> Option<sites::SiteSlot> {
-        let site = self.sites.get(site);
+    /// Takes a connection slot of the egress path (`source`, `site`) for a connection to `key`;
+    /// when the path has none free, parks the destination until one frees on any core, and
+    /// returns `None`.
+    pub fn site_slot(
+        &self,
+        key: &DestKey,
+        site: &str,
+        source: Option<&str>,
+    ) -> Option<sites::SiteSlot> {
+        let site = self.sites.get(site, source);
         let slot = site.acquire(&self.kick, self.clock.monotonic());
         if slot.is_none() {
-            self.parked.borrow_mut().insert(domain.to_owned(), site);
+            self.parked.borrow_mut().insert(key.clone(), site);
         }
         slot
+    }
+
+    /// The egress sources and pools.
+    pub fn egress(&self) -> &egress::Egress {
+        &self.egress
     }
 
     /// The throttling signal in a receiver's reply, if its bounce category carries one.
@@ -617,6 +649,7 @@ impl Delivery {
         self.events.site(events::SiteEvent {
             at_ms: now,
             site: site.name().to_owned(),
+            source: site.source().map(str::to_owned),
             signal: signal.name(),
             paused_until_ms: until,
             reply: reply.one_line(),
@@ -624,20 +657,20 @@ impl Delivery {
     }
 
     /// Puts a job back at the head of its destination's queue.
-    pub fn requeue_front(&self, domain: &str, job: Job) {
+    pub fn requeue_front(&self, key: &DestKey, job: Job) {
         self.dests
             .borrow_mut()
-            .entry(domain.to_owned())
+            .entry(key.clone())
             .or_default()
             .queue
             .push_front(job);
     }
 
     /// Takes every queued job of a destination (when the destination is unreachable).
-    pub fn drain_jobs(&self, domain: &str) -> Vec<Job> {
+    pub fn drain_jobs(&self, key: &DestKey) -> Vec<Job> {
         self.dests
             .borrow_mut()
-            .get_mut(domain)
+            .get_mut(key)
             .map(|d| d.queue.drain(..).collect())
             .unwrap_or_default()
     }

@@ -36,6 +36,9 @@ pub fn site_of(hops: &[NextHop]) -> String {
     names.join(" ")
 }
 
+/// An egress path: (site, egress source).
+type PathKey = (String, Option<String>);
+
 /// Every site the process has delivered to, with the limits they share.
 pub struct Sites {
     /// Concurrent connections per site, whole process.
@@ -46,7 +49,8 @@ pub struct Sites {
     policy: ThrottlePolicy,
     /// Time zero of the sites' send times.
     epoch: Instant,
-    sites: Mutex<HashMap<String, Arc<Site>>>,
+    /// By egress path: the limits hold per (site, source).
+    sites: Mutex<HashMap<PathKey, Arc<Site>>>,
 }
 
 impl Sites {
@@ -66,14 +70,17 @@ impl Sites {
         }
     }
 
-    /// The site named `name`, created on first use.
-    pub fn get(&self, name: &str) -> Arc<Site> {
+    /// The egress path to the site named `name` from `source` (`None`: no egress source),
+    /// created on first use.
+    pub fn get(&self, name: &str, source: Option<&str>) -> Arc<Site> {
+        let key = (name.to_owned(), source.map(str::to_owned));
         let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(site) = sites.get(name) {
+        if let Some(site) = sites.get(&key) {
             return Arc::clone(site);
         }
         let site = Arc::new(Site {
             name: name.to_owned(),
+            source: source.map(str::to_owned),
             max_connections: self.max_connections,
             send_interval_ns: match self.max_messages_per_second {
                 0 => 0,
@@ -87,7 +94,7 @@ impl Sites {
             throttled: AtomicBool::new(false),
             throttle: Mutex::new(Throttle::default()),
         });
-        sites.insert(name.to_owned(), Arc::clone(&site));
+        sites.insert(key, Arc::clone(&site));
         site
     }
 
@@ -104,9 +111,12 @@ impl Sites {
     }
 }
 
-/// One destination site: its connection slots and its next send time, shared by every core.
+/// One egress path to a destination site: its connection slots and its next send time, shared
+/// by every core.
 pub struct Site {
     name: String,
+    /// The egress source the path leaves from, if any.
+    source: Option<String>,
     max_connections: usize,
     /// Nanoseconds between two messages; 0 = unlimited.
     send_interval_ns: u64,
@@ -127,6 +137,11 @@ impl Site {
     /// The site's name (see [`site_of`]).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The egress source of this path, if any.
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
     }
 
     /// Milliseconds since the sites' time zero.
@@ -262,15 +277,20 @@ mod tests {
         let t0 = Instant::now();
         let sites = Sites::new(2, 0, ThrottlePolicy::default(), t0);
         let (core_a, core_b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        let site = sites.get("mx.test");
+        let site = sites.get("mx.test", None);
         let one = site.acquire(&core_a, t0).expect("first slot");
         let two = sites
-            .get("mx.test")
+            .get("mx.test", None)
             .acquire(&core_b, t0)
             .expect("second slot");
         assert!(site.acquire(&core_a, t0).is_none());
         assert!(site.acquire(&core_b, t0).is_none());
         assert!(site.acquire(&core_b, t0).is_none(), "registered once");
+        let other_path = sites.get("mx.test", Some("source-a"));
+        assert!(
+            other_path.acquire(&core_a, t0).is_some(),
+            "another egress path"
+        );
         assert_eq!(sites.connections(), [("mx.test".to_owned(), 2)]);
         assert_eq!(site.waiting.lock().unwrap().len(), 2);
         drop(one);
@@ -295,12 +315,12 @@ mod tests {
     fn the_rate_spaces_messages_across_connections() {
         let t0 = Instant::now();
         let sites = Sites::new(4, 10, ThrottlePolicy::default(), t0);
-        let site = sites.get("mx.test");
-        let other = sites.get("other.test");
+        let site = sites.get("mx.test", None);
+        let other = sites.get("other.test", None);
         let ms = Duration::from_millis;
         assert_eq!(site.rate_delay(t0), None);
         assert_eq!(site.rate_delay(t0), Some(ms(100)));
-        assert_eq!(sites.get("mx.test").rate_delay(t0), Some(ms(200)));
+        assert_eq!(sites.get("mx.test", None).rate_delay(t0), Some(ms(200)));
         assert_eq!(site.rate_delay(t0 + ms(250)), Some(ms(50)));
         assert_eq!(other.rate_delay(t0), None, "each site has its own rate");
         // Idle time is not saved up: after a pause the next message goes at once, one only.
@@ -308,7 +328,7 @@ mod tests {
         assert_eq!(site.rate_delay(t0 + ms(2000)), Some(ms(100)));
         assert_eq!(
             Sites::new(1, 0, ThrottlePolicy::default(), t0)
-                .get("x")
+                .get("x", None)
                 .rate_delay(t0),
             None
         );
@@ -324,7 +344,7 @@ mod tests {
         };
         let sites = Sites::new(4, 0, policy, t0);
         let core = Arc::new(Notify::new());
-        let site = sites.get("mx.test");
+        let site = sites.get("mx.test", None);
         let open = site.acquire(&core, t0).unwrap();
         let ms = Duration::from_millis;
         assert_eq!(site.signal(Signal::RateLimited, t0 + ms(100)), ms(1_000));
@@ -353,7 +373,7 @@ mod tests {
         );
         drop((one, two, three, four));
         assert!(
-            sites.get("other.test").accepting(t0 + ms(200)),
+            sites.get("other.test", None).accepting(t0 + ms(200)),
             "one site only"
         );
     }

@@ -58,6 +58,23 @@ impl Transport {
         Ok(Transport::new(TcpStream::connect(addr).await?))
     }
 
+    /// Connects to `addr` from the local address `local` (an egress source). tokio-uring cannot
+    /// bind before connecting, so the connect runs on the runtime's epoll reactor and the
+    /// connected socket is then handed to io_uring.
+    pub async fn connect_from(
+        addr: std::net::SocketAddr,
+        local: std::net::IpAddr,
+    ) -> io::Result<Transport> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        let stream = socket.connect(addr).await?.into_std()?;
+        Ok(Transport::new(TcpStream::from_std(stream)))
+    }
+
     /// A socket read of raw bytes appended to `buf`'s spare capacity. The returned future owns
     /// only the stream handle and the buffer, so it can stay pending while the caller does
     /// other work.

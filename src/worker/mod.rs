@@ -58,6 +58,8 @@ pub struct Shared {
     pub message_rate: crate::ratelimit::RateLimit,
     /// Destination sites and their host-wide delivery limits, over all workers.
     pub sites: Arc<crate::delivery::sites::Sites>,
+    /// Egress sources and pools, over all workers.
+    pub egress: Arc<crate::delivery::egress::Egress>,
 }
 
 impl Shared {
@@ -432,6 +434,7 @@ fn start_delivery(core: &Rc<Core>) {
         shutdown: core.shutdown.clone(),
         clock: Rc::new(SystemClock),
         sites: Arc::clone(&core.shared.sites),
+        egress: Arc::clone(&core.shared.egress),
     };
     let delivery = Delivery::new(
         handles,

@@ -77,6 +77,11 @@ impl Shared {
                 config.delivery.throttle,
                 std::time::Instant::now(),
             )),
+            egress: Arc::new(crate::delivery::egress::Egress::new(
+                &config.egress,
+                config.delivery.egress_pool.as_deref(),
+                &users,
+            )),
         })
     }
 }
@@ -135,6 +140,7 @@ fn dev_user(spool_dir: &std::path::Path) -> Result<User> {
         username,
         secret: Secret::Plain(password),
         allowed_senders: vec!["*".into()],
+        egress_pool: None,
     })
 }
 

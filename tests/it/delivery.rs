@@ -1049,3 +1049,85 @@ fn a_rate_limit_reply_pauses_the_site_while_the_queued_mail_waits() {
         crate::harness::metric_value(&m, "ringmta_site_throttles_total{signal=\"rate_limited\"}");
     assert_eq!(throttles, Some(1.0), "{m}");
 }
+
+/// The sink's connection log as `(client address, EHLO name, connections open from it)`.
+fn connection_log(path: &std::path::Path) -> Vec<(String, String, usize)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[1].to_owned(), f[2].to_owned(), f[3].parse().unwrap())
+        })
+        .collect()
+}
+
+/// Egress sources and pools (issue 13): the default pool's two sources connect from 127.0.0.2
+/// and 127.0.0.3 with their own EHLO names, `max_connections = 1` holds per egress path (source,
+/// site), and an authenticated user's own pool overrides the default.
+#[test]
+fn egress_sources_bind_their_address_and_name_and_a_users_pool_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, user_log) = (tmp.path().join("default"), tmp.path().join("user"));
+    let sink = Sink::start_with(&["--delay", "50", "--connection-log", log.to_str().unwrap()]);
+    let user_sink = Sink::start_with(&["--connection-log", user_log.to_str().unwrap()]);
+    let dir = tmp.path().join("spool");
+    // The first line belongs to alice's [[users]] entry in the base config.
+    let extra = format!(
+        "egress_pool = \"only-b\"\n\
+         [delivery]\nroutes = {{ \"user-dest.test\" = \"{}\", \"*\" = \"{}\" }}\n\
+         max_connections = 1\negress_pool = \"both\"\n\
+         [[egress.sources]]\nname = \"a\"\naddress = \"127.0.0.2\"\nehlo = \"a.out.test\"\n\
+         [[egress.sources]]\nname = \"b\"\naddress = \"127.0.0.3\"\nehlo = \"b.out.test\"\n\
+         [[egress.pools]]\nname = \"both\"\nsources = [\"a\", \"b\"]\n\
+         [[egress.pools]]\nname = \"only-b\"\nsources = [\"b\"]\n",
+        user_sink.addr, sink.addr
+    );
+    let s = Server::start_in(&dir, &crate::harness::base_config(&dir, &extra));
+    let out = submit(
+        &s,
+        &["--count", "30", "--reconnect", "--to", "x@example.net"],
+    );
+    assert!(out.iter().all(|l| l.starts_with("OK ")), "{out:?}");
+    let argv: Vec<String> = [
+        "--port",
+        &s.port("submission").to_string(),
+        "--mode",
+        "starttls",
+        "--auth",
+        "plain",
+        "--count",
+        "5",
+        "--to",
+        "y@user-dest.test",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let (code, out, err) = python(CLIENT, &argv);
+    assert_eq!(code, 0, "{out}{err}");
+    sink.wait_for("the 30 relayed messages", 60, |m| m.len() == 30);
+    user_sink.wait_for("alice's 5 messages", 60, |m| m.len() == 5);
+    let lines = connection_log(&log);
+    for (ip, ehlo, open) in &lines {
+        match (ip.as_str(), ehlo.as_str()) {
+            ("127.0.0.2", "a.out.test") | ("127.0.0.3", "b.out.test") => {}
+            other => panic!("a connection from {other:?}: {lines:?}"),
+        }
+        assert_eq!(*open, 1, "max_connections = 1 per egress path: {lines:?}");
+    }
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        assert!(
+            lines.iter().any(|(i, _, _)| i == ip),
+            "{ip} unused: {lines:?}"
+        );
+    }
+    let user_lines = connection_log(&user_log);
+    assert!(!user_lines.is_empty());
+    assert!(
+        user_lines
+            .iter()
+            .all(|(ip, ehlo, _)| ip == "127.0.0.3" && ehlo == "b.out.test"),
+        "alice's pool is only-b: {user_lines:?}"
+    );
+}
