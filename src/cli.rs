@@ -86,17 +86,77 @@ pub enum QueueAction {
         /// Queue id (16 hex digits).
         id: String,
     },
-    /// Bounce a message now (with a DSN to its sender). Needs the running server's HTTP API.
+    /// Bounce a message now (with a DSN to its sender), or every queued recipient of a domain
+    /// (`--domain`) or of a user's messages (`--user`). Needs the running server's HTTP API.
     Bounce {
         /// Queue id (16 hex digits).
-        id: String,
+        #[arg(required_unless_present_any = ["domain", "user"], conflicts_with_all = ["domain", "user"])]
+        id: Option<String>,
+        /// Every queued recipient of this domain.
+        #[arg(long, conflicts_with = "user")]
+        domain: Option<String>,
+        /// Every queued recipient of the messages this authenticated user submitted.
+        #[arg(long)]
+        user: Option<String>,
     },
+    /// Hold delivery for a domain, a site, an egress source or a user until `queue resume`
+    /// (or for `--for`). Needs the running server's HTTP API.
+    Suspend {
+        /// What to hold.
+        #[command(flatten)]
+        target: SuspendTarget,
+        /// End by itself after this long (e.g. 30m).
+        #[arg(long = "for")]
+        duration: Option<String>,
+    },
+    /// End a suspension (its id from `queue suspend` or `queue suspensions`).
+    Resume {
+        /// Suspension id.
+        id: u64,
+    },
+    /// List the suspensions in force.
+    Suspensions,
     /// Retry deferred recipients now. Needs the running server's HTTP API.
     Flush {
         /// Only recipients of this domain.
         #[arg(long)]
         domain: Option<String>,
     },
+}
+
+/// What `queue suspend` holds: exactly one of these.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct SuspendTarget {
+    /// A recipient domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// A destination site: its MX host names, space-separated (as events and metrics show it).
+    #[arg(long)]
+    site: Option<String>,
+    /// An egress source name.
+    #[arg(long)]
+    source: Option<String>,
+    /// An authenticated user.
+    #[arg(long)]
+    user: Option<String>,
+}
+
+impl SuspendTarget {
+    fn query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("domain", &self.domain),
+            ("site", &self.site),
+            ("source", &self.source),
+            ("user", &self.user),
+        ] {
+            if let Some(v) = v {
+                q.append_pair(k, v);
+            }
+        }
+        q.finish()
+    }
 }
 
 /// `ringmta spool ...`
@@ -196,13 +256,47 @@ fn queue(config: &Config, action: QueueAction) -> Result<ExitCode> {
             println!("{text}");
             return Ok(ExitCode::SUCCESS);
         }
-        QueueAction::Bounce { id } => {
-            let id: QueueId = id.parse()?;
+        QueueAction::Bounce { id, domain, user } => {
             let addr = http.context("queue bounce needs the running server's listen.http")?;
+            let path = match id {
+                Some(id) => {
+                    let id: QueueId = id.parse()?;
+                    format!("/api/v1/messages/{id}/bounce")
+                }
+                None => {
+                    let mut q = form_urlencoded::Serializer::new(String::new());
+                    match (domain, user) {
+                        (Some(d), _) => q.append_pair("domain", d),
+                        (_, Some(u)) => q.append_pair("user", u),
+                        (None, None) => bail!("give a queue id, --domain or --user"),
+                    };
+                    format!("/api/v1/queue/bounce?{}", q.finish())
+                }
+            };
+            println!("{}", api_call(addr, "POST", &path)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        QueueAction::Suspend { target, duration } => {
+            let addr = http.context("queue suspend needs the running server's listen.http")?;
+            let mut path = format!("/api/v1/suspensions?{}", target.query());
+            if let Some(d) = duration {
+                path.push_str("&duration=");
+                path.extend(form_urlencoded::byte_serialize(d.as_bytes()));
+            }
+            println!("{}", api_call(addr, "POST", &path)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        QueueAction::Resume { id } => {
+            let addr = http.context("queue resume needs the running server's listen.http")?;
             println!(
                 "{}",
-                api_call(addr, "POST", &format!("/api/v1/messages/{id}/bounce"))?
+                api_call(addr, "DELETE", &format!("/api/v1/suspensions/{id}"))?
             );
+            return Ok(ExitCode::SUCCESS);
+        }
+        QueueAction::Suspensions => {
+            let addr = http.context("queue suspensions needs the running server's listen.http")?;
+            println!("{}", api_call(addr, "GET", "/api/v1/suspensions")?);
             return Ok(ExitCode::SUCCESS);
         }
         QueueAction::Flush { domain } => {
@@ -222,7 +316,12 @@ fn queue(config: &Config, action: QueueAction) -> Result<ExitCode> {
             print!("{}", listing(&snapshot));
             Ok(ExitCode::SUCCESS)
         }
-        QueueAction::Delete { .. } | QueueAction::Bounce { .. } | QueueAction::Flush { .. } => {
+        QueueAction::Delete { .. }
+        | QueueAction::Bounce { .. }
+        | QueueAction::Flush { .. }
+        | QueueAction::Suspend { .. }
+        | QueueAction::Resume { .. }
+        | QueueAction::Suspensions => {
             unreachable!("handled above")
         }
         QueueAction::Show { id } => {

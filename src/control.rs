@@ -63,6 +63,13 @@ pub enum ControlRequest {
         /// Recipients bounced; `None` when the message is unknown.
         reply: oneshot::Sender<Option<u64>>,
     },
+    /// Bounce every non-final recipient of a domain or of a user's messages, with DSNs.
+    BounceMatching {
+        /// A domain or user target.
+        target: crate::delivery::suspend::Target,
+        /// Recipients bounced.
+        reply: oneshot::Sender<u64>,
+    },
 }
 
 /// The parts of the configuration a SIGHUP reload replaces on every worker.
@@ -215,6 +222,19 @@ impl ControlHandle {
                 .map_err(|e| e.to_string())??;
         }
         Ok(())
+    }
+
+    /// Bounces every queued recipient of a domain or a user, on every worker.
+    pub fn bounce_matching(
+        &self,
+        target: &crate::delivery::suspend::Target,
+    ) -> Result<u64, Unavailable> {
+        let mut n = 0;
+        for w in 0..self.workers.len() {
+            let target = target.clone();
+            n += self.ask(w, |reply| ControlRequest::BounceMatching { target, reply })?;
+        }
+        Ok(n)
     }
 
     /// Bounces a message.

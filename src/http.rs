@@ -10,7 +10,10 @@
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`
 //! - `POST /api/v1/messages` (HTTP Basic as a configured user): JSON → MIME → spool
 //! - `GET|DELETE /api/v1/messages/{id}`, `POST /api/v1/messages/{id}/bounce`
-//! - `GET /api/v1/queue`, `POST /api/v1/queue/flush[?domain=example.net]`
+//! - `GET /api/v1/queue`, `POST /api/v1/queue/flush[?domain=example.net]`,
+//!   `POST /api/v1/queue/bounce?domain=…|user=…` (every queued recipient, with DSNs)
+//! - `GET /api/v1/suspensions`, `POST /api/v1/suspensions?domain=…|site=…|source=…|user=…
+//!   [&duration=10m]`, `DELETE /api/v1/suspensions/{id}` (resume)
 //!
 //! The queue routes take no credentials: keep `listen.http` on loopback (the default) or behind
 //! a firewall.
@@ -46,6 +49,8 @@ pub struct Api {
     pub hostname: String,
     /// Largest message.
     pub max_message_size: usize,
+    /// The operator's delivery suspensions (shared with the workers).
+    pub suspensions: Arc<crate::delivery::suspend::Suspensions>,
 }
 
 /// Handle to the running HTTP thread.
@@ -181,11 +186,52 @@ impl Api {
                     Err(e) => error(503, e.to_string()),
                 }
             }
+            (Post, ["api", "v1", "queue", "bounce"]) => match one_target(query) {
+                Ok(
+                    target @ (crate::delivery::suspend::Target::Domain(_)
+                    | crate::delivery::suspend::Target::User(_)),
+                ) => match self.control.bounce_matching(&target) {
+                    Ok(n) => json(200, &serde_json::json!({ "bounced": n })),
+                    Err(e) => error(503, e.to_string()),
+                },
+                Ok(_) => error(400, "bounce takes domain= or user="),
+                Err(e) => error(400, e),
+            },
+            (Get, ["api", "v1", "suspensions"]) => json(200, &self.suspensions.list(now_ms())),
+            (Post, ["api", "v1", "suspensions"]) => self.suspend(query),
+            (Delete, ["api", "v1", "suspensions", id]) => match id.parse::<u64>() {
+                Ok(id) if self.suspensions.resume(id) => {
+                    json(200, &serde_json::json!({ "resumed": id }))
+                }
+                Ok(id) => error(404, format!("no suspension {id}")),
+                Err(_) => error(400, format!("{id:?} is not a suspension id")),
+            },
             (_, ["healthz" | "readyz" | "metrics"]) => error(405, "method not allowed"),
             (Get | Post | Delete, _) => error(404, "not found"),
             _ => error(405, "method not allowed"),
         };
         let _ = request.respond(response);
+    }
+
+    /// `POST /api/v1/suspensions?<kind>=<value>[&duration=10m]` → 201 with the suspension.
+    fn suspend(&self, query: &str) -> Response {
+        let target = match one_target(query) {
+            Ok(t) => t,
+            Err(e) => return error(400, e),
+        };
+        let duration = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "duration")
+            .map(|(_, v)| v.into_owned());
+        let until_ms = match duration {
+            None => None,
+            Some(d) => match crate::config::resolved::parse_duration(&d) {
+                Some(d) if !d.is_zero() => Some(now_ms() + d.as_millis() as u64),
+                _ => return error(400, format!("duration {d:?} is not a duration such as 10m")),
+            },
+        };
+        let s = self.suspensions.add(target, until_ms);
+        tracing::warn!(id = s.id, target = ?s.target, until_ms = ?s.until_ms, "delivery suspended");
+        json(201, &s)
     }
 
     fn with_id(&self, id: &str, f: impl FnOnce(QueueId) -> Response) -> Response {
@@ -293,6 +339,24 @@ impl Api {
             Err(e) => error(503, e.to_string()),
         }
     }
+}
+
+/// The one `domain=`, `site=`, `source=` or `user=` of a query string.
+fn one_target(query: &str) -> Result<crate::delivery::suspend::Target, String> {
+    let mut targets = form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k != "duration")
+        .map(|(k, v)| crate::delivery::suspend::Target::parse(&k, &v).ok_or(k.into_owned()));
+    match (targets.next(), targets.next()) {
+        (Some(Ok(t)), None) => Ok(t),
+        (Some(Err(k)), _) => Err(format!(
+            "{k:?}: give domain=, site=, source= or user=, not empty"
+        )),
+        _ => Err("give exactly one of domain=, site=, source=, user=".into()),
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::time::unix_ms(std::time::SystemTime::now())
 }
 
 fn basic_auth(request: &tiny_http::Request) -> Option<(String, String)> {

@@ -70,6 +70,7 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
                 auth: shared.auth.clone(),
                 hostname: config.hostname.clone(),
                 max_message_size: config.limits.max_message_size,
+                suspensions: Arc::clone(&shared.suspensions),
             };
             let h = crate::http::HttpServer::start(addr, api)?;
             // `ringmta queue ...` finds the API here when the configured port is 0.

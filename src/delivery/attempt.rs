@@ -136,9 +136,10 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                     session.handle_tls_established(delivery.clock().monotonic());
                 }
                 ClientEvent::Ready => {
-                    // A paused site (throttled on any core) takes no new message: the jobs wait.
+                    // A paused or suspended path takes no new message: the jobs wait.
                     if sent >= delivery.config().max_messages_per_connection
                         || !slot.site().accepting(delivery.clock().monotonic())
+                        || delivery.path_suspended(slot.site())
                     {
                         session.quit(delivery.clock().monotonic());
                         continue;
@@ -152,7 +153,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                         let Some(mut job) = delivery.next_job(key) else {
                             break None;
                         };
-                        match start_job(&delivery, &mut session, &mut job) {
+                        match start_job(&delivery, key, &mut session, &mut job) {
                             Start::Sent => break Some(Some(job)),
                             Start::Gone => continue,
                             Start::Busy => {
@@ -343,7 +344,12 @@ enum Start {
 
 /// Sends a job's envelope and body, for the recipients of the job that are still not final
 /// (the job keeps only those).
-fn start_job(delivery: &Delivery, session: &mut ClientSession, job: &mut Job) -> Start {
+fn start_job(
+    delivery: &Delivery,
+    key: &DestKey,
+    session: &mut ClientSession,
+    job: &mut Job,
+) -> Start {
     let shard = delivery.shard().borrow();
     let (Some(view), Some(state)) = (shard.message(job.id), shard.state(job.id)) else {
         delivery.release(job.id, &job.rcpts);
@@ -368,6 +374,10 @@ fn start_job(delivery: &Delivery, session: &mut ClientSession, job: &mut Job) ->
         return Start::Gone;
     }
     let meta = view.meta;
+    // Suspended (by domain or user) since it was queued: it waits with the held recipients.
+    if delivery.hold_if_suspended(key, job, meta.auth_user.as_ref().map(|u| u.as_str())) {
+        return Start::Gone;
+    }
     let recipients = job
         .rcpts
         .iter()

@@ -12,6 +12,7 @@ pub mod egress;
 pub mod events;
 pub mod route;
 pub mod sites;
+pub mod suspend;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -141,6 +142,8 @@ pub struct CoreHandles {
     pub sites: Arc<sites::Sites>,
     /// Egress sources and pools (shared by every core).
     pub egress: Arc<egress::Egress>,
+    /// The operator's suspensions (shared by every core and the HTTP thread).
+    pub suspensions: Arc<suspend::Suspensions>,
 }
 
 /// Per-core delivery state. Lives in an `Rc` on the worker thread.
@@ -167,6 +170,12 @@ pub struct Delivery {
     parked: RefCell<HashMap<DestKey, Arc<sites::Site>>>,
     sites: Arc<sites::Sites>,
     egress: Arc<egress::Egress>,
+    suspensions: Arc<suspend::Suspensions>,
+    /// Recipients held by a domain or user suspension: not queued, not in flight; dispatched
+    /// again whenever the suspensions change (a resume, an expiry).
+    held: RefCell<Vec<Due>>,
+    /// The suspensions' generation when `held` was last looked at.
+    held_generation: Cell<u64>,
     /// Messages made durable since the last loop turn, to schedule now.
     fresh: RefCell<Vec<QueueId>>,
     /// Wakes the scheduler loop: new mail, or a site slot freed on any core.
@@ -199,6 +208,7 @@ impl Delivery {
             clock,
             sites,
             egress,
+            suspensions,
         } = core;
         let now = unix_ms(clock.now());
         let route_tls = config.route_tls.clone();
@@ -227,6 +237,9 @@ impl Delivery {
             parked: RefCell::new(HashMap::new()),
             sites,
             egress,
+            suspensions,
+            held: RefCell::new(Vec::new()),
+            held_generation: Cell::new(0),
             fresh: RefCell::new(Vec::new()),
             kick: Arc::new(Notify::new()),
             events,
@@ -344,12 +357,50 @@ impl Delivery {
                 .map(|(i, _)| i as u32)
                 .collect()
         };
-        self.unqueue(id);
+        Some(self.cancel_recipients(id, &pending, how))
+    }
+
+    /// Bounces or deletes every non-final recipient of a domain, or of the messages an
+    /// authenticated user submitted (`POST /api/v1/queue/bounce`). Returns how many.
+    pub fn cancel_matching(&self, target: &suspend::Target, how: Cancel) -> u64 {
+        let mut matching: HashMap<QueueId, Vec<u32>> = HashMap::new();
+        {
+            let shard = self.shard.borrow();
+            for (id, rcpt, _) in shard.pending() {
+                let Some(view) = shard.message(id) else {
+                    continue;
+                };
+                let hit = match target {
+                    suspend::Target::Domain(d) => view
+                        .meta
+                        .recipients
+                        .get(rcpt as usize)
+                        .is_some_and(|m| domain_of(m.address.as_str()) == *d),
+                    suspend::Target::User(u) => {
+                        view.meta.auth_user.as_ref().map(|a| a.as_str()) == Some(u.as_str())
+                    }
+                    suspend::Target::Site(_) | suspend::Target::Source(_) => false,
+                };
+                if hit {
+                    matching.entry(id).or_default().push(rcpt);
+                }
+            }
+        }
+        matching
+            .into_iter()
+            .map(|(id, rcpts)| self.cancel_recipients(id, &rcpts, how))
+            .sum()
+    }
+
+    /// Cancels some non-final recipients of one message: off their queues and final now, or
+    /// at the end of the transaction under way (see [`Delivery::cancel`]).
+    fn cancel_recipients(&self, id: QueueId, rcpts: &[u32], how: Cancel) -> u64 {
+        self.unqueue(id, rcpts);
         let mut immediate = Vec::new();
         {
             let in_flight = self.in_flight.borrow();
             let mut cancelled = self.cancelled.borrow_mut();
-            for &r in &pending {
+            for &r in rcpts {
                 if in_flight.contains(&(id, r)) {
                     cancelled.insert((id, r), how);
                 } else {
@@ -358,21 +409,25 @@ impl Delivery {
             }
         }
         self.record(id, &immediate);
-        Some(pending.len() as u64)
+        rcpts.len() as u64
     }
 
-    /// Takes every recipient of `id` off the destination queues (they stay in no job).
-    fn unqueue(&self, id: QueueId) {
+    /// Takes these recipients of `id` off the destination queues (they stay in no job).
+    fn unqueue(&self, id: QueueId, rcpts: &[u32]) {
         let mut in_flight = self.in_flight.borrow_mut();
         for d in self.dests.borrow_mut().values_mut() {
             d.queue.retain_mut(|job| {
                 if job.id != id {
                     return true;
                 }
-                for r in job.rcpts.drain(..) {
-                    in_flight.remove(&(id, r));
-                }
-                false
+                job.rcpts.retain(|r| {
+                    let taken = rcpts.contains(r);
+                    if taken {
+                        in_flight.remove(&(id, *r));
+                    }
+                    !taken
+                });
+                !job.rcpts.is_empty()
             });
         }
     }
@@ -431,6 +486,15 @@ impl Delivery {
                 }
             }
             self.wheel.borrow_mut().advance(now, &mut due);
+            // Held recipients go again once the suspensions changed (listing them drops the
+            // expired ones, which changes them too).
+            if !self.held.borrow().is_empty() {
+                self.suspensions.list(unix_ms(self.clock.now()));
+                let generation = self.suspensions.generation();
+                if generation != self.held_generation.replace(generation) {
+                    due.append(&mut self.held.borrow_mut());
+                }
+            }
             if !due.is_empty() {
                 self.dispatch(&mut due);
             }
@@ -440,7 +504,9 @@ impl Delivery {
                 .parked
                 .borrow()
                 .iter()
-                .filter(|(_, site)| site.has_free_slot(self.clock.monotonic()))
+                .filter(|(_, site)| {
+                    site.has_free_slot(self.clock.monotonic()) && !self.path_suspended(site)
+                })
                 .map(|(key, _)| key.clone())
                 .collect();
             for key in free {
@@ -487,6 +553,7 @@ impl Delivery {
     /// entries (the recipient is final or was attempted since) are skipped.
     fn dispatch(self: &Rc<Self>, due: &mut Vec<Due>) {
         let mut jobs: HashMap<(QueueId, DestKey), Vec<u32>> = HashMap::new();
+        let now_ms = unix_ms(self.clock.now());
         {
             let shard = self.shard.borrow();
             for Due {
@@ -507,14 +574,22 @@ impl Delivery {
                 let Some(meta) = view.meta.recipients.get(rcpt as usize) else {
                     continue;
                 };
+                let domain = domain_of(meta.address.as_str());
+                let user = view.meta.auth_user.as_ref().map(|u| u.as_str());
+                if self.suspensions.holds_message(now_ms, &domain, user) {
+                    self.held.borrow_mut().push(Due {
+                        id,
+                        rcpt,
+                        scheduled_for,
+                    });
+                    continue;
+                }
                 if !self.in_flight.borrow_mut().insert((id, rcpt)) {
                     continue;
                 }
                 let key = DestKey {
-                    domain: domain_of(meta.address.as_str()),
-                    pool: self
-                        .egress
-                        .pool_for(view.meta.auth_user.as_ref().map(|u| u.as_str())),
+                    domain,
+                    pool: self.egress.pool_for(user),
                 };
                 let entry = jobs.entry((id, key)).or_default();
                 if !entry.contains(&rcpt) {
@@ -606,7 +681,11 @@ impl Delivery {
         source: Option<&str>,
     ) -> Option<sites::SiteSlot> {
         let site = self.sites.get(site, source);
-        let slot = site.acquire(&self.kick, self.clock.monotonic());
+        let slot = if self.path_suspended(&site) {
+            None
+        } else {
+            site.acquire(&self.kick, self.clock.monotonic())
+        };
         if slot.is_none() {
             self.parked.borrow_mut().insert(key.clone(), site);
         }
@@ -616,6 +695,30 @@ impl Delivery {
     /// The egress sources and pools.
     pub fn egress(&self) -> &egress::Egress {
         &self.egress
+    }
+
+    /// Whether an operator suspended this egress path (its site or its source).
+    pub fn path_suspended(&self, site: &sites::Site) -> bool {
+        let now = unix_ms(self.clock.now());
+        self.suspensions.holds_path(now, site.name(), site.source())
+    }
+
+    /// Holds a job's recipients if a domain or user suspension covers them now (a suspension
+    /// that came after the job was queued); returns whether it did.
+    pub fn hold_if_suspended(&self, key: &DestKey, job: &Job, user: Option<&str>) -> bool {
+        let now = unix_ms(self.clock.now());
+        if !self.suspensions.holds_message(now, &key.domain, user) {
+            return false;
+        }
+        self.release(job.id, &job.rcpts);
+        self.held
+            .borrow_mut()
+            .extend(job.rcpts.iter().map(|&rcpt| Due {
+                id: job.id,
+                rcpt,
+                scheduled_for: None,
+            }));
+        true
     }
 
     /// The throttling signal in a receiver's reply, if its bounce category carries one.

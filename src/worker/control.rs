@@ -55,6 +55,14 @@ pub async fn serve(core: Rc<Core>, mut rx: mpsc::UnboundedReceiver<ControlReques
                     .and_then(|d| d.cancel(id, Cancel::Bounce));
                 let _ = reply.send(n);
             }
+            ControlRequest::BounceMatching { target, reply } => {
+                let n = core
+                    .delivery
+                    .borrow()
+                    .as_ref()
+                    .map_or(0, |d| d.cancel_matching(&target, Cancel::Bounce));
+                let _ = reply.send(n);
+            }
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct Shared {
     pub sites: Arc<crate::delivery::sites::Sites>,
     /// Egress sources and pools, over all workers.
     pub egress: Arc<crate::delivery::egress::Egress>,
+    /// The operator's delivery suspensions, over all workers and the HTTP API.
+    pub suspensions: Arc<crate::delivery::suspend::Suspensions>,
 }
 
 impl Shared {
@@ -435,6 +437,7 @@ fn start_delivery(core: &Rc<Core>) {
         clock: Rc::new(SystemClock),
         sites: Arc::clone(&core.shared.sites),
         egress: Arc::clone(&core.shared.egress),
+        suspensions: Arc::clone(&core.shared.suspensions),
     };
     let delivery = Delivery::new(
         handles,

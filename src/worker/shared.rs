@@ -82,6 +82,7 @@ impl Shared {
                 config.delivery.egress_pool.as_deref(),
                 &users,
             )),
+            suspensions: Arc::default(),
         })
     }
 }

@@ -1,9 +1,26 @@
 //! The operator surface: `/healthz`, `/readyz` and `/metrics` (parsed by Prometheus' own Python
 //! parser) on the real binary.
 
-use crate::harness::{Server, Sink, python};
+use crate::harness::{Server, Sink, outcomes_of, python, wait_events};
 
 const CLIENT: &str = include_str!("client.py");
+
+/// Relays `count` messages to `to` through the smtp port (one connection); each must be queued.
+fn send_to(s: &Server, to: &str, count: usize) {
+    let (code, out, err) = python(
+        CLIENT,
+        &[
+            "--port".into(),
+            s.port("smtp").to_string(),
+            "--to".into(),
+            to.into(),
+            "--count".into(),
+            count.to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.lines().all(|l| l.starts_with("OK ")), "{out}");
+}
 
 #[test]
 fn metrics_health_and_readiness() {
@@ -412,19 +429,7 @@ fn sighup_reloads_the_bounce_rules() {
     };
     // Info level: the log says when the reload is done.
     let s = Server::start_in_env(&dir, &cfg(""), &[("RUST_LOG", "info")]);
-    let send = |to: &str| {
-        let (code, out, err) = python(
-            CLIENT,
-            &[
-                "--port".into(),
-                s.port("smtp").to_string(),
-                "--to".into(),
-                to.into(),
-            ],
-        );
-        assert_eq!(code, 0, "{err}");
-        assert!(out.starts_with("OK "), "{out}");
-    };
+    let send = |to: &str| send_to(&s, to, 1);
     send("temp-9-before@example.net");
     crate::harness::wait_events(&dir, "the first 451", 30, |ev| {
         crate::harness::outcomes_of(ev, "temp-9-before@example.net") == ["deferred"]
@@ -531,4 +536,95 @@ fn readyz_is_503_until_recovery_ends() {
     };
     assert!(ready.contains(&format!("http={http}")), "{ready}");
     assert_eq!(status(&http, "/readyz"), 200);
+}
+
+/// Operator suspensions (issue 13) through the CLI and the HTTP API: a suspended domain's mail
+/// waits (no attempt, no deferral) while other mail flows, and goes at the resume; a site
+/// suspended for 2 s holds its mail until it expires; `queue bounce --domain` bounces every
+/// queued recipient of a domain in one call, with DSNs.
+#[test]
+fn suspensions_hold_mail_until_resumed_or_expired_and_a_domain_bounces_in_one_call() {
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let config = crate::harness::base_config(
+        &dir,
+        &format!("[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n", sink.addr),
+    )
+    .replace("http = \"\"", "http = \"127.0.0.1:0\"");
+    let s = Server::start_in(&dir, &config);
+    let cli_json = |args: &[&str]| {
+        let (code, out, err) = s.cli(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let held = cli_json(&["queue", "suspend", "--domain", "Held.Example"]);
+    assert_eq!(held["target"]["domain"], "held.example", "{held}");
+    let send = |to: &str, count: usize| send_to(&s, to, count);
+    send("a@held.example", 3);
+    send("b@free.example", 1);
+    sink.wait_for("the unsuspended message", 20, |m| m.len() == 1);
+    let listed = cli_json(&["queue", "suspensions"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let ev = crate::harness::events(&dir);
+    assert!(
+        ev.iter().all(|e| e["recipient"] != "a@held.example"),
+        "a held recipient was attempted: {ev:?}"
+    );
+    let id = held["id"].as_u64().unwrap().to_string();
+    let resumed = cli_json(&["queue", "resume", &id]);
+    assert_eq!(resumed["resumed"].as_u64(), held["id"].as_u64());
+    sink.wait_for("the 3 held messages", 20, |m| m.len() == 4);
+    let ev = wait_events(&dir, "3 deliveries to the held domain", 20, |ev| {
+        outcomes_of(ev, "a@held.example").len() == 3
+    });
+    assert_eq!(
+        outcomes_of(&ev, "a@held.example"),
+        ["delivered"; 3],
+        "waited, never deferred"
+    );
+    let (code, _, err) = s.cli(&["queue", "resume", &id]);
+    assert_ne!(code, 0, "a second resume of the same id: {err}");
+    assert!(err.contains("404"), "{err}");
+
+    // A site suspended for 2 s: its mail goes when the suspension ends by itself.
+    let site = sink.addr.to_string();
+    let timed = cli_json(&["queue", "suspend", "--site", &site, "--for", "2s"]);
+    let until = timed["until_ms"].as_u64().unwrap();
+    send("c@free.example", 1);
+    sink.wait_for("the message held by the site", 20, |m| m.len() == 5);
+    let ev = wait_events(&dir, "its delivery", 20, |ev| {
+        outcomes_of(ev, "c@free.example") == ["delivered"]
+    });
+    let at = ev
+        .iter()
+        .find(|e| e["recipient"] == "c@free.example")
+        .unwrap()["ts_ms"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        at >= until,
+        "delivered at {at}, the suspension ran until {until}"
+    );
+
+    // Bounce a whole domain at once: both recipients fail, each message gets its DSN.
+    cli_json(&["queue", "suspend", "--domain", "gone.example"]);
+    send("d@gone.example", 2);
+    let bounced = cli_json(&["queue", "bounce", "--domain", "gone.example"]);
+    assert_eq!(bounced["bounced"], 2, "{bounced}");
+    let ev = wait_events(&dir, "two bounces", 20, |ev| {
+        outcomes_of(ev, "d@gone.example").len() == 2
+    });
+    assert_eq!(outcomes_of(&ev, "d@gone.example"), ["bounced"; 2]);
+    let msgs = sink.wait_for("two DSNs", 20, |m| {
+        m.iter().filter(|x| x.contains("multipart/report")).count() == 2
+    });
+    assert!(
+        msgs.iter()
+            .all(|m| !m.contains("X-Sink-Recipients: d@gone.example"))
+    );
+    // Bad requests get clear errors.
+    let (code, _, err) = s.cli(&["queue", "suspend", "--domain", "x.test", "--for", "soon"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("HTTP 400") && err.contains("soon"), "{err}");
 }
