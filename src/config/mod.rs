@@ -3,7 +3,8 @@
 //! `resolved::resolve` checks the top-level keys and hands each section to its own file, which
 //! holds the section's types, defaults and checks: `listen` (`[listen]`, `[tls]`), `users`
 //! (`[[users]]`, `[relay]`), `limits`, `spool`, `delivery`, `egress` (`[[egress.sources]]`,
-//! `[[egress.pools]]`), `content` (`[[dkim]]`, `[scan]`).
+//! `[[egress.pools]]`), `shaping` (`[[shaping]]` and the built-in rules), `content` (`[[dkim]]`,
+//! `[scan]`).
 //! Values come out in their consumers' own types where one exists (`RetryPolicy`,
 //! `TlsPolicy`, `PortRole`, `spool::Durability`, the DKIM signer's key), and every problem is
 //! reported at once.
@@ -16,6 +17,7 @@ mod limits;
 mod listen;
 pub mod raw;
 pub mod resolved;
+pub mod shaping;
 mod spool;
 mod users;
 

@@ -39,6 +39,9 @@ pub struct RawConfig {
     /// Local addresses to deliver from, and pools of them.
     #[serde(default)]
     pub egress: RawEgress,
+    /// Limits per destination (by recipient domain or MX host), before the built-in ones.
+    #[serde(default)]
+    pub shaping: Vec<RawShapingRule>,
     /// Content retention.
     #[serde(default)]
     pub retention: RawRetention,
@@ -143,6 +146,32 @@ pub struct RawUser {
     pub allowed_senders: Option<Vec<String>>,
     /// The egress pool this user's mail leaves from. Default: `delivery.egress_pool`.
     pub egress_pool: Option<String>,
+}
+
+/// One `[[shaping]]` rule (the built-in file has the same form).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShapingRule {
+    /// A recipient domain, exactly.
+    pub domain: Option<String>,
+    /// An MX host pattern: `*.google.com` or an exact host name.
+    pub mx: Option<String>,
+    /// Connections open at once per egress path.
+    pub max_connections: Option<usize>,
+    /// Messages per second per egress path.
+    pub max_messages_per_second: Option<u32>,
+    /// Messages per connection.
+    pub max_messages_per_connection: Option<usize>,
+    /// Pause after a `rate_limited` reply.
+    pub throttle_pause: Option<String>,
+    /// Pause after a `blocklisted` reply.
+    pub blocklist_pause: Option<String>,
+    /// Ramp step after a pause.
+    pub throttle_ramp_step: Option<String>,
+    /// Who the rule is for (documentation).
+    pub provider: Option<String>,
+    /// Where its numbers come from (documentation).
+    pub source: Option<String>,
 }
 
 /// `[egress]`: `[[egress.sources]]` and `[[egress.pools]]`.

@@ -53,6 +53,8 @@ pub struct Config {
     pub delivery: DeliverySettings,
     /// Local addresses to deliver from, and pools of them.
     pub egress: EgressSettings,
+    /// Limits per destination: the operator's `[[shaping]]` rules, then the built-in ones.
+    pub shaping: Vec<crate::queue::shaping::Rule>,
     /// Keep bodies this long after the final outcome.
     pub retention_content: Duration,
     /// Log format.
@@ -114,11 +116,17 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// Collects the problems of a configuration while its sections are resolved.
+#[derive(Default)]
 pub(crate) struct Resolver {
     problems: Vec<Problem>,
 }
 
 impl Resolver {
+    /// Whether no problem was found.
+    pub(super) fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
     pub(super) fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             key: key.into(),
@@ -195,6 +203,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let delivery = DeliverySettings::resolve(&mut r, &raw.delivery, &spool_dir);
     let egress = EgressSettings::resolve(&mut r, &raw.egress, &hostname);
+    let shaping = super::shaping::resolve(&mut r, &raw.shaping);
     if let Some(pool) = &delivery.egress_pool {
         egress.check_pool(&mut r, "delivery.egress_pool".into(), pool);
     }
@@ -244,6 +253,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         spool,
         delivery,
         egress,
+        shaping,
         retention_content,
         log_format,
         log_level,

@@ -137,7 +137,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                 }
                 ClientEvent::Ready => {
                     // A paused or suspended path takes no new message: the jobs wait.
-                    if sent >= delivery.config().max_messages_per_connection
+                    if sent >= slot.site().max_messages_per_connection()
                         || !slot.site().accepting(delivery.clock().monotonic())
                         || delivery.path_suspended(slot.site())
                     {

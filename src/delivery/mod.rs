@@ -110,8 +110,6 @@ pub struct DeliveryConfig {
     pub policy: RetryPolicy,
     /// Connections per destination on this core (the site's host-wide limit holds too).
     pub max_connections: usize,
-    /// Messages per connection.
-    pub max_messages_per_connection: usize,
     /// Recipients per transaction: a message's recipients for one domain go out in jobs of at
     /// most this many.
     pub max_recipients_per_transaction: usize,
@@ -680,7 +678,7 @@ impl Delivery {
         site: &str,
         source: Option<&str>,
     ) -> Option<sites::SiteSlot> {
-        let site = self.sites.get(site, source);
+        let site = self.sites.get(site, source, &key.domain);
         let slot = if self.path_suspended(&site) {
             None
         } else {

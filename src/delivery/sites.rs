@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::route::NextHop;
+use crate::queue::shaping::{PathLimits, Rule, limits_for};
 use crate::queue::throttle::{Signal, Throttle, ThrottlePolicy};
 
 /// The name of the site a list of next hops belongs to: its host names, lower-cased, without a
@@ -41,12 +42,10 @@ type PathKey = (String, Option<String>);
 
 /// Every site the process has delivered to, with the limits they share.
 pub struct Sites {
-    /// Concurrent connections per site, whole process.
-    max_connections: usize,
-    /// Messages per second per site, whole process; 0 = unlimited.
-    max_messages_per_second: u32,
-    /// The reaction to throttling replies.
-    policy: ThrottlePolicy,
+    /// The limits of a path no shaping rule matches (`[delivery]`).
+    defaults: PathLimits,
+    /// Operator rules, then built-in ones.
+    rules: Vec<Rule>,
     /// Time zero of the sites' send times.
     epoch: Instant,
     /// By egress path: the limits hold per (site, source).
@@ -54,35 +53,33 @@ pub struct Sites {
 }
 
 impl Sites {
-    /// An empty registry with the limits every site gets.
-    pub fn new(
-        max_connections: usize,
-        max_messages_per_second: u32,
-        policy: ThrottlePolicy,
-        epoch: Instant,
-    ) -> Sites {
+    /// An empty registry: paths get the first matching rule's limits over `defaults`.
+    pub fn new(defaults: PathLimits, rules: Vec<Rule>, epoch: Instant) -> Sites {
         Sites {
-            max_connections: max_connections.max(1),
-            max_messages_per_second,
-            policy,
+            defaults,
+            rules,
             epoch,
             sites: Mutex::new(HashMap::new()),
         }
     }
 
     /// The egress path to the site named `name` from `source` (`None`: no egress source),
-    /// created on first use.
-    pub fn get(&self, name: &str, source: Option<&str>) -> Arc<Site> {
+    /// created on first use with the limits of the first shaping rule for the site or for
+    /// `domain`, the recipient domain it is looked up for.
+    pub fn get(&self, name: &str, source: Option<&str>, domain: &str) -> Arc<Site> {
         let key = (name.to_owned(), source.map(str::to_owned));
         let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(site) = sites.get(&key) {
             return Arc::clone(site);
         }
+        let (limits, rule) = limits_for(&self.rules, name, domain, self.defaults);
         let site = Arc::new(Site {
             name: name.to_owned(),
             source: source.map(str::to_owned),
-            max_connections: self.max_connections,
-            send_interval_ns: match self.max_messages_per_second {
+            rule: rule.map(|r| r.origin.clone()),
+            max_connections: limits.max_connections,
+            max_messages_per_connection: limits.max_messages_per_connection,
+            send_interval_ns: match limits.max_messages_per_second {
                 0 => 0,
                 rate => 1_000_000_000 / u64::from(rate),
             },
@@ -90,7 +87,7 @@ impl Sites {
             connections: AtomicUsize::new(0),
             next_send_ns: AtomicU64::new(0),
             waiting: Mutex::new(Vec::new()),
-            policy: self.policy,
+            policy: limits.throttle,
             throttled: AtomicBool::new(false),
             throttle: Mutex::new(Throttle::default()),
         });
@@ -117,6 +114,9 @@ pub struct Site {
     name: String,
     /// The egress source the path leaves from, if any.
     source: Option<String>,
+    /// The shaping rule that set its limits (its origin), if any.
+    rule: Option<String>,
+    max_messages_per_connection: usize,
     max_connections: usize,
     /// Nanoseconds between two messages; 0 = unlimited.
     send_interval_ns: u64,
@@ -142,6 +142,16 @@ impl Site {
     /// The egress source of this path, if any.
     pub fn source(&self) -> Option<&str> {
         self.source.as_deref()
+    }
+
+    /// Messages a connection on this path carries before it closes.
+    pub fn max_messages_per_connection(&self) -> usize {
+        self.max_messages_per_connection
+    }
+
+    /// The shaping rule that set this path's limits (`operator` or `builtin: <provider>`).
+    pub fn rule(&self) -> Option<&str> {
+        self.rule.as_deref()
     }
 
     /// Milliseconds since the sites' time zero.
@@ -255,6 +265,15 @@ impl Drop for SiteSlot {
 mod tests {
     use super::*;
 
+    fn limits(conns: usize, rate: u32, throttle: ThrottlePolicy) -> PathLimits {
+        PathLimits {
+            max_connections: conns,
+            max_messages_per_second: rate,
+            max_messages_per_connection: 100,
+            throttle,
+        }
+    }
+
     fn hop(name: &str) -> NextHop {
         NextHop {
             name: name.to_owned(),
@@ -275,18 +294,18 @@ mod tests {
     #[test]
     fn connection_slots_hold_for_every_core_and_a_freed_slot_wakes_a_waiter() {
         let t0 = Instant::now();
-        let sites = Sites::new(2, 0, ThrottlePolicy::default(), t0);
+        let sites = Sites::new(limits(2, 0, ThrottlePolicy::default()), vec![], t0);
         let (core_a, core_b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        let site = sites.get("mx.test", None);
+        let site = sites.get("mx.test", None, "d.test");
         let one = site.acquire(&core_a, t0).expect("first slot");
         let two = sites
-            .get("mx.test", None)
+            .get("mx.test", None, "d.test")
             .acquire(&core_b, t0)
             .expect("second slot");
         assert!(site.acquire(&core_a, t0).is_none());
         assert!(site.acquire(&core_b, t0).is_none());
         assert!(site.acquire(&core_b, t0).is_none(), "registered once");
-        let other_path = sites.get("mx.test", Some("source-a"));
+        let other_path = sites.get("mx.test", Some("source-a"), "d.test");
         assert!(
             other_path.acquire(&core_a, t0).is_some(),
             "another egress path"
@@ -314,21 +333,24 @@ mod tests {
     #[test]
     fn the_rate_spaces_messages_across_connections() {
         let t0 = Instant::now();
-        let sites = Sites::new(4, 10, ThrottlePolicy::default(), t0);
-        let site = sites.get("mx.test", None);
-        let other = sites.get("other.test", None);
+        let sites = Sites::new(limits(4, 10, ThrottlePolicy::default()), vec![], t0);
+        let site = sites.get("mx.test", None, "d.test");
+        let other = sites.get("other.test", None, "d.test");
         let ms = Duration::from_millis;
         assert_eq!(site.rate_delay(t0), None);
         assert_eq!(site.rate_delay(t0), Some(ms(100)));
-        assert_eq!(sites.get("mx.test", None).rate_delay(t0), Some(ms(200)));
+        assert_eq!(
+            sites.get("mx.test", None, "d.test").rate_delay(t0),
+            Some(ms(200))
+        );
         assert_eq!(site.rate_delay(t0 + ms(250)), Some(ms(50)));
         assert_eq!(other.rate_delay(t0), None, "each site has its own rate");
         // Idle time is not saved up: after a pause the next message goes at once, one only.
         assert_eq!(site.rate_delay(t0 + ms(2000)), None);
         assert_eq!(site.rate_delay(t0 + ms(2000)), Some(ms(100)));
         assert_eq!(
-            Sites::new(1, 0, ThrottlePolicy::default(), t0)
-                .get("x", None)
+            Sites::new(limits(1, 0, ThrottlePolicy::default()), vec![], t0)
+                .get("x", None, "d.test")
                 .rate_delay(t0),
             None
         );
@@ -342,9 +364,9 @@ mod tests {
             blocklist_pause_ms: 10_000,
             ramp_step_ms: 500,
         };
-        let sites = Sites::new(4, 0, policy, t0);
+        let sites = Sites::new(limits(4, 0, policy), vec![], t0);
         let core = Arc::new(Notify::new());
-        let site = sites.get("mx.test", None);
+        let site = sites.get("mx.test", None, "d.test");
         let open = site.acquire(&core, t0).unwrap();
         let ms = Duration::from_millis;
         assert_eq!(site.signal(Signal::RateLimited, t0 + ms(100)), ms(1_000));
@@ -373,8 +395,40 @@ mod tests {
         );
         drop((one, two, three, four));
         assert!(
-            sites.get("other.test", None).accepting(t0 + ms(200)),
+            sites
+                .get("other.test", None, "d.test")
+                .accepting(t0 + ms(200)),
             "one site only"
+        );
+    }
+
+    #[test]
+    fn a_shaping_rule_sets_the_limits_of_the_paths_it_matches() {
+        use crate::queue::shaping::RuleLimits;
+        let rule = Rule {
+            domain: None,
+            mx: Some("*.google.com".into()),
+            limits: RuleLimits {
+                max_connections: Some(1),
+                max_messages_per_connection: Some(5),
+                ..RuleLimits::default()
+            },
+            origin: "operator".into(),
+        };
+        let t0 = Instant::now();
+        let sites = Sites::new(limits(8, 0, ThrottlePolicy::default()), vec![rule], t0);
+        let core = Arc::new(Notify::new());
+        let gmail = sites.get("a.l.google.com b.l.google.com", Some("ip1"), "gmail.com");
+        assert_eq!(
+            (gmail.rule(), gmail.max_messages_per_connection()),
+            (Some("operator"), 5)
+        );
+        let _one = gmail.acquire(&core, t0).unwrap();
+        assert!(gmail.acquire(&core, t0).is_none(), "max_connections = 1");
+        let other = sites.get("mx.other.test", None, "other.test");
+        assert_eq!(
+            (other.rule(), other.max_messages_per_connection()),
+            (None, 100)
         );
     }
 }

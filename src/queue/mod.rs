@@ -1,9 +1,11 @@
 //! The queue's pure core: what becomes of a recipient after an attempt (`decision`), the retry
-//! maths (`schedule`), a site's reaction to throttling replies (`throttle`) and the hierarchical
+//! maths (`schedule`), the limits of an egress path (`shaping`), a site's reaction to throttling
+//! replies (`throttle`) and the hierarchical
 //! timer wheel (`wheel`) that holds every pending recipient's next attempt on a core. Nothing
 //! here reads a clock or does I/O.
 
 pub mod decision;
 pub mod schedule;
+pub mod shaping;
 pub mod throttle;
 pub mod wheel;

@@ -417,7 +417,6 @@ fn start_delivery(core: &Rc<Core>) {
     let settings = DeliveryConfig {
         policy: d.retry.clone(),
         max_connections: d.max_connections,
-        max_messages_per_connection: d.max_messages_per_connection,
         max_recipients_per_transaction: d.max_recipients_per_transaction,
         hostname: config.hostname.clone(),
         tls: d.tls,

@@ -72,9 +72,13 @@ impl Shared {
                 config.limits.rate_window,
             ),
             sites: Arc::new(crate::delivery::sites::Sites::new(
-                config.delivery.max_connections,
-                config.delivery.max_messages_per_second,
-                config.delivery.throttle,
+                crate::queue::shaping::PathLimits {
+                    max_connections: config.delivery.max_connections,
+                    max_messages_per_second: config.delivery.max_messages_per_second,
+                    max_messages_per_connection: config.delivery.max_messages_per_connection,
+                    throttle: config.delivery.throttle,
+                },
+                config.shaping.clone(),
                 std::time::Instant::now(),
             )),
             egress: Arc::new(crate::delivery::egress::Egress::new(

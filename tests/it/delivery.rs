@@ -1131,3 +1131,30 @@ fn egress_sources_bind_their_address_and_name_and_a_users_pool_wins() {
         "alice's pool is only-b: {user_lines:?}"
     );
 }
+
+/// A `[[shaping]]` rule (issue 13) sets the limits of the paths it matches over `[delivery]`'s:
+/// here one connection at a time and two messages per connection for example.net, where the
+/// default would allow four connections of 100 messages.
+#[test]
+fn a_shaping_rule_limits_the_destination_it_matches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("connections");
+    let sink = Sink::start_with(&["--delay", "50", "--connection-log", log.to_str().unwrap()]);
+    let s = Server::start(&routed_to(
+        &sink,
+        "max_connections = 4\n[[shaping]]\ndomain = \"example.net\"\nmax_connections = 1\n\
+         max_messages_per_connection = 2\n",
+    ));
+    let out = submit(
+        &s,
+        &["--count", "10", "--reconnect", "--to", "x@example.net"],
+    );
+    assert!(out.iter().all(|l| l.starts_with("OK ")), "{out:?}");
+    sink.wait_for("the 10 messages", 60, |m| m.len() == 10);
+    let lines = connection_log(&log);
+    assert!(lines.iter().all(|(_, _, open)| *open == 1), "{lines:?}");
+    assert!(
+        lines.len() >= 5,
+        "at most 2 messages per connection: {lines:?}"
+    );
+}
