@@ -12,6 +12,7 @@
 //! - `GET|DELETE /api/v1/messages/{id}`, `POST /api/v1/messages/{id}/bounce`
 //! - `GET /api/v1/queue`, `POST /api/v1/queue/flush[?domain=example.net]`,
 //!   `POST /api/v1/queue/bounce?domain=…|user=…` (every queued recipient, with DSNs)
+//! - `GET /api/v1/sites` (every egress path: site, source, rule, connections, throttle, counts)
 //! - `GET /api/v1/suspensions`, `POST /api/v1/suspensions?domain=…|site=…|source=…|user=…
 //!   [&duration=10m]`, `DELETE /api/v1/suspensions/{id}` (resume)
 //!
@@ -51,6 +52,8 @@ pub struct Api {
     pub max_message_size: usize,
     /// The operator's delivery suspensions (shared with the workers).
     pub suspensions: Arc<crate::delivery::suspend::Suspensions>,
+    /// Destination sites and their egress paths (shared with the workers).
+    pub sites: Arc<crate::delivery::sites::Sites>,
 }
 
 /// Handle to the running HTTP thread.
@@ -143,7 +146,14 @@ impl Api {
                 reply(200, "text/plain", "ready\n".into())
             }
             (Get, ["readyz"]) => reply(503, "text/plain", "starting\n".into()),
-            (Get, ["metrics"]) => reply(200, "text/plain; version=0.0.4", render(&self.metrics)),
+            (Get, ["metrics"]) => {
+                let mut text = render(&self.metrics);
+                path_metrics(&mut text, &self.sites.snapshot(std::time::Instant::now()));
+                reply(200, "text/plain; version=0.0.4", text)
+            }
+            (Get, ["api", "v1", "sites"]) => {
+                json(200, &self.sites.snapshot(std::time::Instant::now()))
+            }
             (Post, ["api", "v1", "messages"]) => self.inject(&mut request),
             (Get, ["api", "v1", "messages", id]) => {
                 self.with_id(id, |id| match self.control.message(id) {
@@ -337,6 +347,62 @@ impl Api {
             }
             Ok(Err(e)) => error(503, format!("{e:?}")),
             Err(e) => error(503, e.to_string()),
+        }
+    }
+}
+
+/// Appends the per-egress-path metrics: one series per (site, source) used since the start.
+fn path_metrics(out: &mut String, paths: &[crate::delivery::sites::PathInfo]) {
+    use crate::delivery::sites::PathInfo;
+    use std::fmt::Write as _;
+    let label = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let labels = |p: &PathInfo| {
+        format!(
+            "site=\"{}\",source=\"{}\"",
+            label(&p.site),
+            label(p.source.as_deref().unwrap_or(""))
+        )
+    };
+    type Gauge = (&'static str, &'static str, fn(&PathInfo) -> u64);
+    let gauges: [Gauge; 2] = [
+        (
+            "ringmta_path_connections",
+            "Connections open now per egress path (site, source).",
+            |p| p.connections as u64,
+        ),
+        (
+            "ringmta_path_throttled",
+            "1 while a throttling reply pauses or ramps the egress path.",
+            |p| u64::from(p.throttled),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for p in paths {
+            let _ = writeln!(out, "{name}{{{}}} {}", labels(p), value(p));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ringmta_path_attempts_total Attempt results per egress path: delivered (2xx), \
+         deferred (4xx or connection failure), rejected (5xx).\n\
+         # TYPE ringmta_path_attempts_total counter"
+    );
+    for p in paths {
+        for (outcome, n) in [
+            ("delivered", p.delivered),
+            ("deferred", p.deferred),
+            ("rejected", p.rejected),
+        ] {
+            let _ = writeln!(
+                out,
+                "ringmta_path_attempts_total{{{},outcome=\"{outcome}\"}} {n}",
+                labels(p)
+            );
         }
     }
 }

@@ -15,8 +15,9 @@ use crate::smtp::client::{
 use crate::smtp::{Reply, ReplyLimits};
 
 use super::route::NextHop;
-use super::sites::site_of;
+use super::sites::{PathOutcome, Site, site_of};
 use super::{AttemptResult, Delivery, DestKey, Job};
+use crate::ids::QueueId;
 
 /// Runs one connection for a destination until its queue is empty (or the connection fails).
 pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
@@ -27,7 +28,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
             let failure = e.as_failure();
             let detail = e.to_string();
             for job in delivery.drain_jobs(key) {
-                fail_job(&delivery, &job, failure, &detail, "");
+                fail_job(&delivery, None, &job, failure, &detail, "");
             }
             return;
         }
@@ -47,7 +48,14 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
     let Some((mut transport, hop)) = connect_any(&delivery, &hops, from).await else {
         let detail = format!("cannot connect to any mail host of {domain}");
         for job in delivery.drain_jobs(key) {
-            fail_job(&delivery, &job, ConnFailure::Refused, &detail, "");
+            fail_job(
+                &delivery,
+                Some(slot.site()),
+                &job,
+                ConnFailure::Refused,
+                &detail,
+                "",
+            );
         }
         return;
     };
@@ -91,11 +99,11 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
             if let Err(e) = res {
                 give_up(
                     &delivery,
+                    slot.site(),
                     key,
                     &mut current,
                     sent == 0,
-                    ConnFailure::Reset,
-                    &format!("write to {remote}: {e}"),
+                    (ConnFailure::Reset, &format!("write to {remote}: {e}")),
                     &remote,
                 );
                 break;
@@ -123,11 +131,11 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                     if let Err(e) = handshake {
                         give_up(
                             &delivery,
+                            slot.site(),
                             key,
                             &mut current,
                             sent == 0,
-                            ConnFailure::Tls,
-                            &format!("tls with {remote}: {e}"),
+                            (ConnFailure::Tls, &format!("tls with {remote}: {e}")),
                             &remote,
                         );
                         closed = true;
@@ -210,7 +218,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                                 },
                             );
                         }
-                        delivery.record(job.id, &results);
+                        record_on(&delivery, Some(slot.site()), job.id, &results);
                     }
                 }
                 ClientEvent::Failed(e) => {
@@ -234,7 +242,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                                     .iter()
                                     .map(|r2| (*r2, result_of(r, &remote, false)))
                                     .collect();
-                                delivery.record(job.id, &results);
+                                record_on(&delivery, Some(slot.site()), job.id, &results);
                             }
                             (ConnFailure::Protocol, e.to_string())
                         }
@@ -253,11 +261,11 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                     };
                     give_up(
                         &delivery,
+                        slot.site(),
                         key,
                         &mut current,
                         sent == 0 && !throttled,
-                        failure,
-                        &detail,
+                        (failure, &detail),
                         &remote,
                     );
                     closed = true;
@@ -304,11 +312,11 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                 if let Err(e) = transport.decode(&mut raw, &mut plain).await {
                     give_up(
                         &delivery,
+                        slot.site(),
                         key,
                         &mut current,
                         sent == 0,
-                        ConnFailure::Tls,
-                        &format!("tls with {remote}: {e}"),
+                        (ConnFailure::Tls, &format!("tls with {remote}: {e}")),
                         &remote,
                     );
                     break;
@@ -319,11 +327,14 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
             _ => {
                 give_up(
                     &delivery,
+                    slot.site(),
                     key,
                     &mut current,
                     sent == 0,
-                    ConnFailure::Reset,
-                    &format!("connection to {remote} closed"),
+                    (
+                        ConnFailure::Reset,
+                        &format!("connection to {remote} closed"),
+                    ),
                     &remote,
                 );
                 break;
@@ -462,19 +473,19 @@ fn result_of(reply: &Reply, remote: &str, dsn_passed_on: bool) -> AttemptResult 
 /// would fail the same way, and a new connection must not be started in a tight loop).
 fn give_up(
     delivery: &Delivery,
+    site: &Site,
     key: &DestKey,
     current: &mut Option<Job>,
     drain_queue: bool,
-    failure: ConnFailure,
-    detail: &str,
+    (failure, detail): (ConnFailure, &str),
     remote: &str,
 ) {
     if let Some(job) = current.take() {
-        fail_job(delivery, &job, failure, detail, remote);
+        fail_job(delivery, Some(site), &job, failure, detail, remote);
     }
     if drain_queue {
         for job in delivery.drain_jobs(key) {
-            fail_job(delivery, &job, failure, detail, remote);
+            fail_job(delivery, Some(site), &job, failure, detail, remote);
         }
     }
 }
@@ -483,7 +494,14 @@ fn give_up(
 /// 3 minutes per data block).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn fail_job(delivery: &Delivery, job: &Job, failure: ConnFailure, detail: &str, remote: &str) {
+fn fail_job(
+    delivery: &Delivery,
+    site: Option<&Site>,
+    job: &Job,
+    failure: ConnFailure,
+    detail: &str,
+    remote: &str,
+) {
     let results: Vec<_> = job
         .rcpts
         .iter()
@@ -498,7 +516,26 @@ fn fail_job(delivery: &Delivery, job: &Job, failure: ConnFailure, detail: &str, 
             )
         })
         .collect();
-    delivery.record(job.id, &results);
+    record_on(delivery, site, job.id, &results);
+}
+
+/// Records an attempt's results, and counts them on the egress path that made the attempt.
+fn record_on(
+    delivery: &Delivery,
+    site: Option<&Site>,
+    id: QueueId,
+    results: &[(u32, AttemptResult)],
+) {
+    if let Some(site) = site {
+        for (_, r) in results {
+            site.count(match r {
+                AttemptResult::Delivered { .. } => PathOutcome::Delivered,
+                AttemptResult::Refused { reply, .. } if reply.code >= 500 => PathOutcome::Rejected,
+                _ => PathOutcome::Deferred,
+            });
+        }
+    }
+    delivery.record(id, results);
 }
 
 /// Connects to the first reachable address of the first reachable host, from the local address

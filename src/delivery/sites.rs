@@ -90,9 +90,24 @@ impl Sites {
             policy: limits.throttle,
             throttled: AtomicBool::new(false),
             throttle: Mutex::new(Throttle::default()),
+            outcomes: Default::default(),
         });
         sites.insert(key, Arc::clone(&site));
         site
+    }
+
+    /// Every egress path used so far, with its state at `now`, sorted by site then source.
+    pub fn snapshot(&self, now: Instant) -> Vec<PathInfo> {
+        let paths: Vec<Arc<Site>> = self
+            .sites
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out: Vec<PathInfo> = paths.iter().map(|s| s.info(now)).collect();
+        out.sort_by(|a, b| (&a.site, &a.source).cmp(&(&b.site, &b.source)));
+        out
     }
 
     /// Open connections per site (sites with none are left out), for metrics and tests.
@@ -106,6 +121,41 @@ impl Sites {
         out.sort();
         out
     }
+}
+
+/// What an egress path did, as counted per attempt result: the next hop accepted (2xx), the
+/// attempt is to be tried again (4xx, connection failures), or the next hop refused (5xx).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathOutcome {
+    /// 2xx.
+    Delivered = 0,
+    /// 4xx, or the connection failed.
+    Deferred = 1,
+    /// 5xx.
+    Rejected = 2,
+}
+
+/// The state of one egress path (`GET /api/v1/sites`, `/metrics`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PathInfo {
+    /// The site (its MX host names).
+    pub site: String,
+    /// The egress source, if any.
+    pub source: Option<String>,
+    /// The shaping rule that set its limits, if any.
+    pub rule: Option<String>,
+    /// Connections open now.
+    pub connections: usize,
+    /// Connections allowed now (lower than the limit while throttled, 0 while paused).
+    pub connection_limit: usize,
+    /// Whether a throttling reply pauses or ramps it now.
+    pub throttled: bool,
+    /// Attempt results on this path: delivered, deferred, rejected.
+    pub delivered: u64,
+    /// See `delivered`.
+    pub deferred: u64,
+    /// See `delivered`.
+    pub rejected: u64,
 }
 
 /// One egress path to a destination site: its connection slots and its next send time, shared
@@ -131,6 +181,8 @@ pub struct Site {
     /// over, both under the `throttle` lock); an unthrottled site never takes that lock.
     throttled: AtomicBool,
     throttle: Mutex<Throttle>,
+    /// Attempt results, indexed by [`PathOutcome`].
+    outcomes: [AtomicU64; 3],
 }
 
 impl Site {
@@ -142,6 +194,27 @@ impl Site {
     /// The egress source of this path, if any.
     pub fn source(&self) -> Option<&str> {
         self.source.as_deref()
+    }
+
+    /// Counts one attempt result on this path.
+    pub fn count(&self, outcome: PathOutcome) {
+        self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn info(&self, now: Instant) -> PathInfo {
+        let limit = self.limit(now);
+        let n = |o: PathOutcome| self.outcomes[o as usize].load(Ordering::Relaxed);
+        PathInfo {
+            site: self.name.clone(),
+            source: self.source.clone(),
+            rule: self.rule.clone(),
+            connections: self.connections.load(Ordering::Acquire),
+            connection_limit: limit,
+            throttled: limit < self.max_connections,
+            delivered: n(PathOutcome::Delivered),
+            deferred: n(PathOutcome::Deferred),
+            rejected: n(PathOutcome::Rejected),
+        }
     }
 
     /// Messages a connection on this path carries before it closes.

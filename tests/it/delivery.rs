@@ -1048,6 +1048,16 @@ fn a_rate_limit_reply_pauses_the_site_while_the_queued_mail_waits() {
     let throttles =
         crate::harness::metric_value(&m, "ringmta_site_throttles_total{signal=\"rate_limited\"}");
     assert_eq!(throttles, Some(1.0), "{m}");
+    // The path's own counts: 200 accepted, the throttled attempt deferred.
+    let path = format!("site=\"{}\",source=\"\"", sink.addr);
+    for (outcome, want) in [("delivered", 200.0), ("deferred", 1.0), ("rejected", 0.0)] {
+        let sample = format!("ringmta_path_attempts_total{{{path},outcome=\"{outcome}\"}}");
+        assert_eq!(
+            crate::harness::metric_value(&m, &sample),
+            Some(want),
+            "{sample}\n{m}"
+        );
+    }
 }
 
 /// The sink's connection log as `(client address, EHLO name, connections open from it)`.
