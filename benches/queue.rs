@@ -1,5 +1,6 @@
 //! Scheduler benches: the timer wheel with one million retry deadlines spread over five days,
-//! and the retry maths.
+//! the retry maths, and the host-wide limits of a destination site that every core shares (the
+//! per-message rate reservation and the per-connection slot).
 //!
 //! Run with `cargo bench --bench queue`; throughput is reported in entries (or calls) per second.
 
@@ -141,5 +142,51 @@ fn schedule(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, wheel, schedule);
+/// The shared limit checks of `delivery::sites`: what a message (rate) and a connection (slot)
+/// pay for a host-wide limit, uncontended and with the other core hammering the same site.
+fn site_limits(c: &mut Criterion) {
+    use ringmta::delivery::sites::Sites;
+    use ringmta::queue::shaping::PathLimits;
+    use ringmta::queue::throttle::ThrottlePolicy;
+    use std::sync::Arc;
+    use std::time::Instant;
+    let limits = |rate| PathLimits {
+        max_connections: 1_000_000,
+        max_messages_per_second: rate,
+        max_messages_per_connection: 100,
+        throttle: ThrottlePolicy::default(),
+    };
+    let t0 = Instant::now();
+    let mut g = c.benchmark_group("site");
+    let sites = Sites::new(limits(1_000_000_000), vec![], t0);
+    let site = sites.get("mx1.example.net mx2.example.net", None, "example.net");
+    g.bench_function("rate_delay_per_message", |b| {
+        b.iter(|| black_box(site.rate_delay(black_box(t0))))
+    });
+    let wake = Arc::new(tokio::sync::Notify::new());
+    g.bench_function("slot_per_connection", |b| {
+        b.iter(|| {
+            let s = sites.get("mx1.example.net mx2.example.net", None, "example.net");
+            black_box(s.acquire(&wake, t0))
+        })
+    });
+    // The same per-message reservation while another thread reserves on the same site.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let (site, stop) = (Arc::clone(&site), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                black_box(site.rate_delay(t0));
+            }
+        })
+    };
+    g.bench_function("rate_delay_per_message_contended", |b| {
+        b.iter(|| black_box(site.rate_delay(black_box(t0))))
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = other.join();
+    g.finish();
+}
+
+criterion_group!(benches, wheel, schedule, site_limits);
 criterion_main!(benches);
