@@ -123,6 +123,9 @@ pub struct QueueSummary {
     pub recipients: BTreeMap<&'static str, u64>,
     /// Recipients not yet final, by destination domain.
     pub destinations: BTreeMap<String, u64>,
+    /// The same by destination site (the MX hosts the domain resolved to last; `""`: not
+    /// resolved yet). Filled by the HTTP thread from `destinations`.
+    pub sites: BTreeMap<String, u64>,
 }
 
 impl QueueSummary {

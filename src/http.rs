@@ -183,7 +183,10 @@ impl Api {
                 })
             }
             (Get, ["api", "v1", "queue"]) => match self.control.queue() {
-                Ok(s) => json(200, &s),
+                Ok(mut s) => {
+                    s.sites = self.sites.by_site(&s.destinations);
+                    json(200, &s)
+                }
                 Err(e) => error(503, e.to_string()),
             },
             (Post, ["api", "v1", "queue", "flush"]) => {

@@ -50,6 +50,8 @@ pub struct Sites {
     epoch: Instant,
     /// By egress path: the limits hold per (site, source).
     sites: Mutex<HashMap<PathKey, Arc<Site>>>,
+    /// The site each recipient domain resolved to last (for the queue summary by site).
+    domains: Mutex<HashMap<String, String>>,
 }
 
 impl Sites {
@@ -60,6 +62,7 @@ impl Sites {
             rules,
             epoch,
             sites: Mutex::new(HashMap::new()),
+            domains: Mutex::new(HashMap::new()),
         }
     }
 
@@ -67,6 +70,12 @@ impl Sites {
     /// created on first use with the limits of the first shaping rule for the site or for
     /// `domain`, the recipient domain it is looked up for.
     pub fn get(&self, name: &str, source: Option<&str>, domain: &str) -> Arc<Site> {
+        {
+            let mut domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
+            if domains.get(domain).is_none_or(|s| s != name) {
+                domains.insert(domain.to_owned(), name.to_owned());
+            }
+        }
         let key = (name.to_owned(), source.map(str::to_owned));
         let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(site) = sites.get(&key) {
@@ -107,6 +116,21 @@ impl Sites {
             .collect();
         let mut out: Vec<PathInfo> = paths.iter().map(|s| s.info(now)).collect();
         out.sort_by(|a, b| (&a.site, &a.source).cmp(&(&b.site, &b.source)));
+        out
+    }
+
+    /// Adds up pending recipients by recipient domain into counts by the site each domain
+    /// resolved to last; domains not resolved yet count under `""`.
+    pub fn by_site<'a>(
+        &self,
+        by_domain: impl IntoIterator<Item = (&'a String, &'a u64)>,
+    ) -> std::collections::BTreeMap<String, u64> {
+        let domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = std::collections::BTreeMap::new();
+        for (domain, n) in by_domain {
+            let site = domains.get(domain).cloned().unwrap_or_default();
+            *out.entry(site).or_insert(0) += n;
+        }
         out
     }
 

@@ -361,10 +361,15 @@ impl Raw {
 
 /// The Prometheus text from `/metrics` on the server's `listen.http` address.
 pub fn metrics(server: &Server) -> String {
+    http_get(server, "/metrics")
+}
+
+/// The whole response (status line, headers, body) to a GET on the server's `listen.http`.
+pub fn http_get(server: &Server, path: &str) -> String {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(server.addr("http")).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    c.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .unwrap();
     let mut text = String::new();
     c.read_to_string(&mut text).unwrap();

@@ -540,7 +540,7 @@ fn readyz_is_503_until_recovery_ends() {
 
 /// Operator suspensions (issue 13) through the CLI and the HTTP API: a suspended domain's mail
 /// waits (no attempt, no deferral) while other mail flows, and goes at the resume; a site
-/// suspended for 2 s holds its mail until it expires; `queue bounce --domain` bounces every
+/// suspended for 3 s holds its mail until it expires; `queue bounce --domain` bounces every
 /// queued recipient of a domain in one call, with DSNs.
 #[test]
 fn suspensions_hold_mail_until_resumed_or_expired_and_a_domain_bounces_in_one_call() {
@@ -587,11 +587,18 @@ fn suspensions_hold_mail_until_resumed_or_expired_and_a_domain_bounces_in_one_ca
     assert_ne!(code, 0, "a second resume of the same id: {err}");
     assert!(err.contains("404"), "{err}");
 
-    // A site suspended for 2 s: its mail goes when the suspension ends by itself.
+    // A site suspended for 3 s: its mail goes when the suspension ends by itself.
     let site = sink.addr.to_string();
-    let timed = cli_json(&["queue", "suspend", "--site", &site, "--for", "2s"]);
+    let timed = cli_json(&["queue", "suspend", "--site", &site, "--for", "3s"]);
     let until = timed["until_ms"].as_u64().unwrap();
     send("c@free.example", 1);
+    // While it waits, the queue summary counts it under its site (free.example resolved to it
+    // for the first message).
+    let queue = crate::harness::http_get(&s, "/api/v1/queue");
+    let body: serde_json::Value =
+        serde_json::from_str(queue.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["sites"][&site], 1, "{body}");
+    assert_eq!(body["destinations"]["free.example"], 1, "{body}");
     sink.wait_for("the message held by the site", 20, |m| m.len() == 5);
     let ev = wait_events(&dir, "its delivery", 20, |ev| {
         outcomes_of(ev, "c@free.example") == ["delivered"]
