@@ -155,6 +155,7 @@ fn site_limits(c: &mut Criterion) {
         max_messages_per_second: rate,
         max_messages_per_connection: 100,
         throttle: ThrottlePolicy::default(),
+        max_queue_lifetime_ms: None,
     };
     let t0 = Instant::now();
     let mut g = c.benchmark_group("site");

@@ -70,6 +70,7 @@ fn append_commit(c: &mut Criterion) {
                             .append_message(
                                 &NewMessage {
                                     meta: meta(),
+                                    options: Default::default(),
                                     body: &parts,
                                 },
                                 1_800_000_000_000,
@@ -97,6 +98,7 @@ fn recovery(c: &mut Criterion) {
                 .append_message(
                     &NewMessage {
                         meta: meta(),
+                        options: Default::default(),
                         body: &parts,
                     },
                     1_800_000_000_000,
@@ -141,6 +143,7 @@ fn record_access(c: &mut Criterion) {
                 .append_message(
                     &NewMessage {
                         meta: meta(),
+                        options: Default::default(),
                         body: &parts,
                     },
                     1_800_000_000_000,

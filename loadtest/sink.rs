@@ -62,6 +62,10 @@ pub struct SinkArgs {
     /// name, and how many connections that address had open at once.
     #[arg(long)]
     connection_log: Option<std::path::PathBuf>,
+    /// Append "<client address:port> <recipients, comma-separated>" for every message accepted
+    /// to this file: which connection carried which recipients.
+    #[arg(long)]
+    transaction_log: Option<std::path::PathBuf>,
 }
 
 struct Shared {
@@ -72,6 +76,7 @@ struct Shared {
     temp_attempts: Mutex<HashMap<String, u32>>,
     record: Option<std::sync::mpsc::Sender<String>>,
     connection_log: Option<std::sync::mpsc::Sender<String>>,
+    transaction_log: Option<std::sync::mpsc::Sender<String>>,
     /// Connections open now, by client address.
     open: Mutex<HashMap<std::net::IpAddr, usize>>,
 }
@@ -124,6 +129,7 @@ pub fn run(args: SinkArgs) -> Result<()> {
     )?;
     let record = args.record.clone().map(appender);
     let connection_log = args.connection_log.clone().map(appender);
+    let transaction_log = args.transaction_log.clone().map(appender);
     let shared = Arc::new(Shared {
         args,
         accepted: AtomicU64::new(0),
@@ -132,6 +138,7 @@ pub fn run(args: SinkArgs) -> Result<()> {
         temp_attempts: Mutex::new(HashMap::new()),
         record,
         connection_log,
+        transaction_log,
         open: Mutex::new(HashMap::new()),
     });
     let sigset = ringmta::net::signals::block()?;
@@ -280,6 +287,11 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, peer: SocketAddr, mut rng:
                 pos = end;
                 in_data = false;
                 let reply = end_of_data(&shared, &txn, msgid.take(), &mut rng);
+                if let Some(log) = &shared.transaction_log
+                    && reply.starts_with("250")
+                {
+                    let _ = log.send(format!("{peer} {}", txn.rcpts.join(",")));
+                }
                 if keep_body {
                     if reply.starts_with("250") {
                         save(&shared, &txn, &body);

@@ -267,6 +267,7 @@ mod tests {
             secret,
             allowed_senders: vec!["*@example.com".into()],
             egress_pool: None,
+            max_queue_lifetime: None,
         }
     }
 

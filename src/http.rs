@@ -322,6 +322,8 @@ impl Api {
             smtputf8: false,
             ret: None,
             envid: None,
+            deliver_by: None,
+            mt_priority: None,
             recipients: built
                 .recipients
                 .into_iter()

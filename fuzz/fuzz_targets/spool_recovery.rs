@@ -4,7 +4,8 @@
 //! Each input writes up to 8 real messages (bodies taken from the input) through the `Shard`
 //! API, then overwrites bytes of the segment file at offsets the input picks, or appends the
 //! rest of the input as raw bytes after the records. After recovery every message it returns
-//! must carry the id, envelope and body that were appended under that id: a record whose
+//! must carry the id, envelope, options and body that were appended under that id (odd-length
+//! bodies go with an options block, so both frame layouts are damaged): a record whose
 //! bytes were damaged is dropped (its checksum fails), never returned altered.
 //!
 //! Runs on a tmpfs when there is one (`/dev/shm`) with 64 KiB segments: recovery's fsyncs and
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use ringmta::spool::{MessageMeta, NewMessage, RecipientMeta, Shard, ShardConfig};
+use ringmta::spool::{MessageMeta, MessageOptions, NewMessage, RecipientMeta, Shard, ShardConfig};
 
 const SEGMENT: u64 = 64 * 1024;
 const NOW: u64 = 1_800_000_000_000;
@@ -61,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // Up to 8 messages of up to 255 bytes each, taken from the input.
     let mut rest = rest;
-    let mut written: HashMap<u64, (String, Vec<u8>)> = HashMap::new();
+    let mut written: HashMap<u64, (String, MessageOptions, Vec<u8>)> = HashMap::new();
     {
         let (mut shard, _) = Shard::open(config(), NOW).unwrap();
         for i in 0..(count % 9) {
@@ -73,12 +74,21 @@ fuzz_target!(|data: &[u8]| {
             rest = &tail[n..];
             let sender = format!("s{i}@example.org");
             let parts: [&[u8]; 1] = [&body];
+            let options = if len % 2 == 1 {
+                MessageOptions {
+                    expires_at_ms: NOW + u64::from(len),
+                    priority: (len % 19) as i8 - 9,
+                }
+            } else {
+                MessageOptions::default()
+            };
             let new = NewMessage {
                 meta: meta(&sender),
+                options,
                 body: &parts,
             };
             let (id, _) = shard.append_message(&new, NOW).unwrap();
-            written.insert(id.0, (sender, body));
+            written.insert(id.0, (sender, options, body));
         }
         shard.sync().unwrap();
     }
@@ -116,7 +126,7 @@ fuzz_target!(|data: &[u8]| {
             let Some(v) = shard.message(id) else {
                 continue;
             };
-            let Some((sender, body)) = written.get(&id.0) else {
+            let Some((sender, options, body)) = written.get(&id.0) else {
                 panic!("recovered message {id} was never written");
             };
             assert_eq!(
@@ -124,6 +134,7 @@ fuzz_target!(|data: &[u8]| {
                 sender,
                 "{id}: envelope altered"
             );
+            assert_eq!(v.options, *options, "{id}: options altered");
             assert_eq!(v.body, &body[..], "{id}: body altered");
         }
     }

@@ -146,6 +146,8 @@ pub struct RawUser {
     pub allowed_senders: Option<Vec<String>>,
     /// The egress pool this user's mail leaves from. Default: `delivery.egress_pool`.
     pub egress_pool: Option<String>,
+    /// How long this user's mail may stay queued (capped by `delivery.max_queue_lifetime`).
+    pub max_queue_lifetime: Option<String>,
 }
 
 /// One `[[shaping]]` rule (the built-in file has the same form).
@@ -168,6 +170,9 @@ pub struct RawShapingRule {
     pub blocklist_pause: Option<String>,
     /// Ramp step after a pause.
     pub throttle_ramp_step: Option<String>,
+    /// How long mail for this destination may stay queued (capped by
+    /// `delivery.max_queue_lifetime`).
+    pub max_queue_lifetime: Option<String>,
     /// Who the rule is for (documentation).
     pub provider: Option<String>,
     /// Where its numbers come from (documentation).

@@ -78,23 +78,7 @@ impl Default for Config {
     }
 }
 
-/// Parses `"30s"`, `"5m"`, `"4h"`, `"5d"`, `"250ms"`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => return Some(Duration::from_millis(n)),
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        "d" => n.checked_mul(86_400)?,
-        "w" => n.checked_mul(7 * 86_400)?,
-        _ => return None,
-    };
-    Some(Duration::from_secs(secs))
-}
+pub use crate::time::parse_duration;
 
 /// Parses `"25MB"`, `"64MiB"`, `"512KB"`, `"1GB"`, `"1000"` (bytes). Decimal and binary units.
 pub fn parse_size(s: &str) -> Option<u64> {

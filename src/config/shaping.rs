@@ -89,6 +89,7 @@ fn resolve_rule(r: &mut Resolver, key: &str, raw: &RawShapingRule, origin: &str)
             throttle_pause_ms: ms("throttle_pause", raw.throttle_pause.as_ref()),
             blocklist_pause_ms: ms("blocklist_pause", raw.blocklist_pause.as_ref()),
             throttle_ramp_step_ms: ms("throttle_ramp_step", raw.throttle_ramp_step.as_ref()),
+            max_queue_lifetime_ms: ms("max_queue_lifetime", raw.max_queue_lifetime.as_ref()),
         },
         domain,
         mx,
@@ -110,7 +111,8 @@ mod tests {
     #[test]
     fn operator_rules_come_first_and_problems_are_named() {
         let c = from_toml(
-            "[[shaping]]\nmx = \"*.Google.com.\"\nmax_connections = 3\nthrottle_pause = \"5m\"\n",
+            "[[shaping]]\nmx = \"*.Google.com.\"\nmax_connections = 3\nthrottle_pause = \"5m\"\n\
+             max_queue_lifetime = \"2h\"\n",
             "t",
         )
         .unwrap();
@@ -118,10 +120,13 @@ mod tests {
         assert_eq!(first.mx.as_deref(), Some("*.google.com"));
         assert_eq!(first.limits.max_connections, Some(3));
         assert_eq!(first.limits.throttle_pause_ms, Some(300_000));
+        assert_eq!(first.limits.max_queue_lifetime_ms, Some(7_200_000));
         assert_eq!(first.origin, "operator");
         assert_eq!(c.shaping.len(), 1 + super::builtin().len());
         let err = from_toml(
-            "[[shaping]]\nmax_connections = 0\n[[shaping]]\nmx = \"a.*.test\"\nthrottle_pause = \"0s\"\n",
+            "[[shaping]]\nmax_connections = 0\n[[shaping]]\nmx = \"a.*.test\"\nthrottle_pause = \"0s\"\n\
+             max_queue_lifetime = \"soon\"\n\
+             [[users]]\nusername = \"u@x.test\"\npassword = \"p\"\nmax_queue_lifetime = \"0s\"\n",
             "t",
         )
         .unwrap_err()
@@ -131,6 +136,8 @@ mod tests {
             "shaping[0].max_connections",
             "shaping[1].mx",
             "shaping[1].throttle_pause",
+            "shaping[1].max_queue_lifetime",
+            "users[0].max_queue_lifetime",
         ] {
             assert!(err.contains(key), "{key} missing from: {err}");
         }

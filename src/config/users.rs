@@ -84,6 +84,9 @@ pub struct User {
     pub allowed_senders: Vec<String>,
     /// The egress pool this user's mail leaves from (checked against `[[egress.pools]]`).
     pub egress_pool: Option<String>,
+    /// How long this user's mail may stay queued before it fails as expired (a message's own
+    /// deadline, if shorter, wins); `None`: `delivery.max_queue_lifetime`.
+    pub max_queue_lifetime: Option<std::time::Duration>,
 }
 
 /// `relay.trusted_networks`, loopback when not given.
@@ -141,11 +144,20 @@ pub(super) fn resolve(r: &mut Resolver, users: Vec<RawUser>) -> Vec<User> {
                 );
             }
         }
+        let max_queue_lifetime = u.max_queue_lifetime.as_ref().map(|v| {
+            let key = format!("{key}.max_queue_lifetime");
+            let d = r.duration(&key, Some(v), std::time::Duration::ZERO);
+            if d.is_zero() {
+                r.problem(key, "must be longer than 0s");
+            }
+            d
+        });
         out.push(User {
             username: u.username,
             secret,
             allowed_senders,
             egress_pool: u.egress_pool,
+            max_queue_lifetime,
         });
     }
     out

@@ -18,6 +18,7 @@ use super::route::NextHop;
 use super::sites::{PathOutcome, Site, site_of};
 use super::{AttemptResult, Delivery, DestKey, Job};
 use crate::ids::QueueId;
+use crate::time::unix_ms;
 
 /// Runs one connection for a destination until its queue is empty (or the connection fails).
 pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
@@ -74,6 +75,9 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
     let mut sent = 0usize;
     let mut job_started = delivery.clock().monotonic();
     let mut current: Option<Job> = None;
+    // The destination of the job in flight: this connection's own, or another domain of its
+    // site whose jobs it carries once its own are gone.
+    let mut current_key = key.clone();
     let mut raw = Vec::with_capacity(16 * 1024);
     let mut plain = Vec::with_capacity(4096);
     let mut out = Vec::new();
@@ -158,14 +162,15 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                     // A job with nothing left to send is skipped: the session must get the
                     // next job or a QUIT, never sit idle with no deadline.
                     let started = loop {
-                        let Some(mut job) = delivery.next_job(key) else {
+                        let Some((job_key, mut job)) = delivery.next_job(key, slot.site().name())
+                        else {
                             break None;
                         };
-                        match start_job(&delivery, key, &mut session, &mut job) {
-                            Start::Sent => break Some(Some(job)),
+                        match start_job(&delivery, &job_key, &mut session, &mut job) {
+                            Start::Sent => break Some(Some((job_key, job))),
                             Start::Gone => continue,
                             Start::Busy => {
-                                delivery.requeue_front(key, job);
+                                delivery.requeue_front(&job_key, job);
                                 break Some(None);
                             }
                         }
@@ -174,9 +179,10 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                         None => session.quit(delivery.clock().monotonic()),
                         // The session is ending; its next event says how.
                         Some(None) => {}
-                        Some(Some(job)) => {
+                        Some(Some((job_key, job))) => {
                             sent += 1;
                             current = Some(job);
+                            current_key = job_key;
                             job_started = delivery.clock().monotonic();
                         }
                     }
@@ -211,10 +217,11 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                             // RFC 5321 §4.5.3.1.10: recipients beyond the next hop's limit go
                             // in the next transaction, at once; this was not their attempt.
                             delivery.requeue_front(
-                                key,
+                                &current_key,
                                 Job {
                                     id: job.id,
                                     rcpts: over_limit,
+                                    priority: job.priority,
                                 },
                             );
                         }
@@ -385,6 +392,13 @@ fn start_job(
         return Start::Gone;
     }
     let meta = view.meta;
+    // Its own deadline passed while it waited (a paused site): it fails now, unsent.
+    let deadline = view.options.expires_at_ms;
+    if deadline != 0 && unix_ms(delivery.clock().now()) >= deadline {
+        drop(shard);
+        delivery.expire_if_due(job, deadline);
+        return Start::Gone;
+    }
     // Suspended (by domain or user) since it was queued: it waits with the held recipients.
     if delivery.hold_if_suspended(key, job, meta.auth_user.as_ref().map(|u| u.as_str())) {
         return Start::Gone;

@@ -180,6 +180,7 @@ mod tests {
             secret: Secret::Plain(String::new()),
             allowed_senders: vec![],
             egress_pool: pool.map(Into::into),
+            max_queue_lifetime: None,
         };
         let users = [
             user("app@x.test", Some("only-a")),

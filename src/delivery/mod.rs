@@ -3,9 +3,10 @@
 //!
 //! Each core delivers the messages of its own spool shard. The shard is single-writer (status
 //! records go where the message is), and the body is sent straight from the shard's mapping, so
-//! no body is ever copied between cores. Connections are reused per destination within a core;
-//! with N cores a busy destination sees at most N × `max_connections` connections. See
-//! `docs/delivery.md`.
+//! no body is ever copied between cores. Ready queues are per recipient domain and egress pool,
+//! in priority lanes (`queue::ready`); a connection to a site carries the jobs of every domain
+//! of that site on its core once its own are gone, and the site's connection and rate limits
+//! hold for the whole process (`sites`). See `docs/delivery.md`.
 
 pub mod attempt;
 pub mod egress;
@@ -15,7 +16,7 @@ pub mod sites;
 pub mod suspend;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,6 +31,7 @@ pub use crate::queue::decision::AttemptResult;
 use crate::queue::decision::{
     Cause, Decision, EXPIRED, Fate, MessageFacts, RecipientFacts, decide, dsn_status,
 };
+use crate::queue::ready::Ready;
 use crate::queue::schedule::RetryPolicy;
 use crate::queue::throttle::Signal;
 use crate::queue::wheel::TimerWheel;
@@ -64,6 +66,8 @@ pub struct Job {
     pub id: QueueId,
     /// Recipient indexes (all in the same domain).
     pub rcpts: Vec<u32>,
+    /// The message's priority (RFC 6710 level): its lane in the ready queue.
+    pub priority: i8,
 }
 
 /// What a destination queue holds: the jobs of one recipient domain that leave through one
@@ -76,11 +80,14 @@ pub struct DestKey {
     pub pool: Option<egress::PoolId>,
 }
 
+/// A site reached through an egress pool: the destinations whose jobs its connections share.
+type SitePool = (String, Option<egress::PoolId>);
+
 /// A destination (recipient domain and egress pool) with its ready queue and connection count.
 #[derive(Default)]
 pub struct Destination {
-    /// Jobs ready to go.
-    pub queue: VecDeque<Job>,
+    /// Jobs ready to go, by priority.
+    pub queue: Ready<Job>,
     /// Open connections.
     pub active: usize,
 }
@@ -188,6 +195,12 @@ pub struct Delivery {
     cancelled: RefCell<HashMap<(QueueId, u32), Cancel>>,
     /// Per-domain STARTTLS policy (reloadable).
     route_tls: RefCell<Vec<(String, crate::smtp::client::TlsPolicy)>>,
+    /// The recipient domains of each (site, egress pool) on this core, learned when a
+    /// connection resolves a domain: a connection to the site may carry their jobs too.
+    site_domains: RefCell<HashMap<SitePool, Vec<String>>>,
+    /// The site each recipient domain resolved to last on this core, and its shaping rule's
+    /// queue lifetime in ms.
+    domain_sites: RefCell<HashMap<String, (String, Option<u64>)>>,
 }
 
 impl Delivery {
@@ -246,6 +259,8 @@ impl Delivery {
             in_flight: RefCell::new(HashSet::new()),
             cancelled: RefCell::new(HashMap::new()),
             route_tls: RefCell::new(route_tls),
+            site_domains: RefCell::new(HashMap::new()),
+            domain_sites: RefCell::new(HashMap::new()),
         })
     }
 
@@ -550,7 +565,8 @@ impl Delivery {
     /// Groups due recipients into jobs per (message, destination) and queues them. Stale wheel
     /// entries (the recipient is final or was attempted since) are skipped.
     fn dispatch(self: &Rc<Self>, due: &mut Vec<Due>) {
-        let mut jobs: HashMap<(QueueId, DestKey), Vec<u32>> = HashMap::new();
+        let mut jobs: HashMap<(QueueId, DestKey), (i8, Vec<u32>)> = HashMap::new();
+        let mut expired: HashMap<QueueId, Vec<u32>> = HashMap::new();
         let now_ms = unix_ms(self.clock.now());
         {
             let shard = self.shard.borrow();
@@ -572,6 +588,15 @@ impl Delivery {
                 let Some(meta) = view.meta.recipients.get(rcpt as usize) else {
                     continue;
                 };
+                // Past its own deadline: it fails now, unless a transaction has it (that
+                // transaction's result decides).
+                let deadline = view.options.expires_at_ms;
+                if deadline != 0 && now_ms >= deadline {
+                    if !self.in_flight.borrow().contains(&(id, rcpt)) {
+                        expired.entry(id).or_default().push(rcpt);
+                    }
+                    continue;
+                }
                 let domain = domain_of(meta.address.as_str());
                 let user = view.meta.auth_user.as_ref().map(|u| u.as_str());
                 if self.suspensions.holds_message(now_ms, &domain, user) {
@@ -580,6 +605,10 @@ impl Delivery {
                         rcpt,
                         scheduled_for,
                     });
+                    // A suspension does not stop the clock: it still expires at its deadline.
+                    if deadline != 0 {
+                        self.schedule(id, rcpt, deadline - now_ms, r.next_attempt_ms);
+                    }
                     continue;
                 }
                 if !self.in_flight.borrow_mut().insert((id, rcpt)) {
@@ -589,23 +618,32 @@ impl Delivery {
                     domain,
                     pool: self.egress.pool_for(user),
                 };
-                let entry = jobs.entry((id, key)).or_default();
-                if !entry.contains(&rcpt) {
-                    entry.push(rcpt);
+                let entry = jobs
+                    .entry((id, key))
+                    .or_insert_with(|| (view.options.priority, Vec::new()));
+                if !entry.1.contains(&rcpt) {
+                    entry.1.push(rcpt);
                 }
             }
+        }
+        for (id, rcpts) in expired {
+            self.expire(id, &rcpts);
         }
         let mut touched = HashSet::new();
         {
             let mut dests = self.dests.borrow_mut();
             let per_txn = self.config.max_recipients_per_transaction.max(1);
-            for ((id, key), rcpts) in jobs {
+            for ((id, key), (priority, rcpts)) in jobs {
                 let queue = &mut dests.entry(key.clone()).or_default().queue;
                 for chunk in rcpts.chunks(per_txn) {
-                    queue.push_back(Job {
-                        id,
-                        rcpts: chunk.to_vec(),
-                    });
+                    queue.push_back(
+                        priority,
+                        Job {
+                            id,
+                            rcpts: chunk.to_vec(),
+                            priority,
+                        },
+                    );
                 }
                 touched.insert(key);
             }
@@ -620,14 +658,19 @@ impl Delivery {
         loop {
             let start = {
                 let mut dests = self.dests.borrow_mut();
-                let Some(d) = dests.get_mut(key) else {
+                if !dests.contains_key(key) {
                     return;
-                };
+                }
                 if self.parked.borrow().contains_key(key) {
                     return;
                 }
-                let want = d.queue.len().min(self.config.max_connections);
-                if d.active < want {
+                // The connections of the domain's whole site on this core serve its queue.
+                let (active, queued) = self.site_load(&dests, key);
+                let want = queued.min(self.config.max_connections);
+                if active < want {
+                    let Some(d) = dests.get_mut(key) else {
+                        return;
+                    };
                     d.active += 1;
                     true
                 } else {
@@ -641,22 +684,152 @@ impl Delivery {
             let key = key.clone();
             tokio_uring::spawn(async move {
                 attempt::connection(Rc::clone(&this), &key).await;
-                let more = {
+                // Jobs left here or at another domain of the site (which may have counted on
+                // this connection) get connections again.
+                let more: Vec<DestKey> = {
                     let mut dests = this.dests.borrow_mut();
-                    let d = dests.entry(key.clone()).or_default();
-                    d.active -= 1;
-                    !d.queue.is_empty()
+                    dests.entry(key.clone()).or_default().active -= 1;
+                    this.site_keys(&key)
+                        .into_iter()
+                        .filter(|k| dests.get(k).is_some_and(|d| !d.queue.is_empty()))
+                        .collect()
                 };
-                if more {
-                    this.start_connections(&key);
+                for k in more {
+                    this.start_connections(&k);
                 }
             });
         }
     }
 
-    /// Takes the next job for a destination.
-    pub fn next_job(&self, key: &DestKey) -> Option<Job> {
-        self.dests.borrow_mut().get_mut(key)?.queue.pop_front()
+    /// Takes the next job for a connection to `site` opened for `key`: the destination's own
+    /// next job (highest priority first), else the next job of another domain of the same site
+    /// and pool on this core with the same TLS policy (the one whose next job has the highest
+    /// priority). Returns the job's destination with it.
+    pub fn next_job(&self, key: &DestKey, site: &str) -> Option<(DestKey, Job)> {
+        let mut dests = self.dests.borrow_mut();
+        if let Some(job) = dests.get_mut(key).and_then(|d| d.queue.pop_front()) {
+            return Some((key.clone(), job));
+        }
+        let tls = self.tls_policy(&key.domain);
+        let group = self.site_domains.borrow();
+        let other = group
+            .get(&(site.to_owned(), key.pool))?
+            .iter()
+            .filter(|d| **d != key.domain && self.tls_policy(d) == tls)
+            .filter_map(|d| {
+                let k = DestKey {
+                    domain: d.clone(),
+                    pool: key.pool,
+                };
+                let lane = dests.get(&k)?.queue.next_lane()?;
+                Some((lane, k))
+            })
+            .min_by_key(|(lane, _)| *lane)?
+            .1;
+        let job = dests.get_mut(&other)?.queue.pop_front()?;
+        Some((other, job))
+    }
+
+    /// The destinations of `key`'s site on this core (`key` itself included), or `key` alone
+    /// before its domain was resolved.
+    fn site_keys(&self, key: &DestKey) -> Vec<DestKey> {
+        let site = self
+            .domain_sites
+            .borrow()
+            .get(&key.domain)
+            .map(|s| s.0.clone());
+        let Some(site) = site else {
+            return vec![key.clone()];
+        };
+        self.site_domains
+            .borrow()
+            .get(&(site, key.pool))
+            .map(|domains| {
+                domains
+                    .iter()
+                    .map(|d| DestKey {
+                        domain: d.clone(),
+                        pool: key.pool,
+                    })
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![key.clone()])
+    }
+
+    /// Connections open and jobs queued on this core for `key`'s site (or `key` alone before
+    /// its domain was resolved).
+    fn site_load(&self, dests: &HashMap<DestKey, Destination>, key: &DestKey) -> (usize, usize) {
+        self.site_keys(key)
+            .iter()
+            .filter_map(|k| dests.get(k))
+            .fold((0, 0), |(a, q), d| (a + d.active, q + d.queue.len()))
+    }
+
+    /// Notes which site a destination's domain resolved to (a connection for it is starting),
+    /// so that connections to that site carry its jobs too.
+    fn learn_site(&self, key: &DestKey, site: &sites::Site) {
+        let known = self.domain_sites.borrow_mut().insert(
+            key.domain.clone(),
+            (site.name().to_owned(), site.max_queue_lifetime_ms()),
+        );
+        let mut groups = self.site_domains.borrow_mut();
+        // Its MX records changed: it leaves its old site, whatever the pool.
+        if let Some((old, _)) = known
+            && old != site.name()
+        {
+            for ((name, _), members) in groups.iter_mut() {
+                if *name == old {
+                    members.retain(|d| *d != key.domain);
+                }
+            }
+        }
+        let members = groups
+            .entry((site.name().to_owned(), key.pool))
+            .or_default();
+        if !members.contains(&key.domain) {
+            members.push(key.domain.clone());
+        }
+    }
+
+    /// Fails recipients of `id` whose own deadline passed, without an attempt: final, with a
+    /// failure DSN carrying their last error.
+    fn expire(&self, id: QueueId, rcpts: &[u32]) {
+        let results: Vec<(u32, AttemptResult)> = {
+            let shard = self.shard.borrow();
+            let Some(st) = shard.state(id) else {
+                return;
+            };
+            rcpts
+                .iter()
+                .map(|&r| {
+                    let last = st
+                        .recipients
+                        .get(r as usize)
+                        .and_then(|rs| rs.last_status)
+                        .and_then(|at| shard.status_record(at))
+                        .map(|s| {
+                            (
+                                s.reply.as_str().to_owned(),
+                                Category::from_name(s.category.as_str())
+                                    .unwrap_or(Category::Temporary),
+                            )
+                        });
+                    (r, AttemptResult::Expired { last })
+                })
+                .collect()
+        };
+        self.record(id, &results);
+    }
+
+    /// Fails a job's recipients now if the message's own deadline passed while it waited in a
+    /// ready queue (a paused site, say); returns whether it did.
+    pub fn expire_if_due(&self, job: &Job, deadline_ms: u64) -> bool {
+        if deadline_ms == 0 || unix_ms(self.clock.now()) < deadline_ms {
+            return false;
+        }
+        self.release(job.id, &job.rcpts);
+        self.expire(job.id, &job.rcpts);
+        true
     }
 
     /// The STARTTLS policy for a destination.
@@ -679,6 +852,7 @@ impl Delivery {
         source: Option<&str>,
     ) -> Option<sites::SiteSlot> {
         let site = self.sites.get(site, source, &key.domain);
+        self.learn_site(key, &site);
         let slot = if self.path_suspended(&site) {
             None
         } else {
@@ -757,14 +931,14 @@ impl Delivery {
         });
     }
 
-    /// Puts a job back at the head of its destination's queue.
+    /// Puts a job back at the head of its lane in its destination's queue.
     pub fn requeue_front(&self, key: &DestKey, job: Job) {
         self.dests
             .borrow_mut()
             .entry(key.clone())
             .or_default()
             .queue
-            .push_front(job);
+            .push_front(job.priority, job);
     }
 
     /// Takes every queued job of a destination (when the destination is unreachable).
@@ -772,7 +946,7 @@ impl Delivery {
         self.dests
             .borrow_mut()
             .get_mut(key)
-            .map(|d| d.queue.drain(..).collect())
+            .map(|d| d.queue.drain())
             .unwrap_or_default()
     }
 
@@ -816,6 +990,7 @@ impl Delivery {
             let message = MessageFacts {
                 received_ms: st.received_at_ms,
                 may_notify: !view.meta.is_dsn && !view.meta.reverse_path.is_empty(),
+                deadline_ms: view.options.expires_at_ms,
             };
             let recipients: Vec<(String, smtp::Notify)> = results
                 .iter()
@@ -838,6 +1013,28 @@ impl Delivery {
                     attempts: rs.attempts,
                     delay_notified: rs.delay_notified,
                     notify,
+                };
+                // The destination's shaping rule may give it a shorter life (a delivery needs
+                // no deadline: no lookup on that path).
+                let rule_deadline = if matches!(result, AttemptResult::Delivered { .. }) {
+                    None
+                } else {
+                    self.domain_sites
+                        .borrow()
+                        .get(&domain_of(&address))
+                        .and_then(|(_, life)| *life)
+                        .map(|life| st.received_at_ms.saturating_add(life))
+                };
+                let message = match (rule_deadline, message.deadline_ms) {
+                    (Some(rule), 0) => MessageFacts {
+                        deadline_ms: rule,
+                        ..message
+                    },
+                    (Some(rule), own) => MessageFacts {
+                        deadline_ms: own.min(rule),
+                        ..message
+                    },
+                    (None, _) => message,
                 };
                 let d = decide(
                     message,
@@ -1033,10 +1230,14 @@ impl Delivery {
             is_dsn: true,
         };
         let parts: [&[u8]; 1] = [&bytes];
-        let appended = self
-            .shard
-            .borrow_mut()
-            .append_message(&NewMessage { meta, body: &parts }, now_ms);
+        let appended = self.shard.borrow_mut().append_message(
+            &NewMessage {
+                meta,
+                options: Default::default(),
+                body: &parts,
+            },
+            now_ms,
+        );
         match appended {
             Ok((dsn_id, _)) => {
                 tracing::info!(%id, %dsn_id, kind = ?kind, "dsn queued");

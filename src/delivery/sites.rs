@@ -88,6 +88,7 @@ impl Sites {
             rule: rule.map(|r| r.origin.clone()),
             max_connections: limits.max_connections,
             max_messages_per_connection: limits.max_messages_per_connection,
+            max_queue_lifetime_ms: limits.max_queue_lifetime_ms,
             send_interval_ns: match limits.max_messages_per_second {
                 0 => 0,
                 rate => 1_000_000_000 / u64::from(rate),
@@ -191,6 +192,8 @@ pub struct Site {
     /// The shaping rule that set its limits (its origin), if any.
     rule: Option<String>,
     max_messages_per_connection: usize,
+    /// The shaping rule's queue lifetime for mail to this path, in ms.
+    max_queue_lifetime_ms: Option<u64>,
     max_connections: usize,
     /// Nanoseconds between two messages; 0 = unlimited.
     send_interval_ns: u64,
@@ -244,6 +247,11 @@ impl Site {
     /// Messages a connection on this path carries before it closes.
     pub fn max_messages_per_connection(&self) -> usize {
         self.max_messages_per_connection
+    }
+
+    /// How long mail to this path may stay queued, in ms, when a shaping rule says so.
+    pub fn max_queue_lifetime_ms(&self) -> Option<u64> {
+        self.max_queue_lifetime_ms
     }
 
     /// The shaping rule that set this path's limits (`operator` or `builtin: <provider>`).
@@ -368,6 +376,7 @@ mod tests {
             max_messages_per_second: rate,
             max_messages_per_connection: 100,
             throttle,
+            max_queue_lifetime_ms: None,
         }
     }
 

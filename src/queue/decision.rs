@@ -10,7 +10,9 @@ use crate::bounce::classify::{Action, Category, Classifier, ConnFailure, Failure
 use crate::bounce::dsn::DsnKind;
 use crate::smtp::{EnhancedCode, Notify, Reply};
 
-use super::schedule::{NextStep, RetryPolicy, after_failure, delay_notice_due};
+use super::schedule::{
+    NextStep, RetryPolicy, after_failure_until, delay_notice_due_until, expiry_ms,
+};
 
 /// The result of one attempt for one recipient, as the connection saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +44,13 @@ pub enum AttemptResult {
     },
     /// An operator bounced the recipient (`queue bounce`): final, with a failure DSN.
     Bounced,
+    /// The message's own deadline (`BY=`, `X-Ringmta-Expire-After`, its user's queue lifetime)
+    /// passed before the recipient could be attempted again: final, with a failure DSN, without
+    /// an attempt.
+    Expired {
+        /// The last attempt's reply or error and its category, when there was an attempt.
+        last: Option<(String, Category)>,
+    },
     /// An operator deleted the recipient (`queue delete`): final, no DSN.
     Deleted,
 }
@@ -61,6 +70,9 @@ pub struct MessageFacts {
     /// Whether a DSN may be sent about it: not for a DSN, not to the null reverse path
     /// (RFC 3461 §6.2, RFC 5321 §6.1).
     pub may_notify: bool,
+    /// Its own deadline, ms since the Unix epoch, when earlier than the retry policy's lifetime
+    /// (the message's options, the destination's shaping rule); 0 for none.
+    pub deadline_ms: u64,
 }
 
 /// The facts about the recipient before the attempt.
@@ -183,6 +195,23 @@ pub fn decide(
                 }),
             };
         }
+        AttemptResult::Expired { last } => {
+            let (text, category) = match last {
+                Some((error, category)) => (format!("{EXPIRED}; last error: {error}"), *category),
+                None => (EXPIRED.to_owned(), Category::Temporary),
+            };
+            return Decision {
+                fate: Fate::Failed { expired: true },
+                attempt: recipient.attempts,
+                text,
+                remote: String::new(),
+                category: Some(category),
+                dsn: wants(DsnKind::Failure).then(|| DsnNotice {
+                    kind: DsnKind::Failure,
+                    status: dsn_status(DsnKind::Failure, None, Some(Cause::Expired)),
+                }),
+            };
+        }
         AttemptResult::Refused { reply, remote } => {
             let text = reply.one_line();
             let class = classifier.classify(&Failure::Reply {
@@ -224,12 +253,14 @@ pub fn decide(
     if class.action == Action::Bounce {
         return failed(text, false);
     }
-    match after_failure(policy, attempt, message.received_ms, now_ms) {
+    let expiry = expiry_ms(policy, message.received_ms, message.deadline_ms);
+    match after_failure_until(policy, attempt, expiry, now_ms) {
         NextStep::Expire => failed(format!("{EXPIRED}; last error: {text}"), true),
         NextStep::RetryAt(next_attempt_ms) => {
-            let delay_due = delay_notice_due(
+            let delay_due = delay_notice_due_until(
                 policy,
                 message.received_ms,
+                expiry,
                 now_ms,
                 recipient.delay_notified,
             );

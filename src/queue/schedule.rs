@@ -143,7 +143,17 @@ pub fn after_failure(
     received_ms: u64,
     now_ms: u64,
 ) -> NextStep {
-    let expiry = expiry_ms(policy, received_ms);
+    after_failure_until(policy, attempts, expiry_ms(policy, received_ms, 0), now_ms)
+}
+
+/// [`after_failure`] with the expiry given: [`expiry_ms`] of the message, its own deadline
+/// included.
+pub fn after_failure_until(
+    policy: &RetryPolicy,
+    attempts: u32,
+    expiry: u64,
+    now_ms: u64,
+) -> NextStep {
     if now_ms >= expiry {
         return NextStep::Expire;
     }
@@ -155,7 +165,7 @@ pub fn after_failure(
 ///
 /// A message received "in the future" (clock stepped back) is simply not expired yet.
 pub fn is_expired(policy: &RetryPolicy, received_ms: u64, now_ms: u64) -> bool {
-    now_ms >= expiry_ms(policy, received_ms)
+    now_ms >= expiry_ms(policy, received_ms, 0)
 }
 
 /// True when the single delay notice should be sent now.
@@ -170,7 +180,19 @@ pub fn delay_notice_due(
     now_ms: u64,
     already_sent: bool,
 ) -> bool {
-    if already_sent || is_expired(policy, received_ms, now_ms) {
+    let expiry = expiry_ms(policy, received_ms, 0);
+    delay_notice_due_until(policy, received_ms, expiry, now_ms, already_sent)
+}
+
+/// [`delay_notice_due`] with the expiry given ([`expiry_ms`], the message's deadline included).
+pub fn delay_notice_due_until(
+    policy: &RetryPolicy,
+    received_ms: u64,
+    expiry: u64,
+    now_ms: u64,
+    already_sent: bool,
+) -> bool {
+    if already_sent || now_ms >= expiry {
         return false;
     }
     now_ms >= received_ms.saturating_add(duration_ms(policy.delay_notice_after))
@@ -187,8 +209,14 @@ fn step_ms(policy: &RetryPolicy, attempts: u32) -> u64 {
         .map_or(u64::MAX, |&d| duration_ms(d))
 }
 
-fn expiry_ms(policy: &RetryPolicy, received_ms: u64) -> u64 {
-    received_ms.saturating_add(duration_ms(policy.max_lifetime))
+/// When a message received at `received_ms` expires: after the policy's `max_lifetime`, or at
+/// its own `deadline_ms` when that is earlier (0: none).
+pub fn expiry_ms(policy: &RetryPolicy, received_ms: u64, deadline_ms: u64) -> u64 {
+    let lifetime = received_ms.saturating_add(duration_ms(policy.max_lifetime));
+    match deadline_ms {
+        0 => lifetime,
+        d => lifetime.min(d),
+    }
 }
 
 /// Whole milliseconds, saturating: a `Duration` can hold ~584 million years of ms more than u64.

@@ -19,6 +19,9 @@ pub struct PathLimits {
     pub max_messages_per_connection: usize,
     /// The reaction to throttling replies.
     pub throttle: ThrottlePolicy,
+    /// How long mail for the destination may stay queued, in ms, when shorter than
+    /// `delivery.max_queue_lifetime`; `None`: that.
+    pub max_queue_lifetime_ms: Option<u64>,
 }
 
 /// What a rule sets; `None` leaves the default.
@@ -36,6 +39,8 @@ pub struct RuleLimits {
     pub blocklist_pause_ms: Option<u64>,
     /// `throttle_ramp_step`, in ms.
     pub throttle_ramp_step_ms: Option<u64>,
+    /// `max_queue_lifetime`, in ms.
+    pub max_queue_lifetime_ms: Option<u64>,
 }
 
 /// One `[[shaping]]` rule.
@@ -105,6 +110,7 @@ pub fn limits_for<'r>(
                 .throttle_ramp_step_ms
                 .unwrap_or(defaults.throttle.ramp_step_ms),
         },
+        max_queue_lifetime_ms: l.max_queue_lifetime_ms.or(defaults.max_queue_lifetime_ms),
     };
     (limits, Some(rule))
 }
@@ -122,6 +128,7 @@ mod tests {
             blocklist_pause_ms: 3_600_000,
             ramp_step_ms: 60_000,
         },
+        max_queue_lifetime_ms: None,
     };
 
     fn rule(domain: Option<&str>, mx: Option<&str>, conns: usize) -> Rule {

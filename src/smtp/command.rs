@@ -8,7 +8,7 @@
 //! parameter keywords are case-insensitive (RFC 5321 §2.4).
 
 use super::address::{Mailbox, ReversePath};
-use super::envelope::{BodyType, Notify, Ret};
+use super::envelope::{BodyType, DeliverBy, Notify, Ret};
 use super::error::{ProtocolError, SyntaxError};
 
 /// RFC 3461 §4.4: ENVID is at most 100 characters.
@@ -89,6 +89,10 @@ pub struct MailParams {
     pub ret: Option<Ret>,
     /// `ENVID=`, xtext decoded.
     pub envid: Option<String>,
+    /// `BY=` (RFC 2852).
+    pub by: Option<DeliverBy>,
+    /// `MT-PRIORITY=` (RFC 6710).
+    pub mt_priority: Option<i8>,
     /// How many parameters were given (including ignored `AUTH=`).
     pub count: usize,
 }
@@ -271,6 +275,16 @@ fn parse_mail(args: &str) -> Result<Command<'_>, ProtocolError> {
                     .ok_or(value_error("ENVID"))?;
                 params.envid.replace(envid).is_some()
             }
+            "BY" => {
+                let by = value.and_then(parse_by).ok_or(value_error("BY"))?;
+                params.by.replace(by).is_some()
+            }
+            "MT-PRIORITY" => {
+                let p = value
+                    .and_then(parse_priority)
+                    .ok_or(value_error("MT-PRIORITY"))?;
+                params.mt_priority.replace(p).is_some()
+            }
             // RFC 4954 §5: AUTH= on MAIL may be accepted and ignored.
             "AUTH" => false,
             _ => {
@@ -356,6 +370,39 @@ fn parse_auth(args: &str) -> Result<Command<'_>, ProtocolError> {
         mechanism,
         initial_response,
     })
+}
+
+/// RFC 2852 §4: `by-time ";" by-mode [by-trace]`, by-time `["-"] 1*9digit`, by-mode `N` or
+/// `R`, by-trace `T`. With `R` the time must be positive (§5.1).
+fn parse_by(v: &str) -> Option<DeliverBy> {
+    let (time, mode) = v.split_once(';')?;
+    let digits = time.strip_prefix('-').unwrap_or(time);
+    if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seconds: i64 = time.parse().ok()?;
+    let mode = mode.to_ascii_uppercase();
+    let (return_on_expiry, trace) = match mode.as_str() {
+        "R" => (true, false),
+        "RT" => (true, true),
+        "N" => (false, false),
+        "NT" => (false, true),
+        _ => return None,
+    };
+    (!return_on_expiry || seconds > 0).then_some(DeliverBy {
+        seconds,
+        return_on_expiry,
+        trace,
+    })
+}
+
+/// RFC 6710 §3: `["+" / "-"] DIGIT`, -9 to 9.
+fn parse_priority(v: &str) -> Option<i8> {
+    let digit = v.strip_prefix(['+', '-']).unwrap_or(v);
+    if digit.len() != 1 || !digit.as_bytes()[0].is_ascii_digit() {
+        return None;
+    }
+    v.parse().ok()
 }
 
 fn value_error(keyword: &'static str) -> ProtocolError {
@@ -578,6 +625,7 @@ mod tests {
                         ret: Some(Ret::Hdrs),
                         envid: Some("QQ+Z".into()),
                         count: 6,
+                        ..p()
                     },
                 ),
             ),
@@ -593,6 +641,63 @@ mod tests {
                         ..p()
                     },
                 ),
+            ),
+            (
+                "MAIL FROM:<a@b.example> BY=120;R MT-PRIORITY=+3",
+                mail(
+                    "<a@b.example>",
+                    MailParams {
+                        by: Some(DeliverBy {
+                            seconds: 120,
+                            return_on_expiry: true,
+                            trace: false,
+                        }),
+                        mt_priority: Some(3),
+                        count: 2,
+                        ..p()
+                    },
+                ),
+            ),
+            (
+                "MAIL FROM:<a@b.example> by=-5;nt mt-priority=-9",
+                mail(
+                    "<a@b.example>",
+                    MailParams {
+                        by: Some(DeliverBy {
+                            seconds: -5,
+                            return_on_expiry: false,
+                            trace: true,
+                        }),
+                        mt_priority: Some(-9),
+                        count: 2,
+                        ..p()
+                    },
+                ),
+            ),
+            // R needs a positive time; a mode, digits and a range are required.
+            (
+                "MAIL FROM:<a@b.example> BY=0;R",
+                Err(E::Syntax(S::ParameterValue("BY"))),
+            ),
+            (
+                "MAIL FROM:<a@b.example> BY=60",
+                Err(E::Syntax(S::ParameterValue("BY"))),
+            ),
+            (
+                "MAIL FROM:<a@b.example> BY=1234567890;R",
+                Err(E::Syntax(S::ParameterValue("BY"))),
+            ),
+            (
+                "MAIL FROM:<a@b.example> BY=60;X",
+                Err(E::Syntax(S::ParameterValue("BY"))),
+            ),
+            (
+                "MAIL FROM:<a@b.example> MT-PRIORITY=10",
+                Err(E::Syntax(S::ParameterValue("MT-PRIORITY"))),
+            ),
+            (
+                "MAIL FROM:<a@b.example> MT-PRIORITY=high",
+                Err(E::Syntax(S::ParameterValue("MT-PRIORITY"))),
             ),
             ("MAIL", Err(E::Syntax(S::MailFrom))),
             ("MAIL TO:<a@b.example>", Err(E::Syntax(S::MailFrom))),

@@ -151,6 +151,18 @@ pub struct Recipient {
     pub orcpt: Option<String>,
 }
 
+/// RFC 2852 `BY=` on MAIL: deliver within `seconds` of the MAIL command, or else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeliverBy {
+    /// The by-time in seconds (positive for `R`; may be zero or negative for `N`).
+    pub seconds: i64,
+    /// `R`: return the message (failure DSN) when the time passes. `N`: notify (delay DSN)
+    /// and keep trying.
+    pub return_on_expiry: bool,
+    /// The `T` trace modifier.
+    pub trace: bool,
+}
+
 /// A complete message waiting to be made durable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transaction {
@@ -174,6 +186,10 @@ pub struct Transaction {
     pub ret: Option<Ret>,
     /// `ENVID=`, xtext decoded.
     pub envid: Option<String>,
+    /// `BY=` (RFC 2852 DELIVERBY).
+    pub deliver_by: Option<DeliverBy>,
+    /// `MT-PRIORITY=` (RFC 6710), -9..=9.
+    pub mt_priority: Option<i8>,
     /// Accepted recipients, in RCPT order; never empty.
     pub recipients: Vec<Recipient>,
     /// The message: un-stuffed, every line ending CRLF, at most `max_message_size` bytes.

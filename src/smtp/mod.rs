@@ -22,7 +22,7 @@ mod server;
 pub use address::{AddressError, Domain, Mailbox, ReversePath, SenderPattern};
 pub use command::{AuthMechanism, Command, MailParams, RcptParams, decode_xtext};
 pub use data::{BdatReceiver, DataReceiver, DotStuffer, Status, stuff};
-pub use envelope::{BodyType, Notify, Recipient, Ret, Transaction};
+pub use envelope::{BodyType, DeliverBy, Notify, Recipient, Ret, Transaction};
 pub use error::{ConnectionRefused, ProtocolError, Sequence, SyntaxError};
 pub use limits::SessionLimits;
 pub use reply::{EnhancedCode, Reply, ReplyLimits, ReplyParseError, ReplyStatus};

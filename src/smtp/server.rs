@@ -758,6 +758,9 @@ impl ServerSession {
             "ENHANCEDSTATUSCODES".to_owned(),
             "CHUNKING".to_owned(),
             "DSN".to_owned(),
+            // RFC 2852 with no minimum by-time; RFC 6710 with no named policy.
+            "DELIVERBY".to_owned(),
+            "MT-PRIORITY".to_owned(),
         ];
         if self.tls.is_none() && self.config.starttls_available {
             lines.push("STARTTLS".to_owned());
@@ -1004,6 +1007,8 @@ impl ServerSession {
             smtputf8: envelope.params.smtputf8,
             ret: envelope.params.ret,
             envid: envelope.params.envid,
+            deliver_by: envelope.params.by,
+            mt_priority: envelope.params.mt_priority,
             recipients: envelope.recipients,
             body,
         };

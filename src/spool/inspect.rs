@@ -97,7 +97,7 @@ pub fn read_spool(dir: &Path) -> Result<SpoolSnapshot, SpoolError> {
                 .map(|i| &rec.segments[i].seg)
         };
         for (&id, state) in &rec.index {
-            let Some((meta, body)) =
+            let Some((meta, _, body)) =
                 seg(state.at.segment).and_then(|s| s.message_at(state.at.offset))
             else {
                 continue;

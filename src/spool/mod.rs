@@ -59,8 +59,8 @@ pub use inspect::{CheckReport, MessageSnapshot, SpoolSnapshot, check, read_spool
 pub use lock::{SpoolLock, lock};
 pub use record::{
     ArchivedMessageMeta, ArchivedPlaceholder, ArchivedRecipientMeta, ArchivedStatusRecord,
-    BODY_7BIT, BODY_8BITMIME, MessageMeta, Placeholder, PlaceholderRecipient, RecipientMeta,
-    StatusKind, StatusRecord,
+    BODY_7BIT, BODY_8BITMIME, MessageMeta, MessageOptions, Placeholder, PlaceholderRecipient,
+    RecipientMeta, StatusKind, StatusRecord,
 };
 pub use recovery::{RecoveryReport, SegmentReport};
 pub use segment::{HeaderError, TornTail};
@@ -131,6 +131,8 @@ impl ShardConfig {
 pub struct NewMessage<'a> {
     /// Envelope and session facts; `meta.id` is ignored and replaced by the assigned id.
     pub meta: MessageMeta,
+    /// Delivery options (stored only when one is set).
+    pub options: MessageOptions,
     /// Body parts, concatenated on disk.
     pub body: &'a [&'a [u8]],
 }
@@ -147,6 +149,8 @@ pub struct MessageView<'a> {
     pub id: QueueId,
     /// The archived envelope (validated at recovery or written by this process).
     pub meta: &'a ArchivedMessageMeta,
+    /// Its delivery options.
+    pub options: MessageOptions,
     /// The raw body bytes, straight from the mapping.
     pub body: &'a [u8],
 }
@@ -283,7 +287,16 @@ impl Shard {
         meta.id = id.0;
         let archived =
             record::archive(&meta).map_err(|source| SpoolError::Encode { id, source })?;
-        let body_len: usize = msg.body.iter().map(|p| p.len()).sum();
+        let block = msg.options.encode();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(msg.body.len() + 1);
+        let flags = if msg.options.is_default() {
+            0
+        } else {
+            parts.push(&block);
+            record::FLAG_OPTIONS
+        };
+        parts.extend_from_slice(msg.body);
+        let body_len: usize = parts.iter().map(|p| p.len()).sum();
         let plen = record::payload_len(archived.len(), body_len);
         let room = if meta.is_dsn {
             Room::Outcome
@@ -292,10 +305,10 @@ impl Shard {
         };
         let offset = self.append_frame(
             id,
-            RecordKind::Message,
+            (RecordKind::Message, flags),
             room,
             &archived,
-            msg.body,
+            &parts,
             plen,
             now_ms,
         )?;
@@ -338,7 +351,7 @@ impl Shard {
         let plen = archived.len();
         let offset = self.append_frame(
             id,
-            RecordKind::Status,
+            (RecordKind::Status, 0),
             Room::Outcome,
             &archived,
             &[],
@@ -435,8 +448,13 @@ impl Shard {
     /// A message, zero-copy from its segment: archived envelope and body.
     pub fn message(&self, id: QueueId) -> Option<MessageView<'_>> {
         let at = self.index.get(&id)?.at;
-        let (meta, body) = self.segment(at.segment)?.message_at(at.offset)?;
-        Some(MessageView { id, meta, body })
+        let (meta, options, body) = self.segment(at.segment)?.message_at(at.offset)?;
+        Some(MessageView {
+            id,
+            meta,
+            options,
+            body,
+        })
     }
 
     /// Per-recipient state of a message.
@@ -531,7 +549,7 @@ impl Shard {
     fn append_frame(
         &mut self,
         id: QueueId,
-        kind: RecordKind,
+        (kind, flags): (RecordKind, u16),
         room: Room,
         meta: &[u8],
         body: &[&[u8]],
@@ -567,7 +585,7 @@ impl Shard {
             self.new_segment(room, need, now_ms)?;
         }
         let last = self.segments.len() - 1;
-        let appended = self.segments[last].seg.append(kind, meta, body);
+        let appended = self.segments[last].seg.append(kind, flags, meta, body);
         match appended {
             Ok(Some(offset)) => Ok(offset),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {

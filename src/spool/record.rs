@@ -9,11 +9,16 @@
 //! offset 0  payload_len u32 LE   0 means "end of written data" (preallocated space reads as zeros)
 //! offset 4  format_version u8    FORMAT_VERSION
 //! offset 5  kind u8              RecordKind
-//! offset 6  flags u16 LE         0 (reserved; any other value is rejected)
+//! offset 6  flags u16 LE         0, or FLAG_OPTIONS on a message frame; other bits are rejected
 //! offset 8  crc32c u32 LE        over header bytes 0..8 and 12..16, then the payload
 //! offset 12 meta_len u32 LE      length of the rkyv archive at the start of the payload
 //! offset 16 payload              rkyv archive [+ zero padding to 16 + raw body for messages]
 //! ```
+//!
+//! A message frame with `FLAG_OPTIONS` holds its [`MessageOptions`] (16 bytes) between the padded
+//! archive and the body. Messages without options (most of them) are written without the block,
+//! so their frames are the same as before options existed, and frames written before read as
+//! messages without options.
 //!
 //! Invariants: every frame starts at a 16-byte aligned offset and its length is a multiple of 16,
 //! so each payload (and each rkyv root) sits on a 16-byte boundary; the padding after the payload
@@ -32,6 +37,10 @@ pub const FRAME_HEADER_LEN: usize = 16;
 pub const FRAME_ALIGN: usize = 16;
 /// The frame format version this code writes and the only one it reads.
 pub const FORMAT_VERSION: u8 = 1;
+/// Header flag of a message frame that carries a [`MessageOptions`] block.
+pub const FLAG_OPTIONS: u16 = 1;
+/// Length of the [`MessageOptions`] block.
+pub const OPTIONS_LEN: usize = 16;
 /// Largest payload a frame can describe (`payload_len` is a `u32`, kept aligned).
 pub const MAX_PAYLOAD_LEN: usize = (u32::MAX as usize) & !(FRAME_ALIGN - 1);
 
@@ -89,6 +98,55 @@ pub struct MessageMeta {
     pub tls: Option<String>,
     /// A DSN we generated: never a DSN about it.
     pub is_dsn: bool,
+}
+
+/// Per-message delivery options that the sender asked for (DELIVERBY, MT-PRIORITY, the
+/// `X-Ringmta-*` control headers) or that its user's settings give. Stored in a fixed 16-byte
+/// block, not in the archive, so that adding them changed no archived layout:
+///
+/// ```text
+/// offset 0  expires_at_ms u64 LE   0: no deadline of its own (the retry policy's lifetime holds)
+/// offset 8  priority i8            -9..=9 (RFC 6710); 0 is normal
+/// offset 9  7 reserved bytes       zero
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MessageOptions {
+    /// When its recipients that are not delivered yet fail as expired, ms since the Unix epoch;
+    /// 0 for none.
+    pub expires_at_ms: u64,
+    /// Priority, -9 (lowest) to 9 (highest), 0 normal: higher leaves the ready queue first.
+    pub priority: i8,
+}
+
+impl MessageOptions {
+    /// Whether nothing is set (such a message is stored without the block).
+    pub fn is_default(&self) -> bool {
+        *self == MessageOptions::default()
+    }
+
+    /// The on-disk block.
+    pub fn encode(&self) -> [u8; OPTIONS_LEN] {
+        let mut b = [0u8; OPTIONS_LEN];
+        b[0..8].copy_from_slice(&self.expires_at_ms.to_le_bytes());
+        b[8] = self.priority as u8;
+        b
+    }
+
+    /// Reads a block written by [`MessageOptions::encode`].
+    pub fn decode(b: &[u8]) -> Result<MessageOptions, FrameError> {
+        let bad = || FrameError::Options;
+        let b: &[u8; OPTIONS_LEN] = b.try_into().map_err(|_| bad())?;
+        let priority = b[8] as i8;
+        if !(-9..=9).contains(&priority) || b[9..].iter().any(|&x| x != 0) {
+            return Err(bad());
+        }
+        let mut ms = [0u8; 8];
+        ms.copy_from_slice(&b[0..8]);
+        Ok(MessageOptions {
+            expires_at_ms: u64::from_le_bytes(ms),
+            priority,
+        })
+    }
 }
 
 /// One RCPT TO of a message.
@@ -282,6 +340,9 @@ pub enum FrameError {
     /// A zero length followed by non-zero bytes: a frame whose header never reached the disk.
     #[error("zero length followed by non-zero bytes")]
     DataAfterEnd,
+    /// A message's options block holds a value out of range.
+    #[error("invalid message options block")]
+    Options,
     /// The archive holds a value out of range (unknown status kind).
     #[error("status record with unknown kind {0}")]
     StatusKind(u8),
@@ -294,8 +355,11 @@ pub struct Frame<'a> {
     pub kind: RecordKind,
     /// The rkyv archive (exactly `meta_len` bytes, starts 16-byte aligned).
     pub meta: &'a [u8],
-    /// Bytes after the padded archive: the body for messages, empty otherwise.
+    /// Bytes after the padded archive (and the options block): the body for messages, empty
+    /// otherwise.
     pub body: &'a [u8],
+    /// A message's options (the default when the frame has no block).
+    pub options: MessageOptions,
     /// Bytes the frame occupies, header and padding included (a multiple of 16).
     pub len: usize,
 }
@@ -326,6 +390,7 @@ pub fn payload_len(meta_len: usize, body_len: usize) -> usize {
 /// `payload_len`, zero padding between archive and body included).
 pub fn frame_header(
     kind: RecordKind,
+    flags: u16,
     payload_len: u32,
     meta_len: u32,
     payload_parts: &[&[u8]],
@@ -334,7 +399,8 @@ pub fn frame_header(
     h[0..4].copy_from_slice(&payload_len.to_le_bytes());
     h[4] = FORMAT_VERSION;
     h[5] = kind as u8;
-    // h[6..8] flags = 0; h[8..12] crc, filled below.
+    h[6..8].copy_from_slice(&flags.to_le_bytes());
+    // h[8..12] crc, filled below.
     h[12..16].copy_from_slice(&meta_len.to_le_bytes());
     let crc = frame_crc(&h, payload_parts);
     h[8..12].copy_from_slice(&crc.to_le_bytes());
@@ -343,16 +409,37 @@ pub fn frame_header(
 
 /// Encodes a whole frame into a new buffer (ledger appends and tests; segments write in place).
 pub fn encode_frame(kind: RecordKind, meta: &[u8], body: &[u8]) -> Vec<u8> {
-    let plen = payload_len(meta.len(), body.len());
+    encode(kind, 0, meta, &[body])
+}
+
+/// Encodes a message frame with its options (the block only when one is set), as
+/// [`crate::spool::Shard::append_message`] lays it out.
+pub fn encode_message(meta: &[u8], options: MessageOptions, body: &[u8]) -> Vec<u8> {
+    if options.is_default() {
+        return encode(RecordKind::Message, 0, meta, &[body]);
+    }
+    encode(
+        RecordKind::Message,
+        FLAG_OPTIONS,
+        meta,
+        &[&options.encode(), body],
+    )
+}
+
+fn encode(kind: RecordKind, flags: u16, meta: &[u8], body: &[&[u8]]) -> Vec<u8> {
+    let body_len: usize = body.iter().map(|b| b.len()).sum();
+    let plen = payload_len(meta.len(), body_len);
     let pad = [0u8; FRAME_ALIGN];
-    let gap = &pad[..plen - meta.len() - body.len()];
+    let gap = &pad[..plen - meta.len() - body_len];
+    let mut parts = vec![meta, gap];
+    parts.extend_from_slice(body);
     let mut out = Vec::with_capacity(frame_len(plen));
     // Lengths come from in-memory archives far below 4 GiB; callers check MAX_PAYLOAD_LEN.
-    let h = frame_header(kind, plen as u32, meta.len() as u32, &[meta, gap, body]);
+    let h = frame_header(kind, flags, plen as u32, meta.len() as u32, &parts);
     out.extend_from_slice(&h);
-    out.extend_from_slice(meta);
-    out.extend_from_slice(gap);
-    out.extend_from_slice(body);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
     out.resize(frame_len(plen), 0);
     out
 }
@@ -382,9 +469,11 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
     }
     let kind = RecordKind::from_u8(h[5]).ok_or(FrameError::Kind(h[5]))?;
     let flags = u16::from_le_bytes([h[6], h[7]]);
-    if flags != 0 {
-        return Err(FrameError::Flags(flags));
-    }
+    let has_options = match (kind, flags) {
+        (_, 0) => false,
+        (RecordKind::Message, FLAG_OPTIONS) => true,
+        _ => return Err(FrameError::Flags(flags)),
+    };
     let stored = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
     let meta_len = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
     let plen_us = plen as usize;
@@ -397,6 +486,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
     }
     let m = meta_len as usize;
     let meta_ok = match kind {
+        RecordKind::Message if has_options => m > 0 && align16(m) + OPTIONS_LEN <= plen_us,
         RecordKind::Message => m > 0 && (m == plen_us || align16(m) < plen_us),
         RecordKind::Status | RecordKind::Placeholder => m == plen_us,
     };
@@ -422,10 +512,17 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
     if payload[m..body_start].iter().any(|&b| b != 0) {
         return Err(FrameError::Padding);
     }
+    let (options, body) = if has_options {
+        let (block, body) = payload[body_start..].split_at(OPTIONS_LEN);
+        (MessageOptions::decode(block)?, body)
+    } else {
+        (MessageOptions::default(), &payload[body_start..])
+    };
     Ok(Some(Frame {
         kind,
         meta: &payload[..m],
-        body: &payload[body_start..],
+        body,
+        options,
         len: need,
     }))
 }
@@ -534,20 +631,33 @@ mod tests {
         v
     }
 
-    fn message_frame(meta: &MessageMeta, body: &[u8]) -> Vec<u8> {
+    fn message_frame(meta: &MessageMeta, options: MessageOptions, body: &[u8]) -> Vec<u8> {
         let a = archive(meta).unwrap();
-        encode_frame(RecordKind::Message, &a, body)
+        encode_message(&a, options, body)
+    }
+
+    /// Options as senders set them: often none, else a deadline and a priority in range.
+    fn arb_options() -> impl Strategy<Value = MessageOptions> {
+        prop_oneof![
+            Just(MessageOptions::default()),
+            (any::<u64>(), -9i8..=9).prop_map(|(expires_at_ms, priority)| MessageOptions {
+                expires_at_ms,
+                priority
+            }),
+        ]
     }
 
     proptest! {
         #[test]
-        fn message_round_trips(meta in arb_meta(), body in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let buf = aligned(&message_frame(&meta, &body));
+        fn message_round_trips(meta in arb_meta(), options in arb_options(),
+                               body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let buf = aligned(&message_frame(&meta, options, &body));
             prop_assert_eq!(buf.len() % FRAME_ALIGN, 0);
             let f = decode_frame(&buf).unwrap().unwrap();
             prop_assert_eq!(f.kind, RecordKind::Message);
             prop_assert_eq!(f.len, buf.len());
             prop_assert_eq!(f.body, &body[..]);
+            prop_assert_eq!(f.options, options);
             let back: MessageMeta =
                 rkyv::deserialize::<_, rancor::Error>(check_message(f.meta).unwrap()).unwrap();
             prop_assert_eq!(back, meta);
@@ -566,9 +676,10 @@ mod tests {
         }
 
         #[test]
-        fn any_flipped_byte_is_detected(meta in arb_meta(), body in proptest::collection::vec(any::<u8>(), 0..64),
+        fn any_flipped_byte_is_detected(meta in arb_meta(), options in arb_options(),
+                                        body in proptest::collection::vec(any::<u8>(), 0..64),
                                         pos in any::<prop::sample::Index>(), bit in 0u8..8) {
-            let mut frame = message_frame(&meta, &body);
+            let mut frame = message_frame(&meta, options, &body);
             let i = pos.index(frame.len());
             frame[i] ^= 1 << bit;
             let buf = aligned(&frame);
@@ -581,9 +692,10 @@ mod tests {
         }
 
         #[test]
-        fn truncation_is_detected(meta in arb_meta(), body in proptest::collection::vec(any::<u8>(), 0..64),
+        fn truncation_is_detected(meta in arb_meta(), options in arb_options(),
+                                  body in proptest::collection::vec(any::<u8>(), 0..64),
                                   cut in any::<prop::sample::Index>()) {
-            let frame = message_frame(&meta, &body);
+            let frame = message_frame(&meta, options, &body);
             let k = cut.index(frame.len());
             // Shorter buffer: always rejected or read as the end.
             let short = aligned(&frame[..k]);
@@ -598,6 +710,39 @@ mod tests {
                 prop_assert_eq!(f.len, frame.len());
             }
         }
+    }
+
+    #[test]
+    fn a_message_without_options_has_no_block_and_an_options_block_is_checked() {
+        let meta = archive(&MessageMeta::default()).unwrap();
+        // No options: the frame is exactly the frame written before options existed.
+        assert_eq!(
+            encode_message(&meta, MessageOptions::default(), b"body"),
+            encode_frame(RecordKind::Message, &meta, b"body")
+        );
+        let options = MessageOptions {
+            expires_at_ms: 1_700_000_000_000,
+            priority: -3,
+        };
+        let frame = encode_message(&meta, options, b"body");
+        let buf = aligned(&frame);
+        let f = decode_frame(&buf).unwrap().unwrap();
+        assert_eq!((f.options, f.body), (options, &b"body"[..]));
+        // The flag on a status frame, or an unknown flag, is refused.
+        let status = archive(&StatusRecord::default()).unwrap();
+        let mut s = encode_frame(RecordKind::Status, &status, &[]);
+        s[6] = FLAG_OPTIONS as u8;
+        assert_eq!(
+            decode_frame(&aligned(&s)).unwrap_err(),
+            FrameError::Flags(FLAG_OPTIONS)
+        );
+        // An out-of-range priority or a reserved byte set is refused even with a valid CRC.
+        let mut bad = options.encode();
+        bad[8] = 10;
+        assert_eq!(MessageOptions::decode(&bad), Err(FrameError::Options));
+        let mut bad = options.encode();
+        bad[15] = 1;
+        assert_eq!(MessageOptions::decode(&bad), Err(FrameError::Options));
     }
 
     #[test]

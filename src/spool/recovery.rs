@@ -389,6 +389,7 @@ mod tests {
                 .collect();
             let msg = NewMessage {
                 meta: meta(2),
+                options: Default::default(),
                 body: &[&body],
             };
             let id = shard.append_message(&msg, 1_000).unwrap().0;
@@ -465,6 +466,7 @@ mod tests {
             // New appends go to a new segment and survive the next reopen.
             let msg = NewMessage {
                 meta: meta(1),
+                options: Default::default(),
                 body: &[b"after"],
             };
             let (id, _) = shard.append_message(&msg, 1).unwrap();
@@ -493,6 +495,7 @@ mod tests {
         let body = [b'x'; 64];
         let msg = NewMessage {
             meta: meta(1),
+            options: Default::default(),
             body: &[&body],
         };
         let started = Instant::now();

@@ -47,7 +47,7 @@ use rkyv::util::AlignedVec;
 
 use super::record::{
     self, ArchivedMessageMeta, ArchivedStatusRecord, FRAME_HEADER_LEN, Frame, FrameError,
-    RecordKind,
+    MessageOptions, RecordKind,
 };
 
 /// Length of the file header at the start of every segment and of the ledger.
@@ -413,9 +413,13 @@ impl Segment {
     /// Durable on return: nothing (see the module doc). The payload is copied before the header,
     /// so a concurrent reader of the file sees either no frame or a complete one with a valid CRC
     /// (or, torn by a racing read, an invalid one).
+    ///
+    /// `flags` go in the header as they are: [`record::FLAG_OPTIONS`] on a message whose first
+    /// body part is its options block.
     pub fn append(
         &mut self,
         kind: RecordKind,
+        flags: u16,
         meta: &[u8],
         body: &[&[u8]],
     ) -> io::Result<Option<u64>> {
@@ -437,7 +441,7 @@ impl Segment {
         parts.push(meta);
         parts.push(&ZEROS[..gap]);
         parts.extend_from_slice(body);
-        let h = record::frame_header(kind, plen as u32, meta.len() as u32, &parts);
+        let h = record::frame_header(kind, flags, plen as u32, meta.len() as u32, &parts);
         parts.insert(0, &h);
         parts.push(&ZEROS[..tail]);
         // One pwritev per frame: the header's CRC covers the payload, so a crash that persists
@@ -542,25 +546,32 @@ impl Segment {
         Ok(len - keep)
     }
 
-    /// The message record at `offset`, zero-copy: archived meta and body.
+    /// The message record at `offset`, zero-copy: archived meta, options and body.
     ///
     /// `None` unless `offset` is the start of a validated message frame of this segment.
-    pub fn message_at(&self, offset: u64) -> Option<(&ArchivedMessageMeta, &[u8])> {
-        let (kind, meta, body) = self.frame_at(offset)?;
+    pub fn message_at(&self, offset: u64) -> Option<(&ArchivedMessageMeta, MessageOptions, &[u8])> {
+        let (kind, flags, meta, body) = self.frame_at(offset)?;
         if kind != RecordKind::Message {
             return None;
         }
+        // The block was checked when the frame was (scan) or written by this process.
+        let (options, body) = if flags == record::FLAG_OPTIONS {
+            let (block, body) = body.split_at(record::OPTIONS_LEN);
+            (MessageOptions::decode(block).ok()?, body)
+        } else {
+            (MessageOptions::default(), body)
+        };
         // SAFETY: `frame_at` only returns frames listed in `self.frames`, each of which passed
         // checked rkyv access in `scan` or was archived by rkyv in this process (`append`); the
         // bytes are never rewritten afterwards (appends only go past `end`), and `meta` starts at
         // a 16-byte aligned offset of a page-aligned mapping or an AlignedVec<16>.
         let meta = unsafe { rkyv::access_unchecked::<ArchivedMessageMeta>(meta) };
-        Some((meta, body))
+        Some((meta, options, body))
     }
 
     /// The status record at `offset`, zero-copy; `None` unless it is a validated status frame.
     pub fn status_at(&self, offset: u64) -> Option<&ArchivedStatusRecord> {
-        let (kind, meta, _) = self.frame_at(offset)?;
+        let (kind, _, meta, _) = self.frame_at(offset)?;
         if kind != RecordKind::Status {
             return None;
         }
@@ -568,8 +579,9 @@ impl Segment {
         Some(unsafe { rkyv::access_unchecked::<ArchivedStatusRecord>(meta) })
     }
 
-    /// Splits a validated frame at `offset` into (kind, archive, body) without re-hashing it.
-    fn frame_at(&self, offset: u64) -> Option<(RecordKind, &[u8], &[u8])> {
+    /// Splits a validated frame at `offset` into (kind, flags, archive, rest of the payload)
+    /// without re-hashing it.
+    fn frame_at(&self, offset: u64) -> Option<(RecordKind, u16, &[u8], &[u8])> {
         self.frames.binary_search(&offset).ok()?;
         let bytes = self.map.bytes();
         let at = offset as usize;
@@ -577,13 +589,14 @@ impl Segment {
         let plen = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
         let mlen = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
         let kind = RecordKind::from_u8(h[5])?;
+        let flags = u16::from_le_bytes([h[6], h[7]]);
         let payload = &bytes[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + plen];
         let body_start = if mlen == plen {
             mlen
         } else {
             record::align16(mlen)
         };
-        Some((kind, &payload[..mlen], &payload[body_start..]))
+        Some((kind, flags, &payload[..mlen], &payload[body_start..]))
     }
 }
 
@@ -663,7 +676,7 @@ mod tests {
         let mut seg = Segment::create(dir.path(), 1, 5, 4096, 0).unwrap();
         let meta = record::archive(&record::MessageMeta::default()).unwrap();
         let off = seg
-            .append(RecordKind::Message, &meta, &[b"ab", b"cd"])
+            .append(RecordKind::Message, 0, &meta, &[b"ab", b"cd"])
             .unwrap()
             .unwrap();
         assert_eq!(off, FILE_HEADER_LEN as u64);
@@ -674,8 +687,8 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(f.body, b"abcd");
-        let (_, body) = seg.message_at(off).unwrap();
-        assert_eq!(body, b"abcd");
+        let (_, options, body) = seg.message_at(off).unwrap();
+        assert_eq!((options, body), (MessageOptions::default(), &b"abcd"[..]));
         assert!(
             seg.message_at(off + 16).is_none(),
             "only validated frame starts are readable"
@@ -684,7 +697,7 @@ mod tests {
         // A frame that does not fit is refused, and nothing is written.
         let big = vec![1u8; 8192];
         assert!(
-            seg.append(RecordKind::Message, &meta, &[&big])
+            seg.append(RecordKind::Message, 0, &meta, &[&big])
                 .unwrap()
                 .is_none()
         );

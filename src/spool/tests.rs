@@ -43,6 +43,7 @@ pub(super) fn status(id: QueueId, rcpt: u32, kind: StatusKind, at_ms: u64) -> St
 fn append(shard: &mut Shard, rcpts: usize, body: &[u8]) -> QueueId {
     let msg = NewMessage {
         meta: meta(rcpts),
+        options: Default::default(),
         body: &[b"Received: x\r\n", body],
     };
     shard.append_message(&msg, 1_000).unwrap().0
@@ -94,6 +95,35 @@ fn appended_records_are_on_disk_after_sync() {
     assert_eq!(view.body, b"Received: x\r\nhello\r\n");
     assert_eq!(view.meta.recipients.len(), 2);
     assert_eq!(view.meta.reverse_path, "sender@example.com");
+}
+
+#[test]
+fn a_messages_options_survive_recovery_next_to_messages_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = MessageOptions {
+        expires_at_ms: 61_000,
+        priority: 5,
+    };
+    let (with, without) = {
+        let (mut shard, _) = Shard::open(cfg(dir.path()), 1_000).unwrap();
+        let msg = NewMessage {
+            meta: meta(1),
+            options,
+            body: &[b"Subject: code\r\n\r\n123456\r\n"],
+        };
+        let with = shard.append_message(&msg, 1_000).unwrap().0;
+        let without = append(&mut shard, 1, b"plain");
+        shard.sync().unwrap();
+        (with, without)
+    };
+    let (shard, report) = Shard::open(cfg(dir.path()), 2_000).unwrap();
+    assert_eq!(report.messages, 2);
+    let view = shard.message(with).unwrap();
+    assert_eq!(view.options, options);
+    assert_eq!(view.body, b"Subject: code\r\n\r\n123456\r\n");
+    let view = shard.message(without).unwrap();
+    assert_eq!(view.options, MessageOptions::default());
+    assert_eq!(view.body, b"Received: x\r\nplain");
 }
 
 #[test]
@@ -274,6 +304,7 @@ fn max_bytes_gives_full_and_the_shard_recovers_when_space_returns() {
     let body = vec![b'x'; 3000];
     let msg = NewMessage {
         meta: meta(1),
+        options: Default::default(),
         body: &[&body],
     };
     let mut ids = Vec::new();
@@ -347,6 +378,7 @@ fn a_trickle_of_mail_with_idle_rotations_keeps_the_spool_small() {
     for i in 0..30u64 {
         let msg = NewMessage {
             meta: meta(1),
+            options: Default::default(),
             body: &[&body],
         };
         let (id, _) = shard
@@ -395,6 +427,7 @@ fn a_full_spool_still_records_every_outcome_and_queues_dsns() {
     let body = vec![b'x'; 3000];
     let msg = NewMessage {
         meta: meta(1),
+        options: Default::default(),
         body: &[&body],
     };
     let mut ids = Vec::new();
@@ -421,6 +454,7 @@ fn a_full_spool_still_records_every_outcome_and_queues_dsns() {
         .append_message(
             &NewMessage {
                 meta: dsn,
+                options: Default::default(),
                 body: &[&body],
             },
             3_000,
@@ -602,6 +636,7 @@ fn a_failed_sync_poisons_the_shard() {
     assert_eq!(shard.durable_seq(), 0);
     let msg = NewMessage {
         meta: meta(1),
+        options: Default::default(),
         body: &[b"x"],
     };
     assert!(matches!(

@@ -31,7 +31,7 @@ use crate::smtp::{
     AuthOutcome, CommitError, ConnectionRefused, PeerInfo, SessionConfig, Transaction,
 };
 use crate::spool::Durability;
-use crate::spool::{NewMessage, Shard, SpoolError};
+use crate::spool::{MessageOptions, NewMessage, Shard, SpoolError};
 use crate::time::{SystemClock, unix_ms};
 
 /// State shared read-only by every worker.
@@ -62,6 +62,8 @@ pub struct Shared {
     pub egress: Arc<crate::delivery::egress::Egress>,
     /// The operator's delivery suspensions, over all workers and the HTTP API.
     pub suspensions: Arc<crate::delivery::suspend::Suspensions>,
+    /// The users whose mail has a shorter queue lifetime (`users[].max_queue_lifetime`).
+    pub user_lifetimes: std::collections::HashMap<String, Duration>,
 }
 
 impl Shared {
@@ -174,18 +176,36 @@ impl Core {
             (now_ms << 16) ^ (unique << 8) ^ u64::from(self.index),
         );
         let meta = crate::message::spool_meta(&t, now_ms);
+        // The sender's control headers are ringmta's to read: never stored, never relayed.
+        let controls = crate::message::control_headers(&t.body).map_err(|e| {
+            CommitError::Rejected(crate::smtp::Reply::with_enhanced(
+                554,
+                (5, 6, 0),
+                e.to_string(),
+            ))
+        })?;
+        let options = self.message_options(&t, &controls, now_ms);
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(3 + controls.keep.len());
+        parts.extend([&prefix[..], &additions.headers[..]]);
+        parts.extend(controls.keep.iter().map(|r| &t.body[r.clone()]));
         let dkim_header = if content.has_dkim() {
             // DKIM signs the message as it will be stored (our added headers included).
-            let whole = [&prefix[..], &additions.headers, &t.body].concat();
-            content.sign(whole, now_ms / 1000).await.unwrap_or_default()
+            content
+                .sign(parts.concat(), now_ms / 1000)
+                .await
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
-        let parts: [&[u8]; 4] = [&dkim_header, &prefix, &additions.headers, &t.body];
-        let appended = self
-            .shard
-            .borrow_mut()
-            .append_message(&NewMessage { meta, body: &parts }, now_ms);
+        parts.insert(0, &dkim_header);
+        let appended = self.shard.borrow_mut().append_message(
+            &NewMessage {
+                meta,
+                options,
+                body: &parts,
+            },
+            now_ms,
+        );
         let (id, ticket) = match appended {
             Ok(x) => x,
             Err(SpoolError::Full { .. }) => return Err(CommitError::SpoolFull),
@@ -211,6 +231,36 @@ impl Core {
                 Ok(id)
             }
             _ => Err(CommitError::SpoolIo),
+        }
+    }
+
+    /// A message's deadline and priority: the earliest of its `BY=` (return mode), its
+    /// `X-Ringmta-Expire-After` and its user's `max_queue_lifetime`, counted from `now_ms`; the
+    /// priority from `X-Ringmta-Priority`, else `MT-PRIORITY`. (A `BY=` in notify mode sets no
+    /// deadline: the mail keeps trying, as RFC 2852 asks.)
+    fn message_options(
+        &self,
+        t: &Transaction,
+        controls: &crate::message::Controls,
+        now_ms: u64,
+    ) -> MessageOptions {
+        let by = t
+            .deliver_by
+            .filter(|b| b.return_on_expiry)
+            .map(|b| Duration::from_secs(b.seconds.unsigned_abs()));
+        let user = t
+            .auth_user
+            .as_ref()
+            .and_then(|u| self.shared.user_lifetimes.get(u).copied());
+        let lifetime = [by, controls.expire_after, user]
+            .into_iter()
+            .flatten()
+            .min();
+        MessageOptions {
+            expires_at_ms: lifetime.map_or(0, |d| {
+                now_ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            }),
+            priority: controls.priority.or(t.mt_priority).unwrap_or(0),
         }
     }
 

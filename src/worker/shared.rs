@@ -77,6 +77,7 @@ impl Shared {
                     max_messages_per_second: config.delivery.max_messages_per_second,
                     max_messages_per_connection: config.delivery.max_messages_per_connection,
                     throttle: config.delivery.throttle,
+                    max_queue_lifetime_ms: None,
                 },
                 config.shaping.clone(),
                 std::time::Instant::now(),
@@ -87,6 +88,10 @@ impl Shared {
                 &users,
             )),
             suspensions: Arc::default(),
+            user_lifetimes: users
+                .iter()
+                .filter_map(|u| Some((u.username.clone(), u.max_queue_lifetime?)))
+                .collect(),
         })
     }
 }
@@ -146,6 +151,7 @@ fn dev_user(spool_dir: &std::path::Path) -> Result<User> {
         secret: Secret::Plain(password),
         allowed_senders: vec!["*".into()],
         egress_pool: None,
+        max_queue_lifetime: None,
     })
 }
 

@@ -41,6 +41,8 @@ fn transaction(body: &str) -> Transaction {
         smtputf8: false,
         ret: None,
         envid: None,
+        deliver_by: None,
+        mt_priority: None,
         recipients: vec![Recipient {
             forward_path: Mailbox::parse("bob@example.net").unwrap(),
             notify: Notify::from_bits(Notify::FAILURE),

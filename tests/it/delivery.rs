@@ -1168,3 +1168,286 @@ fn a_shaping_rule_limits_the_destination_it_matches() {
         "at most 2 messages per connection: {lines:?}"
     );
 }
+
+/// Sends one message on an open raw session: `mail` is the MAIL command (with its parameters),
+/// `data` the header and body without the final dot. Returns the reply to the end of data, or
+/// to the first command refused.
+fn raw_message(c: &mut Raw, mail: &str, rcpt: &str, data: &str) -> String {
+    for line in [mail.to_owned(), format!("RCPT TO:<{rcpt}>")] {
+        let reply = c.cmd(&line);
+        if !reply.starts_with("250") {
+            return reply;
+        }
+    }
+    let go = c.cmd("DATA");
+    assert!(go.starts_with("354"), "{go}");
+    c.send(format!("{data}.\r\n").as_bytes());
+    c.reply()
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Per-message expiry (issue 13): a one-time code sent with `X-Ringmta-Expire-After: 5s` (or
+/// `BY=3;R` on MAIL) to a next hop that keeps answering 4xx is bounced at its deadline, with
+/// "delivery time expired" and the last error, although the retry schedule says one hour; the
+/// control headers never reach the next hop; values ringmta cannot honour are refused.
+#[test]
+fn a_message_that_expires_after_5s_bounces_at_its_deadline_and_its_header_never_leaves() {
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let config =
+        crate::harness::base_config(&dir, &routed_to(&sink, "retry_schedule = [\"1h\"]\n"));
+    let s = Server::start_in(&dir, &config);
+    let mut c = Raw::greeted(s.addr("smtp"));
+    let ehlo = c.cmd("EHLO client.example");
+    assert!(ehlo.contains("250-DELIVERBY\r\n"), "{ehlo}");
+    assert!(ehlo.contains("250-MT-PRIORITY\r\n"), "{ehlo}");
+    let from = "MAIL FROM:<alice@example.com>";
+    let sent_at = unix_now_ms();
+    let otp = "X-Ringmta-Expire-After: 5s\r\nSubject: your code\r\n\r\n123456\r\n";
+    let reply = raw_message(&mut c, from, "temp-1000-otp@example.net", otp);
+    assert!(reply.starts_with("250 "), "{reply}");
+    let by = format!("{from} BY=3;R");
+    let reply = raw_message(
+        &mut c,
+        &by,
+        "temp-1000-by@example.net",
+        "Subject: by\r\n\r\nx\r\n",
+    );
+    assert!(reply.starts_with("250 "), "{reply}");
+    // The same headers on mail that can go: delivered, without them.
+    let fresh = "Subject: fresh\r\nx-ringmta-expire-after:\r\n 1h\r\nX-Ringmta-Priority: high\r\n\
+                 \r\nbody\r\n";
+    let reply = raw_message(&mut c, from, "fresh@example.net", fresh);
+    assert!(reply.starts_with("250 "), "{reply}");
+    // What cannot be honoured is refused, with the reason.
+    let reply = raw_message(
+        &mut c,
+        from,
+        "x@example.net",
+        "X-Ringmta-Expire-After: soon\r\n\r\nx\r\n",
+    );
+    assert_eq!(
+        reply,
+        "554 5.6.0 X-Ringmta-Expire-After: \"soon\" is not a duration such as 90s, 10m or 2h\r\n"
+    );
+    let reply = c.cmd("MAIL FROM:<alice@example.com> BY=0;R");
+    assert_eq!(reply, "501 5.5.4 Invalid BY value\r\n");
+    let reply = c.cmd("MAIL FROM:<alice@example.com> MT-PRIORITY=12");
+    assert_eq!(reply, "501 5.5.4 Invalid MT-PRIORITY value\r\n");
+    c.cmd("QUIT");
+
+    let msgs = sink.wait_for("the fresh message and two expiry DSNs", 40, |m| {
+        m.iter()
+            .filter(|x| x.contains("delivery time expired"))
+            .count()
+            == 2
+            && m.iter().any(|x| x.contains("Subject: fresh"))
+    });
+    let delivered = msgs.iter().find(|x| x.contains("Subject: fresh")).unwrap();
+    assert!(
+        !delivered.to_ascii_lowercase().contains("x-ringmta-"),
+        "control headers relayed: {delivered}"
+    );
+    assert!(delivered.ends_with("\r\n\r\nbody\r\n"), "{delivered}");
+    for rcpt in ["temp-1000-otp@example.net", "temp-1000-by@example.net"] {
+        let dsn = msgs
+            .iter()
+            .find(|x| x.contains("Action: failed") && x.contains(rcpt))
+            .unwrap_or_else(|| panic!("no failure DSN for {rcpt}: {msgs:?}"));
+        assert!(dsn.contains("Status: 5.4.7"), "{dsn}");
+        assert!(dsn.contains("451 4.2.0"), "the last error is quoted: {dsn}");
+    }
+    let ev = wait_events(&dir, "two bounces", 20, |ev| {
+        count_outcome(ev, "bounced") == 2
+    });
+    for (rcpt, life) in [
+        ("temp-1000-otp@example.net", 5_000),
+        ("temp-1000-by@example.net", 3_000),
+    ] {
+        assert_eq!(outcomes_of(&ev, rcpt), ["deferred", "bounced"], "{ev:?}");
+        let bounced = ev
+            .iter()
+            .find(|e| e["recipient"] == rcpt && e["outcome"] == "bounced")
+            .unwrap();
+        assert!(
+            bounced["reply"]
+                .as_str()
+                .unwrap()
+                .starts_with("delivery time expired; last error: 451 4.2.0"),
+            "{bounced}"
+        );
+        // Not before its deadline; one attempt only (the expiry is no attempt).
+        assert!(
+            bounced["ts_ms"].as_u64().unwrap() >= sent_at + life,
+            "{bounced}"
+        );
+        assert_eq!(bounced["attempt"], 1, "{bounced}");
+    }
+}
+
+/// Priority (issue 13): with one connection to the next hop, mail queued while its domain is
+/// suspended leaves, once resumed, high priority first (`X-Ringmta-Priority: high`), then
+/// normal, then bulk (`MT-PRIORITY=-5` on MAIL), whatever order it was submitted in.
+#[test]
+fn higher_priority_mail_leaves_the_ready_queue_first() {
+    let sink = Sink::start_with(&["--delay", "50"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    // One core, so that every message is in one ready queue.
+    let config = crate::harness::base_config(&dir, &routed_to(&sink, "max_connections = 1\n"))
+        .replace("threads = 2", "threads = 1")
+        .replace("http = \"\"", "http = \"127.0.0.1:0\"");
+    let s = Server::start_in(&dir, &config);
+    let (code, _, err) = s.cli(&["queue", "suspend", "--domain", "example.net"]);
+    assert_eq!(code, 0, "{err}");
+    let mut c = Raw::greeted(s.addr("smtp"));
+    let from = "MAIL FROM:<alice@example.com>";
+    let bulk = format!("{from} MT-PRIORITY=-5");
+    let mut send = |mail: &str, subject: &str, header: &str| {
+        let data = format!("{header}Subject: {subject}\r\n\r\nx\r\n");
+        let reply = raw_message(&mut c, mail, "r@example.net", &data);
+        assert!(reply.starts_with("250 "), "{reply}");
+    };
+    for i in 0..3 {
+        send(&bulk, &format!("bulk {i}"), "");
+    }
+    send(from, "normal", "");
+    send(from, "high", "X-Ringmta-Priority: high\r\n");
+    // The header wins over MT-PRIORITY.
+    send(&bulk, "high too", "X-Ringmta-Priority: 3\r\n");
+    c.cmd("QUIT");
+    let listed = s.cli(&["queue", "suspensions"]).1;
+    let id = serde_json::from_str::<serde_json::Value>(&listed).unwrap()[0]["id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let (code, _, err) = s.cli(&["queue", "resume", &id]);
+    assert_eq!(code, 0, "{err}");
+    let msgs = sink.wait_for("6 messages", 30, |m| m.len() == 6);
+    let order: Vec<&str> = msgs
+        .iter()
+        .map(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("Subject: "))
+                .unwrap_or("?")
+        })
+        .collect();
+    let lane = |s: &str| match s {
+        "high" | "high too" => 0,
+        "normal" => 1,
+        _ => 2,
+    };
+    let lanes: Vec<u8> = order.iter().map(|s| lane(s)).collect();
+    assert_eq!(lanes, [0, 0, 1, 2, 2, 2], "arrival order: {order:?}");
+}
+
+/// Sites carry their domains' mail (issue 13): with one connection allowed to a site, the
+/// mail of two domains whose MX records name the same host goes over shared connections:
+/// a connection opened for one domain carries the other domain's queued mail too, instead of
+/// the second domain waiting for a connection of its own.
+#[test]
+fn a_connection_to_a_site_carries_the_mail_of_every_domain_on_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("transactions");
+    let sink = Sink::start_with(&["--delay", "20", "--transaction-log", log.to_str().unwrap()]);
+    let zone = r#"{"a.test": {"MX": [[10, "mx.shared.test."]]},
+        "b.test": {"MX": [[10, "mx.shared.test."]]},
+        "mx.shared.test": {"A": ["127.0.0.1"]}}"#;
+    let Some(dns) = Dns::start(zone) else {
+        ringmta::testkit::skip("python3 with dnslib is needed (pip install dnslib)");
+        return;
+    };
+    let dir = tmp.path().join("spool");
+    let config = crate::harness::base_config(
+        &dir,
+        &format!(
+            "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nsmtp_port = {}\nmax_connections = 1\n",
+            dns.port,
+            sink.addr.port()
+        ),
+    )
+    .replace("threads = 2", "threads = 1");
+    let s = Server::start_in(&dir, &config);
+    // First one message per domain, so that both domains are known to be on the site.
+    submit(&s, &["--to", "first@a.test", "--to", "first@b.test"]);
+    sink.wait_for("the first two", 30, |m| m.len() == 2);
+    // Then 40 messages alternating between the domains, in one session.
+    let mut c = Raw::greeted(s.addr("smtp"));
+    for i in 0..40 {
+        let rcpt = if i % 2 == 0 { "x@a.test" } else { "y@b.test" };
+        let reply = raw_message(
+            &mut c,
+            "MAIL FROM:<alice@example.com>",
+            rcpt,
+            "Subject: s\r\n\r\nx\r\n",
+        );
+        assert!(reply.starts_with("250 "), "{reply}");
+    }
+    c.cmd("QUIT");
+    sink.wait_for("42 messages", 60, |m| m.len() == 42);
+    let lines = std::fs::read_to_string(&log).unwrap();
+    // Which domains each connection (client address and port) carried.
+    let mut by_conn: std::collections::HashMap<&str, std::collections::BTreeSet<&str>> =
+        std::collections::HashMap::new();
+    for l in lines.lines() {
+        let (peer, rcpts) = l.split_once(' ').unwrap();
+        for r in rcpts.split(',') {
+            by_conn
+                .entry(peer)
+                .or_default()
+                .insert(r.rsplit('@').next().unwrap());
+        }
+    }
+    assert!(
+        by_conn.values().any(|d| d.len() == 2),
+        "no connection carried both domains:\n{lines}"
+    );
+}
+
+/// A shaping rule's `max_queue_lifetime` (issue 13) shortens the life of the mail to its
+/// destination as `delivery.max_queue_lifetime` would: with a one-hour retry schedule, a
+/// recipient that keeps getting 4xx gets its last attempt at 3 s and then bounces as expired.
+#[test]
+fn a_shaping_rules_queue_lifetime_expires_the_mail_it_matches() {
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let extra = format!(
+        "{}[[shaping]]\ndomain = \"example.net\"\nmax_queue_lifetime = \"3s\"\n",
+        routed_to(&sink, "retry_schedule = [\"1h\"]\n")
+    );
+    let s = Server::start_in(&dir, &crate::harness::base_config(&dir, &extra));
+    let sent_at = unix_now_ms();
+    let out = submit(&s, &["--to", "temp-1000-r@example.net"]);
+    assert!(out[0].starts_with("OK "), "{out:?}");
+    let ev = wait_events(&dir, "the expiry", 30, |ev| {
+        count_outcome(ev, "bounced") == 1
+    });
+    assert_eq!(
+        outcomes_of(&ev, "temp-1000-r@example.net"),
+        ["deferred", "bounced"]
+    );
+    let bounced = ev.iter().find(|e| e["outcome"] == "bounced").unwrap();
+    assert!(
+        bounced["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("delivery time expired; last error: 451"),
+        "{bounced}"
+    );
+    assert_eq!(
+        bounced["attempt"], 2,
+        "a last attempt at the expiry: {bounced}"
+    );
+    assert!(
+        bounced["ts_ms"].as_u64().unwrap() >= sent_at + 3_000,
+        "{bounced}"
+    );
+}

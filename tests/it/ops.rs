@@ -477,6 +477,7 @@ fn readyz_is_503_until_recovery_ends() {
         for _ in 0..400_000 {
             let msg = NewMessage {
                 meta: meta.clone(),
+                options: Default::default(),
                 body: &body,
             };
             shard.append_message(&msg, 1_000).unwrap();

@@ -102,6 +102,7 @@ fn check(rows: Vec<Row>) {
         let message = MessageFacts {
             received_ms: RECEIVED,
             may_notify: r.may_notify,
+            deadline_ms: 0,
         };
         let recipient = RecipientFacts {
             attempts: r.attempts,
@@ -119,11 +120,13 @@ fn check(rows: Vec<Row>) {
             "{}: dsn",
             r.name
         );
-        let attempt = if r.fate == Fate::Deleted {
-            r.attempts
-        } else {
-            r.attempts + 1
-        };
+        // A deletion and an expiry without an attempt are no attempt.
+        let attempt =
+            if r.fate == Fate::Deleted || matches!(r.result, AttemptResult::Expired { .. }) {
+                r.attempts
+            } else {
+                r.attempts + 1
+            };
         assert_eq!(d.attempt, attempt, "{}: attempt", r.name);
     }
 }
@@ -339,6 +342,7 @@ fn expiry_turns_a_temporary_failure_into_a_bounce() {
         MessageFacts {
             received_ms: RECEIVED,
             may_notify: true,
+            deadline_ms: 0,
         },
         RecipientFacts {
             attempts: 40,
@@ -376,6 +380,84 @@ fn expiry_turns_a_temporary_failure_into_a_bounce() {
 }
 
 #[test]
+fn a_messages_own_deadline_caps_its_retry_and_expires_it_without_another_attempt() {
+    let message = MessageFacts {
+        received_ms: RECEIVED,
+        may_notify: true,
+        deadline_ms: RECEIVED + 2 * MIN,
+    };
+    let first = RecipientFacts {
+        attempts: 0,
+        delay_notified: false,
+        notify: NOT_GIVEN,
+    };
+    let greylisted = refused(451, Some((4, 7, 1)), "greylisted");
+    let run = |facts, result: &AttemptResult, now| {
+        decide(
+            message,
+            facts,
+            result,
+            &Classifier::builtin(),
+            &policy(),
+            now,
+        )
+    };
+    // The schedule says 5 minutes; the deadline comes first, so the retry is at the deadline.
+    let d = run(first, &greylisted, RECEIVED + 1_000);
+    assert_eq!(
+        d.fate,
+        Fate::Deferred {
+            next_attempt_ms: RECEIVED + 2 * MIN
+        }
+    );
+    assert_eq!(d.dsn, None);
+    // Failing at the deadline: expired, as with the policy's lifetime.
+    let again = RecipientFacts {
+        attempts: 1,
+        ..first
+    };
+    let d = run(again, &greylisted, RECEIVED + 2 * MIN);
+    assert_eq!(d.fate, EXPIRED_FATE);
+    // Due at the deadline and expired there, without an attempt: the last error is kept, the
+    // attempt count is not moved, and the failure DSN says 5.4.7.
+    let last = Some(("451 4.7.1 greylisted".to_owned(), Category::Greylisted));
+    let d = run(again, &AttemptResult::Expired { last }, RECEIVED + 2 * MIN);
+    assert_eq!(
+        (d.fate, d.attempt, d.category),
+        (EXPIRED_FATE, 1, Some(Category::Greylisted))
+    );
+    assert_eq!(
+        d.text,
+        "delivery time expired; last error: 451 4.7.1 greylisted"
+    );
+    let dsn = d.dsn.unwrap();
+    assert_eq!(
+        (dsn.kind, dsn.status.to_string()),
+        (DsnKind::Failure, "5.4.7".into())
+    );
+    check(vec![
+        Row {
+            fate: EXPIRED_FATE,
+            category: Some(Category::Temporary),
+            dsn: Some((DsnKind::Failure, "5.4.7")),
+            ..row(
+                "expired before its first attempt",
+                AttemptResult::Expired { last: None },
+            )
+        },
+        Row {
+            notify: NEVER,
+            fate: EXPIRED_FATE,
+            category: Some(Category::Temporary),
+            ..row(
+                "expired with NOTIFY=NEVER: no DSN",
+                AttemptResult::Expired { last: None },
+            )
+        },
+    ]);
+}
+
+#[test]
 fn operator_bounce_and_delete() {
     check(vec![
         Row {
@@ -410,6 +492,7 @@ fn recorded_text_is_the_reply_on_one_line() {
         MessageFacts {
             received_ms: RECEIVED,
             may_notify: true,
+            deadline_ms: 0,
         },
         RecipientFacts {
             attempts: 0,

@@ -36,7 +36,7 @@ const READY_TLS: &str = "220 2.0.0 Ready to start TLS\r\n";
 const PLAIN_ALICE: &str = "AGFsaWNlQGV4YW1wbGUuY29tAHNlY3JldA==";
 
 fn ehlo(tail: &str) -> String {
-    format!("{EHLO_BASE}250-DSN\r\n{tail}")
+    format!("{EHLO_BASE}250-DSN\r\n250-DELIVERBY\r\n250-MT-PRIORITY\r\n{tail}")
 }
 
 fn ehlo_plain() -> String {
@@ -308,7 +308,7 @@ fn greeting_ehlo_quit() {
 
 #[test]
 fn ehlo_variants_by_tls_state() {
-    let no_starttls = format!("{EHLO_BASE}250 DSN\r\n");
+    let no_starttls = format!("{EHLO_BASE}250-DSN\r\n250-DELIVERBY\r\n250 MT-PRIORITY\r\n");
     script_with(
         Setup {
             starttls: false,
@@ -322,7 +322,8 @@ fn ehlo_variants_by_tls_state() {
         &[("S", GREETING), ("C", "EHLO a\r\n"), ("S", &tls)],
     );
     let small = "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 100\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
-        250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250-DSN\r\n250 STARTTLS\r\n";
+        250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250-DSN\r\n250-DELIVERBY\r\n\
+        250-MT-PRIORITY\r\n250 STARTTLS\r\n";
     let mut setup = Setup::default();
     setup.limits.max_message_size = 100;
     script_with(setup, &[("S", GREETING), ("C", "EHLO a\n"), ("S", small)]);
@@ -1000,6 +1001,8 @@ fn commit_event_carries_the_whole_envelope() {
         smtputf8: true,
         ret: Some(Ret::Hdrs),
         envid: Some("id+1".into()),
+        deliver_by: None,
+        mt_priority: None,
         recipients: vec![Recipient {
             forward_path: Mailbox::parse("c@d.example").unwrap(),
             notify: Notify {
