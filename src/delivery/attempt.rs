@@ -34,15 +34,10 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
             return;
         }
     };
-    // The egress source (the pool's next, in weighted round robin), then the path's host-wide
-    // connection limit: without a free slot the destination waits (parked) until a connection
-    // on that path closes on any core.
-    let source = key
-        .pool
-        .and_then(|p| delivery.egress().pick(p))
-        .map(Arc::clone);
-    let source_name = source.as_ref().map(|s| s.name.as_str());
-    let Some(slot) = delivery.site_slot(key, &site_of(&hops), source_name) else {
+    // The egress path: the pool's next source in weighted round robin, or another of the
+    // pool's sources when that one's path is suspended, paused or full. Without a free slot on
+    // any, the destination waits (parked) until a connection on one of them closes on any core.
+    let Some((source, slot)) = delivery.path_slot(key, &site_of(&hops)) else {
         return;
     };
     let from = source.as_ref().map(|s| s.address);

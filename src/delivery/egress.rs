@@ -88,10 +88,24 @@ impl Egress {
 
     /// The source the next connection from `pool` uses.
     pub fn pick(&self, pool: PoolId) -> Option<&Arc<Source>> {
-        let pool = self.pools.get(usize::from(pool))?;
+        self.candidates(pool).into_iter().next()
+    }
+
+    /// The sources the next connection from `pool` may use, in the order to try them: the
+    /// pool's next in weighted round robin, then its other members in the pool's order (for
+    /// when that one's path is suspended, throttled or full).
+    pub fn candidates(&self, pool: PoolId) -> Vec<&Arc<Source>> {
+        let Some(pool) = self.pools.get(usize::from(pool)) else {
+            return Vec::new();
+        };
         let turn = pool.next.fetch_add(1, Ordering::Relaxed);
-        let index = weighted_turn(&pool.members, turn)?;
-        self.sources.get(index)
+        let Some(first) = weighted_turn(&pool.members, turn) else {
+            return Vec::new();
+        };
+        std::iter::once(first)
+            .chain(pool.members.iter().map(|(i, _)| *i).filter(|i| *i != first))
+            .filter_map(|i| self.sources.get(i))
+            .collect()
     }
 }
 

@@ -172,7 +172,7 @@ pub struct Delivery {
     dests: RefCell<HashMap<DestKey, Destination>>,
     /// Destinations whose site had no free connection slot: no connection starts for them until
     /// a slot frees anywhere in the process (the site wakes this core through `kick`).
-    parked: RefCell<HashMap<DestKey, Arc<sites::Site>>>,
+    parked: RefCell<HashMap<DestKey, Vec<Arc<sites::Site>>>>,
     sites: Arc<sites::Sites>,
     egress: Arc<egress::Egress>,
     suspensions: Arc<suspend::Suspensions>,
@@ -517,8 +517,10 @@ impl Delivery {
                 .parked
                 .borrow()
                 .iter()
-                .filter(|(_, site)| {
-                    site.has_free_slot(self.clock.monotonic()) && !self.path_suspended(site)
+                .filter(|(_, paths)| {
+                    paths.iter().any(|site| {
+                        site.has_free_slot(self.clock.monotonic()) && !self.path_suspended(site)
+                    })
                 })
                 .map(|(key, _)| key.clone())
                 .collect();
@@ -842,26 +844,42 @@ impl Delivery {
             .unwrap_or(self.config.tls)
     }
 
-    /// Takes a connection slot of the egress path (`source`, `site`) for a connection to `key`;
-    /// when the path has none free, parks the destination until one frees on any core, and
-    /// returns `None`.
-    pub fn site_slot(
+    /// Takes a connection slot on an egress path to `site` for a connection to `key`: from the
+    /// pool's next source, or the first of its other sources whose path is neither suspended
+    /// nor full (a paused path has no free slot); with no pool, the path without a source.
+    /// When none has a slot, parks the destination until a slot frees on one of them, on any
+    /// core, and returns `None`.
+    pub fn path_slot(
         &self,
         key: &DestKey,
         site: &str,
-        source: Option<&str>,
-    ) -> Option<sites::SiteSlot> {
-        let site = self.sites.get(site, source, &key.domain);
-        self.learn_site(key, &site);
-        let slot = if self.path_suspended(&site) {
-            None
-        } else {
-            site.acquire(&self.kick, self.clock.monotonic())
+    ) -> Option<(Option<Arc<egress::Source>>, sites::SiteSlot)> {
+        let sources: Vec<Option<Arc<egress::Source>>> = match key.pool {
+            None => vec![None],
+            Some(pool) => self
+                .egress
+                .candidates(pool)
+                .into_iter()
+                .map(|s| Some(Arc::clone(s)))
+                .collect(),
         };
-        if slot.is_none() {
-            self.parked.borrow_mut().insert(key.clone(), site);
+        let mut paths = Vec::with_capacity(sources.len());
+        for source in sources {
+            let path = self
+                .sites
+                .get(site, source.as_ref().map(|s| s.name.as_str()), &key.domain);
+            if paths.is_empty() {
+                self.learn_site(key, &path);
+            }
+            if !self.path_suspended(&path)
+                && let Some(slot) = path.acquire(&self.kick, self.clock.monotonic())
+            {
+                return Some((source, slot));
+            }
+            paths.push(path);
         }
-        slot
+        self.parked.borrow_mut().insert(key.clone(), paths);
+        None
     }
 
     /// The egress sources and pools.

@@ -636,3 +636,82 @@ fn suspensions_hold_mail_until_resumed_or_expired_and_a_domain_bounces_in_one_ca
     assert_ne!(code, 0);
     assert!(err.contains("HTTP 400") && err.contains("soon"), "{err}");
 }
+
+/// Suspensions of an egress source and of a user (issue 13): with source `a` suspended, the
+/// default pool's mail leaves through `b` alone (the pool skips the suspended path instead of
+/// waiting for it); with alice suspended, her authenticated mail waits while relayed mail
+/// flows, and goes at the resume.
+#[test]
+fn a_suspended_source_is_skipped_by_its_pool_and_a_suspended_users_mail_waits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("connections");
+    let sink = Sink::start_with(&["--connection-log", log.to_str().unwrap()]);
+    let dir = tmp.path().join("spool");
+    let extra = format!(
+        "[delivery]\nroutes = {{ \"*\" = \"{}\" }}\nmax_connections = 1\negress_pool = \"both\"\n\
+         [[egress.sources]]\nname = \"a\"\naddress = \"127.0.0.2\"\n\
+         [[egress.sources]]\nname = \"b\"\naddress = \"127.0.0.3\"\n\
+         [[egress.pools]]\nname = \"both\"\nsources = [\"a\", \"b\"]\n",
+        sink.addr
+    );
+    let config =
+        crate::harness::base_config(&dir, &extra).replace("http = \"\"", "http = \"127.0.0.1:0\"");
+    let s = Server::start_in(&dir, &config);
+    let cli_json = |args: &[&str]| {
+        let (code, out, err) = s.cli(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let source = cli_json(&["queue", "suspend", "--source", "a"]);
+    assert_eq!(source["target"]["source"], "a", "{source}");
+    for _ in 0..6 {
+        send_to(&s, "x@example.net", 1);
+    }
+    sink.wait_for("6 messages through b", 30, |m| m.len() == 6);
+    let sources = |log: &str| -> Vec<String> {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split(' ').nth(1).unwrap_or("").to_owned())
+            .collect()
+    };
+    let used = sources(log.to_str().unwrap());
+    assert!(
+        !used.is_empty() && used.iter().all(|ip| ip == "127.0.0.3"),
+        "connections while a is suspended: {used:?}"
+    );
+
+    let user = cli_json(&["queue", "suspend", "--user", "alice@example.com"]);
+    let argv: Vec<String> = [
+        "--port",
+        &s.port("submission").to_string(),
+        "--mode",
+        "starttls",
+        "--auth",
+        "plain",
+        "--count",
+        "2",
+        "--to",
+        "held@example.net",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let (code, out, err) = python(CLIENT, &argv);
+    assert_eq!(code, 0, "{out}{err}");
+    send_to(&s, "relayed@example.net", 1);
+    sink.wait_for("the relayed message", 30, |m| m.len() == 7);
+    let ev = crate::harness::events(&dir);
+    assert!(
+        ev.iter().all(|e| e["recipient"] != "held@example.net"),
+        "a suspended user's mail was attempted: {ev:?}"
+    );
+    for id in [&user["id"], &source["id"]] {
+        cli_json(&["queue", "resume", &id.as_u64().unwrap().to_string()]);
+    }
+    sink.wait_for("alice's 2 messages", 30, |m| m.len() == 9);
+    let ev = wait_events(&dir, "alice's deliveries", 20, |ev| {
+        outcomes_of(ev, "held@example.net").len() == 2
+    });
+    assert_eq!(outcomes_of(&ev, "held@example.net"), ["delivered"; 2]);
+}
