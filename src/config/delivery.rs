@@ -52,6 +52,8 @@ pub struct DeliverySettings {
     pub bounce_rules: Option<PathBuf>,
     /// STARTTLS policy overrides by lower-case recipient domain.
     pub route_tls: Vec<(String, TlsPolicy)>,
+    /// PEM certificates trusted for `verify` besides the system's roots (read at start).
+    pub tls_ca_file: Option<PathBuf>,
     /// Messages per second per destination site, whole process; 0 = unlimited.
     pub max_messages_per_second: u32,
     /// The reaction to `rate_limited` and `blocklisted` replies.
@@ -154,6 +156,7 @@ impl DeliverySettings {
             ),
             bounce_rules: d.bounce_rules.as_ref().map(PathBuf::from),
             route_tls: Vec::new(),
+            tls_ca_file: d.tls_ca_file.as_ref().map(PathBuf::from),
             max_messages_per_second: d.max_messages_per_second.unwrap_or(0),
             throttle: throttle_policy(r, d),
             egress_pool: d.egress_pool.clone(),
@@ -201,11 +204,14 @@ fn outbound_tls(r: &mut Resolver, key: String, policy: &str) -> TlsPolicy {
     match policy {
         "opportunistic" => TlsPolicy::Opportunistic,
         "required" => TlsPolicy::Required,
+        "verify" => TlsPolicy::Verify,
         "disabled" => TlsPolicy::Disabled,
         _ => {
             r.problem(
                 key,
-                format!("{policy:?} is not \"opportunistic\", \"required\" or \"disabled\""),
+                format!(
+                    "{policy:?} is not \"opportunistic\", \"required\", \"verify\" or \"disabled\""
+                ),
             );
             TlsPolicy::Opportunistic
         }

@@ -314,8 +314,10 @@ pub struct RawDelivery {
     pub max_recipients_per_transaction: Option<usize>,
     /// TCP port of MX hosts. Default: 25 (tests point it at a sink).
     pub smtp_port: Option<u16>,
-    /// Outbound STARTTLS: `"opportunistic"` (default), `"required"` or `"disabled"`.
+    /// Outbound STARTTLS: `"opportunistic"` (default), `"required"`, `"verify"` or `"disabled"`.
     pub tls: Option<String>,
+    /// PEM certificates trusted for `verify`, besides the system's roots.
+    pub tls_ca_file: Option<String>,
     /// Connect timeout. Default: 30s.
     pub connect_timeout: Option<String>,
     /// Wait for a reply to a command (greeting, EHLO, MAIL, RCPT). Default: 5m (RFC 5321 §4.5.3.2).

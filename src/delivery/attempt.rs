@@ -56,11 +56,12 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
         return;
     };
     let cfg = delivery.config();
+    let tls_policy = delivery.tls_policy(domain);
     let client = ClientConfig {
         helo: source
             .as_ref()
             .map_or_else(|| cfg.hostname.clone(), |s| s.ehlo.clone()),
-        tls: delivery.tls_policy(domain),
+        tls: tls_policy,
         pipelining: true,
         auth: None,
         timeouts: delivery.config().timeouts,
@@ -112,13 +113,17 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
         while let Some(ev) = session.poll_event() {
             match ev {
                 ClientEvent::StartTls => {
-                    let name = rustls::pki_types::ServerName::try_from(hop.name.clone())
-                        .unwrap_or_else(|_| {
-                            rustls::pki_types::ServerName::IpAddress(hop.addrs[0].ip().into())
-                        });
+                    // The name the certificate must carry (under `verify`): the MX host name,
+                    // or the address of a route given as one.
+                    let name = rustls::pki_types::ServerName::try_from(
+                        hop.name.trim_end_matches('.').to_owned(),
+                    )
+                    .unwrap_or_else(|_| {
+                        rustls::pki_types::ServerName::IpAddress(hop.addrs[0].ip().into())
+                    });
                     let handshake = tokio::time::timeout(
                         WRITE_TIMEOUT,
-                        transport.connect_tls(Arc::clone(delivery.tls()), name),
+                        transport.connect_tls(Arc::clone(delivery.tls(tls_policy)), name),
                     )
                     .await
                     .unwrap_or_else(|_| {
@@ -128,13 +133,19 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                         ))
                     });
                     if let Err(e) = handshake {
+                        // Under `verify`, a certificate that does not check out says why.
+                        let failure = if crate::net::tls::is_certificate_error(&e) {
+                            ConnFailure::Certificate
+                        } else {
+                            ConnFailure::Tls
+                        };
                         give_up(
                             &delivery,
                             slot.site(),
                             key,
                             &mut current,
                             sent == 0,
-                            (ConnFailure::Tls, &format!("tls with {remote}: {e}")),
+                            (failure, &format!("tls with {remote}: {e}")),
                             &remote,
                         );
                         closed = true;

@@ -149,6 +149,8 @@ pub struct CoreHandles {
     pub egress: Arc<egress::Egress>,
     /// The operator's suspensions (shared by every core and the HTTP thread).
     pub suspensions: Arc<suspend::Suspensions>,
+    /// The outbound TLS configuration that verifies certificates (the `verify` policy).
+    pub verify_tls: Arc<rustls::ClientConfig>,
 }
 
 /// Per-core delivery state. Lives in an `Rc` on the worker thread.
@@ -187,6 +189,8 @@ pub struct Delivery {
     kick: Arc<Notify>,
     events: EventLog,
     tls: std::sync::Arc<rustls::ClientConfig>,
+    /// The TLS configuration of the `verify` policy.
+    verify_tls: Arc<rustls::ClientConfig>,
     dsn_counter: Cell<u64>,
     /// Recipients queued on a destination or in a transaction right now: never dispatched twice.
     in_flight: RefCell<HashSet<(QueueId, u32)>>,
@@ -220,6 +224,7 @@ impl Delivery {
             sites,
             egress,
             suspensions,
+            verify_tls,
         } = core;
         let now = unix_ms(clock.now());
         let route_tls = config.route_tls.clone();
@@ -255,6 +260,7 @@ impl Delivery {
             kick: Arc::new(Notify::new()),
             events,
             tls: crate::net::tls::outbound_client_config(),
+            verify_tls,
             dsn_counter: Cell::new(0),
             in_flight: RefCell::new(HashSet::new()),
             cancelled: RefCell::new(HashMap::new()),
@@ -1308,9 +1314,13 @@ impl Delivery {
         *self.route_tls.borrow_mut() = route_tls;
     }
 
-    /// The outbound TLS configuration.
-    pub fn tls(&self) -> &std::sync::Arc<rustls::ClientConfig> {
-        &self.tls
+    /// The outbound TLS configuration for a STARTTLS policy: one that checks the certificate
+    /// for `verify`, one that accepts any (encryption only) otherwise.
+    pub fn tls(&self, policy: crate::smtp::client::TlsPolicy) -> &Arc<rustls::ClientConfig> {
+        match policy {
+            crate::smtp::client::TlsPolicy::Verify => &self.verify_tls,
+            _ => &self.tls,
+        }
     }
 
     /// The core's spool shard.

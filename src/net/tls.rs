@@ -191,3 +191,49 @@ pub fn outbound_client_config() -> Arc<rustls::ClientConfig> {
         .with_no_client_auth();
     Arc::new(config)
 }
+
+/// The client configuration for outbound STARTTLS under the `verify` policy: the next hop's
+/// certificate must chain to a root of the system's trust store (as `rustls-native-certs` finds
+/// it; `SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured) or of `ca_file`, and name the host
+/// (RFC 6125 as webpki checks it). Returns the configuration and how many roots it trusts.
+pub fn outbound_verifying_config(
+    ca_file: Option<&Path>,
+) -> Result<(Arc<rustls::ClientConfig>, usize), TlsSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(%error, "reading the system's trusted certificates");
+    }
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        let (_, rejected) = roots.add_parsable_certificates(read_certs(path)?);
+        if rejected > 0 {
+            return Err(TlsSetupError::Pem {
+                path: path.display().to_string(),
+                what: "a certificate could not be used as a trust anchor",
+            });
+        }
+    }
+    let count = roots.len();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        // Invariant: the ring provider supports every default protocol version.
+        .expect("ring supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((Arc::new(config), count))
+}
+
+/// Whether a TLS handshake failed on the peer's certificate (an error from
+/// [`crate::net::transport::Transport::connect_tls`]).
+pub fn is_certificate_error(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        })
+}

@@ -227,7 +227,10 @@ pub fn decide(
             remote,
         } => {
             let class = classifier.classify(&Failure::Connection(*failure));
-            (detail.clone(), remote.clone(), class, None)
+            // RFC 3463 X.7.5: cryptographic failure (the certificate did not verify).
+            let enhanced =
+                (*failure == ConnFailure::Certificate).then(|| EnhancedCode::new(4, 7, 5));
+            (detail.clone(), remote.clone(), class, enhanced)
         }
     };
     let category = Some(class.category);

@@ -46,8 +46,18 @@ pub enum TlsPolicy {
     Disabled,
     /// Use it when offered; go on in plaintext when not.
     Opportunistic,
-    /// Fail the connection when it is not offered.
+    /// Fail the connection when it is not offered (any certificate is accepted).
     Required,
+    /// As `Required`, and the next hop's certificate must chain to a trusted root and name the
+    /// host (the transport checks it; for the session this is `Required`).
+    Verify,
+}
+
+impl TlsPolicy {
+    /// Whether the session must not go on in plaintext.
+    pub fn requires_tls(self) -> bool {
+        matches!(self, TlsPolicy::Required | TlsPolicy::Verify)
+    }
 }
 
 /// Settings of one outbound connection.
@@ -495,7 +505,7 @@ impl ClientSession {
                     self.fail(ClientError::Refused(reply));
                     return;
                 }
-                if self.config.tls == TlsPolicy::Required && !self.tls_on {
+                if self.config.tls.requires_tls() && !self.tls_on {
                     self.fail(ClientError::TlsUnavailable(None));
                     return;
                 }
@@ -503,7 +513,7 @@ impl ClientSession {
             }
             Expect::StartTls => {
                 if reply.code != 220 {
-                    if self.config.tls == TlsPolicy::Required {
+                    if self.config.tls.requires_tls() {
                         self.fail(ClientError::TlsUnavailable(Some(reply)));
                     } else {
                         // Opportunistic: go on in plaintext (RFC 3207 §4.1 allows it).
@@ -600,7 +610,7 @@ impl ClientSession {
                 self.command("STARTTLS\r\n".into(), Expect::StartTls, t, now);
                 return;
             }
-            if self.config.tls == TlsPolicy::Required {
+            if self.config.tls.requires_tls() {
                 self.fail(ClientError::TlsUnavailable(None));
                 return;
             }

@@ -40,6 +40,9 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// rustls server configuration.
     pub tls: Arc<rustls::ServerConfig>,
+    /// Outbound TLS configuration of the `verify` policy (system roots and
+    /// `delivery.tls_ca_file`).
+    pub verify_tls: Arc<rustls::ClientConfig>,
     /// Credential verifier pool.
     pub auth: AuthService,
     /// Session settings per role: smtp, submission, submissions.
@@ -487,6 +490,7 @@ fn start_delivery(core: &Rc<Core>) {
         sites: Arc::clone(&core.shared.sites),
         egress: Arc::clone(&core.shared.egress),
         suspensions: Arc::clone(&core.shared.suspensions),
+        verify_tls: Arc::clone(&core.shared.verify_tls),
     };
     let delivery = Delivery::new(
         handles,

@@ -27,6 +27,17 @@ impl Shared {
             )?,
         };
         let tls = crate::net::tls::server_config(&cert, &key)?;
+        let (verify_tls, roots) =
+            crate::net::tls::outbound_verifying_config(config.delivery.tls_ca_file.as_deref())?;
+        let verifies = std::iter::once(config.delivery.tls)
+            .chain(config.delivery.route_tls.iter().map(|(_, p)| *p))
+            .any(|p| p == crate::smtp::client::TlsPolicy::Verify);
+        if verifies && roots == 0 {
+            tracing::warn!(
+                "the verify TLS policy is in force but no trusted root was found (install \
+                 ca-certificates or set delivery.tls_ca_file): every verified delivery will defer"
+            );
+        }
 
         let users = users_of(&config)?;
         for u in &users {
@@ -55,6 +66,7 @@ impl Shared {
         Ok(Shared {
             config: Arc::clone(&config),
             tls,
+            verify_tls,
             auth,
             sessions,
             classifier: Arc::new(classifier),

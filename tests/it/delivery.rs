@@ -1451,3 +1451,104 @@ fn a_shaping_rules_queue_lifetime_expires_the_mail_it_matches() {
         "{bounced}"
     );
 }
+
+/// A next hop's certificate issued by a test CA for `names`: writes `ca.pem`, `hop.pem` and
+/// `hop.key` in `dir`.
+fn test_ca_and_certificate(dir: &std::path::Path, names: &[&str]) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "ringmta test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("hop.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("hop.key"), key.serialize_pem()).unwrap();
+}
+
+/// `tls = "verify"` (issue 14): the next hop's certificate must chain to a trusted root
+/// (`delivery.tls_ca_file` here) and name the MX host. A certificate for the host delivers; the
+/// same host reached as another MX name, or without the CA trusted, defers with category `tls`
+/// and a reply that says what was wrong with the certificate, and nothing reaches the hop.
+#[test]
+fn verified_tls_delivers_to_a_trusted_certificate_and_defers_any_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    test_ca_and_certificate(tmp.path(), &["mx.verify.test"]);
+    let hop = Server::start(&format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        tmp.path().join("hop.pem").display(),
+        tmp.path().join("hop.key").display()
+    ));
+    let zone = r#"{"verify.test": {"MX": [[10, "mx.verify.test."]]},
+        "wrong.test": {"MX": [[10, "other.wrong.test."]]},
+        "mx.verify.test": {"A": ["127.0.0.1"]},
+        "other.wrong.test": {"A": ["127.0.0.1"]}}"#;
+    let Some(dns) = Dns::start(zone) else {
+        ringmta::testkit::skip("python3 with dnslib is needed (pip install dnslib)");
+        return;
+    };
+    let relay_config = |ca: bool| {
+        let mut c = format!(
+            "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nsmtp_port = {}\ntls = \"verify\"\n\
+             retry_schedule = [\"1h\"]\n",
+            dns.port,
+            hop.port("smtp")
+        );
+        if ca {
+            c += &format!(
+                "tls_ca_file = \"{}\"\n",
+                tmp.path().join("ca.pem").display()
+            );
+        }
+        c
+    };
+    let trusting = Server::start(&relay_config(true));
+    let out = submit(
+        &trusting,
+        &["--to", "a@verify.test", "--to", "b@wrong.test"],
+    );
+    assert!(out[0].starts_with("OK "), "{out:?}");
+    let untrusting = Server::start(&relay_config(false));
+    let out = submit(&untrusting, &["--to", "c@verify.test"]);
+    assert!(out[0].starts_with("OK "), "{out:?}");
+
+    let ev = wait_events(&trusting.dir, "a delivery and a deferral", 30, |ev| {
+        ev.len() == 2
+    });
+    assert_eq!(outcomes_of(&ev, "a@verify.test"), ["delivered"]);
+    let wrong = ev
+        .iter()
+        .find(|e| e["recipient"] == "b@wrong.test")
+        .unwrap();
+    assert_eq!(wrong["outcome"], "deferred", "{wrong}");
+    assert_eq!(wrong["category"], "tls", "{wrong}");
+    let reply = wrong["reply"].as_str().unwrap();
+    assert!(
+        reply.contains("other.wrong.test") && reply.contains("certificate"),
+        "says which host and that its certificate is the problem: {reply}"
+    );
+    let ev = wait_events(&untrusting.dir, "a deferral", 30, |ev| ev.len() == 1);
+    assert_eq!(ev[0]["outcome"], "deferred", "{:?}", ev[0]);
+    assert_eq!(ev[0]["category"], "tls", "{:?}", ev[0]);
+    let reply = ev[0]["reply"].as_str().unwrap();
+    assert!(reply.contains("UnknownIssuer"), "{reply}");
+    // Only the verified delivery reached the hop (a refused handshake sends nothing in clear).
+    let (code, ls, err) = hop.cli(&["queue", "ls"]);
+    assert_eq!(code, 0, "{err}");
+    let held: Vec<&str> = ls.lines().filter(|l| l.contains('@')).collect();
+    assert!(
+        held.iter().any(|l| l.contains("a@verify.test"))
+            && !held
+                .iter()
+                .any(|l| l.contains("b@wrong.test") || l.contains("c@verify.test")),
+        "{ls}"
+    );
+}

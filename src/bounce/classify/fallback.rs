@@ -68,7 +68,7 @@ pub(super) fn connection_fallback(conn: ConnFailure) -> Classification {
             (Category::HostUnknown, Action::Bounce)
         }
         ConnFailure::DnsNoAddress => (Category::HostUnknown, Action::Retry),
-        ConnFailure::Tls => (Category::Tls, Action::Retry),
+        ConnFailure::Tls | ConnFailure::Certificate => (Category::Tls, Action::Retry),
         ConnFailure::Protocol => (Category::Protocol, Action::Retry),
         ConnFailure::Refused
         | ConnFailure::Timeout

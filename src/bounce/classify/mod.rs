@@ -117,8 +117,11 @@ pub enum ConnFailure {
     DnsTimeout,
     /// The MX hosts have no A or AAAA records.
     DnsNoAddress,
-    /// The TLS handshake or certificate check failed.
+    /// The TLS handshake failed, or TLS was required and not offered.
     Tls,
+    /// The next hop's certificate failed verification (the `verify` policy): untrusted,
+    /// expired, or not for the host's name.
+    Certificate,
     /// The peer spoke something that was not SMTP, or broke the protocol.
     Protocol,
 }
@@ -425,6 +428,7 @@ impl ConnFailure {
             "dns_timeout" => DnsTimeout,
             "dns_no_address" => DnsNoAddress,
             "tls" => Tls,
+            "certificate" => Certificate,
             "protocol" => Protocol,
             _ => return None,
         })

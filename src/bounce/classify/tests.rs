@@ -118,7 +118,7 @@ fn corpus_4xx_lines_never_bounce() {
 
 // --- connection failures -------------------------------------------------------------
 
-const ALL_CONN: [ConnFailure; 10] = [
+const ALL_CONN: [ConnFailure; 11] = [
     ConnFailure::Refused,
     ConnFailure::Timeout,
     ConnFailure::Reset,
@@ -128,6 +128,7 @@ const ALL_CONN: [ConnFailure; 10] = [
     ConnFailure::DnsTimeout,
     ConnFailure::DnsNoAddress,
     ConnFailure::Tls,
+    ConnFailure::Certificate,
     ConnFailure::Protocol,
 ];
 
@@ -146,6 +147,7 @@ fn connection_failures() {
         (ConnFailure::DnsTimeout, c(Temporary, Retry)),
         (ConnFailure::DnsNoAddress, c(HostUnknown, Retry)),
         (ConnFailure::Tls, c(Tls, Retry)),
+        (ConnFailure::Certificate, c(Tls, Retry)),
         (ConnFailure::Protocol, c(Protocol, Retry)),
     ];
     for (conn, expected) in table {

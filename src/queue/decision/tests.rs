@@ -333,6 +333,17 @@ fn one_delay_notice_after_the_threshold_when_delay_is_wanted() {
                 connection(ConnFailure::Timeout),
             )
         },
+        Row {
+            attempts: 5,
+            age: 5 * HOUR,
+            fate: deferred_in(5 * HOUR, 10 * MIN),
+            category: Some(Category::Tls),
+            dsn: Some((DsnKind::Delay, "4.7.5")),
+            ..row(
+                "a certificate that did not verify: cryptographic failure",
+                connection(ConnFailure::Certificate),
+            )
+        },
     ]);
 }
 
