@@ -74,7 +74,12 @@ pub enum BounceAction {
 #[derive(Debug, Subcommand)]
 pub enum QueueAction {
     /// List queued messages.
-    Ls,
+    Ls {
+        /// Pending recipients by destination site instead (live, through the running
+        /// server's listen.http: sites are learned by resolving).
+        #[arg(long)]
+        by_site: bool,
+    },
     /// Show one message: envelope, per-recipient state, or its purge placeholder.
     Show {
         /// Queue id (16 hex digits).
@@ -308,11 +313,18 @@ fn queue(config: &Config, action: QueueAction) -> Result<ExitCode> {
             println!("{}", api_call(addr, "POST", &path)?);
             return Ok(ExitCode::SUCCESS);
         }
-        QueueAction::Ls | QueueAction::Show { .. } => {}
+        QueueAction::Ls { by_site: true } => {
+            let addr = http.context(
+                "queue ls --by-site needs the running server's listen.http (sites are learned by resolving)",
+            )?;
+            print!("{}", by_site(&api_call(addr, "GET", "/api/v1/queue")?)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        QueueAction::Ls { .. } | QueueAction::Show { .. } => {}
     }
     let snapshot = crate::spool::read_spool(dir)?;
     match action {
-        QueueAction::Ls => {
+        QueueAction::Ls { .. } => {
             print!("{}", listing(&snapshot));
             Ok(ExitCode::SUCCESS)
         }
@@ -423,6 +435,33 @@ fn listing(snap: &SpoolSnapshot) -> String {
 }
 
 /// Everything known about one message, or its placeholder.
+/// The `sites` of `GET /api/v1/queue` as a table, busiest first; recipients of domains not
+/// resolved yet are counted under `(not resolved yet)`.
+fn by_site(summary: &str) -> Result<String> {
+    let v: serde_json::Value = serde_json::from_str(summary).context("the queue summary")?;
+    let mut rows: Vec<(u64, String)> = v["sites"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(site, n)| {
+                    let name = if site.is_empty() {
+                        "(not resolved yet)".to_owned()
+                    } else {
+                        site.clone()
+                    };
+                    (n.as_u64().unwrap_or(0), name)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let mut out = format!("{:>9}  site\n", "pending");
+    for (n, site) in rows {
+        let _ = writeln!(out, "{n:>9}  {site}");
+    }
+    Ok(out)
+}
+
 fn describe(snap: &SpoolSnapshot, id: QueueId) -> Option<String> {
     let mut out = String::new();
     if let Some(m) = snap.messages.iter().find(|m| m.id == id) {
@@ -447,6 +486,16 @@ fn describe(snap: &SpoolSnapshot, id: QueueId) -> Option<String> {
         }
         if let Some(e) = &meta.envid {
             let _ = writeln!(out, "envid:       {e}");
+        }
+        if m.options.expires_at_ms != 0 {
+            let _ = writeln!(
+                out,
+                "expires:     {}",
+                crate::rfc5322::date(ms_to_time(m.options.expires_at_ms))
+            );
+        }
+        if m.options.priority != 0 {
+            let _ = writeln!(out, "priority:    {}", m.options.priority);
         }
         let _ = writeln!(out, "size:        {} bytes", m.body_len);
         let _ = writeln!(out, "recipients:");

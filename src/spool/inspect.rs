@@ -66,6 +66,8 @@ pub struct MessageSnapshot {
     pub id: QueueId,
     /// Envelope and session facts.
     pub meta: MessageMeta,
+    /// Its deadline and priority.
+    pub options: super::MessageOptions,
     /// Body size in bytes.
     pub body_len: u64,
     /// Per-recipient state.
@@ -97,7 +99,7 @@ pub fn read_spool(dir: &Path) -> Result<SpoolSnapshot, SpoolError> {
                 .map(|i| &rec.segments[i].seg)
         };
         for (&id, state) in &rec.index {
-            let Some((meta, _, body)) =
+            let Some((meta, options, body)) =
                 seg(state.at.segment).and_then(|s| s.message_at(state.at.offset))
             else {
                 continue;
@@ -116,6 +118,7 @@ pub fn read_spool(dir: &Path) -> Result<SpoolSnapshot, SpoolError> {
             snap.messages.push(MessageSnapshot {
                 id,
                 meta,
+                options,
                 body_len: body.len() as u64,
                 state: state.clone(),
                 last_replies,

@@ -600,6 +600,14 @@ fn suspensions_hold_mail_until_resumed_or_expired_and_a_domain_bounces_in_one_ca
         serde_json::from_str(queue.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(body["sites"][&site], 1, "{body}");
     assert_eq!(body["destinations"]["free.example"], 1, "{body}");
+    let (code, table, err) = s.cli(&["queue", "ls", "--by-site"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", site.as_str()]),
+        "{table}"
+    );
     sink.wait_for("the message held by the site", 20, |m| m.len() == 5);
     let ev = wait_events(&dir, "its delivery", 20, |ev| {
         outcomes_of(ev, "c@free.example") == ["delivered"]
