@@ -54,6 +54,10 @@ pub struct DeliverySettings {
     pub route_tls: Vec<(String, TlsPolicy)>,
     /// PEM certificates trusted for `verify` besides the system's roots (read at start).
     pub tls_ca_file: Option<PathBuf>,
+    /// Honour recipient domains' MTA-STS policies.
+    pub mta_sts: bool,
+    /// Port of the MTA-STS policy hosts (443; another for tests or a local proxy).
+    pub mta_sts_https_port: u16,
     /// Messages per second per destination site, whole process; 0 = unlimited.
     pub max_messages_per_second: u32,
     /// The reaction to `rate_limited` and `blocklisted` replies.
@@ -157,6 +161,8 @@ impl DeliverySettings {
             bounce_rules: d.bounce_rules.as_ref().map(PathBuf::from),
             route_tls: Vec::new(),
             tls_ca_file: d.tls_ca_file.as_ref().map(PathBuf::from),
+            mta_sts: d.mta_sts.unwrap_or(true),
+            mta_sts_https_port: d.mta_sts_https_port.unwrap_or(443),
             max_messages_per_second: d.max_messages_per_second.unwrap_or(0),
             throttle: throttle_policy(r, d),
             egress_pool: d.egress_pool.clone(),

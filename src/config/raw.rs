@@ -318,6 +318,10 @@ pub struct RawDelivery {
     pub tls: Option<String>,
     /// PEM certificates trusted for `verify`, besides the system's roots.
     pub tls_ca_file: Option<String>,
+    /// Honour the MTA-STS policies of recipient domains (RFC 8461). Default: true.
+    pub mta_sts: Option<bool>,
+    /// The port MTA-STS policies are fetched from. Default: 443.
+    pub mta_sts_https_port: Option<u16>,
     /// Connect timeout. Default: 30s.
     pub connect_timeout: Option<String>,
     /// Wait for a reply to a command (greeting, EHLO, MAIL, RCPT). Default: 5m (RFC 5321 §4.5.3.2).

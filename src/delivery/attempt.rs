@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use crate::bounce::classify::ConnFailure;
 use crate::net::transport::Transport;
+use crate::queue::sts::Mode;
 use crate::smtp::client::{
     ClientConfig, ClientError, ClientEvent, ClientSession, MessageOutcome, OutboundEnvelope,
-    OutboundRecipient,
+    OutboundRecipient, TlsPolicy,
 };
 use crate::smtp::{Reply, ReplyLimits};
 
@@ -34,6 +35,43 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
             return;
         }
     };
+    // MTA-STS (RFC 8461): an enforced policy keeps only the MX hosts it names, and only with a
+    // certificate that verifies; a policy in testing mode only reports.
+    let mut tls_policy = delivery.tls_policy(domain);
+    let hops = match delivery.sts_policy(domain).await {
+        Some(sts) if sts.policy.mode == Mode::Enforce => {
+            let names: Vec<String> = hops.iter().map(|h| h.name.clone()).collect();
+            let allowed: Vec<NextHop> = hops
+                .into_iter()
+                .filter(|h| sts.policy.allows(&h.name))
+                .collect();
+            if allowed.is_empty() {
+                let detail = format!(
+                    "the MTA-STS policy of {domain} (enforce, id {}) allows none of its MX hosts ({})",
+                    sts.id,
+                    names.join(", ")
+                );
+                for job in delivery.drain_jobs(key) {
+                    fail_job(&delivery, None, &job, ConnFailure::Tls, &detail, "");
+                }
+                return;
+            }
+            tls_policy = TlsPolicy::Verify;
+            allowed
+        }
+        Some(sts) if sts.policy.mode == Mode::Testing => {
+            for h in hops.iter().filter(|h| !sts.policy.allows(&h.name)) {
+                tracing::warn!(
+                    domain,
+                    mx = %h.name,
+                    id = %sts.id,
+                    "MX host not in the domain's MTA-STS policy (testing mode: delivering anyway)"
+                );
+            }
+            hops
+        }
+        _ => hops,
+    };
     // The egress path: the pool's next source in weighted round robin, or another of the
     // pool's sources when that one's path is suspended, paused or full. Without a free slot on
     // any, the destination waits (parked) until a connection on one of them closes on any core.
@@ -56,7 +94,6 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
         return;
     };
     let cfg = delivery.config();
-    let tls_policy = delivery.tls_policy(domain);
     let client = ClientConfig {
         helo: source
             .as_ref()
@@ -168,7 +205,8 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                     // A job with nothing left to send is skipped: the session must get the
                     // next job or a QUIT, never sit idle with no deadline.
                     let started = loop {
-                        let Some((job_key, mut job)) = delivery.next_job(key, slot.site().name())
+                        let Some((job_key, mut job)) =
+                            delivery.next_job(key, slot.site().name(), tls_policy, &hop.name)
                         else {
                             break None;
                         };

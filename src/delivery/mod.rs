@@ -13,6 +13,7 @@ pub mod egress;
 pub mod events;
 pub mod route;
 pub mod sites;
+pub mod sts;
 pub mod suspend;
 
 use std::cell::{Cell, RefCell};
@@ -151,6 +152,8 @@ pub struct CoreHandles {
     pub suspensions: Arc<suspend::Suspensions>,
     /// The outbound TLS configuration that verifies certificates (the `verify` policy).
     pub verify_tls: Arc<rustls::ClientConfig>,
+    /// MTA-STS policies (shared by every core).
+    pub sts: Arc<sts::Sts>,
 }
 
 /// Per-core delivery state. Lives in an `Rc` on the worker thread.
@@ -191,6 +194,8 @@ pub struct Delivery {
     tls: std::sync::Arc<rustls::ClientConfig>,
     /// The TLS configuration of the `verify` policy.
     verify_tls: Arc<rustls::ClientConfig>,
+    /// MTA-STS policies.
+    sts: Arc<sts::Sts>,
     dsn_counter: Cell<u64>,
     /// Recipients queued on a destination or in a transaction right now: never dispatched twice.
     in_flight: RefCell<HashSet<(QueueId, u32)>>,
@@ -225,6 +230,7 @@ impl Delivery {
             egress,
             suspensions,
             verify_tls,
+            sts,
         } = core;
         let now = unix_ms(clock.now());
         let route_tls = config.route_tls.clone();
@@ -261,6 +267,7 @@ impl Delivery {
             events,
             tls: crate::net::tls::outbound_client_config(),
             verify_tls,
+            sts,
             dsn_counter: Cell::new(0),
             in_flight: RefCell::new(HashSet::new()),
             cancelled: RefCell::new(HashMap::new()),
@@ -709,21 +716,35 @@ impl Delivery {
         }
     }
 
-    /// Takes the next job for a connection to `site` opened for `key`: the destination's own
-    /// next job (highest priority first), else the next job of another domain of the same site
-    /// and pool on this core with the same TLS policy (the one whose next job has the highest
-    /// priority). Returns the job's destination with it.
-    pub fn next_job(&self, key: &DestKey, site: &str) -> Option<(DestKey, Job)> {
+    /// Takes the next job for a connection to `site` opened for `key`, running under `tls`
+    /// with `host`: the destination's own next job (highest priority first), else the next job
+    /// of another domain of the same site and pool on this core with the same configured TLS
+    /// policy and whose MTA-STS policy, if enforced, this connection meets (verified, to a host
+    /// it names) — the one whose next job has the highest priority. Returns the job's
+    /// destination with it.
+    pub fn next_job(
+        &self,
+        key: &DestKey,
+        site: &str,
+        tls: crate::smtp::client::TlsPolicy,
+        host: &str,
+    ) -> Option<(DestKey, Job)> {
         let mut dests = self.dests.borrow_mut();
         if let Some(job) = dests.get_mut(key).and_then(|d| d.queue.pop_front()) {
             return Some((key.clone(), job));
         }
-        let tls = self.tls_policy(&key.domain);
+        let configured = self.tls_policy(&key.domain);
+        let sts_met = |domain: &str| match self.sts.cached(domain) {
+            Some(c) if c.policy.mode == crate::queue::sts::Mode::Enforce => {
+                tls == crate::smtp::client::TlsPolicy::Verify && c.policy.allows(host)
+            }
+            _ => true,
+        };
         let group = self.site_domains.borrow();
         let other = group
             .get(&(site.to_owned(), key.pool))?
             .iter()
-            .filter(|d| **d != key.domain && self.tls_policy(d) == tls)
+            .filter(|d| **d != key.domain && self.tls_policy(d) == configured && sts_met(d))
             .filter_map(|d| {
                 let k = DestKey {
                     domain: d.clone(),
@@ -886,6 +907,14 @@ impl Delivery {
         }
         self.parked.borrow_mut().insert(key.clone(), paths);
         None
+    }
+
+    /// The MTA-STS policy in force for `domain` now, if any.
+    pub async fn sts_policy(&self, domain: &str) -> Option<sts::Cached> {
+        let router = self.router();
+        self.sts
+            .policy(&router, domain, unix_ms(self.clock.now()))
+            .await
     }
 
     /// The egress sources and pools.

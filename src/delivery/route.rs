@@ -210,6 +210,45 @@ impl Router {
         }
     }
 
+    /// Whether mail for `domain` goes by a static route or to an address literal (not by MX,
+    /// so no MTA-STS policy applies).
+    pub fn is_static(&self, domain: &str) -> bool {
+        self.static_route(domain).is_some() || address_literal(domain).is_some()
+    }
+
+    /// The TXT records of `name` (each record's strings joined), empty when there are none.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, String> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.resolver.txt_lookup(fqdn.as_str()).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    hickory_resolver::proto::rr::RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|part| String::from_utf8_lossy(part))
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => match classify_dns(&e) {
+                DnsOutcome::NxDomain | DnsOutcome::NoRecords => Ok(Vec::new()),
+                DnsOutcome::Temporary { .. } => Err(e.to_string()),
+            },
+        }
+    }
+
+    /// The addresses of `host` on `port` (none is an error).
+    pub async fn addresses(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        match self.lookup_addrs(host, port).await {
+            Ok(addrs) if !addrs.is_empty() => Ok(addrs),
+            Ok(_) => Err(format!("{host} has no address")),
+            Err(e) => Err(format!("looking up {host}: {}", e.reason)),
+        }
+    }
+
     async fn lookup_addrs(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, DnsTrouble> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);

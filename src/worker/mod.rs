@@ -43,6 +43,8 @@ pub struct Shared {
     /// Outbound TLS configuration of the `verify` policy (system roots and
     /// `delivery.tls_ca_file`).
     pub verify_tls: Arc<rustls::ClientConfig>,
+    /// MTA-STS policies of recipient domains, cached in `spool_dir/mta-sts/`.
+    pub sts: Arc<crate::delivery::sts::Sts>,
     /// Credential verifier pool.
     pub auth: AuthService,
     /// Session settings per role: smtp, submission, submissions.
@@ -491,6 +493,7 @@ fn start_delivery(core: &Rc<Core>) {
         egress: Arc::clone(&core.shared.egress),
         suspensions: Arc::clone(&core.shared.suspensions),
         verify_tls: Arc::clone(&core.shared.verify_tls),
+        sts: Arc::clone(&core.shared.sts),
     };
     let delivery = Delivery::new(
         handles,

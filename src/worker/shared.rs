@@ -66,6 +66,12 @@ impl Shared {
         Ok(Shared {
             config: Arc::clone(&config),
             tls,
+            sts: Arc::new(crate::delivery::sts::Sts::new(
+                config.delivery.mta_sts,
+                config.delivery.mta_sts_https_port,
+                config.spool_dir.join("mta-sts"),
+                Arc::clone(&verify_tls),
+            )),
             verify_tls,
             auth,
             sessions,

@@ -1452,26 +1452,54 @@ fn a_shaping_rules_queue_lifetime_expires_the_mail_it_matches() {
     );
 }
 
-/// A next hop's certificate issued by a test CA for `names`: writes `ca.pem`, `hop.pem` and
-/// `hop.key` in `dir`.
-fn test_ca_and_certificate(dir: &std::path::Path, names: &[&str]) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "ringmta test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let cert = CertificateParams::new(names)
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("hop.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("hop.key"), key.serialize_pem()).unwrap();
+/// A test certificate authority (made with rcgen) that writes its root as `ca.pem` in `dir`
+/// and issues certificates there.
+struct TestCa {
+    dir: std::path::PathBuf,
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new(dir: &std::path::Path) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "ringmta test CA");
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        TestCa {
+            dir: dir.to_owned(),
+            cert,
+            key,
+        }
+    }
+
+    /// A certificate for `names`, written as `<stem>.pem` and `<stem>.key`; returns both paths.
+    fn issue(&self, stem: &str, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.cert, &self.key)
+            .unwrap();
+        let (pem, k) = (
+            self.dir.join(format!("{stem}.pem")),
+            self.dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&pem, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (pem.display().to_string(), k.display().to_string())
+    }
+}
+
+/// A ringmta next hop on loopback serving a certificate for `names` from `ca`.
+fn tls_hop(ca: &TestCa, names: &[&str]) -> Server {
+    let (cert, key) = ca.issue("hop", names);
+    Server::start(&format!("[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n"))
 }
 
 /// `tls = "verify"` (issue 14): the next hop's certificate must chain to a trusted root
@@ -1481,12 +1509,8 @@ fn test_ca_and_certificate(dir: &std::path::Path, names: &[&str]) {
 #[test]
 fn verified_tls_delivers_to_a_trusted_certificate_and_defers_any_other() {
     let tmp = tempfile::tempdir().unwrap();
-    test_ca_and_certificate(tmp.path(), &["mx.verify.test"]);
-    let hop = Server::start(&format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        tmp.path().join("hop.pem").display(),
-        tmp.path().join("hop.key").display()
-    ));
+    let ca = TestCa::new(tmp.path());
+    let hop = tls_hop(&ca, &["mx.verify.test"]);
     let zone = r#"{"verify.test": {"MX": [[10, "mx.verify.test."]]},
         "wrong.test": {"MX": [[10, "other.wrong.test."]]},
         "mx.verify.test": {"A": ["127.0.0.1"]},
@@ -1551,4 +1575,179 @@ fn verified_tls_delivers_to_a_trusted_certificate_and_defers_any_other() {
                 .any(|l| l.contains("b@wrong.test") || l.contains("c@verify.test")),
         "{ls}"
     );
+}
+
+/// A real HTTPS MTA-STS policy server on loopback (tests/it/sts_server.py) with a certificate
+/// from `ca` for every policy host; `policies` maps each host to its policy text. Returns the
+/// child (killed on drop by the caller) and its port.
+struct StsServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl StsServer {
+    fn start(ca: &TestCa, policies: &[(&str, &str)], log: &std::path::Path) -> StsServer {
+        use std::io::BufRead;
+        let hosts: Vec<&str> = policies.iter().map(|(h, _)| *h).collect();
+        let (cert, key) = ca.issue("sts", &hosts);
+        let map: serde_json::Map<String, serde_json::Value> = policies
+            .iter()
+            .map(|(h, p)| (h.to_string(), serde_json::Value::from(*p)))
+            .collect();
+        let mut child = std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/it/sts_server.py"
+            ))
+            .args([&cert, &key, &serde_json::Value::Object(map).to_string()])
+            .arg(log)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("sts listening on ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("sts_server.py did not start: {line:?}"));
+        StsServer { child, port }
+    }
+}
+
+impl Drop for StsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// MTA-STS (issue 14, RFC 8461), with a real HTTPS policy server and DNS on loopback: a domain
+/// whose policy is `enforce` gets its mail only over verified TLS to an MX host the policy
+/// names — even with `delivery.tls` left opportunistic; a policy that names none of the MX
+/// hosts, or an MX host whose certificate does not name it, defers the mail (category `tls`)
+/// and the next hop gets nothing. The policy is cached on disk: after a restart it is not
+/// fetched again while its TXT id is unchanged.
+#[test]
+fn an_enforced_mta_sts_policy_allows_only_its_mx_hosts_over_verified_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(tmp.path());
+    // The hop's certificate names mx.sts.test and mx.bad.test, not mx.weak.test.
+    let hop = tls_hop(&ca, &["mx.sts.test", "mx.bad.test"]);
+    let policy =
+        |mx: &str| format!("version: STSv1\r\nmode: enforce\r\nmx: {mx}\r\nmax_age: 86400\r\n");
+    let (good, bad, weak) = (
+        policy("mx.sts.test"),
+        policy("mx.elsewhere.test"),
+        policy("*.weak.test"),
+    );
+    let log = tmp.path().join("sts-requests");
+    let sts = StsServer::start(
+        &ca,
+        &[
+            ("mta-sts.sts.test", &good),
+            ("mta-sts.bad.test", &bad),
+            ("mta-sts.weak.test", &weak),
+        ],
+        &log,
+    );
+    let mut zone = serde_json::Map::new();
+    for d in ["sts", "bad", "weak"] {
+        zone.insert(
+            format!("{d}.test"),
+            serde_json::json!({"MX": [[10, format!("mx.{d}.test.")]]}),
+        );
+        zone.insert(
+            format!("mx.{d}.test"),
+            serde_json::json!({"A": ["127.0.0.1"]}),
+        );
+        zone.insert(
+            format!("mta-sts.{d}.test"),
+            serde_json::json!({"A": ["127.0.0.1"]}),
+        );
+        zone.insert(
+            format!("_mta-sts.{d}.test"),
+            serde_json::json!({"TXT": ["v=STSv1; id=20261202a;"]}),
+        );
+    }
+    let Some(dns) = Dns::start(&serde_json::Value::Object(zone).to_string()) else {
+        ringmta::testkit::skip("python3 with dnslib is needed (pip install dnslib)");
+        return;
+    };
+    let dir = tmp.path().join("relay");
+    let config = crate::harness::base_config(
+        &dir,
+        &format!(
+            "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nsmtp_port = {}\nretry_schedule = [\"1h\"]\n\
+             mta_sts_https_port = {}\ntls_ca_file = \"{}\"\n",
+            dns.port,
+            hop.port("smtp"),
+            sts.port,
+            tmp.path().join("ca.pem").display()
+        ),
+    );
+    let mut relay = Server::start_in(&dir, &config);
+    let out = submit(
+        &relay,
+        &[
+            "--to",
+            "a@sts.test",
+            "--to",
+            "b@bad.test",
+            "--to",
+            "c@weak.test",
+        ],
+    );
+    assert!(out[0].starts_with("OK "), "{out:?}");
+    let ev = wait_events(&dir, "three outcomes", 30, |ev| ev.len() == 3);
+    assert_eq!(outcomes_of(&ev, "a@sts.test"), ["delivered"], "{ev:?}");
+    let of = |rcpt: &str| ev.iter().find(|e| e["recipient"] == rcpt).unwrap().clone();
+    let bad = of("b@bad.test");
+    assert_eq!(
+        (bad["outcome"].as_str(), bad["category"].as_str()),
+        (Some("deferred"), Some("tls"))
+    );
+    assert!(
+        bad["reply"].as_str().unwrap().contains("MTA-STS policy of bad.test (enforce, id 20261202a) allows none of its MX hosts (mx.bad.test)"),
+        "{bad}"
+    );
+    let weak = of("c@weak.test");
+    assert_eq!(
+        (weak["outcome"].as_str(), weak["category"].as_str()),
+        (Some("deferred"), Some("tls"))
+    );
+    assert!(
+        weak["reply"].as_str().unwrap().contains("certificate"),
+        "{weak}"
+    );
+    // The next hop has a@sts.test only, received over TLS.
+    let (_, ls, _) = hop.cli(&["queue", "ls"]);
+    let mine: Vec<&str> = ls.lines().filter(|l| l.contains(".test")).collect();
+    assert!(
+        mine.len() == 1 && mine[0].contains("a@sts.test"),
+        "the next hop holds: {ls}"
+    );
+    let id = mine[0].split_whitespace().next().unwrap();
+    let (_, show, _) = hop.cli(&["queue", "show", id]);
+    assert!(show.contains("tls:         TLSv1."), "{show}");
+    // One fetch per policy; the cache on disk survives a restart.
+    let fetched = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("mta-sts.sts.test "))
+            .count()
+    };
+    assert_eq!(fetched(), 1);
+    assert!(dir.join("mta-sts/sts.test").exists());
+    relay.stop();
+    relay.launch();
+    let out = submit(&relay, &["--to", "again@sts.test"]);
+    assert!(out[0].starts_with("OK "), "{out:?}");
+    wait_events(&dir, "the second delivery", 30, |ev| {
+        outcomes_of(ev, "again@sts.test") == ["delivered"]
+    });
+    assert_eq!(fetched(), 1, "fetched again after the restart");
 }
