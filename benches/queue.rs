@@ -189,5 +189,36 @@ fn site_limits(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, wheel, schedule, site_limits);
+/// The suppression check at RCPT: nothing while the list is empty, one hash lookup otherwise
+/// (hit or miss), with 100,000 addresses on the list.
+fn suppression(c: &mut Criterion) {
+    use ringmta::smtp::RecipientCheck;
+    use ringmta::suppress::{Scope, Suppressions};
+    let mut g = c.benchmark_group("suppression");
+    let empty = Suppressions::in_memory(Scope::Global);
+    g.bench_function("rcpt_check_empty_list", |b| {
+        b.iter(|| black_box(empty.refusal(black_box("bob@example.net"), None)))
+    });
+    let full = Suppressions::in_memory(Scope::Global);
+    for i in 0..100_000 {
+        full.add(
+            &format!("user{i}@example.net"),
+            None,
+            "user_unknown",
+            "550 5.1.1",
+            (0, None),
+            false,
+        )
+        .unwrap();
+    }
+    g.bench_function("rcpt_check_miss_100k", |b| {
+        b.iter(|| black_box(full.refusal(black_box("bob@example.net"), None)))
+    });
+    g.bench_function("rcpt_check_hit_100k", |b| {
+        b.iter(|| black_box(full.refusal(black_box("user4242@example.net"), None)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, wheel, schedule, site_limits, suppression);
 criterion_main!(benches);

@@ -40,6 +40,15 @@ pub enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// The suppression list (through the running server's listen.http).
+    Suppression {
+        /// TOML configuration file (for listen.http).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// What to do with the list.
+        #[command(subcommand)]
+        action: SuppressionAction,
+    },
     /// Spool maintenance.
     Spool {
         /// TOML configuration file (for spool_dir).
@@ -67,6 +76,35 @@ pub enum BounceAction {
         /// Operator rules (TOML) tried before the built-in ones.
         #[arg(long)]
         rules: Option<PathBuf>,
+    },
+}
+
+/// `ringmta suppression ...`
+#[derive(Debug, Subcommand)]
+pub enum SuppressionAction {
+    /// List every suppressed address (JSON).
+    Ls,
+    /// Suppress an address.
+    Add {
+        /// The address.
+        address: String,
+        /// On this user's list (with `suppression.scope = "user"`).
+        #[arg(long)]
+        user: Option<String>,
+        /// Why (free text; default `manual`).
+        #[arg(long)]
+        reason: Option<String>,
+        /// For this long (e.g. `30d`); default: until removed.
+        #[arg(long = "for")]
+        duration: Option<String>,
+    },
+    /// Remove an address from the list.
+    Rm {
+        /// The address.
+        address: String,
+        /// From this user's list.
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
@@ -233,21 +271,62 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let config = load(config.as_deref())?;
             queue(&config, action)
         }
+        Command::Suppression { config, action } => {
+            let config = load(config.as_deref())?;
+            let addr = http_addr(&config)
+                .context("the suppression commands need the running server's listen.http")?;
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let user = |u: &Option<String>| {
+                u.as_deref()
+                    .map(|u| format!("user={}", enc(u)))
+                    .unwrap_or_default()
+            };
+            let body = match action {
+                SuppressionAction::Ls => api_call(addr, "GET", "/api/v1/suppressions")?,
+                SuppressionAction::Add {
+                    address,
+                    user: u,
+                    reason,
+                    duration,
+                } => {
+                    let mut q = format!("address={}&{}", enc(&address), user(&u));
+                    if let Some(r) = reason {
+                        q += &format!("&reason={}", enc(&r));
+                    }
+                    if let Some(d) = duration {
+                        q += &format!("&duration={}", enc(&d));
+                    }
+                    api_call(addr, "POST", &format!("/api/v1/suppressions?{q}"))?
+                }
+                SuppressionAction::Rm { address, user: u } => api_call(
+                    addr,
+                    "DELETE",
+                    &format!("/api/v1/suppressions/{}?{}", enc(&address), user(&u)),
+                )?,
+            };
+            println!("{body}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// The running server's HTTP address: `listen.http`, or with port 0 there the address the
+/// server wrote in `spool_dir/http.addr` when it bound.
+fn http_addr(config: &Config) -> Option<std::net::SocketAddr> {
+    config.http.map(|a| {
+        if a.port() != 0 {
+            return a;
+        }
+        std::fs::read_to_string(config.spool_dir.join("http.addr"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(a)
+    })
 }
 
 fn queue(config: &Config, action: QueueAction) -> Result<ExitCode> {
     let dir = config.spool_dir.as_path();
-    // With port 0 in the config, the running server wrote the address it bound.
-    let http = config.http.map(|a| {
-        if a.port() != 0 {
-            return a;
-        }
-        std::fs::read_to_string(dir.join("http.addr"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(a)
-    });
+    let http = http_addr(config);
     match &action {
         QueueAction::Delete { id } => {
             let id: QueueId = id.parse()?;

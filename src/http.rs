@@ -15,6 +15,8 @@
 //! - `GET /api/v1/sites` (every egress path: site, source, rule, connections, throttle, counts)
 //! - `GET /api/v1/suspensions`, `POST /api/v1/suspensions?domain=…|site=…|source=…|user=…
 //!   [&duration=10m]`, `DELETE /api/v1/suspensions/{id}` (resume)
+//! - `GET /api/v1/suppressions[/{address}]`, `POST /api/v1/suppressions?address=…[&user=…]
+//!   [&reason=…][&duration=30d]`, `DELETE /api/v1/suppressions/{address}[?user=…]`
 //!
 //! The queue routes take no credentials: keep `listen.http` on loopback (the default) or behind
 //! a firewall.
@@ -52,6 +54,8 @@ pub struct Api {
     pub max_message_size: usize,
     /// The operator's delivery suspensions (shared with the workers).
     pub suspensions: Arc<crate::delivery::suspend::Suspensions>,
+    /// The suppression list (shared with the workers and their sessions).
+    pub suppressions: Arc<crate::suppress::Suppressions>,
     /// Destination sites and their egress paths (shared with the workers).
     pub sites: Arc<crate::delivery::sites::Sites>,
 }
@@ -210,6 +214,32 @@ impl Api {
                 Ok(_) => error(400, "bounce takes domain= or user="),
                 Err(e) => error(400, e),
             },
+            (Get, ["api", "v1", "suppressions"]) => json(200, &self.suppressions.list(now_ms())),
+            (Get, ["api", "v1", "suppressions", address]) => {
+                let address = percent_decode(address);
+                match self
+                    .suppressions
+                    .find(&address, param(query, "user").as_deref(), now_ms())
+                {
+                    Some(e) => json(200, &e),
+                    None => error(404, format!("{address} is not suppressed")),
+                }
+            }
+            (Post, ["api", "v1", "suppressions"]) => self.suppress(query),
+            (Delete, ["api", "v1", "suppressions", address]) => {
+                let address = percent_decode(address);
+                match self
+                    .suppressions
+                    .remove(&address, param(query, "user").as_deref())
+                {
+                    Ok(true) => {
+                        tracing::warn!(%address, "suppression removed");
+                        json(200, &serde_json::json!({ "removed": address }))
+                    }
+                    Ok(false) => error(404, format!("{address} is not suppressed")),
+                    Err(e) => error(500, format!("cannot write the suppression list: {e}")),
+                }
+            }
             (Get, ["api", "v1", "suspensions"]) => json(200, &self.suspensions.list(now_ms())),
             (Post, ["api", "v1", "suspensions"]) => self.suspend(query),
             (Delete, ["api", "v1", "suspensions", id]) => match id.parse::<u64>() {
@@ -245,6 +275,37 @@ impl Api {
         let s = self.suspensions.add(target, until_ms);
         tracing::warn!(id = s.id, target = ?s.target, until_ms = ?s.until_ms, "delivery suspended");
         json(201, &s)
+    }
+
+    /// `POST /api/v1/suppressions?address=…[&user=…][&reason=…][&duration=…]` → 201 with the
+    /// entry (durable).
+    fn suppress(&self, query: &str) -> Response {
+        let Some(address) = param(query, "address").filter(|a| Mailbox::parse(a).is_ok()) else {
+            return error(400, "give address= with an email address");
+        };
+        let now = now_ms();
+        let expires = match param(query, "duration") {
+            None => None,
+            Some(d) => match crate::config::resolved::parse_duration(&d) {
+                Some(d) if !d.is_zero() => Some(now + d.as_millis() as u64),
+                _ => return error(400, format!("duration {d:?} is not a duration such as 30d")),
+            },
+        };
+        let reason = param(query, "reason").unwrap_or_else(|| "manual".into());
+        match self.suppressions.add(
+            &address,
+            param(query, "user").as_deref(),
+            &reason,
+            "added by the operator",
+            (now, expires),
+            true,
+        ) {
+            Ok(e) => {
+                tracing::warn!(address = %e.address, reason = %e.reason, "address suppressed by the operator");
+                json(201, &e)
+            }
+            Err(e) => error(500, format!("cannot write the suppression list: {e}")),
+        }
     }
 
     fn with_id(&self, id: &str, f: impl FnOnce(QueueId) -> Response) -> Response {
@@ -311,6 +372,25 @@ impl Api {
         if built.message.len() > self.max_message_size {
             return error(413, "message exceeds the maximum message size");
         }
+        // Suppressed recipients are refused one by one, as RCPT refuses them on SMTP.
+        let now = now_ms();
+        let mut refused = Vec::new();
+        let mut recipients = Vec::new();
+        for m in built.recipients {
+            match self.suppressions.find(&m.to_string(), Some(&user), now) {
+                Some(e) => refused.push(serde_json::json!({
+                    "recipient": m.to_string(),
+                    "reply": crate::suppress::refusal(&e).to_string(),
+                })),
+                None => recipients.push(m),
+            }
+        }
+        if recipients.is_empty() {
+            return json(
+                422,
+                &serde_json::json!({ "error": "every recipient is suppressed", "refused": refused }),
+            );
+        }
         let t = Transaction {
             helo: "http-api".into(),
             esmtp: true,
@@ -324,8 +404,7 @@ impl Api {
             envid: None,
             deliver_by: None,
             mt_priority: None,
-            recipients: built
-                .recipients
+            recipients: recipients
                 .into_iter()
                 .map(|m| Recipient {
                     forward_path: m,
@@ -336,7 +415,10 @@ impl Api {
             body: built.message,
         };
         match self.control.inject(t) {
-            Ok(Ok(id)) => json(202, &serde_json::json!({ "id": id.to_string() })),
+            Ok(Ok(id)) => json(
+                202,
+                &serde_json::json!({ "id": id.to_string(), "refused": refused }),
+            ),
             Ok(Err(CommitError::Rejected(r))) => {
                 let text = r.to_string().trim().to_owned();
                 let code = match (r.code, r.enhanced.map(|e| (e.subject, e.detail))) {
@@ -424,6 +506,38 @@ fn one_target(query: &str) -> Result<crate::delivery::suspend::Target, String> {
         )),
         _ => Err("give exactly one of domain=, site=, source=, user=".into()),
     }
+}
+
+/// The first value of `key` in a query string.
+fn param(query: &str, key: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Decodes `%XX` escapes in a path segment (a `+` stays a `+`: addresses use it).
+fn percent_decode(segment: &str) -> String {
+    let b = segment.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn now_ms() -> u64 {

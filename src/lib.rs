@@ -28,6 +28,7 @@ pub mod rfc5322;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod suppress;
 #[doc(hidden)]
 pub mod testkit;
 pub mod time;

@@ -71,6 +71,7 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
                 hostname: config.hostname.clone(),
                 max_message_size: config.limits.max_message_size,
                 suspensions: Arc::clone(&shared.suspensions),
+                suppressions: Arc::clone(&shared.suppressions),
                 sites: Arc::clone(&shared.sites),
             };
             let h = crate::http::HttpServer::start(addr, api)?;

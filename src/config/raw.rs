@@ -45,6 +45,9 @@ pub struct RawConfig {
     /// Content retention.
     #[serde(default)]
     pub retention: RawRetention,
+    /// The suppression list.
+    #[serde(default)]
+    pub suppression: RawSuppression,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
@@ -345,6 +348,14 @@ pub struct RawDelivery {
     pub egress_pool: Option<String>,
     /// Path of the JSON-lines event log. Default: `spool_dir/events.jsonl`.
     pub event_log: Option<String>,
+}
+
+/// `[suppression]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSuppression {
+    /// `"global"` (default): one list for all senders; `"user"`: one per authenticated user.
+    pub scope: Option<crate::suppress::Scope>,
 }
 
 /// `[retention]`.

@@ -57,6 +57,8 @@ pub struct Config {
     pub shaping: Vec<crate::queue::shaping::Rule>,
     /// Keep bodies this long after the final outcome.
     pub retention_content: Duration,
+    /// Whose suppression list a hard bounce adds to, and which list a RCPT is checked against.
+    pub suppression_scope: crate::suppress::Scope,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -239,6 +241,10 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         egress,
         shaping,
         retention_content,
+        suppression_scope: raw
+            .suppression
+            .scope
+            .unwrap_or(crate::suppress::Scope::Global),
         log_format,
         log_level,
         dkim,

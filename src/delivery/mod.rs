@@ -154,6 +154,8 @@ pub struct CoreHandles {
     pub verify_tls: Arc<rustls::ClientConfig>,
     /// MTA-STS policies (shared by every core).
     pub sts: Arc<sts::Sts>,
+    /// The suppression list (shared by every core, the sessions and the HTTP thread).
+    pub suppressions: Arc<crate::suppress::Suppressions>,
 }
 
 /// Per-core delivery state. Lives in an `Rc` on the worker thread.
@@ -196,6 +198,8 @@ pub struct Delivery {
     verify_tls: Arc<rustls::ClientConfig>,
     /// MTA-STS policies.
     sts: Arc<sts::Sts>,
+    /// The suppression list.
+    suppressions: Arc<crate::suppress::Suppressions>,
     dsn_counter: Cell<u64>,
     /// Recipients queued on a destination or in a transaction right now: never dispatched twice.
     in_flight: RefCell<HashSet<(QueueId, u32)>>,
@@ -231,6 +235,7 @@ impl Delivery {
             suspensions,
             verify_tls,
             sts,
+            suppressions,
         } = core;
         let now = unix_ms(clock.now());
         let route_tls = config.route_tls.clone();
@@ -268,6 +273,7 @@ impl Delivery {
             tls: crate::net::tls::outbound_client_config(),
             verify_tls,
             sts,
+            suppressions,
             dsn_counter: Cell::new(0),
             in_flight: RefCell::new(HashSet::new()),
             cancelled: RefCell::new(HashMap::new()),
@@ -1162,6 +1168,31 @@ impl Delivery {
         }
         if let Err(e) = shard.append_status(&rec) {
             tracing::error!(%id, error = %e, "cannot record delivery status");
+        }
+        // A receiver's hard bounce (the address does not exist, or is disabled) suppresses the
+        // address: later mail to it is refused at RCPT instead of hurting the sender again.
+        if d.fate == (Fate::Failed { expired: false })
+            && !d.remote.is_empty()
+            && matches!(
+                d.category,
+                Some(Category::UserUnknown | Category::MailboxDisabled)
+            )
+        {
+            let user = shard
+                .message(id)
+                .and_then(|v| v.meta.auth_user.as_ref().map(|u| u.as_str().to_owned()));
+            let reason = d.category.map(Category::name).unwrap_or("");
+            match self.suppressions.add(
+                address,
+                user.as_deref(),
+                reason,
+                &d.text,
+                (now, None),
+                false,
+            ) {
+                Ok(_) => tracing::info!(%id, recipient = %address, reason, "address suppressed"),
+                Err(e) => tracing::error!(%id, error = %e, "cannot write the suppression list"),
+            }
         }
         tracing::info!(
             %id,

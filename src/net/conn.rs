@@ -37,6 +37,7 @@ pub async fn serve<A: Application>(
         tls: server_tls,
         command_timeout,
         data_timeout,
+        recipient_check,
     } = app.session(role, peer);
     let is_trusted = peer_info.is_trusted;
 
@@ -56,6 +57,9 @@ pub async fn serve<A: Application>(
         tls = transport.tls().map(tls_info);
     }
     let mut session = ServerSession::new(session_config, peer_info, tls, Instant::now());
+    if let Some(check) = recipient_check {
+        session.set_recipient_check(check);
+    }
     if !is_trusted {
         session.require_mail_approval();
     }

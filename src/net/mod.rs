@@ -39,6 +39,8 @@ pub struct SessionSetup {
     pub command_timeout: Duration,
     /// Longest wait for the rest of a message body.
     pub data_timeout: Duration,
+    /// Recipients the application refuses at RCPT (its suppression list).
+    pub recipient_check: Option<Arc<dyn crate::smtp::RecipientCheck>>,
 }
 
 /// The application, as the I/O layer sees it. The worker implements it; `net` calls nothing

@@ -27,6 +27,6 @@ pub use error::{ConnectionRefused, ProtocolError, Sequence, SyntaxError};
 pub use limits::SessionLimits;
 pub use reply::{EnhancedCode, Reply, ReplyLimits, ReplyParseError, ReplyStatus};
 pub use server::{
-    AuthOutcome, AuthUser, CommitError, Event, PeerInfo, PortRole, ServerSession, SessionConfig,
-    TlsInfo,
+    AuthOutcome, AuthUser, CommitError, Event, PeerInfo, PortRole, RecipientCheck, ServerSession,
+    SessionConfig, TlsInfo,
 };

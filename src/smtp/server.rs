@@ -13,6 +13,7 @@
 //!   further output is produced.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +52,13 @@ pub struct SessionConfig {
     pub limits: SessionLimits,
     /// Whether a certificate is loaded, so STARTTLS can be offered.
     pub starttls_available: bool,
+}
+
+/// Recipients the application refuses at RCPT after the session's own checks (its
+/// suppression list). Called once per RCPT; must be quick (an in-memory lookup).
+pub trait RecipientCheck: fmt::Debug {
+    /// The reply refusing mail to `address` from `user` (the authenticated user), or `None`.
+    fn refusal(&self, address: &str, user: Option<&str>) -> Option<Reply>;
 }
 
 /// Facts about the client, decided by the glue before the session starts.
@@ -166,6 +174,8 @@ pub struct ServerSession {
     /// Each MAIL waits for [`Event::ApproveMail`]'s answer (the per-IP message rate). Set by
     /// the glue for untrusted clients, authenticated or not.
     mail_approval: bool,
+    /// The application's refusals at RCPT (its suppression list), when it has some.
+    recipient_check: Option<Arc<dyn RecipientCheck>>,
     output: Vec<u8>,
     events: VecDeque<Event>,
 }
@@ -252,6 +262,7 @@ impl ServerSession {
             line_started: None,
             transfer: None,
             mail_approval: false,
+            recipient_check: None,
             output: Vec::new(),
             events: VecDeque::new(),
         };
@@ -359,6 +370,12 @@ impl ServerSession {
     /// not as a bad one).
     pub fn require_mail_approval(&mut self) {
         self.mail_approval = true;
+    }
+
+    /// From now on each RCPT that passes the session's checks is also put to `check`; a
+    /// refusal is its reply, and the recipient is not added.
+    pub fn set_recipient_check(&mut self, check: Arc<dyn RecipientCheck>) {
+        self.recipient_check = Some(check);
     }
 
     /// Delivers the answer to [`Event::ApproveMail`].
@@ -868,6 +885,13 @@ impl ServerSession {
         };
         if let Some(e) = error {
             return self.reject(e, State::AwaitingCommand(Some(envelope)));
+        }
+        if let Some(check) = &self.recipient_check {
+            let user = self.auth_user.as_ref().map(|u| u.name.as_str());
+            if let Some(reply) = check.refusal(&forward_path.to_string(), user) {
+                self.reply(&reply);
+                return State::AwaitingCommand(Some(envelope));
+            }
         }
         envelope.recipients.push(Recipient {
             forward_path,

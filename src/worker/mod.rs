@@ -43,6 +43,8 @@ pub struct Shared {
     /// Outbound TLS configuration of the `verify` policy (system roots and
     /// `delivery.tls_ca_file`).
     pub verify_tls: Arc<rustls::ClientConfig>,
+    /// The suppression list (refused at RCPT; added to by hard bounces).
+    pub suppressions: Arc<crate::suppress::Suppressions>,
     /// MTA-STS policies of recipient domains, cached in `spool_dir/mta-sts/`.
     pub sts: Arc<crate::delivery::sts::Sts>,
     /// Credential verifier pool.
@@ -494,6 +496,7 @@ fn start_delivery(core: &Rc<Core>) {
         suspensions: Arc::clone(&core.shared.suspensions),
         verify_tls: Arc::clone(&core.shared.verify_tls),
         sts: Arc::clone(&core.shared.sts),
+        suppressions: Arc::clone(&core.shared.suppressions),
     };
     let delivery = Delivery::new(
         handles,
@@ -566,6 +569,7 @@ impl Application for Core {
             tls: Arc::clone(&self.shared.tls),
             command_timeout: config.limits.command_timeout,
             data_timeout: config.limits.data_timeout,
+            recipient_check: Some(Arc::clone(&self.shared.suppressions) as _),
         }
     }
 

@@ -64,6 +64,14 @@ impl Shared {
         let content =
             crate::content::ContentChecks::new(&config, &users).context("content checks")?;
         Ok(Shared {
+            suppressions: Arc::new(
+                crate::suppress::Suppressions::open(
+                    &config.spool_dir.join("suppressions.jsonl"),
+                    config.suppression_scope,
+                    crate::time::unix_ms(std::time::SystemTime::now()),
+                )
+                .context("cannot open the suppression list")?,
+            ),
             config: Arc::clone(&config),
             tls,
             sts: Arc::new(crate::delivery::sts::Sts::new(

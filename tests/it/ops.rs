@@ -723,3 +723,105 @@ fn a_suspended_source_is_skipped_by_its_pool_and_a_suspended_users_mail_waits() 
     });
     assert_eq!(outcomes_of(&ev, "held@example.net"), ["delivered"; 2]);
 }
+
+/// The reply to `RCPT TO:<addr>` in a new session on the smtp port.
+fn rcpt(s: &Server, addr: &str) -> String {
+    let mut c = crate::harness::Raw::greeted(s.addr("smtp"));
+    let mail = c.cmd("MAIL FROM:<alice@example.com>");
+    assert!(mail.starts_with("250"), "{mail}");
+    let reply = c.cmd(&format!("RCPT TO:<{addr}>"));
+    c.cmd("QUIT");
+    reply
+}
+
+/// The suppression list (issue 15): a hard bounce from the next hop (`550 5.1.1`) suppresses the
+/// address; a second message to it is refused at RCPT with the reason and the date, and per
+/// recipient by the HTTP injection API, while other addresses go on; the CLI lists, removes and
+/// adds entries through the API; the list survives a restart.
+#[test]
+fn a_hard_bounce_suppresses_the_address_until_the_operator_removes_it() {
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let config = http_config(
+        &dir,
+        &format!("[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n", sink.addr),
+    );
+    let mut s = Server::start_in(&dir, &config);
+    send_to(&s, "perm-gone@example.net", 1);
+    wait_events(&dir, "the hard bounce", 30, |ev| {
+        outcomes_of(ev, "perm-gone@example.net") == ["bounced"]
+    });
+    let today = ringmta::suppress::iso_date(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    );
+    assert_eq!(
+        rcpt(&s, "Perm-Gone@example.net"),
+        format!("550 5.1.1 <perm-gone@example.net> suppressed: user_unknown on {today}\r\n")
+    );
+    assert!(rcpt(&s, "someone@example.net").starts_with("250 "));
+    let pw = crate::harness::PASSWORD;
+    let out = api(
+        &s,
+        &format!(
+            r#"
+m = {{"from": "alice@example.com", "to": ["perm-gone@example.net", "ok@example.net"], "subject": "s", "text": "x"}}
+code, body = call("POST", "/api/v1/messages", m, "alice@example.com:{pw}")
+print("mixed", code, json.dumps(body["refused"]))
+code, body = call("POST", "/api/v1/messages", dict(m, to=["perm-gone@example.net"]), "alice@example.com:{pw}")
+print("all", code, body["error"])
+"#
+        ),
+    );
+    let mixed = out.iter().find(|l| l.starts_with("mixed ")).unwrap();
+    assert!(
+        mixed.starts_with("mixed 202 ")
+            && mixed.contains("\"recipient\": \"perm-gone@example.net\"")
+            && mixed.contains("suppressed: user_unknown"),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(&"all 422 every recipient is suppressed".to_owned()),
+        "{out:?}"
+    );
+    let cli_json = |s: &Server, args: &[&str]| {
+        let (code, out, err) = s.cli(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let listed = cli_json(&s, &["suppression", "ls"]);
+    assert_eq!(listed[0]["address"], "perm-gone@example.net", "{listed}");
+    assert_eq!(listed[0]["reason"], "user_unknown", "{listed}");
+    assert!(
+        listed[0]["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("550 5.1.1")
+    );
+    let removed = cli_json(&s, &["suppression", "rm", "perm-gone@example.net"]);
+    assert_eq!(removed["removed"], "perm-gone@example.net");
+    assert!(rcpt(&s, "perm-gone@example.net").starts_with("250 "));
+    let (code, _, err) = s.cli(&["suppression", "rm", "perm-gone@example.net"]);
+    assert!(code != 0 && err.contains("404"), "{err}");
+    cli_json(
+        &s,
+        &[
+            "suppression",
+            "add",
+            "a+tag@example.org",
+            "--reason",
+            "complaint",
+        ],
+    );
+    s.stop();
+    s.launch();
+    assert_eq!(
+        rcpt(&s, "a+tag@example.org"),
+        format!("550 5.1.1 <a+tag@example.org> suppressed: complaint on {today}\r\n")
+    );
+    let listed = cli_json(&s, &["suppression", "ls"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+}
