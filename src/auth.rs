@@ -268,6 +268,7 @@ mod tests {
             allowed_senders: vec!["*@example.com".into()],
             egress_pool: None,
             max_queue_lifetime: None,
+            notify: None,
         }
     }
 

@@ -151,6 +151,9 @@ pub struct RawUser {
     pub egress_pool: Option<String>,
     /// How long this user's mail may stay queued (capped by `delivery.max_queue_lifetime`).
     pub max_queue_lifetime: Option<String>,
+    /// NOTIFY for this user's recipients that were given none: `["success", "failure",
+    /// "delay"]` (any of them) or `["never"]`.
+    pub notify: Option<Vec<String>>,
 }
 
 /// One `[[shaping]]` rule (the built-in file has the same form).

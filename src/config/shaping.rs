@@ -126,7 +126,8 @@ mod tests {
         let err = from_toml(
             "[[shaping]]\nmax_connections = 0\n[[shaping]]\nmx = \"a.*.test\"\nthrottle_pause = \"0s\"\n\
              max_queue_lifetime = \"soon\"\n\
-             [[users]]\nusername = \"u@x.test\"\npassword = \"p\"\nmax_queue_lifetime = \"0s\"\n",
+             [[users]]\nusername = \"u@x.test\"\npassword = \"p\"\nmax_queue_lifetime = \"0s\"\n\
+             notify = [\"never\", \"success\"]\n",
             "t",
         )
         .unwrap_err()
@@ -138,6 +139,7 @@ mod tests {
             "shaping[1].throttle_pause",
             "shaping[1].max_queue_lifetime",
             "users[0].max_queue_lifetime",
+            "users[0].notify",
         ] {
             assert!(err.contains(key), "{key} missing from: {err}");
         }

@@ -87,6 +87,8 @@ pub struct User {
     /// How long this user's mail may stay queued before it fails as expired (a message's own
     /// deadline, if shorter, wins); `None`: `delivery.max_queue_lifetime`.
     pub max_queue_lifetime: Option<std::time::Duration>,
+    /// NOTIFY for this user's recipients given none (`users[].notify`).
+    pub notify: Option<crate::smtp::Notify>,
 }
 
 /// `relay.trusted_networks`, loopback when not given.
@@ -152,12 +154,36 @@ pub(super) fn resolve(r: &mut Resolver, users: Vec<RawUser>) -> Vec<User> {
             }
             d
         });
+        let notify = u.notify.as_ref().map(|words| {
+            let key = format!("{key}.notify");
+            let mut n = crate::smtp::Notify::default();
+            for w in words {
+                match w.to_ascii_lowercase().as_str() {
+                    "success" => n.success = true,
+                    "failure" => n.failure = true,
+                    "delay" => n.delay = true,
+                    "never" => n.never = true,
+                    _ => r.problem(
+                        &key,
+                        format!("{w:?} is not \"success\", \"failure\", \"delay\" or \"never\""),
+                    ),
+                }
+            }
+            if !n.given() || (n.never && (n.success || n.failure || n.delay)) {
+                r.problem(
+                    &key,
+                    "give \"never\" alone, or some of success, failure, delay",
+                );
+            }
+            n
+        });
         out.push(User {
             username: u.username,
             secret,
             allowed_senders,
             egress_pool: u.egress_pool,
             max_queue_lifetime,
+            notify,
         });
     }
     out

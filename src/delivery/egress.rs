@@ -195,6 +195,7 @@ mod tests {
             allowed_senders: vec![],
             egress_pool: pool.map(Into::into),
             max_queue_lifetime: None,
+            notify: None,
         };
         let users = [
             user("app@x.test", Some("only-a")),

@@ -69,6 +69,8 @@ pub struct Shared {
     pub egress: Arc<crate::delivery::egress::Egress>,
     /// The operator's delivery suspensions, over all workers and the HTTP API.
     pub suspensions: Arc<crate::delivery::suspend::Suspensions>,
+    /// The users with a NOTIFY default (`users[].notify`).
+    pub user_notify: std::collections::HashMap<String, crate::smtp::Notify>,
     /// The users whose mail has a shorter queue lifetime (`users[].max_queue_lifetime`).
     pub user_lifetimes: std::collections::HashMap<String, Duration>,
 }
@@ -182,6 +184,17 @@ impl Core {
             now,
             (now_ms << 16) ^ (unique << 8) ^ u64::from(self.index),
         );
+        let mut t = t;
+        // The user's NOTIFY default, for the recipients whose RCPT gave none.
+        if let Some(n) = t
+            .auth_user
+            .as_ref()
+            .and_then(|u| self.shared.user_notify.get(u))
+        {
+            for r in t.recipients.iter_mut().filter(|r| !r.notify.given()) {
+                r.notify = *n;
+            }
+        }
         let meta = crate::message::spool_meta(&t, now_ms);
         // The sender's control headers are ringmta's to read: never stored, never relayed.
         let controls = crate::message::control_headers(&t.body).map_err(|e| {

@@ -114,6 +114,10 @@ impl Shared {
                 &users,
             )),
             suspensions: Arc::default(),
+            user_notify: users
+                .iter()
+                .filter_map(|u| Some((u.username.clone(), u.notify?)))
+                .collect(),
             user_lifetimes: users
                 .iter()
                 .filter_map(|u| Some((u.username.clone(), u.max_queue_lifetime?)))
@@ -178,6 +182,7 @@ fn dev_user(spool_dir: &std::path::Path) -> Result<User> {
         allowed_senders: vec!["*".into()],
         egress_pool: None,
         max_queue_lifetime: None,
+        notify: None,
     })
 }
 

@@ -1751,3 +1751,45 @@ fn an_enforced_mta_sts_policy_allows_only_its_mx_hosts_over_verified_tls() {
     });
     assert_eq!(fetched(), 1, "fetched again after the restart");
 }
+
+/// `users[].notify` (issue 15): an application that never sets NOTIFY still gets the notices
+/// its user asks for — here a success DSN ("relayed", the next hop offers no DSN) for mail it
+/// submitted with AUTH; the same mail relayed without AUTH gets none (RFC 3461 default).
+#[test]
+fn a_users_notify_default_brings_success_notices_to_an_application_that_sets_none() {
+    let sink = Sink::start_with(&["--no-dsn"]);
+    // The first line belongs to alice's [[users]] entry in the base config.
+    let s = Server::start(&format!(
+        "notify = [\"success\", \"failure\"]\n{}",
+        routed_to(&sink, "")
+    ));
+    let argv: Vec<String> = [
+        "--port",
+        &s.port("submission").to_string(),
+        "--mode",
+        "starttls",
+        "--auth",
+        "plain",
+        "--to",
+        "happy@example.net",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let (code, out, err) = python(CLIENT, &argv);
+    assert_eq!(code, 0, "{out}{err}");
+    submit(&s, &["--to", "unauthenticated@example.net"]);
+    let msgs = sink.wait_for("two deliveries and the success DSN", 30, |m| m.len() == 3);
+    let dsns: Vec<_> = msgs
+        .iter()
+        .filter(|x| x.contains("multipart/report"))
+        .collect();
+    assert_eq!(dsns.len(), 1, "{dsns:?}");
+    assert!(
+        to_header(dsns[0]) == "X-Sink-Recipients: alice@example.com"
+            && dsns[0].contains("Action: relayed")
+            && dsns[0].contains("Final-Recipient: rfc822;happy@example.net"),
+        "{}",
+        dsns[0]
+    );
+}
