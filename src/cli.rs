@@ -60,6 +60,16 @@ pub enum Command {
     },
     /// Read a password on stdin, print an argon2id hash for `password_hash`.
     HashPassword,
+    /// Make a new HTTP API token: prints the token (give it to the client, e.g. in
+    /// RINGMTA_API_TOKEN) and the `[[api_tokens]]` entry with its hash.
+    ApiToken {
+        /// The token's name.
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// Its scopes: read, write, inject.
+        #[arg(long, value_delimiter = ',', default_value = "read,write")]
+        scopes: Vec<String>,
+    },
     /// Bounce classification tools.
     Bounce {
         /// What to do.
@@ -216,6 +226,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let loaded = load(config.as_deref())?;
             init_logging(&loaded);
             crate::server::serve(loaded, config.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ApiToken { name, scopes } => {
+            use base64::Engine as _;
+            use rand::RngCore as _;
+            let mut bytes = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut bytes);
+            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+            let hash = crate::config::tokens::token_sha256(&token);
+            let scopes: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+            println!("token: {token}");
+            println!(
+                "\n[[api_tokens]]\nname = {name:?}\ntoken_sha256 = \"{hash}\"\nscopes = [{}]",
+                scopes.join(", ")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::HashPassword => {
@@ -456,9 +481,15 @@ fn api_call(addr: std::net::SocketAddr, method: &str, path: &str) -> Result<Stri
     let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
         .with_context(|| format!("cannot reach the server's HTTP API at {addr}"))?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    // With [[api_tokens]] configured, the token comes from the environment.
+    let auth = std::env::var("RINGMTA_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
     )?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;

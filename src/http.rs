@@ -18,8 +18,11 @@
 //! - `GET /api/v1/suppressions[/{address}]`, `POST /api/v1/suppressions?address=…[&user=…]
 //!   [&reason=…][&duration=30d]`, `DELETE /api/v1/suppressions/{address}[?user=…]`
 //!
-//! The queue routes take no credentials: keep `listen.http` on loopback (the default) or behind
-//! a firewall.
+//! The admin routes (everything under `/api/v1` but injection) take a bearer token from
+//! `[[api_tokens]]` with the `read` scope (GET) or the `write` scope (POST, DELETE); without
+//! tokens configured they answer only to loopback clients (and `listen.http` may then only be a
+//! loopback address). Injection takes HTTP Basic as a configured user, or a token with the
+//! `inject` scope. Health, readiness and metrics take no credentials.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -56,6 +59,8 @@ pub struct Api {
     pub suspensions: Arc<crate::delivery::suspend::Suspensions>,
     /// The suppression list (shared with the workers and their sessions).
     pub suppressions: Arc<crate::suppress::Suppressions>,
+    /// Bearer tokens (`[[api_tokens]]`).
+    pub tokens: Vec<crate::config::tokens::ApiToken>,
     /// Destination sites and their egress paths (shared with the workers).
     pub sites: Arc<crate::delivery::sites::Sites>,
 }
@@ -144,6 +149,15 @@ impl Api {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let method = request.method().clone();
         use tiny_http::Method::{Delete, Get, Post};
+        let admin = matches!(segments.as_slice(), ["api", "v1", ..])
+            && !matches!(
+                (&method, segments.as_slice()),
+                (Post, ["api", "v1", "messages"])
+            );
+        if admin && let Err(refused) = self.admin_access(&request, method == Get) {
+            let _ = request.respond(refused);
+            return;
+        }
         let response = match (&method, segments.as_slice()) {
             (Get, ["healthz"]) => reply(200, "text/plain", "ok\n".into()),
             (Get, ["readyz"]) if self.ready.load(Ordering::Acquire) => {
@@ -277,6 +291,41 @@ impl Api {
         json(201, &s)
     }
 
+    /// Whether the request may use an admin route: a token with the scope it needs, or, with
+    /// no token configured, a loopback client.
+    fn admin_access(&self, request: &tiny_http::Request, read_only: bool) -> Result<(), Response> {
+        if self.tokens.is_empty() {
+            let local = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
+            return if local {
+                Ok(())
+            } else {
+                Err(error(
+                    403,
+                    "no [[api_tokens]] configured: the admin API answers on loopback only",
+                ))
+            };
+        }
+        let Some(presented) = bearer(request) else {
+            return Err(with_challenge(error(401, "a bearer token is required")));
+        };
+        let Some(token) = crate::config::tokens::find(&self.tokens, &presented) else {
+            return Err(with_challenge(error(401, "invalid token")));
+        };
+        let (allowed, scope) = if read_only {
+            (token.scopes.read, "read")
+        } else {
+            (token.scopes.write, "write")
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(error(
+                403,
+                format!("token {} lacks the {scope} scope", token.name),
+            ))
+        }
+    }
+
     /// `POST /api/v1/suppressions?address=…[&user=…][&reason=…][&duration=…]` → 201 with the
     /// entry (durable).
     fn suppress(&self, query: &str) -> Response {
@@ -320,6 +369,16 @@ impl Api {
             .remote_addr()
             .map(|a| a.ip())
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        // A token with the inject scope may send as any sender; its user is `token:<name>`.
+        if let Some(presented) = bearer(request) {
+            return match crate::config::tokens::find(&self.tokens, &presented) {
+                Some(t) if t.scopes.inject => {
+                    self.inject_as(request, peer, Injector::Token(t.name.clone()))
+                }
+                Some(t) => error(403, format!("token {} lacks the inject scope", t.name)),
+                None => with_challenge(error(401, "invalid token")),
+            };
+        }
         let Some((user, password)) = basic_auth(request) else {
             let mut r = error(401, "credentials required (HTTP Basic, as for SMTP AUTH)");
             if let Ok(h) =
@@ -341,6 +400,16 @@ impl Api {
                 }
                 AuthOutcome::Unavailable => return error(503, "credentials cannot be checked now"),
             };
+        self.inject_as(request, peer, Injector::User(user, allowed))
+    }
+
+    /// Injection by a user (its envelope senders checked) or by a token (any sender; the
+    /// message is then not an authenticated submission, and the token is named in its trace).
+    fn inject_as(&self, request: &mut tiny_http::Request, peer: IpAddr, by: Injector) -> Response {
+        let (user, allowed, helo) = match by {
+            Injector::User(user, allowed) => (Some(user), Some(allowed), "http-api".to_owned()),
+            Injector::Token(name) => (None, None, format!("http-api token:{name}")),
+        };
         // Base64 attachments make JSON about 4/3 of the message; leave room for the envelope.
         let limit = self.max_message_size.saturating_mul(4) / 3 + 64 * 1024;
         let mut body = Vec::new();
@@ -363,10 +432,16 @@ impl Api {
             Ok(b) => b,
             Err(e) => return error(400, e),
         };
-        if !allowed.iter().any(|p| p.matches(&built.sender)) {
+        if let Some(allowed) = &allowed
+            && !allowed.iter().any(|p| p.matches(&built.sender))
+        {
             return error(
                 403,
-                format!("sender {} is not allowed for user {user}", built.sender),
+                format!(
+                    "sender {} is not allowed for user {}",
+                    built.sender,
+                    user.as_deref().unwrap_or("")
+                ),
             );
         }
         if built.message.len() > self.max_message_size {
@@ -377,7 +452,7 @@ impl Api {
         let mut refused = Vec::new();
         let mut recipients = Vec::new();
         for m in built.recipients {
-            match self.suppressions.find(&m.to_string(), Some(&user), now) {
+            match self.suppressions.find(&m.to_string(), user.as_deref(), now) {
                 Some(e) => refused.push(serde_json::json!({
                     "recipient": m.to_string(),
                     "reply": crate::suppress::refusal(&e).to_string(),
@@ -392,11 +467,11 @@ impl Api {
             );
         }
         let t = Transaction {
-            helo: "http-api".into(),
+            helo,
             esmtp: true,
             peer: SocketAddr::new(peer, 0),
             tls: None,
-            auth_user: Some(user),
+            auth_user: user,
             reverse_path: ReversePath::Mailbox(built.sender),
             body_type: BodyType::EightBitMime,
             smtputf8: false,
@@ -544,7 +619,17 @@ fn now_ms() -> u64 {
     crate::time::unix_ms(std::time::SystemTime::now())
 }
 
-fn basic_auth(request: &tiny_http::Request) -> Option<(String, String)> {
+/// Who injects a message.
+enum Injector {
+    /// A configured user (HTTP Basic) and the envelope senders it may use.
+    User(String, Vec<crate::smtp::SenderPattern>),
+    /// A token with the `inject` scope, by name.
+    Token(String),
+}
+
+/// The credentials of an `Authorization: <scheme> <credentials>` header (the scheme compared
+/// without case, RFC 9110 §11.1).
+fn authorization(request: &tiny_http::Request, scheme: &str) -> Option<String> {
     let value = request
         .headers()
         .iter()
@@ -552,11 +637,29 @@ fn basic_auth(request: &tiny_http::Request) -> Option<(String, String)> {
         .value
         .as_str()
         .to_owned();
-    let encoded = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))?;
+    let (given, credentials) = value.split_once(' ')?;
+    given
+        .eq_ignore_ascii_case(scheme)
+        .then(|| credentials.trim().to_owned())
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(request: &tiny_http::Request) -> Option<String> {
+    authorization(request, "Bearer")
+}
+
+/// A 401 that says which scheme to use (RFC 6750 §3).
+fn with_challenge(r: Response) -> Response {
+    match tiny_http::Header::from_bytes("WWW-Authenticate", "Bearer realm=\"ringmta\"") {
+        Ok(h) => r.with_header(h),
+        Err(()) => r,
+    }
+}
+
+fn basic_auth(request: &tiny_http::Request) -> Option<(String, String)> {
+    let encoded = authorization(request, "Basic")?;
     let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
+        .decode(encoded)
         .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (u, p) = text.split_once(':')?;

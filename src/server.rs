@@ -72,12 +72,18 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
                 max_message_size: config.limits.max_message_size,
                 suspensions: Arc::clone(&shared.suspensions),
                 suppressions: Arc::clone(&shared.suppressions),
+                tokens: config.api_tokens.clone(),
                 sites: Arc::clone(&shared.sites),
             };
             let h = crate::http::HttpServer::start(addr, api)?;
             // `ringmta queue ...` finds the API here when the configured port is 0.
             let _ = std::fs::write(config.spool_dir.join("http.addr"), h.addr.to_string());
             println!("ringmta http: {} (ready once recovery is done)", h.addr);
+            if config.api_tokens.is_empty() {
+                tracing::warn!(
+                    "no [[api_tokens]]: the admin API (queue, suspensions, suppressions) answers loopback clients only, without credentials"
+                );
+            }
             tracing::info!(addr = %h.addr, "http listening");
             Some(h)
         }

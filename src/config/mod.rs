@@ -19,6 +19,7 @@ pub mod raw;
 pub mod resolved;
 pub mod shaping;
 mod spool;
+pub mod tokens;
 mod users;
 
 pub use error::{ConfigError, Problem};

@@ -48,6 +48,9 @@ pub struct RawConfig {
     /// The suppression list.
     #[serde(default)]
     pub suppression: RawSuppression,
+    /// Bearer tokens of the HTTP API.
+    #[serde(default)]
+    pub api_tokens: Vec<RawApiToken>,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
@@ -351,6 +354,18 @@ pub struct RawDelivery {
     pub egress_pool: Option<String>,
     /// Path of the JSON-lines event log. Default: `spool_dir/events.jsonl`.
     pub event_log: Option<String>,
+}
+
+/// One `[[api_tokens]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiToken {
+    /// Its name.
+    pub name: String,
+    /// SHA-256 of the token, hex (`ringmta api-token` prints both).
+    pub token_sha256: String,
+    /// `read`, `write` (implies read), `inject`.
+    pub scopes: Vec<String>,
 }
 
 /// `[suppression]`.

@@ -59,6 +59,8 @@ pub struct Config {
     pub retention_content: Duration,
     /// Whose suppression list a hard bounce adds to, and which list a RCPT is checked against.
     pub suppression_scope: crate::suppress::Scope,
+    /// Bearer tokens of the HTTP API (none: the admin routes answer on loopback only).
+    pub api_tokens: Vec<super::tokens::ApiToken>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -222,6 +224,19 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         .map(|keys| content::dkim_keys(&mut r, &keys))
         .unwrap_or_default();
     let (clamd, rspamd) = content::scanners(&mut r, &raw.scan);
+    let api_tokens = super::tokens::resolve(&mut r, raw.api_tokens);
+    // The admin API without credentials must not be reachable from other hosts.
+    if let Some(addr) = http
+        && !addr.ip().is_loopback()
+        && api_tokens.is_empty()
+    {
+        r.problem(
+            "listen.http",
+            format!(
+                "{addr} is reachable from other hosts: configure [[api_tokens]] (`ringmta api-token`) or listen on loopback"
+            ),
+        );
+    }
 
     if !r.problems.is_empty() {
         return Err(ConfigError::Invalid(r.problems));
@@ -241,6 +256,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         egress,
         shaping,
         retention_content,
+        api_tokens,
         suppression_scope: raw
             .suppression
             .scope

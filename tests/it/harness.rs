@@ -235,10 +235,16 @@ impl Server {
 
     /// Runs `ringmta <args> --config <this config>` and returns (status, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        self.cli_env(args, &[])
+    }
+
+    /// [`Server::cli`] with these environment variables set.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_ringmta"))
             .args(args)
             .arg("--config")
             .arg(&self.config_path)
+            .envs(env.iter().copied())
             .output()
             .expect("run ringmta cli");
         (

@@ -825,3 +825,105 @@ print("all", code, body["error"])
     let listed = cli_json(&s, &["suppression", "ls"]);
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
 }
+
+/// API tokens (issue 15): with `[[api_tokens]]`, the admin routes need a bearer token with the
+/// right scope (401 without or with a wrong one, 403 for a read token that writes), the CLI
+/// sends `RINGMTA_API_TOKEN`, and an `inject` token injects; `ringmta api-token` prints a
+/// working entry. Without tokens, a `listen.http` other hosts can reach stops the start.
+#[test]
+fn the_admin_api_needs_a_token_with_the_right_scope() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringmta"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let token_of = |printed: &str| {
+        let token = printed
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("token: ")
+            .unwrap();
+        let entry = printed.split_once("\n\n").unwrap().1.to_owned();
+        (token.to_owned(), entry)
+    };
+    let (admin, admin_entry) = token_of(&run(&["api-token", "--name", "ops"]));
+    let (reader, reader_entry) =
+        token_of(&run(&["api-token", "--name", "dash", "--scopes", "read"]));
+    let (injector, injector_entry) =
+        token_of(&run(&["api-token", "--name", "app", "--scopes", "inject"]));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    // Tokens go before [delivery] (the base config's last table is alice's [[users]] entry).
+    let config = http_config(
+        &dir,
+        &format!("{admin_entry}\n{reader_entry}\n{injector_entry}\n"),
+    );
+    let s = Server::start_in(&dir, &config);
+    let out = api(
+        &s,
+        &format!(
+            r#"
+def bearer(method, path, token, body=None):
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode() if body else None, method=method)
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    req.add_header("Content-Type", "application/json")
+    try:
+        r = urllib.request.urlopen(req, timeout=20)
+        return r.status, r.headers.get("WWW-Authenticate")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("WWW-Authenticate")
+print("none", *bearer("GET", "/api/v1/queue", None))
+print("wrong", *bearer("GET", "/api/v1/queue", "not-a-token"))
+print("read", *bearer("GET", "/api/v1/queue", "{reader}"))
+print("read-write", *bearer("POST", "/api/v1/suppressions?address=x@example.net", "{reader}"))
+print("admin-write", *bearer("POST", "/api/v1/suppressions?address=x@example.net", "{admin}"))
+print("health", *bearer("GET", "/healthz", None))
+m = {{"from": "anyone@app.example", "to": ["bob@example.net"], "subject": "s", "text": "x"}}
+print("inject", *bearer("POST", "/api/v1/messages", "{injector}", m))
+print("inject-read", *bearer("POST", "/api/v1/messages", "{reader}", m))
+"#
+        ),
+    );
+    for want in [
+        "none 401 Bearer realm=\"ringmta\"",
+        "wrong 401 Bearer realm=\"ringmta\"",
+        "read 200 None",
+        "read-write 403 None",
+        "admin-write 201 None",
+        "health 200 None",
+        "inject 202 None",
+        "inject-read 403 None",
+    ] {
+        assert!(out.contains(&want.to_owned()), "{want} not in {out:?}");
+    }
+    let (code, _, err) = s.cli(&["suppression", "ls"]);
+    assert!(code != 0 && err.contains("401"), "{err}");
+    let (code, out, err) = s.cli_env(&["suppression", "ls"], &[("RINGMTA_API_TOKEN", &admin)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("x@example.net"), "{out}");
+
+    // No tokens and an HTTP listener other hosts could reach: refused before anything binds.
+    let open = tmp.path().join("open.toml");
+    std::fs::write(
+        &open,
+        crate::harness::base_config(&tmp.path().join("open"), "")
+            .replace("http = \"\"", "http = \"0.0.0.0:0\""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringmta"))
+        .args(["serve", "--config"])
+        .arg(&open)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("listen.http") && err.contains("[[api_tokens]]"),
+        "{err}"
+    );
+}
