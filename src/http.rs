@@ -61,6 +61,8 @@ pub struct Api {
     pub suppressions: Arc<crate::suppress::Suppressions>,
     /// Bearer tokens (`[[api_tokens]]`).
     pub tokens: Vec<crate::config::tokens::ApiToken>,
+    /// Each webhook's URL and counters.
+    pub webhooks: Vec<(String, Arc<crate::webhook::Stats>)>,
     /// Destination sites and their egress paths (shared with the workers).
     pub sites: Arc<crate::delivery::sites::Sites>,
 }
@@ -167,6 +169,7 @@ impl Api {
             (Get, ["metrics"]) => {
                 let mut text = render(&self.metrics);
                 path_metrics(&mut text, &self.sites.snapshot(std::time::Instant::now()));
+                webhook_metrics(&mut text, &self.webhooks);
                 reply(200, "text/plain; version=0.0.4", text)
             }
             (Get, ["api", "v1", "sites"]) => {
@@ -514,6 +517,45 @@ impl Api {
 }
 
 /// Appends the per-egress-path metrics: one series per (site, source) used since the start.
+/// `ringmta_webhook_events_posted_total`, `_dropped_total` and `ringmta_webhook_failures_total`
+/// by webhook URL.
+fn webhook_metrics(out: &mut String, hooks: &[(String, Arc<crate::webhook::Stats>)]) {
+    use std::fmt::Write as _;
+    if hooks.is_empty() {
+        return;
+    }
+    let series = [
+        (
+            "ringmta_webhook_events_posted_total",
+            "Events posted (2xx).",
+        ),
+        (
+            "ringmta_webhook_events_dropped_total",
+            "Events dropped: older than the webhook's max_age.",
+        ),
+        (
+            "ringmta_webhook_failures_total",
+            "Posts that failed and were retried.",
+        ),
+    ];
+    for (i, (name, help)) in series.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (url, s) in hooks {
+            let v = match i {
+                0 => &s.posted,
+                1 => &s.dropped,
+                _ => &s.failures,
+            };
+            let url = url.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "{name}{{webhook=\"{url}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
 fn path_metrics(out: &mut String, paths: &[crate::delivery::sites::PathInfo]) {
     use crate::delivery::sites::PathInfo;
     use std::fmt::Write as _;

@@ -18,6 +18,7 @@ pub mod content;
 pub mod control;
 pub mod delivery;
 pub mod http;
+pub mod http_client;
 pub mod ids;
 pub mod message;
 pub mod metrics;
@@ -32,4 +33,5 @@ pub mod suppress;
 #[doc(hidden)]
 pub mod testkit;
 pub mod time;
+pub mod webhook;
 pub mod worker;

@@ -52,6 +52,14 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
     }
 
     let shared = Arc::new(Shared::build(Arc::clone(&config))?);
+    // Webhook posters read the event log from their saved offsets, on threads of their own.
+    let webhook_stats = crate::webhook::start(
+        &config.webhooks,
+        &config.delivery.event_log,
+        &config.spool_dir.join("webhooks"),
+        &shared.verify_tls,
+    )
+    .context("cannot start the webhooks")?;
 
     // The HTTP API comes up before recovery, so that /healthz answers and /readyz says 503
     // while a large spool is read; each worker's control channel exists from now on (requests
@@ -73,6 +81,12 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
                 suspensions: Arc::clone(&shared.suspensions),
                 suppressions: Arc::clone(&shared.suppressions),
                 tokens: config.api_tokens.clone(),
+                webhooks: config
+                    .webhooks
+                    .iter()
+                    .map(|w| w.url.clone())
+                    .zip(webhook_stats.iter().cloned())
+                    .collect(),
                 sites: Arc::clone(&shared.sites),
             };
             let h = crate::http::HttpServer::start(addr, api)?;

@@ -21,6 +21,7 @@ pub mod shaping;
 mod spool;
 pub mod tokens;
 mod users;
+pub mod webhooks;
 
 pub use error::{ConfigError, Problem};
 pub use resolved::Config;

@@ -51,6 +51,9 @@ pub struct RawConfig {
     /// Bearer tokens of the HTTP API.
     #[serde(default)]
     pub api_tokens: Vec<RawApiToken>,
+    /// Where events are posted.
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
@@ -354,6 +357,22 @@ pub struct RawDelivery {
     pub egress_pool: Option<String>,
     /// Path of the JSON-lines event log. Default: `spool_dir/events.jsonl`.
     pub event_log: Option<String>,
+}
+
+/// One `[[webhooks]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// HMAC-SHA256 key of the signature.
+    pub secret: String,
+    /// Event types. Default: all.
+    pub events: Option<Vec<String>>,
+    /// Only this authenticated user's mail.
+    pub user: Option<String>,
+    /// Drop events older than this. Default: 3d.
+    pub max_age: Option<String>,
 }
 
 /// One `[[api_tokens]]` entry.

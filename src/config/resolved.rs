@@ -61,6 +61,8 @@ pub struct Config {
     pub suppression_scope: crate::suppress::Scope,
     /// Bearer tokens of the HTTP API (none: the admin routes answer on loopback only).
     pub api_tokens: Vec<super::tokens::ApiToken>,
+    /// Where events are posted.
+    pub webhooks: Vec<super::webhooks::Webhook>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -225,6 +227,55 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         .unwrap_or_default();
     let (clamd, rspamd) = content::scanners(&mut r, &raw.scan);
     let api_tokens = super::tokens::resolve(&mut r, raw.api_tokens);
+    let webhooks = raw
+        .webhooks
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let key = format!("webhooks[{i}]");
+            let host = w
+                .url
+                .strip_prefix("https://")
+                .or_else(|| w.url.strip_prefix("http://"));
+            if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+                r.problem(
+                    format!("{key}.url"),
+                    format!("{:?} is not an http:// or https:// URL", w.url),
+                );
+            }
+            if w.secret.len() < 16 {
+                r.problem(format!("{key}.secret"), "use at least 16 characters");
+            }
+            let events = w.events.clone().unwrap_or_else(|| {
+                super::webhooks::EVENT_TYPES
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect()
+            });
+            for e in &events {
+                if !super::webhooks::EVENT_TYPES.contains(&e.as_str()) {
+                    r.problem(
+                        format!("{key}.events"),
+                        format!(
+                            "{e:?} is not one of {}",
+                            super::webhooks::EVENT_TYPES.join(", ")
+                        ),
+                    );
+                }
+            }
+            super::webhooks::Webhook {
+                url: w.url.clone(),
+                secret: w.secret.clone(),
+                events,
+                user: w.user.clone(),
+                max_age: r.duration(
+                    &format!("{key}.max_age"),
+                    w.max_age.as_ref(),
+                    Duration::from_secs(3 * 86_400),
+                ),
+            }
+        })
+        .collect();
     // The admin API without credentials must not be reachable from other hosts.
     if let Some(addr) = http
         && !addr.ip().is_loopback()
@@ -257,6 +308,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         shaping,
         retention_content,
         api_tokens,
+        webhooks,
         suppression_scope: raw
             .suppression
             .scope

@@ -37,6 +37,7 @@ enum Entry {
 
 #[derive(Serialize)]
 struct SiteLine<'a> {
+    event_id: String,
     ts_ms: u64,
     event: &'static str,
     site: &'a str,
@@ -53,6 +54,12 @@ pub struct Event {
     pub at_ms: u64,
     /// The message.
     pub id: QueueId,
+    /// The recipient's index in the message.
+    pub rcpt: u32,
+    /// The envelope sender (empty for the null reverse path).
+    pub sender: String,
+    /// The authenticated user who submitted the message, if any.
+    pub user: Option<String>,
     /// The recipient.
     pub recipient: String,
     /// `delivered`, `deferred` or `bounced`.
@@ -71,8 +78,12 @@ pub struct Event {
 
 #[derive(Serialize)]
 struct Line<'a> {
+    /// Unique per recipient, attempt and outcome: `<queue id>-<rcpt>-<attempt>-<outcome>`.
+    event_id: String,
     ts_ms: u64,
     queue_id: String,
+    sender: &'a str,
+    user: Option<&'a str>,
     recipient: &'a str,
     outcome: &'a str,
     remote_host: &'a str,
@@ -141,6 +152,12 @@ fn write_line(out: &mut impl Write, entry: &Entry) {
         Entry::Site(ev) => serde_json::to_writer(
             &mut *out,
             &SiteLine {
+                event_id: format!(
+                    "{}-throttled-{}-{}",
+                    ev.at_ms,
+                    ev.source.as_deref().unwrap_or(""),
+                    ev.site
+                ),
                 ts_ms: ev.at_ms,
                 event: "site_throttled",
                 site: &ev.site,
@@ -158,8 +175,11 @@ fn write_line(out: &mut impl Write, entry: &Entry) {
 
 fn attempt_line(ev: &Event) -> Line<'_> {
     Line {
+        event_id: format!("{}-{}-{}-{}", ev.id, ev.rcpt, ev.attempt, ev.outcome),
         ts_ms: ev.at_ms,
         queue_id: ev.id.to_string(),
+        sender: &ev.sender,
+        user: ev.user.as_deref(),
         recipient: &ev.recipient,
         outcome: ev.outcome,
         remote_host: &ev.remote,

@@ -1204,9 +1204,21 @@ impl Delivery {
             attempt = d.attempt,
             "delivery attempt"
         );
+        let (sender, user) = shard
+            .message(id)
+            .map(|v| {
+                (
+                    v.meta.reverse_path.as_str().to_owned(),
+                    v.meta.auth_user.as_ref().map(|u| u.as_str().to_owned()),
+                )
+            })
+            .unwrap_or_default();
         self.events.log(LogEvent {
             at_ms: now,
             id,
+            rcpt,
+            sender,
+            user,
             recipient: address.to_owned(),
             outcome: status.name(),
             remote: d.remote.clone(),

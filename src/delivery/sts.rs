@@ -12,14 +12,12 @@
 //! policy's parsing and matching are pure (`queue::sts`).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::content::http1::{MAX_HEAD, parse_response};
-use crate::content::scanner::Status;
+use crate::http_client::{Request, Target};
 use crate::queue::sts::{MAX_POLICY, Policy, parse_policy, txt_id};
 
 use super::route::Router;
@@ -172,11 +170,12 @@ impl Sts {
             .map_err(|e| e.to_string())?;
         let tls = Arc::clone(&self.tls);
         let timeout = self.timeout;
+        let port = self.https_port;
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("ringmta-mta-sts".into())
             .spawn(move || {
-                let _ = tx.send(fetch_blocking(&host, &addrs, tls, timeout));
+                let _ = tx.send(fetch_blocking(&host, &addrs, tls, timeout, port));
             })
             .map_err(|e| e.to_string())?;
         let text = rx.await.map_err(|_| "the fetch thread died".to_owned())??;
@@ -205,63 +204,19 @@ fn fetch_blocking(
     addrs: &[SocketAddr],
     tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
+    port: u16,
 ) -> Result<String, String> {
-    let mut last = format!("no address for {host}");
-    for addr in addrs {
-        match fetch_from(host, *addr, Arc::clone(&tls), timeout) {
-            Ok(text) => return Ok(text),
-            Err(e) => last = format!("{host} ({addr}): {e}"),
-        }
-    }
-    Err(last)
-}
-
-fn fetch_from(
-    host: &str,
-    addr: SocketAddr,
-    tls: Arc<rustls::ClientConfig>,
-    timeout: Duration,
-) -> Result<String, String> {
-    let deadline = Instant::now() + timeout * 3;
-    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(timeout))
-        .and_then(|()| tcp.set_write_timeout(Some(timeout)))
-        .map_err(|e| e.to_string())?;
-    let name =
-        rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
-    let conn = rustls::ClientConnection::new(tls, name).map_err(|e| e.to_string())?;
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    let request = format!(
-        "GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringmta\r\n\
-         Accept: text/plain\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if Instant::now() > deadline {
-            return Err("timed out".into());
-        }
-        let eof = match s.read(&mut chunk) {
-            Ok(0) => true,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                false
-            }
-            // A server that closes without close_notify has still sent the whole body.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => true,
-            Err(e) => return Err(e.to_string()),
-        };
-        if buf.len() > MAX_POLICY + MAX_HEAD {
-            return Err(format!("policy longer than {MAX_POLICY} bytes"));
-        }
-        match parse_response(&buf, eof).map_err(|e| e.to_string())? {
-            Status::Complete(body) => {
-                return String::from_utf8(body.into_owned())
-                    .map_err(|_| "the policy is not UTF-8".to_owned());
-            }
-            Status::Partial if eof => return Err("connection closed early".into()),
-            Status::Partial => {}
-        }
-    }
+    let target = Target {
+        https: true,
+        host: host.to_owned(),
+        port,
+        path: "/.well-known/mta-sts.txt".into(),
+    };
+    let request = Request {
+        method: "GET",
+        headers: &["Accept: text/plain".to_owned()],
+        body: &[],
+    };
+    let body = crate::http_client::send(&target, addrs, &request, &tls, timeout, MAX_POLICY)?;
+    String::from_utf8(body).map_err(|_| "the policy is not UTF-8".to_owned())
 }

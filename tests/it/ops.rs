@@ -927,3 +927,91 @@ print("inject-read", *bearer("POST", "/api/v1/messages", "{reader}", m))
         "{err}"
     );
 }
+
+/// Webhooks (issue 15): events reach a receiver that checks every signature, although it
+/// answers 500 to the first posts and ringmta restarts in the middle: every delivered and
+/// bounced event of the event log arrives, each at least once, and none fails the signature.
+#[test]
+fn signed_webhooks_deliver_every_event_across_failures_and_a_restart() {
+    use std::io::BufRead;
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let received = tmp.path().join("received");
+    let secret = "a-webhook-secret-of-some-length";
+    let mut receiver = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/it/webhook_receiver.py"
+        ))
+        .args([secret, "3"])
+        .arg(&received)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufReader::new(receiver.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .trim()
+        .strip_prefix("webhook listening on ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("webhook_receiver.py did not start: {line:?}"));
+    let dir = tmp.path().join("spool");
+    let config = http_config(
+        &dir,
+        &format!(
+            "[[webhooks]]\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"{secret}\"\n\
+             events = [\"delivered\", \"bounced\"]\n\
+             [delivery]\nroutes = {{ \"*\" = \"{}\" }}\n",
+            sink.addr
+        ),
+    );
+    let mut s = Server::start_in(&dir, &config);
+    send_to(&s, "first@example.net", 2);
+    send_to(&s, "perm-gone@example.net", 1);
+    wait_events(&dir, "three outcomes", 30, |ev| ev.len() >= 3);
+    s.stop();
+    s.launch();
+    send_to(&s, "second@example.net", 1);
+    send_to(&s, "perm-other@example.net", 1);
+    let ev = wait_events(&dir, "five outcomes", 30, |ev| {
+        crate::harness::count_outcome(ev, "delivered")
+            + crate::harness::count_outcome(ev, "bounced")
+            >= 5
+    });
+    let wanted: Vec<String> = ev
+        .iter()
+        .filter(|e| e["outcome"] == "delivered" || e["outcome"] == "bounced")
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    // DSNs to alice are delivered too: every delivered or bounced event counts.
+    assert!(wanted.len() >= 5, "{ev:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let got = loop {
+        let got = std::fs::read_to_string(&received).unwrap_or_default();
+        if wanted.iter().all(|id| got.contains(id.as_str())) {
+            break got;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "missing events after 60 s: wanted {wanted:?}, received:\n{got}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(!got.contains("BAD"), "{got}");
+    assert!(
+        got.lines()
+            .all(|l| l.ends_with(" delivered") || l.ends_with(" bounced")),
+        "only the subscribed types: {got}"
+    );
+    let m = crate::harness::metrics(&s);
+    let failures = crate::harness::metric_value(
+        &m,
+        &format!("ringmta_webhook_failures_total{{webhook=\"http://127.0.0.1:{port}/hook\"}}"),
+    );
+    // The 500s came before the restart or after it; the counter is this run's.
+    assert!(failures.is_some(), "{m}");
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+}
