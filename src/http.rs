@@ -518,7 +518,7 @@ impl Api {
 
 /// Appends the per-egress-path metrics: one series per (site, source) used since the start.
 /// `ringmta_webhook_events_posted_total`, `_dropped_total` and `ringmta_webhook_failures_total`
-/// by webhook URL.
+/// by webhook (its index in `[[webhooks]]`: a URL may hold a secret).
 fn webhook_metrics(out: &mut String, hooks: &[(String, Arc<crate::webhook::Stats>)]) {
     use std::fmt::Write as _;
     if hooks.is_empty() {
@@ -540,16 +540,15 @@ fn webhook_metrics(out: &mut String, hooks: &[(String, Arc<crate::webhook::Stats
     ];
     for (i, (name, help)) in series.iter().enumerate() {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (url, s) in hooks {
+        for (n, (_, s)) in hooks.iter().enumerate() {
             let v = match i {
                 0 => &s.posted,
                 1 => &s.dropped,
                 _ => &s.failures,
             };
-            let url = url.replace('\\', "\\\\").replace('"', "\\\"");
             let _ = writeln!(
                 out,
-                "{name}{{webhook=\"{url}\"}} {}",
+                "{name}{{webhook=\"{n}\"}} {}",
                 v.load(Ordering::Relaxed)
             );
         }

@@ -71,7 +71,8 @@ pub type Outcome = Result<Vec<u8>, String>;
 
 /// Sends `request` to `target` at the first of `addrs` that answers (the system resolver's
 /// addresses of the host when `addrs` is empty), and returns the body of a `200` reply of at
-/// most `max_body` bytes. Any other status is an error naming it.
+/// most `max_body` bytes (any other 2xx: an empty body, as it has none to give). Any other
+/// status is an error naming it.
 pub fn send(
     target: &Target,
     addrs: &[SocketAddr],
@@ -160,6 +161,10 @@ fn send_to(
             Ok(Status::Complete(body)) => return Ok(body.into_owned()),
             Ok(Status::Partial) if eof => return Err("connection closed early".into()),
             Ok(Status::Partial) => {}
+            // 202 Accepted, 204 No Content…: what webhook receivers answer.
+            Err(ReplyError::HttpStatus { status, .. }) if (200..300).contains(&status) => {
+                return Ok(Vec::new());
+            }
             Err(ReplyError::HttpStatus { status, .. }) => return Err(format!("HTTP {status}")),
             Err(e) => return Err(e.to_string()),
         }

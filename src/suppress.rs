@@ -88,9 +88,10 @@ impl Suppressions {
         let mut map = HashMap::new();
         match File::open(path) {
             Ok(f) => {
-                for line in BufReader::new(f).lines() {
-                    // A torn last line (a crash mid-append) is skipped.
-                    match serde_json::from_str::<Op>(&line?) {
+                for line in BufReader::new(f).split(b'\n') {
+                    // A torn last line (a crash mid-append, maybe inside a UTF-8 sequence) is
+                    // skipped.
+                    match serde_json::from_slice::<Op>(&line?) {
                         Ok(Op::Add(e)) => {
                             map.insert((e.user.clone(), e.address.clone()), e);
                         }

@@ -98,7 +98,11 @@ pub fn start(
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad webhook url")
             })?,
             log: event_log.to_owned(),
-            offset_file: state_dir.join(format!("{i}.offset")),
+            // Keyed by the URL, so that reordering [[webhooks]] keeps each one's place.
+            offset_file: state_dir.join(format!(
+                "{}.offset",
+                &crate::config::tokens::token_sha256(&hook.url)[..16]
+            )),
             tls: Arc::clone(tls),
             stats: Arc::clone(&stats),
         };
@@ -162,6 +166,14 @@ impl Poster {
     fn read_batch(&self, offset: u64) -> (Vec<serde_json::Value>, u64) {
         let Ok(mut f) = File::open(&self.log) else {
             return (Vec::new(), offset);
+        };
+        // A log cut shorter than the offset (truncated, replaced) is read again from the start.
+        let offset = match f.metadata() {
+            Ok(m) if m.len() < offset => {
+                tracing::warn!(log = %self.log.display(), "the event log shrank: reading it from the start");
+                0
+            }
+            _ => offset,
         };
         if f.seek(SeekFrom::Start(offset)).is_err() {
             return (Vec::new(), offset);

@@ -57,6 +57,7 @@ pub(super) fn resolve(r: &mut Resolver, raw: Vec<RawApiToken>) -> Vec<ApiToken> 
         let hex = t.token_sha256.to_ascii_lowercase();
         let mut sha256 = [0u8; 32];
         let parsed = hex.len() == 64
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
             && (0..32).all(|j| match u8::from_str_radix(&hex[2 * j..2 * j + 2], 16) {
                 Ok(b) => {
                     sha256[j] = b;

@@ -613,8 +613,10 @@ impl Delivery {
                 // transaction's result decides).
                 let deadline = view.options.expires_at_ms;
                 if deadline != 0 && now_ms >= deadline {
-                    if !self.in_flight.borrow().contains(&(id, rcpt)) {
-                        expired.entry(id).or_default().push(rcpt);
+                    // (A held recipient may have several deadline entries due at once.)
+                    let list = expired.entry(id).or_default();
+                    if !self.in_flight.borrow().contains(&(id, rcpt)) && !list.contains(&rcpt) {
+                        list.push(rcpt);
                     }
                     continue;
                 }
@@ -765,9 +767,17 @@ impl Delivery {
         Some((other, job))
     }
 
-    /// The destinations of `key`'s site on this core (`key` itself included), or `key` alone
-    /// before its domain was resolved.
+    /// The destinations of `key`'s site on this core whose jobs the same connections can carry
+    /// (same configured STARTTLS policy, and an MTA-STS policy enforced on both or neither),
+    /// `key` itself included; `key` alone before its domain was resolved. A domain a connection
+    /// could not serve is not counted with it, so it gets connections of its own.
     fn site_keys(&self, key: &DestKey) -> Vec<DestKey> {
+        let enforced = |d: &str| {
+            self.sts
+                .cached(d)
+                .is_some_and(|c| c.policy.mode == crate::queue::sts::Mode::Enforce)
+        };
+        let (tls, sts) = (self.tls_policy(&key.domain), enforced(&key.domain));
         let site = self
             .domain_sites
             .borrow()
@@ -782,6 +792,9 @@ impl Delivery {
             .map(|domains| {
                 domains
                     .iter()
+                    .filter(|d| {
+                        **d == key.domain || (self.tls_policy(d) == tls && enforced(d) == sts)
+                    })
                     .map(|d| DestKey {
                         domain: d.clone(),
                         pool: key.pool,

@@ -41,7 +41,12 @@ pub struct Sts {
     tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
     cache: Mutex<HashMap<String, Option<Cached>>>,
+    /// Domains whose last fetch failed, and until when (ms) no new fetch is tried for them.
+    failed: Mutex<HashMap<String, u64>>,
 }
+
+/// How long a failed fetch is not tried again for its domain.
+const RETRY_FETCH_MS: u64 = 5 * 60 * 1000;
 
 /// The policy cache file of a domain, as JSON.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -67,6 +72,7 @@ impl Sts {
             tls,
             timeout: Duration::from_secs(10),
             cache: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -92,6 +98,19 @@ impl Sts {
         {
             return cached;
         }
+        // A policy host that failed is left alone for a while: every connection would
+        // otherwise wait for the same timeout.
+        let recently_failed = {
+            let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            let recent = failed.get(domain).is_some_and(|until| *until > now_ms);
+            if !recent {
+                failed.remove(domain);
+            }
+            recent
+        };
+        if recently_failed {
+            return cached;
+        }
         match self.fetch(router, domain).await {
             Ok(policy) => {
                 let c = Cached {
@@ -104,6 +123,10 @@ impl Sts {
             }
             Err(e) => {
                 tracing::warn!(domain, error = %e, "mta-sts policy fetch failed");
+                self.failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(domain.to_owned(), now_ms + RETRY_FETCH_MS);
                 cached
             }
         }
@@ -152,7 +175,7 @@ impl Sts {
             expires_ms: c.expires_ms,
             policy: render(&c.policy),
         };
-        let tmp = path.with_extension("tmp");
+        let tmp = self.dir.join(format!("{domain}.tmp"));
         let written = std::fs::create_dir_all(&self.dir)
             .and_then(|()| std::fs::write(&tmp, serde_json::to_vec(&disk).unwrap_or_default()))
             .and_then(|()| std::fs::rename(&tmp, &path));

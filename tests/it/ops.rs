@@ -1006,10 +1006,8 @@ fn signed_webhooks_deliver_every_event_across_failures_and_a_restart() {
         "only the subscribed types: {got}"
     );
     let m = crate::harness::metrics(&s);
-    let failures = crate::harness::metric_value(
-        &m,
-        &format!("ringmta_webhook_failures_total{{webhook=\"http://127.0.0.1:{port}/hook\"}}"),
-    );
+    let failures =
+        crate::harness::metric_value(&m, "ringmta_webhook_failures_total{webhook=\"0\"}");
     // The 500s came before the restart or after it; the counter is this run's.
     assert!(failures.is_some(), "{m}");
     let _ = receiver.kill();

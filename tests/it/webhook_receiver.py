@@ -1,7 +1,8 @@
 """A webhook receiver on loopback for the tests: checks every post's X-Ringmta-Signature.
 
 Usage: webhook_receiver.py SECRET FAIL_FIRST LOG -- binds 127.0.0.1 port 0 and prints
-"webhook listening on PORT". Answers 500 to the first FAIL_FIRST posts, then 200. For each post
+"webhook listening on PORT". Answers 500 to the first FAIL_FIRST posts, then 204 (No Content,
+as many receivers do). For each post
 it appends to LOG one line per event, "<event_id> <event>", after checking the signature
 (HMAC-SHA256 over "<t>.<body>" with SECRET) and that t is within 5 minutes; a post that fails
 the check gets 401 and writes "BAD <reason>". Stops by itself after 600 seconds.
@@ -37,7 +38,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self.answer(401)
             for e in json.loads(body)["events"]:
                 f.write(f"{e['event_id']} {e['event']}\n")
-        self.answer(200)
+        self.answer(204)
 
     def log_message(self, *args):
         pass
