@@ -445,8 +445,11 @@ impl Delivery {
     }
 
     /// Takes these recipients of `id` off the destination queues (they stay in no job).
-    fn unqueue(&self, id: QueueId, rcpts: &[u32]) {
+    /// Returns those it found in a queue (the others are in no queue: held, or in a
+    /// transaction).
+    fn unqueue(&self, id: QueueId, rcpts: &[u32]) -> Vec<u32> {
         let mut in_flight = self.in_flight.borrow_mut();
+        let mut found = Vec::new();
         for d in self.dests.borrow_mut().values_mut() {
             d.queue.retain_mut(|job| {
                 if job.id != id {
@@ -456,12 +459,14 @@ impl Delivery {
                     let taken = rcpts.contains(r);
                     if taken {
                         in_flight.remove(&(id, *r));
+                        found.push(*r);
                     }
                     !taken
                 });
                 !job.rcpts.is_empty()
             });
         }
+        found
     }
 
     /// Whether an operator bounced or deleted this recipient while its transaction was under
@@ -588,6 +593,8 @@ impl Delivery {
     fn dispatch(self: &Rc<Self>, due: &mut Vec<Due>) {
         let mut jobs: HashMap<(QueueId, DestKey), (i8, Vec<u32>)> = HashMap::new();
         let mut expired: HashMap<QueueId, Vec<u32>> = HashMap::new();
+        // Past their deadline but queued or in a transaction: expired if they are only queued.
+        let mut overdue: HashMap<QueueId, Vec<u32>> = HashMap::new();
         let now_ms = unix_ms(self.clock.now());
         {
             let shard = self.shard.borrow();
@@ -614,8 +621,12 @@ impl Delivery {
                 let deadline = view.options.expires_at_ms;
                 if deadline != 0 && now_ms >= deadline {
                     // (A held recipient may have several deadline entries due at once.)
-                    let list = expired.entry(id).or_default();
-                    if !self.in_flight.borrow().contains(&(id, rcpt)) && !list.contains(&rcpt) {
+                    let list = if self.in_flight.borrow().contains(&(id, rcpt)) {
+                        overdue.entry(id).or_default()
+                    } else {
+                        expired.entry(id).or_default()
+                    };
+                    if !list.contains(&rcpt) {
                         list.push(rcpt);
                     }
                     continue;
@@ -637,6 +648,11 @@ impl Delivery {
                 if !self.in_flight.borrow_mut().insert((id, rcpt)) {
                     continue;
                 }
+                // Queued now, it may wait (a paused or full site): the wheel comes back for it
+                // at its deadline, and then takes it off the queue and expires it.
+                if deadline != 0 {
+                    self.schedule(id, rcpt, deadline - now_ms, r.next_attempt_ms);
+                }
                 let key = DestKey {
                     domain,
                     pool: self.egress.pool_for(user),
@@ -647,6 +663,13 @@ impl Delivery {
                 if !entry.1.contains(&rcpt) {
                     entry.1.push(rcpt);
                 }
+            }
+        }
+        for (id, rcpts) in overdue {
+            // Those in a transaction are settled by it.
+            let queued = self.unqueue(id, &rcpts);
+            if !queued.is_empty() {
+                expired.entry(id).or_default().extend(queued);
             }
         }
         for (id, rcpts) in expired {

@@ -1793,3 +1793,49 @@ fn a_users_notify_default_brings_success_notices_to_an_application_that_sets_non
         dsns[0]
     );
 }
+
+/// A message's deadline holds while it waits in a ready queue (issue 13): with its site paused
+/// for an hour by a `421 4.7.28`, a code sent with `X-Ringmta-Expire-After: 3s` is bounced at
+/// its deadline, without an attempt, not when the pause ends.
+#[test]
+fn a_deadline_expires_mail_that_waits_for_a_paused_site() {
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let config = crate::harness::base_config(
+        &dir,
+        &routed_to(
+            &sink,
+            "throttle_pause = \"1h\"\nretry_schedule = [\"1h\"]\n",
+        ),
+    )
+    .replace("threads = 2", "threads = 1");
+    let s = Server::start_in(&dir, &config);
+    submit(&s, &["--to", "throttle-1-first@example.net"]);
+    wait_events(&dir, "the site paused", 30, |ev| {
+        ev.iter().any(|e| e["event"] == "site_throttled")
+    });
+    let sent_at = unix_now_ms();
+    let mut c = Raw::greeted(s.addr("smtp"));
+    let reply = raw_message(
+        &mut c,
+        "MAIL FROM:<alice@example.com>",
+        "code@example.net",
+        "X-Ringmta-Expire-After: 3s\r\nSubject: code\r\n\r\n123456\r\n",
+    );
+    assert!(reply.starts_with("250 "), "{reply}");
+    c.cmd("QUIT");
+    let ev = wait_events(&dir, "the expiry", 30, |ev| {
+        outcomes_of(ev, "code@example.net") == ["bounced"]
+    });
+    let bounced = ev
+        .iter()
+        .find(|e| e["recipient"] == "code@example.net")
+        .unwrap();
+    assert_eq!(bounced["reply"], "delivery time expired", "{bounced}");
+    assert_eq!(bounced["attempt"], 0, "never attempted: {bounced}");
+    assert!(
+        bounced["ts_ms"].as_u64().unwrap() >= sent_at + 3_000,
+        "{bounced}"
+    );
+}
