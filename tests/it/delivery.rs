@@ -2,7 +2,7 @@
 //! and resolves MX records through a real DNS server on loopback.
 
 use crate::harness::{
-    Dns, Raw, Server, Sink, count_outcome, events, outcomes_of, python, wait_events,
+    Dns, PyServer, Raw, Server, Sink, count_outcome, events, outcomes_of, python, wait_events,
 };
 
 const CLIENT: &str = include_str!("client.py");
@@ -1099,23 +1099,7 @@ fn egress_sources_bind_their_address_and_name_and_a_users_pool_wins() {
         &["--count", "30", "--reconnect", "--to", "x@example.net"],
     );
     assert!(out.iter().all(|l| l.starts_with("OK ")), "{out:?}");
-    let argv: Vec<String> = [
-        "--port",
-        &s.port("submission").to_string(),
-        "--mode",
-        "starttls",
-        "--auth",
-        "plain",
-        "--count",
-        "5",
-        "--to",
-        "y@user-dest.test",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    let (code, out, err) = python(CLIENT, &argv);
-    assert_eq!(code, 0, "{out}{err}");
+    crate::harness::submit_authenticated(&s, "y@user-dest.test", 5);
     sink.wait_for("the 30 relayed messages", 60, |m| m.len() == 30);
     user_sink.wait_for("alice's 5 messages", 60, |m| m.len() == 5);
     let lines = connection_log(&log);
@@ -1578,50 +1562,21 @@ fn verified_tls_delivers_to_a_trusted_certificate_and_defers_any_other() {
 }
 
 /// A real HTTPS MTA-STS policy server on loopback (tests/it/sts_server.py) with a certificate
-/// from `ca` for every policy host; `policies` maps each host to its policy text. Returns the
-/// child (killed on drop by the caller) and its port.
-struct StsServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl StsServer {
-    fn start(ca: &TestCa, policies: &[(&str, &str)], log: &std::path::Path) -> StsServer {
-        use std::io::BufRead;
-        let hosts: Vec<&str> = policies.iter().map(|(h, _)| *h).collect();
-        let (cert, key) = ca.issue("sts", &hosts);
-        let map: serde_json::Map<String, serde_json::Value> = policies
-            .iter()
-            .map(|(h, p)| (h.to_string(), serde_json::Value::from(*p)))
-            .collect();
-        let mut child = std::process::Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/it/sts_server.py"
-            ))
-            .args([&cert, &key, &serde_json::Value::Object(map).to_string()])
-            .arg(log)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("sts listening on ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("sts_server.py did not start: {line:?}"));
-        StsServer { child, port }
-    }
-}
-
-impl Drop for StsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// from `ca` for every policy host; `policies` maps each host to its policy text.
+fn sts_server(ca: &TestCa, policies: &[(&str, &str)], log: &std::path::Path) -> PyServer {
+    let hosts: Vec<&str> = policies.iter().map(|(h, _)| *h).collect();
+    let (cert, key) = ca.issue("sts", &hosts);
+    let map: serde_json::Map<String, serde_json::Value> = policies
+        .iter()
+        .map(|(h, p)| (h.to_string(), serde_json::Value::from(*p)))
+        .collect();
+    let args = [
+        cert,
+        key,
+        serde_json::Value::Object(map).to_string(),
+        log.display().to_string(),
+    ];
+    PyServer::start("sts_server.py", &args)
 }
 
 /// MTA-STS (issue 14, RFC 8461), with a real HTTPS policy server and DNS on loopback: a domain
@@ -1644,7 +1599,7 @@ fn an_enforced_mta_sts_policy_allows_only_its_mx_hosts_over_verified_tls() {
         policy("*.weak.test"),
     );
     let log = tmp.path().join("sts-requests");
-    let sts = StsServer::start(
+    let sts = sts_server(
         &ca,
         &[
             ("mta-sts.sts.test", &good),
@@ -1763,21 +1718,7 @@ fn a_users_notify_default_brings_success_notices_to_an_application_that_sets_non
         "notify = [\"success\", \"failure\"]\n{}",
         routed_to(&sink, "")
     ));
-    let argv: Vec<String> = [
-        "--port",
-        &s.port("submission").to_string(),
-        "--mode",
-        "starttls",
-        "--auth",
-        "plain",
-        "--to",
-        "happy@example.net",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    let (code, out, err) = python(CLIENT, &argv);
-    assert_eq!(code, 0, "{out}{err}");
+    crate::harness::submit_authenticated(&s, "happy@example.net", 1);
     submit(&s, &["--to", "unauthenticated@example.net"]);
     let msgs = sink.wait_for("two deliveries and the success DSN", 30, |m| m.len() == 3);
     let dsns: Vec<_> = msgs

@@ -580,3 +580,62 @@ pub fn events(spool: &Path) -> Vec<serde_json::Value> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
+
+/// A test server script of `tests/it` run with python3: it prints "<name> listening on PORT"
+/// first. Killed when dropped.
+pub struct PyServer {
+    child: std::process::Child,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+}
+
+impl PyServer {
+    /// Starts `tests/it/<script>` with `args`.
+    pub fn start(script: &str, args: &[String]) -> PyServer {
+        let mut child = Command::new("python3")
+            .arg(format!("{}/tests/it/{script}", env!("CARGO_MANIFEST_DIR")))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit_once(" listening on ")
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_else(|| panic!("{script} did not start: {line:?}"));
+        PyServer { child, port }
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Submits `count` messages to `to` as alice, with STARTTLS and AUTH PLAIN on the submission
+/// port; each must be queued.
+pub fn submit_authenticated(s: &Server, to: &str, count: usize) {
+    let argv: Vec<String> = [
+        "--port",
+        &s.port("submission").to_string(),
+        "--mode",
+        "starttls",
+        "--auth",
+        "plain",
+        "--count",
+        &count.to_string(),
+        "--to",
+        to,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let (code, out, err) = python(include_str!("client.py"), &argv);
+    assert_eq!(code, 0, "{out}{err}");
+}

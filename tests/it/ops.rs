@@ -690,23 +690,7 @@ fn a_suspended_source_is_skipped_by_its_pool_and_a_suspended_users_mail_waits() 
     );
 
     let user = cli_json(&["queue", "suspend", "--user", "alice@example.com"]);
-    let argv: Vec<String> = [
-        "--port",
-        &s.port("submission").to_string(),
-        "--mode",
-        "starttls",
-        "--auth",
-        "plain",
-        "--count",
-        "2",
-        "--to",
-        "held@example.net",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    let (code, out, err) = python(CLIENT, &argv);
-    assert_eq!(code, 0, "{out}{err}");
+    crate::harness::submit_authenticated(&s, "held@example.net", 2);
     send_to(&s, "relayed@example.net", 1);
     sink.wait_for("the relayed message", 30, |m| m.len() == 7);
     let ev = crate::harness::events(&dir);
@@ -933,30 +917,15 @@ print("inject-read", *bearer("POST", "/api/v1/messages", "{reader}", m))
 /// bounced event of the event log arrives, each at least once, and none fails the signature.
 #[test]
 fn signed_webhooks_deliver_every_event_across_failures_and_a_restart() {
-    use std::io::BufRead;
     let sink = Sink::start();
     let tmp = tempfile::tempdir().unwrap();
     let received = tmp.path().join("received");
     let secret = "a-webhook-secret-of-some-length";
-    let mut receiver = std::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/it/webhook_receiver.py"
-        ))
-        .args([secret, "3"])
-        .arg(&received)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufReader::new(receiver.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line
-        .trim()
-        .strip_prefix("webhook listening on ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("webhook_receiver.py did not start: {line:?}"));
+    let receiver = crate::harness::PyServer::start(
+        "webhook_receiver.py",
+        &[secret.into(), "3".into(), received.display().to_string()],
+    );
+    let port = receiver.port;
     let dir = tmp.path().join("spool");
     let config = http_config(
         &dir,
@@ -1010,6 +979,4 @@ fn signed_webhooks_deliver_every_event_across_failures_and_a_restart() {
         crate::harness::metric_value(&m, "ringmta_webhook_failures_total{webhook=\"0\"}");
     // The 500s came before the restart or after it; the counter is this run's.
     assert!(failures.is_some(), "{m}");
-    let _ = receiver.kill();
-    let _ = receiver.wait();
 }
