@@ -81,11 +81,20 @@ pub enum Command {
 /// `ringmta bounce ...`
 #[derive(Debug, Subcommand)]
 pub enum BounceAction {
-    /// Read one remote reply per line on stdin; print one JSON classification per line.
+    /// Read one remote reply per line on stdin; print one JSON classification per line
+    /// (`{"category": ..., "action": ..., "rule": ...}`).
     Classify {
         /// Operator rules (TOML) tried before the built-in ones.
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Say for each reply which rule fired, from which file, on what part of the text
+        /// (or which fallback decided), in plain text instead of JSON.
+        #[arg(long)]
+        explain: bool,
+        /// Use only the `--rules` file, without the built-in rules (the fallbacks on the
+        /// enhanced code and reply class still apply): to test a complete rule set.
+        #[arg(long, requires = "rules")]
+        no_builtin: bool,
     },
 }
 
@@ -258,17 +267,24 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bounce {
-            action: BounceAction::Classify { rules },
+            action:
+                BounceAction::Classify {
+                    rules,
+                    explain,
+                    no_builtin,
+                },
         } => {
             use crate::bounce::classify::Classifier;
             let mut classifier = Classifier::builtin();
             if let Some(path) = rules {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("cannot read {}", path.display()))?;
-                classifier = classifier.with_operator_rules(Classifier::from_toml(
-                    &text,
-                    &path.display().to_string(),
-                )?);
+                let operator = Classifier::from_toml(&text, &path.display().to_string())?;
+                classifier = if no_builtin {
+                    operator
+                } else {
+                    classifier.with_operator_rules(operator)
+                };
             }
             let stdin = std::io::stdin();
             let mut out = std::io::stdout().lock();
@@ -277,9 +293,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let c = classifier.classify_line(&line);
-                serde_json::to_writer(&mut out, &c)?;
-                std::io::Write::write_all(&mut out, b"\n")?;
+                if explain {
+                    let explanation = classifier.explain_line(&line);
+                    let text = format!("{line}\n{explanation}\n");
+                    std::io::Write::write_all(&mut out, text.as_bytes())?;
+                } else {
+                    serde_json::to_writer(&mut out, &classifier.verdict_line(&line))?;
+                    std::io::Write::write_all(&mut out, b"\n")?;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -70,6 +70,8 @@ pub struct Event {
     pub reply: String,
     /// The classifier's category, when the attempt failed.
     pub category: Option<&'static str>,
+    /// The id of the classifier rule that gave the category.
+    pub rule: Option<&'static str>,
     /// Attempt number (1-based).
     pub attempt: u32,
     /// Next attempt (ms since the Unix epoch) when deferred.
@@ -89,6 +91,8 @@ struct Line<'a> {
     remote_host: &'a str,
     reply: &'a str,
     category: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
     attempt: u32,
     next_attempt_ms: Option<u64>,
 }
@@ -185,6 +189,7 @@ fn attempt_line(ev: &Event) -> Line<'_> {
         remote_host: &ev.remote,
         reply: &ev.reply,
         category: ev.category,
+        rule: ev.rule,
         attempt: ev.attempt,
         next_attempt_ms: ev.next_attempt_ms,
     }

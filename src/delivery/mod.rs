@@ -1260,6 +1260,7 @@ impl Delivery {
             remote: d.remote.clone(),
             reply: d.text.clone(),
             category: d.category.map(Category::name),
+            rule: d.rule,
             attempt: d.attempt,
             next_attempt_ms: (next > 0).then_some(next),
         });

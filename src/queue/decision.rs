@@ -127,6 +127,9 @@ pub struct Decision {
     pub remote: String,
     /// The bounce category of a failed attempt.
     pub category: Option<Category>,
+    /// The id of the classifier rule behind `category`, when a reply or connection failure
+    /// was classified (not for expiries and operator actions).
+    pub rule: Option<&'static str>,
     /// The DSN to send about the recipient, if any.
     pub dsn: Option<DsnNotice>,
 }
@@ -168,6 +171,7 @@ pub fn decide(
                 text: reply.one_line(),
                 remote: remote.clone(),
                 category: None,
+                rule: None,
                 dsn,
             };
         }
@@ -178,6 +182,7 @@ pub fn decide(
                 text: OPERATOR_DELETE.into(),
                 remote: String::new(),
                 category: None,
+                rule: None,
                 dsn: None,
             };
         }
@@ -189,6 +194,7 @@ pub fn decide(
                 text: OPERATOR_BOUNCE.into(),
                 remote: String::new(),
                 category: Some(category),
+                rule: None,
                 dsn: wants(DsnKind::Failure).then(|| DsnNotice {
                     kind: DsnKind::Failure,
                     status: dsn_status(DsnKind::Failure, Some(EnhancedCode::new(5, 0, 0)), None),
@@ -206,6 +212,7 @@ pub fn decide(
                 text,
                 remote: String::new(),
                 category: Some(category),
+                rule: None,
                 dsn: wants(DsnKind::Failure).then(|| DsnNotice {
                     kind: DsnKind::Failure,
                     status: dsn_status(DsnKind::Failure, None, Some(Cause::Expired)),
@@ -214,7 +221,7 @@ pub fn decide(
         }
         AttemptResult::Refused { reply, remote } => {
             let text = reply.one_line();
-            let class = classifier.classify(&Failure::Reply {
+            let class = classifier.verdict(&Failure::Reply {
                 code: reply.code,
                 enhanced: reply.enhanced.map(|e| (e.class, e.subject, e.detail)),
                 text: &text,
@@ -226,13 +233,15 @@ pub fn decide(
             detail,
             remote,
         } => {
-            let class = classifier.classify(&Failure::Connection(*failure));
+            let class = classifier.verdict(&Failure::Connection(*failure));
             // RFC 3463 X.7.5: cryptographic failure (the certificate did not verify).
             let enhanced =
                 (*failure == ConnFailure::Certificate).then(|| EnhancedCode::new(4, 7, 5));
             (detail.clone(), remote.clone(), class, enhanced)
         }
     };
+    let rule = Some(class.rule);
+    let class = class.class;
     let category = Some(class.category);
     let failed = |text: String, expired: bool| Decision {
         fate: Fate::Failed { expired },
@@ -252,6 +261,7 @@ pub fn decide(
         text,
         remote: remote.clone(),
         category,
+        rule,
     };
     if class.action == Action::Bounce {
         return failed(text, false);
@@ -281,6 +291,7 @@ pub fn decide(
                 text,
                 remote,
                 category,
+                rule,
             }
         }
     }

@@ -118,6 +118,13 @@ fn temporary_failures_are_retried_and_permanent_ones_bounce_with_a_dsn() {
     assert_eq!(perm.len(), 1);
     assert_eq!(perm[0]["outcome"], "bounced");
     assert_eq!(perm[0]["category"], "user_unknown");
+    assert_eq!(perm[0]["rule"], "generic.user_unknown", "{:?}", perm[0]);
+    assert!(
+        temp[0].get("rule").is_some_and(|r| r.is_string()),
+        "{:?}",
+        temp[0]
+    );
+    assert!(temp.last().unwrap().get("rule").is_none(), "{temp:?}");
 }
 
 #[test]

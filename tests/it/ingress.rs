@@ -541,10 +541,11 @@ fn auth_failures_are_throttled_per_ip() {
     assert!(out[0].contains(" 421 4.7.0"), "{out:?}");
 }
 
-#[test]
-fn bounce_classify_cli_prints_one_json_object_per_line() {
+/// Runs `ringmta bounce classify` with `args` on `input`; its stdout.
+fn bounce_classify(args: &[&str], input: &str) -> String {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringmta"))
         .args(["bounce", "classify"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -553,21 +554,82 @@ fn bounce_classify_cli_prints_one_json_object_per_line() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"550 5.1.1 <bob@example.net>: Recipient address rejected: User unknown\n452 4.2.2 Mailbox full\n")
+        .write_all(input.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn bounce_classify_cli_prints_one_json_object_per_line() {
+    let text = bounce_classify(
+        &[],
+        "550 5.1.1 <bob@example.net>: Recipient address rejected: User unknown\n452 4.2.2 Mailbox full\n",
+    );
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(
         lines[0],
-        serde_json::json!({"category": "user_unknown", "action": "bounce"})
+        serde_json::json!({"category": "user_unknown", "action": "bounce", "rule": "generic.user_unknown"})
     );
     assert_eq!(
         lines[1],
-        serde_json::json!({"category": "mailbox_full", "action": "retry"})
+        serde_json::json!({"category": "mailbox_full", "action": "retry", "rule": "generic.mailbox_full"})
+    );
+}
+
+/// `--explain` names the rule, its file and the text it matched; an operator file can be
+/// tested alone with `--no-builtin`.
+#[test]
+fn bounce_classify_explain_names_the_rule_and_the_matched_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("local.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nid = \"local.vacation\"\npattern = \"on vacation\"\ncategory = \"mailbox_full\"\naction = \"retry\"\n",
+    )
+    .unwrap();
+    let rules = rules.to_str().unwrap();
+    let text = bounce_classify(
+        &["--explain"],
+        "550-5.7.26 Unauthenticated email from example.net is not accepted due to domain's DMARC policy\n",
+    );
+    assert!(
+        text.contains("\npolicy bounce (rule iana.authentication)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  read as: reply 550, enhanced 5.7.26\n"),
+        "{text}"
+    );
+    assert!(text.contains("of builtin rules.toml\n"), "{text}");
+    assert!(text.contains("  conditions: enhanced *.7.26\n"), "{text}");
+
+    let text = bounce_classify(
+        &["--explain", "--rules", rules],
+        "550 5.2.0 Bob is on vacation\n",
+    );
+    assert!(
+        text.contains("mailbox_full retry (rule local.vacation)"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("  rule 1 of {rules}\n")), "{text}");
+    assert!(
+        text.contains("  pattern /on vacation/ matched \"on vacation\"\n"),
+        "{text}"
+    );
+
+    // Alone, the file has nothing for an unknown user: the enhanced code decides.
+    let text = bounce_classify(
+        &["--rules", rules, "--no-builtin"],
+        "550 5.1.1 no such user\n",
+    );
+    assert_eq!(
+        text,
+        "{\"category\":\"user_unknown\",\"action\":\"bounce\",\"rule\":\"fallback.enhanced\"}\n"
     );
 }
 

@@ -53,7 +53,7 @@ pub(super) fn enhanced_category(subject: u16, detail: u16) -> Category {
         // X.7 security and policy.
         (7, 4 | 10 | 11) => Tls,
         (7, 13) => MailboxDisabled,
-        (7, 25) => Blocklisted,
+        (7, 25) => Policy,
         (7, 28) => RateLimited,
         (7, _) => Policy,
         _ => Other,

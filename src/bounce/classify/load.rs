@@ -1,16 +1,19 @@
 //! Loading a rule file: TOML tables to rules, every problem named by its 1-based rule number.
 
 use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::{Mutex, PoisonError};
 
 use regex::{Regex, RegexBuilder};
 
 use super::reply_text::number;
 
-use super::rules::{CodeMatch, EnhancedMatch, Rule, RuleSet};
-use super::{Action, Category, Classification, ClassifierError, ConnFailure, RuleProblem};
+use super::rules::{CodeMatch, EnhancedMatch, Rule, RuleAction, RuleSet};
+use super::{Action, Category, ClassifierError, ConnFailure, RuleProblem};
 
-pub(super) const RULE_KEYS: [&str; 6] = [
+pub(super) const RULE_KEYS: [&str; 7] = [
+    "id",
     "code",
     "enhanced",
     "pattern",
@@ -25,7 +28,8 @@ pub(super) fn parse_rule_file(text: &str, origin: &str) -> Result<RuleSet, Class
         source: Box::new(source),
     })?;
     let mut problems = Vec::new();
-    let mut rules = Vec::new();
+    let mut rules: Vec<Rule> = Vec::new();
+    let mut ids: HashMap<&'static str, usize> = HashMap::new();
 
     for key in table.keys().filter(|k| k.as_str() != "rule") {
         problems.push(RuleProblem::UnknownTopLevelKey { key: key.clone() });
@@ -44,7 +48,19 @@ pub(super) fn parse_rule_file(text: &str, origin: &str) -> Result<RuleSet, Class
             problems.push(RuleProblem::RuleNotTable { rule });
             continue;
         };
-        rules.extend(parse_rule(rule, entry, &mut problems));
+        let Some(parsed) = parse_rule(rule, entry, origin, &mut problems) else {
+            continue;
+        };
+        if let Some(&first) = ids.get(parsed.id) {
+            problems.push(RuleProblem::DuplicateId {
+                rule,
+                id: parsed.id.to_owned(),
+                first,
+            });
+            continue;
+        }
+        ids.insert(parsed.id, rule);
+        rules.push(parsed);
     }
     if !problems.is_empty() {
         return Err(ClassifierError::Rules {
@@ -52,13 +68,17 @@ pub(super) fn parse_rule_file(text: &str, origin: &str) -> Result<RuleSet, Class
             problems,
         });
     }
-    Ok(RuleSet { rules })
+    Ok(RuleSet {
+        origin: origin.to_owned(),
+        rules,
+    })
 }
 
 /// Parses one `[[rule]]`, pushing its problems; returns the rule when it has none.
 pub(super) fn parse_rule(
     rule: usize,
     entry: &toml::Table,
+    origin: &str,
     problems: &mut Vec<RuleProblem>,
 ) -> Option<Rule> {
     let before = problems.len();
@@ -77,6 +97,20 @@ pub(super) fn parse_rule(
         }
     };
 
+    let id = match entry.get("id") {
+        None => Some(intern(&format!("{origin}#{rule}"))),
+        Some(v) => {
+            let parsed = v.as_str().filter(|id| valid_id(id)).map(intern);
+            if parsed.is_none() {
+                problems.push(invalid(
+                    "id",
+                    v,
+                    "up to 64 letters, digits, `.`, `_` or `-`, such as \"gmail.rate\"",
+                ));
+            }
+            parsed
+        }
+    };
     let code = entry.get("code").and_then(|v| {
         let parsed = match v {
             toml::Value::String(s) => parse_code_match(s),
@@ -108,6 +142,14 @@ pub(super) fn parse_rule(
     let pattern = entry
         .get("pattern")
         .and_then(|v| parse_pattern(rule, v, problems));
+    let pattern_sources = match entry.get("pattern") {
+        Some(toml::Value::String(s)) => vec![s.clone()],
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
     let connection = entry.get("connection").and_then(|v| {
         let parsed = v.as_str().and_then(ConnFailure::from_name);
         if parsed.is_none() {
@@ -149,9 +191,16 @@ pub(super) fn parse_rule(
             None
         }
         Some(v) => {
-            let parsed = v.as_str().and_then(Action::from_name);
+            let parsed = match v.as_str() {
+                Some("by_class") => Some(RuleAction::ByClass),
+                other => other.and_then(Action::from_name).map(RuleAction::Fixed),
+            };
             if parsed.is_none() {
-                problems.push(invalid("action", v, "\"retry\" or \"bounce\""));
+                problems.push(invalid(
+                    "action",
+                    v,
+                    "\"retry\", \"bounce\" or \"by_class\"",
+                ));
             }
             parsed
         }
@@ -176,12 +225,39 @@ pub(super) fn parse_rule(
         return None;
     }
     Some(Rule {
+        number: rule,
+        id: id?,
+        pattern_sources: pattern_sources.into_boxed_slice(),
         code,
         enhanced,
         pattern,
         connection,
-        outcome: Classification::new(category?, action?),
+        category: category?,
+        action: action?,
     })
+}
+
+/// A rule id: short, and made of characters that need no quoting in logs and JSON.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The process-wide copy of a rule id. Each distinct id is allocated once and kept, so a
+/// verdict can carry `&'static str` and a reload of the same rules allocates nothing new;
+/// what is kept is bounded by the distinct ids ever loaded.
+fn intern(id: &str) -> &'static str {
+    static IDS: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut ids = IDS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(&known) = ids.get(id) {
+        return known;
+    }
+    let kept: &'static str = Box::leak(id.into());
+    ids.insert(kept);
+    kept
 }
 
 /// `pattern` is a regex or an array of regexes (any of them matches), compiled as one

@@ -27,8 +27,8 @@ mod rules;
 
 use fallback::{connection_fallback, reply_fallback};
 use load::{PatternIndex, ProblemList, parse_rule_file};
-use reply_text::{clip, parse_reply, recognize_connection_failure};
-use rules::RuleSet;
+use reply_text::{ParsedReply, clip, parse_reply, recognize_connection_failure};
+use rules::{Rule, RuleSet};
 
 /// The built-in rules; `Classifier::builtin` parses them.
 const BUILTIN_RULES: &str = include_str!("../rules.toml");
@@ -178,12 +178,29 @@ impl Classifier {
 
     /// Classifies one failure: the first matching rule wins, then the fallbacks apply.
     pub fn classify(&self, failure: &Failure<'_>) -> Classification {
-        match *failure {
-            Failure::Connection(conn) => self
-                .tiers
+        self.verdict(failure).class
+    }
+
+    /// Classifies one failure and names the rule that decided ([`Verdict::rule`]).
+    pub fn verdict(&self, failure: &Failure<'_>) -> Verdict {
+        self.decide(failure).0
+    }
+
+    /// The verdict and the rule behind it (none for a fallback).
+    fn decide(&self, failure: &Failure<'_>) -> (Verdict, Option<(&RuleSet, &Rule)>) {
+        let found = |f: &dyn Fn(&RuleSet) -> Option<&Rule>| {
+            self.tiers
                 .iter()
-                .find_map(|tier| tier.match_connection(conn))
-                .unwrap_or_else(|| connection_fallback(conn)),
+                .find_map(|tier| f(tier).map(|rule| (tier, rule)))
+        };
+        match *failure {
+            Failure::Connection(conn) => match found(&|tier| tier.match_connection(conn)) {
+                Some(hit) => (Verdict::of(hit.1, None), Some(hit)),
+                None => (
+                    Verdict::new(connection_fallback(conn), FALLBACK_CONNECTION),
+                    None,
+                ),
+            },
             Failure::Reply {
                 code,
                 enhanced,
@@ -192,13 +209,21 @@ impl Classifier {
                 // RFC 5321 §4.2.1: only 4yz and 5yz replies report failures. Anything else
                 // where a failure was reported means the conversation went out of step.
                 if !(400..600).contains(&code) {
-                    return Classification::new(Category::Protocol, Action::Retry);
+                    let class = Classification::new(Category::Protocol, Action::Retry);
+                    return (Verdict::new(class, FALLBACK_NOT_FAILURE), None);
                 }
                 let text = clip(text);
-                self.tiers
-                    .iter()
-                    .find_map(|tier| tier.match_reply(code, enhanced, text))
-                    .unwrap_or_else(|| reply_fallback(code, enhanced))
+                match found(&|tier| tier.match_reply(code, enhanced, text)) {
+                    Some(hit) => (Verdict::of(hit.1, Some(code)), Some(hit)),
+                    None => {
+                        let rule = if enhanced.is_some() {
+                            FALLBACK_ENHANCED
+                        } else {
+                            FALLBACK_CLASS
+                        };
+                        (Verdict::new(reply_fallback(code, enhanced), rule), None)
+                    }
+                }
             }
         }
     }
@@ -213,22 +238,204 @@ impl Classifier {
     /// `pattern`, and failing those it is `Temporary`/`Retry` (with no verdict from the
     /// receiver there is nothing permanent to act on; RFC 5321 §4.5.4.1 says retry).
     pub fn classify_line(&self, line: &str) -> Classification {
+        self.verdict_line(line).class
+    }
+
+    /// [`Classifier::classify_line`] with the rule that decided.
+    pub fn verdict_line(&self, line: &str) -> Verdict {
         let parsed = parse_reply(line);
+        self.decide_line(&parsed).0
+    }
+
+    /// Classifies one raw reply line and says why: which rule of which file fired, on what
+    /// part of the reply; or which fallback decided. For `ringmta bounce classify --explain`.
+    pub fn explain_line(&self, line: &str) -> Explanation {
+        let parsed = parse_reply(line);
+        let (verdict, hit, conn) = self.decide_line(&parsed);
+        let text = clip(&parsed.text);
+        Explanation::new(verdict, hit, parsed.code, parsed.enhanced, text, conn)
+    }
+
+    /// The verdict on a parsed line, the rule behind it, and the connection failure a
+    /// code-less line was recognised as.
+    fn decide_line(
+        &self,
+        parsed: &ParsedReply<'_>,
+    ) -> (Verdict, Option<(&RuleSet, &Rule)>, Option<ConnFailure>) {
         if let Some(code) = parsed.code {
-            return self.classify(&Failure::Reply {
+            let (verdict, hit) = self.decide(&Failure::Reply {
                 code,
                 enhanced: parsed.enhanced,
                 text: &parsed.text,
             });
+            return (verdict, hit, None);
         }
         let text = clip(&parsed.text);
         if let Some(conn) = recognize_connection_failure(text) {
-            return self.classify(&Failure::Connection(conn));
+            let (verdict, hit) = self.decide(&Failure::Connection(conn));
+            return (verdict, hit, Some(conn));
         }
-        self.tiers
+        let hit = self
+            .tiers
             .iter()
-            .find_map(|tier| tier.match_text_only(text))
-            .unwrap_or(Classification::new(Category::Temporary, Action::Retry))
+            .find_map(|tier| tier.match_text_only(text).map(|rule| (tier, rule)));
+        match hit {
+            Some(hit) => (Verdict::of(hit.1, None), Some(hit), None),
+            None => {
+                let class = Classification::new(Category::Temporary, Action::Retry);
+                (Verdict::new(class, FALLBACK_TEXT), None, None)
+            }
+        }
+    }
+}
+
+/// The rule id of a 4xx/5xx reply no rule matched, decided by its RFC 3463 enhanced code.
+pub const FALLBACK_ENHANCED: &str = "fallback.enhanced";
+/// The rule id of a reply without an enhanced code that no rule matched: the reply class.
+pub const FALLBACK_CLASS: &str = "fallback.class";
+/// The rule id of a connection failure no rule file covers.
+pub const FALLBACK_CONNECTION: &str = "fallback.connection";
+/// The rule id of a code-less description that nothing recognised (retried).
+pub const FALLBACK_TEXT: &str = "fallback.text";
+/// The rule id of a 2xx/3xx reply reported as a failure (a protocol error, retried).
+pub const FALLBACK_NOT_FAILURE: &str = "fallback.not_failure";
+
+/// A classification and the rule that decided it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// The category and action.
+    #[serde(flatten)]
+    pub class: Classification,
+    /// The id of the rule that fired, or one of the `fallback.*` ids.
+    pub rule: &'static str,
+}
+
+impl Verdict {
+    fn new(class: Classification, rule: &'static str) -> Verdict {
+        Verdict { class, rule }
+    }
+
+    fn of(rule: &Rule, code: Option<u16>) -> Verdict {
+        Verdict::new(rule.outcome(code), rule.id)
+    }
+}
+
+/// Why a reply got its verdict; `Display` writes it for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Where the rule that fired comes from and its 1-based number there.
+    pub source: Option<(String, usize)>,
+    /// The conditions of that rule that held, as `code 5xx`, `enhanced 5.7.*`, ...
+    pub conditions: Vec<String>,
+    /// The pattern element that matched (1-based index for an array, the regex) and the
+    /// text it matched.
+    pub matched: Option<(Option<usize>, String, String)>,
+    /// How the line was read: its reply code, enhanced code, or the connection failure a
+    /// code-less line was taken for.
+    pub read_as: String,
+}
+
+impl Explanation {
+    fn new(
+        verdict: Verdict,
+        hit: Option<(&RuleSet, &Rule)>,
+        code: Option<u16>,
+        enhanced: Option<(u8, u16, u16)>,
+        text: &str,
+        conn: Option<ConnFailure>,
+    ) -> Explanation {
+        let read_as = match (code, enhanced, conn) {
+            (_, _, Some(conn)) => format!("connection failure `{}`", conn.name()),
+            (Some(code), Some((c, s, d)), _) => format!("reply {code}, enhanced {c}.{s}.{d}"),
+            (Some(code), None, _) => format!("reply {code}, no enhanced code"),
+            (None, ..) => "a description without a reply code".to_owned(),
+        };
+        let Some((tier, rule)) = hit else {
+            return Explanation {
+                verdict,
+                source: None,
+                conditions: Vec::new(),
+                matched: None,
+                read_as,
+            };
+        };
+        let mut conditions = Vec::new();
+        if let Some(code) = rule.code {
+            conditions.push(format!("code {code}"));
+        }
+        if let Some(enhanced) = rule.enhanced {
+            conditions.push(format!("enhanced {enhanced}"));
+        }
+        if let Some(conn) = rule.connection {
+            conditions.push(format!("connection {}", conn.name()));
+        }
+        let matched = rule.pattern.as_ref().and_then(|_| {
+            let array = rule.pattern_sources.len() > 1;
+            rule.pattern_sources
+                .iter()
+                .enumerate()
+                .find_map(|(i, source)| {
+                    let regex = regex::RegexBuilder::new(source)
+                        .case_insensitive(true)
+                        .build()
+                        .ok()?;
+                    let found = regex.find(text)?;
+                    Some((
+                        array.then_some(i + 1),
+                        source.clone(),
+                        found.as_str().to_owned(),
+                    ))
+                })
+        });
+        Explanation {
+            verdict,
+            source: Some((tier.origin.clone(), rule.number)),
+            conditions,
+            matched,
+            read_as,
+        }
+    }
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = &self.verdict;
+        writeln!(
+            f,
+            "{} {} (rule {})",
+            v.class.category.name(),
+            v.class.action.name(),
+            v.rule
+        )?;
+        writeln!(f, "  read as: {}", self.read_as)?;
+        match &self.source {
+            Some((origin, number)) => writeln!(f, "  rule {number} of {origin}")?,
+            None => writeln!(f, "  no rule matched: {}", fallback_reason(v.rule))?,
+        }
+        if !self.conditions.is_empty() {
+            writeln!(f, "  conditions: {}", self.conditions.join(", "))?;
+        }
+        if let Some((index, source, text)) = &self.matched {
+            let element = index.map(|i| format!(" element {i}")).unwrap_or_default();
+            writeln!(f, "  pattern{element} /{source}/ matched {text:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a `fallback.*` rule id means, for explanations.
+fn fallback_reason(rule: &str) -> &'static str {
+    match rule {
+        FALLBACK_ENHANCED => {
+            "the RFC 3463 enhanced code gives the category, the reply class the action \
+             (retry categories retry even on 5xx)"
+        }
+        FALLBACK_CLASS => "the reply class decides (4xx retry, 5xx bounce)",
+        FALLBACK_CONNECTION => "the built-in connection-failure table decides",
+        FALLBACK_NOT_FAILURE => "a 2xx/3xx reply reported as a failure is a protocol error",
+        _ => "nothing recognised the text, and with no reply there is nothing final: retry",
     }
 }
 
@@ -317,6 +524,16 @@ pub enum RuleProblem {
         /// The regex crate's report.
         source: regex::Error,
     },
+    /// Two rules of one file share an id.
+    #[error("rule {rule}: id `{id}` is already used by rule {first}")]
+    DuplicateId {
+        /// Which rule (1-based).
+        rule: usize,
+        /// The id.
+        id: String,
+        /// The rule that used it first.
+        first: usize,
+    },
     /// A rule with no condition would match every failure.
     #[error("rule {rule}: no condition (set `code`, `enhanced`, `pattern` or `connection`)")]
     NoCondition {
@@ -352,7 +569,6 @@ impl Category {
                 | Category::Greylisted
                 | Category::RateLimited
                 | Category::Temporary
-                | Category::Tls
         )
     }
 
@@ -406,32 +622,57 @@ impl Category {
 }
 
 impl Action {
-    fn from_name(name: &str) -> Option<Action> {
-        match name {
-            "retry" => Some(Action::Retry),
-            "bounce" => Some(Action::Bounce),
-            _ => None,
+    /// The action's name, as in rule files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Retry => "retry",
+            Action::Bounce => "bounce",
         }
+    }
+
+    fn from_name(name: &str) -> Option<Action> {
+        [Action::Retry, Action::Bounce]
+            .into_iter()
+            .find(|a| a.name() == name)
     }
 }
 
 impl ConnFailure {
-    fn from_name(name: &str) -> Option<ConnFailure> {
+    /// The failure's name, as in rule files (`connection = "..."`).
+    pub fn name(self) -> &'static str {
         use ConnFailure::*;
-        Some(match name {
-            "refused" => Refused,
-            "timeout" => Timeout,
-            "reset" => Reset,
-            "dns_nxdomain" => DnsNxDomain,
-            "dns_null_mx" => DnsNullMx,
-            "dns_servfail" => DnsServFail,
-            "dns_timeout" => DnsTimeout,
-            "dns_no_address" => DnsNoAddress,
-            "tls" => Tls,
-            "certificate" => Certificate,
-            "protocol" => Protocol,
-            _ => return None,
-        })
+        match self {
+            Refused => "refused",
+            Timeout => "timeout",
+            Reset => "reset",
+            DnsNxDomain => "dns_nxdomain",
+            DnsNullMx => "dns_null_mx",
+            DnsServFail => "dns_servfail",
+            DnsTimeout => "dns_timeout",
+            DnsNoAddress => "dns_no_address",
+            Tls => "tls",
+            Certificate => "certificate",
+            Protocol => "protocol",
+        }
+    }
+
+    /// Every connection failure, in declaration order.
+    pub const ALL: [ConnFailure; 11] = [
+        ConnFailure::Refused,
+        ConnFailure::Timeout,
+        ConnFailure::Reset,
+        ConnFailure::DnsNxDomain,
+        ConnFailure::DnsNullMx,
+        ConnFailure::DnsServFail,
+        ConnFailure::DnsTimeout,
+        ConnFailure::DnsNoAddress,
+        ConnFailure::Tls,
+        ConnFailure::Certificate,
+        ConnFailure::Protocol,
+    ];
+
+    fn from_name(name: &str) -> Option<ConnFailure> {
+        ConnFailure::ALL.into_iter().find(|c| c.name() == name)
     }
 }
 

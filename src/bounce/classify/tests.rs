@@ -1,9 +1,11 @@
 //! The classifier against real receivers' replies, its rule-file errors and its invariants.
 
 use super::reply_text::{clip, parse_reply, recognize_connection_failure};
+use super::rules::RuleAction;
 use super::*;
 
 const CORPUS: &str = include_str!("../corpus.txt");
+const HELDOUT: &str = include_str!("../corpus-heldout.txt");
 
 fn c(category: Category, action: Action) -> Classification {
     Classification::new(category, action)
@@ -36,47 +38,271 @@ fn builtin_rules_load() {
     assert!(classifier.tiers[0].rules.len() > 30);
 }
 
-/// Every corpus line through `classify_line`; all mismatches are printed before failing.
+/// How the built-in rules do on one labelled corpus.
+struct Score {
+    lines: usize,
+    actions_right: usize,
+    categories_right: usize,
+    mismatches: Vec<String>,
+}
+
+impl Score {
+    fn of(corpus: &str, name: &str) -> Score {
+        let classifier = Classifier::builtin();
+        let mut score = Score {
+            lines: 0,
+            actions_right: 0,
+            categories_right: 0,
+            mismatches: Vec::new(),
+        };
+        for (number, line) in corpus.lines().enumerate() {
+            let line = line.trim_end();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((expected, reply)) = line.split_once(" | ") else {
+                panic!("{name} line {}: no ` | ` separator: {line}", number + 1);
+            };
+            let mut words = expected.split_whitespace();
+            let (Some(category), Some(action), None) = (
+                words.next().and_then(Category::from_name),
+                words.next().and_then(Action::from_name),
+                words.next(),
+            ) else {
+                panic!("{name} line {}: bad expectation `{expected}`", number + 1);
+            };
+            let got = classifier.verdict_line(reply);
+            score.lines += 1;
+            score.actions_right += usize::from(got.class.action == action);
+            score.categories_right += usize::from(got.class.category == category);
+            if got.class != c(category, action) {
+                score.mismatches.push(format!(
+                    "{name} line {}: expected {} {}, got {} {} (rule {}): {reply}",
+                    number + 1,
+                    category.name(),
+                    action.name(),
+                    got.class.category.name(),
+                    got.class.action.name(),
+                    got.rule,
+                ));
+            }
+        }
+        for mismatch in &score.mismatches {
+            eprintln!("{mismatch}");
+        }
+        eprintln!(
+            "{name}: {} lines, action {:.4}, category {:.4}",
+            score.lines,
+            score.action_accuracy(),
+            score.category_accuracy()
+        );
+        score
+    }
+
+    fn action_accuracy(&self) -> f64 {
+        self.actions_right as f64 / self.lines as f64
+    }
+
+    fn category_accuracy(&self) -> f64 {
+        self.categories_right as f64 / self.lines as f64
+    }
+}
+
+/// The corpus the rules are tuned on: every line as labelled.
 #[test]
 fn corpus_classifies_as_expected() {
-    let classifier = Classifier::builtin();
-    let mut checked = 0;
-    let mut mismatches = Vec::new();
-    for (number, line) in CORPUS.lines().enumerate() {
-        let line = line.trim_end();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((expected, reply)) = line.split_once(" | ") else {
-            panic!("corpus line {}: no ` | ` separator: {line}", number + 1);
-        };
-        let mut words = expected.split_whitespace();
-        let (Some(category), Some(action), None) = (
-            words.next().and_then(Category::from_name),
-            words.next().and_then(Action::from_name),
-            words.next(),
-        ) else {
-            panic!("corpus line {}: bad expectation `{expected}`", number + 1);
-        };
-        let got = classifier.classify_line(reply);
-        if got != c(category, action) {
-            mismatches.push(format!(
-                "line {}: expected {category:?}/{action:?}, got {:?}/{:?}: {reply}",
-                number + 1,
-                got.category,
-                got.action
-            ));
-        }
-        checked += 1;
-    }
-    for mismatch in &mismatches {
-        eprintln!("{mismatch}");
-    }
-    assert!(checked >= 150, "corpus has only {checked} lines");
+    let score = Score::of(CORPUS, "corpus.txt");
+    assert!(score.lines >= 150, "corpus has only {} lines", score.lines);
     assert!(
-        mismatches.is_empty(),
-        "{} of {checked} corpus lines misclassified (listed above)",
-        mismatches.len()
+        score.mismatches.is_empty(),
+        "{} of {} corpus lines misclassified (listed above)",
+        score.mismatches.len(),
+        score.lines
+    );
+}
+
+/// The held-out corpus, written from the category definitions in docs/delivery.md without
+/// looking at the rules, and never used to tune them: the accuracy a receiver's reply the
+/// rules have not seen can expect. Mismatches are listed, not required to be zero.
+#[test]
+fn heldout_corpus_accuracy() {
+    let heldout = Score::of(HELDOUT, "corpus-heldout.txt");
+    let tuned = Score::of(CORPUS, "corpus.txt");
+    assert!(
+        heldout.lines + tuned.lines >= 600,
+        "the corpora have {} lines together, want at least 600",
+        heldout.lines + tuned.lines
+    );
+    assert!(
+        heldout.lines >= 150,
+        "held-out corpus has {} lines",
+        heldout.lines
+    );
+    assert!(
+        heldout.action_accuracy() >= 0.98,
+        "held-out action accuracy {:.4} < 0.98",
+        heldout.action_accuracy()
+    );
+    assert!(
+        heldout.category_accuracy() >= 0.92,
+        "held-out category accuracy {:.4} < 0.92",
+        heldout.category_accuracy()
+    );
+}
+
+/// Every built-in rule has its own id, so that events and `--explain` name it.
+#[test]
+fn builtin_rules_have_unique_ids() {
+    let classifier = Classifier::builtin();
+    let mut seen = std::collections::HashSet::new();
+    for rule in &classifier.tiers[0].rules {
+        assert!(
+            !rule.id.contains('#'),
+            "built-in rule {} has no id (got the default {})",
+            rule.number,
+            rule.id
+        );
+        assert!(seen.insert(rule.id), "duplicate id {}", rule.id);
+    }
+}
+
+#[test]
+fn verdicts_name_the_rule_or_the_fallback() {
+    let classifier = Classifier::builtin();
+    let cases = [
+        (
+            "550 5.1.1 <bob@x.example>: User unknown",
+            "generic.user_unknown",
+        ),
+        (
+            "421 4.7.28 unusual rate of unsolicited mail",
+            "iana.mail_flood",
+        ),
+        ("550 5.1.1 <bob@x.example>", FALLBACK_ENHANCED),
+        ("550 Go away", FALLBACK_CLASS),
+        ("250 2.0.0 Ok", FALLBACK_NOT_FAILURE),
+        (
+            "connect to mx[192.0.2.1]:25: Connection refused",
+            "conn.refused",
+        ),
+        ("something we have never seen before", FALLBACK_TEXT),
+    ];
+    for (line, rule) in cases {
+        assert_eq!(classifier.verdict_line(line).rule, rule, "{line}");
+    }
+    let operator =
+        load("[[rule]]\nconnection = \"refused\"\ncategory = \"other\"\naction = \"retry\"\n");
+    assert_eq!(
+        operator
+            .verdict(&Failure::Connection(ConnFailure::Timeout))
+            .rule,
+        FALLBACK_CONNECTION
+    );
+    assert_eq!(
+        operator
+            .verdict(&Failure::Connection(ConnFailure::Refused))
+            .rule,
+        "test.toml#1"
+    );
+    // The CLI's JSON: the verdict's fields side by side.
+    let json = serde_json::to_string(&classifier.verdict_line("550 5.1.1 no such user")).unwrap();
+    assert_eq!(
+        json,
+        r#"{"category":"user_unknown","action":"bounce","rule":"generic.user_unknown"}"#
+    );
+}
+
+#[test]
+fn explanations_say_which_rule_and_text() {
+    let classifier = Classifier::builtin().with_operator_rules(load(
+        "[[rule]]\nid = \"local.vacation\"\ncode = \"5xx\"\npattern = [\"holiday\", \"on vacation\"]\ncategory = \"mailbox_full\"\naction = \"retry\"\n",
+    ));
+    let e = classifier.explain_line("550 5.2.0 Bob is ON VACATION until May");
+    assert_eq!(e.verdict.rule, "local.vacation");
+    assert_eq!(e.source, Some(("test.toml".to_owned(), 1)));
+    assert_eq!(e.conditions, vec!["code 5xx".to_owned()]);
+    assert_eq!(
+        e.matched,
+        Some((Some(2), "on vacation".to_owned(), "ON VACATION".to_owned()))
+    );
+    let text = e.to_string();
+    assert!(
+        text.starts_with("mailbox_full retry (rule local.vacation)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  read as: reply 550, enhanced 5.2.0\n"),
+        "{text}"
+    );
+    assert!(text.contains("  rule 1 of test.toml\n"), "{text}");
+    assert!(
+        text.contains("  pattern element 2 /on vacation/ matched \"ON VACATION\"\n"),
+        "{text}"
+    );
+
+    let fallback = classifier.explain_line("550 5.1.1 <bob@x.example>");
+    assert_eq!(fallback.source, None);
+    assert!(
+        fallback
+            .to_string()
+            .contains("no rule matched: the RFC 3463 enhanced code"),
+        "{fallback}"
+    );
+    let conn = classifier.explain_line("Connection reset by peer");
+    assert_eq!(conn.read_as, "connection failure `reset`");
+    assert_eq!(conn.conditions, vec!["connection reset".to_owned()]);
+}
+
+#[test]
+fn by_class_bounces_only_5xx() {
+    let classifier =
+        load("[[rule]]\npattern = \"must use tls\"\ncategory = \"tls\"\naction = \"by_class\"\n");
+    assert_eq!(
+        classifier.classify_line("530 5.7.0 you must use TLS"),
+        c(Category::Tls, Action::Bounce)
+    );
+    assert_eq!(
+        classifier.classify_line("451 4.7.0 you must use TLS"),
+        c(Category::Tls, Action::Retry)
+    );
+    // A description without a code has no final verdict in it.
+    assert_eq!(
+        classifier.classify_line("peer says you must use TLS"),
+        c(Category::Tls, Action::Retry)
+    );
+}
+
+#[test]
+fn rule_ids_are_checked() {
+    let twice = "[[rule]]\nid = \"a.b\"\ncode = \"550\"\ncategory = \"other\"\naction = \"bounce\"\n\
+                 [[rule]]\nid = \"a.b\"\ncode = \"551\"\ncategory = \"other\"\naction = \"bounce\"\n";
+    assert_eq!(
+        problems(twice),
+        vec![RuleProblem::DuplicateId {
+            rule: 2,
+            id: "a.b".to_owned(),
+            first: 1
+        }]
+    );
+    let bad =
+        "[[rule]]\nid = \"has space\"\ncode = \"550\"\ncategory = \"other\"\naction = \"bounce\"\n";
+    let found = problems(bad);
+    assert!(
+        matches!(
+            &found[..],
+            [RuleProblem::InvalidValue {
+                rule: 1,
+                key: "id",
+                ..
+            }]
+        ),
+        "{found:?}"
+    );
+    let action = "[[rule]]\ncode = \"550\"\ncategory = \"other\"\naction = \"later\"\n";
+    let found = problems(action);
+    assert_eq!(
+        found[0].to_string(),
+        "rule 1: `action` = \"later\" is invalid, expected \"retry\", \"bounce\" or \"by_class\""
     );
 }
 
@@ -85,7 +311,7 @@ fn corpus_classifies_as_expected() {
 fn builtin_bounce_rules_require_a_5xx_code() {
     let classifier = Classifier::builtin();
     for (i, rule) in classifier.tiers[0].rules.iter().enumerate() {
-        if rule.outcome.action != Action::Bounce || rule.connection.is_some() {
+        if rule.action != RuleAction::Fixed(Action::Bounce) || rule.connection.is_some() {
             continue;
         }
         let class = rule.code.and_then(|code| code.0[0]);
@@ -118,19 +344,7 @@ fn corpus_4xx_lines_never_bounce() {
 
 // --- connection failures -------------------------------------------------------------
 
-const ALL_CONN: [ConnFailure; 11] = [
-    ConnFailure::Refused,
-    ConnFailure::Timeout,
-    ConnFailure::Reset,
-    ConnFailure::DnsNxDomain,
-    ConnFailure::DnsNullMx,
-    ConnFailure::DnsServFail,
-    ConnFailure::DnsTimeout,
-    ConnFailure::DnsNoAddress,
-    ConnFailure::Tls,
-    ConnFailure::Certificate,
-    ConnFailure::Protocol,
-];
+const ALL_CONN: [ConnFailure; 11] = ConnFailure::ALL;
 
 #[test]
 fn connection_failures() {
@@ -427,7 +641,7 @@ fn every_problem_is_reported() {
             rule: 2,
             key: "action",
             value: "\"maybe\"".into(),
-            expected: "\"retry\" or \"bounce\"",
+            expected: "\"retry\", \"bounce\" or \"by_class\"",
         },
         RuleProblem::ConnectionWithReplyKey {
             rule: 2,
@@ -584,7 +798,10 @@ fn fallbacks_by_enhanced_code_then_class() {
         (550, Some((5, 7, 1)), c(Policy, Bounce)),
         (451, Some((4, 7, 1)), c(Policy, Retry)),
         (550, Some((5, 7, 28)), c(RateLimited, Retry)),
-        (530, Some((5, 7, 10)), c(Tls, Retry)),
+        // A 5xx saying TLS is required is final for this message (docs/delivery.md).
+        (530, Some((5, 7, 10)), c(Tls, Bounce)),
+        (454, Some((4, 7, 0)), c(Policy, Retry)),
+        (550, Some((5, 7, 25)), c(Policy, Bounce)),
         (554, Some((5, 3, 2)), c(Temporary, Retry)),
         (501, Some((5, 5, 4)), c(Protocol, Bounce)),
         // The reply code decides the action when the classes disagree.
