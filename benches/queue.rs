@@ -196,8 +196,9 @@ fn suppression(c: &mut Criterion) {
     use ringmta::suppress::{Scope, Suppressions};
     let mut g = c.benchmark_group("suppression");
     let empty = Suppressions::in_memory(Scope::Global);
+    let sender = ringmta::smtp::ReversePath::parse("<app@example.com>").expect("a path");
     g.bench_function("rcpt_check_empty_list", |b| {
-        b.iter(|| black_box(empty.refusal(black_box("bob@example.net"), None)))
+        b.iter(|| black_box(empty.refusal(black_box("bob@example.net"), &sender, None)))
     });
     let full = Suppressions::in_memory(Scope::Global);
     for i in 0..100_000 {
@@ -212,10 +213,10 @@ fn suppression(c: &mut Criterion) {
         .unwrap();
     }
     g.bench_function("rcpt_check_miss_100k", |b| {
-        b.iter(|| black_box(full.refusal(black_box("bob@example.net"), None)))
+        b.iter(|| black_box(full.refusal(black_box("bob@example.net"), &sender, None)))
     });
     g.bench_function("rcpt_check_hit_100k", |b| {
-        b.iter(|| black_box(full.refusal(black_box("user4242@example.net"), None)))
+        b.iter(|| black_box(full.refusal(black_box("user4242@example.net"), &sender, None)))
     });
     g.finish();
 }

@@ -73,6 +73,7 @@ fn session(c: &mut Criterion) {
         role: PortRole::Relay,
         limits: SessionLimits::default(),
         starttls_available: false,
+        feedback_domain: None,
     });
     let mut g = c.benchmark_group("server_session");
     for size in [1024usize, 100 * 1024] {

@@ -205,6 +205,9 @@ pub fn run(args: SinkArgs) -> Result<()> {
 
 #[derive(Default)]
 struct Txn {
+    /// The MAIL FROM path (saved with the message as `X-Sink-Mail-From`, after
+    /// `X-Sink-Recipients`).
+    mail_from: String,
     rcpts: Vec<String>,
     slow: bool,
     /// Close the connection in the middle of the data (a `drop-N-` recipient).
@@ -335,6 +338,7 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, peer: SocketAddr, mut rng:
             } else if upper.starts_with("MAIL") {
                 txn = Txn {
                     smtputf8: upper.split_whitespace().any(|w| w == "SMTPUTF8"),
+                    mail_from: path_of(&line).to_owned(),
                     ..Txn::default()
                 };
                 if !txn.smtputf8 && !path_of(&line).is_ascii() {
@@ -488,7 +492,12 @@ fn save(shared: &Shared, txn: &Txn, data: &[u8]) {
         return;
     };
     let n = shared.accepted.load(Ordering::Relaxed);
-    let mut text = format!("X-Sink-Recipients: {}\r\n", txn.rcpts.join(",")).into_bytes();
+    let mut text = format!(
+        "X-Sink-Recipients: {}\r\nX-Sink-Mail-From: <{}>\r\n",
+        txn.rcpts.join(","),
+        txn.mail_from
+    )
+    .into_bytes();
     // RFC 5321 §4.5.2: remove the leading dot of stuffed lines.
     let mut at_line_start = true;
     let mut i = 0;

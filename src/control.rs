@@ -16,6 +16,16 @@ use crate::smtp::{CommitError, Transaction};
 
 /// One request to a worker.
 pub enum ControlRequest {
+    /// Reports that came back to the VERP address of a message this worker owns: events and
+    /// suppression entries (see [`crate::feedback`]).
+    Feedback {
+        /// The message the VERP address names.
+        id: QueueId,
+        /// What the reports say, per recipient.
+        notices: Vec<crate::feedback::Notice>,
+        /// How many notices were acted on, once their suppression entries are synced.
+        reply: oneshot::Sender<usize>,
+    },
     /// Spool a message built by the HTTP API (same checks and durability as SMTP).
     Inject {
         /// The transaction.

@@ -454,11 +454,16 @@ impl Api {
         let now = now_ms();
         let mut refused = Vec::new();
         let mut recipients = Vec::new();
+        let sender = built.sender.to_string();
         for m in built.recipients {
-            match self.suppressions.find(&m.to_string(), user.as_deref(), now) {
-                Some(e) => refused.push(serde_json::json!({
-                    "recipient": m.to_string(),
-                    "reply": crate::suppress::refusal(&e).to_string(),
+            let address = m.to_string();
+            match self
+                .suppressions
+                .refuse(&address, &sender, user.as_deref(), now)
+            {
+                Some(reply) => refused.push(serde_json::json!({
+                    "recipient": address,
+                    "reply": reply.to_string(),
                 })),
                 None => recipients.push(m),
             }
@@ -490,6 +495,7 @@ impl Api {
                     orcpt: None,
                 })
                 .collect(),
+            feedback: false,
             body: built.message,
         };
         match self.control.inject(t) {

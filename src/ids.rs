@@ -54,6 +54,25 @@ impl FromStr for QueueId {
     }
 }
 
+/// The local part's prefix of a VERP return path: `bounces+<queue id>@<bounce domain>`
+/// (`delivery.bounce_domain`; reports coming back to it are read by the feedback module).
+pub const VERP_PREFIX: &str = "bounces+";
+
+/// The return path of message `id` when bounces come back to `domain`.
+pub fn verp_address(id: QueueId, domain: &str) -> String {
+    format!("{VERP_PREFIX}{id}@{domain}")
+}
+
+/// The message a VERP local part names (`bounces+0001a21298f62900`, case-insensitive), if it
+/// is one.
+pub fn parse_verp(local: &str) -> Option<QueueId> {
+    let prefix = local.get(..VERP_PREFIX.len())?;
+    if !prefix.eq_ignore_ascii_case(VERP_PREFIX) {
+        return None;
+    }
+    local[VERP_PREFIX.len()..].to_ascii_lowercase().parse().ok()
+}
+
 /// One SMTP transaction inside a session; pairs an `Event::Commit` with its `handle_commit`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TxnId(pub u64);

@@ -17,6 +17,7 @@ pub mod config;
 pub mod content;
 pub mod control;
 pub mod delivery;
+pub mod feedback;
 pub mod http;
 pub mod http_client;
 pub mod ids;

@@ -68,6 +68,7 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
         .map(|_| tokio::sync::mpsc::unbounded_channel())
         .unzip();
     let reload_control = crate::control::ControlHandle::new(control_senders.clone());
+    let _ = shared.peers.set(control_senders.clone());
     let ready_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let http = match config.http {
         Some(addr) => {

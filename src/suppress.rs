@@ -68,6 +68,30 @@ pub struct Suppressions {
     count: AtomicUsize,
     log: Option<Mutex<File>>,
     path: Option<PathBuf>,
+    /// Told of every refusal (the `suppressed` event); set once by the worker setup.
+    observer: std::sync::OnceLock<Observer>,
+}
+
+/// What [`Suppressions::observe`] keeps.
+struct Observer(Box<dyn Fn(&Refused<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
+/// A recipient refused because it is suppressed: what the `suppressed` event says.
+#[derive(Debug)]
+pub struct Refused<'a> {
+    /// The envelope sender (empty for the null path).
+    pub sender: &'a str,
+    /// The authenticated user, if any.
+    pub user: Option<&'a str>,
+    /// The refused recipient.
+    pub recipient: &'a str,
+    /// The reply it got.
+    pub reply: &'a Reply,
 }
 
 impl Suppressions {
@@ -79,6 +103,7 @@ impl Suppressions {
             count: AtomicUsize::new(0),
             log: None,
             path: None,
+            observer: std::sync::OnceLock::new(),
         }
     }
 
@@ -126,6 +151,7 @@ impl Suppressions {
             entries: RwLock::new(map),
             log: Some(Mutex::new(log)),
             path: Some(path.to_owned()),
+            observer: std::sync::OnceLock::new(),
         })
     }
 
@@ -229,15 +255,55 @@ impl Suppressions {
     }
 }
 
-impl crate::smtp::RecipientCheck for Suppressions {
-    fn refusal(&self, address: &str, user: Option<&str>) -> Option<Reply> {
+impl Suppressions {
+    /// Sets the function told of every refusal (once; later calls are ignored).
+    pub fn observe(&self, observer: Box<dyn Fn(&Refused<'_>) + Send + Sync>) {
+        let _ = self.observer.set(Observer(observer));
+    }
+
+    /// The reply refusing `address` (from `sender`, submitted by `user`) if it is suppressed,
+    /// told to the observer.
+    pub fn refuse(
+        &self,
+        address: &str,
+        sender: &str,
+        user: Option<&str>,
+        now_ms: u64,
+    ) -> Option<Reply> {
         if self.count.load(Ordering::Acquire) == 0 {
             return None;
         }
+        let e = self.find(address, user, now_ms)?;
+        let reply = refusal(&e);
+        if let Some(Observer(observer)) = self.observer.get() {
+            observer(&Refused {
+                sender,
+                user,
+                recipient: address,
+                reply: &reply,
+            });
+        }
+        Some(reply)
+    }
+}
+
+impl crate::smtp::RecipientCheck for Suppressions {
+    fn refusal(
+        &self,
+        address: &str,
+        sender: &crate::smtp::ReversePath,
+        user: Option<&str>,
+    ) -> Option<Reply> {
         use crate::time::Clock as _;
+        if self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let now = crate::time::unix_ms(crate::time::SystemClock.now());
-        let e = self.find(address, user, now)?;
-        Some(refusal(&e))
+        let sender = match sender {
+            crate::smtp::ReversePath::Null => String::new(),
+            crate::smtp::ReversePath::Mailbox(m) => m.to_string(),
+        };
+        self.refuse(address, &sender, user, now)
     }
 }
 

@@ -77,6 +77,9 @@ pub fn event_type(line: &serde_json::Value) -> Option<&'static str> {
             Some("expired")
         }
         "bounced" => Some("bounced"),
+        "delayed" => Some("delayed"),
+        "complained" => Some("complained"),
+        "suppressed" => Some("suppressed"),
         _ => None,
     }
 }

@@ -58,6 +58,8 @@ pub struct DeliverySettings {
     pub mta_sts: bool,
     /// Port of the MTA-STS policy hosts (443; another for tests or a local proxy).
     pub mta_sts_https_port: u16,
+    /// The VERP bounce domain (lower case), when bounces and complaints are processed.
+    pub bounce_domain: Option<String>,
     /// Messages per second per destination site, whole process; 0 = unlimited.
     pub max_messages_per_second: u32,
     /// The reaction to `rate_limited` and `blocklisted` replies.
@@ -163,6 +165,11 @@ impl DeliverySettings {
             tls_ca_file: d.tls_ca_file.as_ref().map(PathBuf::from),
             mta_sts: d.mta_sts.unwrap_or(true),
             mta_sts_https_port: d.mta_sts_https_port.unwrap_or(443),
+            bounce_domain: d
+                .bounce_domain
+                .as_ref()
+                .map(|b| b.trim().trim_end_matches('.').to_ascii_lowercase())
+                .filter(|b| !b.is_empty()),
             max_messages_per_second: d.max_messages_per_second.unwrap_or(0),
             throttle: throttle_policy(r, d),
             egress_pool: d.egress_pool.clone(),

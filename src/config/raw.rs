@@ -334,6 +334,10 @@ pub struct RawDelivery {
     pub mta_sts: Option<bool>,
     /// The port MTA-STS policies are fetched from. Default: 443.
     pub mta_sts_https_port: Option<u16>,
+    /// The domain bounces and complaints come back to: mail leaves with the return path
+    /// `bounces+<queue id>@<bounce_domain>` (VERP), and DSNs and ARF reports sent there on the
+    /// smtp role are read, not relayed. Off (the sender's own return path) when unset.
+    pub bounce_domain: Option<String>,
     /// Connect timeout. Default: 30s.
     pub connect_timeout: Option<String>,
     /// Wait for a reply to a command (greeting, EHLO, MAIL, RCPT). Default: 5m (RFC 5321 §4.5.3.2).

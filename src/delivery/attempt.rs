@@ -457,8 +457,14 @@ fn start_job(
             orcpt: m.orcpt.as_ref().map(|o| o.as_str().to_owned()),
         })
         .collect();
+    // With a bounce domain, bounces come back to an address naming the message (VERP); a DSN
+    // keeps its null reverse path (RFC 3464 §2: no notice about a notice).
+    let reverse_path = match delivery.bounce_domain() {
+        Some(domain) if !meta.reverse_path.is_empty() => crate::ids::verp_address(job.id, domain),
+        _ => meta.reverse_path.as_str().to_owned(),
+    };
     let envelope = OutboundEnvelope {
-        reverse_path: meta.reverse_path.as_str().to_owned(),
+        reverse_path,
         recipients,
         eight_bit: meta.eight_bit(),
         smtputf8: meta.smtputf8,

@@ -33,6 +33,33 @@ pub struct SiteEvent {
 enum Entry {
     Attempt(Event),
     Site(SiteEvent),
+    Suppressed(SuppressedEvent),
+}
+
+/// A recipient refused at RCPT or injection because it is on the suppression list.
+#[derive(Debug, Clone)]
+pub struct SuppressedEvent {
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The envelope sender.
+    pub sender: String,
+    /// The authenticated user, if any.
+    pub user: Option<String>,
+    /// The refused recipient.
+    pub recipient: String,
+    /// The reply it got (`550 5.1.1 <addr> suppressed: <reason> on <date>`).
+    pub reply: String,
+}
+
+#[derive(Serialize)]
+struct SuppressedLine<'a> {
+    event_id: String,
+    ts_ms: u64,
+    event: &'static str,
+    sender: &'a str,
+    user: Option<&'a str>,
+    recipient: &'a str,
+    reply: &'a str,
 }
 
 #[derive(Serialize)]
@@ -141,6 +168,11 @@ impl EventLog {
         self.send(Entry::Site(ev));
     }
 
+    /// Queues one `suppressed` event for the writer.
+    pub fn suppressed(&self, ev: SuppressedEvent) {
+        self.send(Entry::Suppressed(ev));
+    }
+
     fn send(&self, entry: Entry) {
         if let Some(tx) = &self.tx
             && tx.try_send(entry).is_err()
@@ -152,6 +184,18 @@ impl EventLog {
 
 fn write_line(out: &mut impl Write, entry: &Entry) {
     let written = match entry {
+        Entry::Suppressed(ev) => serde_json::to_writer(
+            &mut *out,
+            &SuppressedLine {
+                event_id: format!("{}-suppressed-{}", ev.at_ms, ev.recipient),
+                ts_ms: ev.at_ms,
+                event: "suppressed",
+                sender: &ev.sender,
+                user: ev.user.as_deref(),
+                recipient: &ev.recipient,
+                reply: &ev.reply,
+            },
+        ),
         Entry::Attempt(ev) => serde_json::to_writer(&mut *out, &attempt_line(ev)),
         Entry::Site(ev) => serde_json::to_writer(
             &mut *out,

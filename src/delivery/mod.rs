@@ -131,6 +131,8 @@ pub struct DeliveryConfig {
     pub connect_timeout: Duration,
     /// Outbound session timeouts.
     pub timeouts: crate::smtp::client::ClientTimeouts,
+    /// The VERP bounce domain: messages leave with `bounces+<queue id>@<it>` as return path.
+    pub bounce_domain: Option<String>,
 }
 
 /// What delivery is handed of its core: the shard, the metrics, the shutdown signal and the
@@ -1249,7 +1251,7 @@ impl Delivery {
                 )
             })
             .unwrap_or_default();
-        self.events.log(LogEvent {
+        let event = LogEvent {
             at_ms: now,
             id,
             rcpt,
@@ -1263,7 +1265,21 @@ impl Delivery {
             rule: d.rule,
             attempt: d.attempt,
             next_attempt_ms: (next > 0).then_some(next),
-        });
+        };
+        // The first deferral past `delivery_notice_after` that sends a delay notice is also a
+        // `delayed` event, for applications that follow webhooks rather than DSNs.
+        let delayed = d
+            .dsn
+            .as_ref()
+            .is_some_and(|n| n.kind == DsnKind::Delay)
+            .then(|| LogEvent {
+                outcome: "delayed",
+                ..event.clone()
+            });
+        self.events.log(event);
+        if let Some(delayed) = delayed {
+            self.events.log(delayed);
+        }
         if kind == StatusKind::Deferred {
             // What the shard holds (the record may have failed to append: then the entry must
             // still match the state to stay live).
@@ -1445,6 +1461,105 @@ impl Delivery {
     /// The time.
     pub fn clock(&self) -> &dyn Clock {
         &*self.clock
+    }
+
+    /// Acts on what reports about message `id` say (DSNs and complaints that came back to its
+    /// VERP address, `crate::feedback`): a `bounced`, `delayed` or `complained` event per
+    /// notice, and a synced suppression entry for a hard bounce (`user_unknown`,
+    /// `mailbox_disabled`) or a complaint. The message's sender and user come from the spool
+    /// while it still holds the message (`retention.content`); the recipient index is
+    /// `4294967295` in the event when the recipient is not one of the message's. Returns how
+    /// many notices were acted on.
+    pub fn take_feedback(&self, id: QueueId, notices: &[crate::feedback::Notice]) -> usize {
+        use crate::feedback::NoticeKind;
+        let now = unix_ms(self.clock.now());
+        let shard = self.shard.borrow();
+        let view = shard.message(id);
+        let (sender, user) = view
+            .as_ref()
+            .map(|v| {
+                (
+                    v.meta.reverse_path.as_str().to_owned(),
+                    v.meta.auth_user.as_ref().map(|u| u.as_str().to_owned()),
+                )
+            })
+            .unwrap_or_default();
+        let classifier = Arc::clone(&self.classifier.borrow());
+        for notice in notices {
+            let rcpt =
+                view.as_ref()
+                    .and_then(|v| {
+                        v.meta.recipients.iter().position(|r| {
+                            r.address.as_str().eq_ignore_ascii_case(&notice.recipient)
+                        })
+                    })
+                    .map_or(u32::MAX, |i| i as u32);
+            let verdict = (notice.kind != NoticeKind::Complaint).then(|| {
+                let has_code = notice
+                    .reply
+                    .as_bytes()
+                    .get(..3)
+                    .is_some_and(|b| b.iter().all(u8::is_ascii_digit));
+                match (has_code, notice.status) {
+                    (true, _) | (false, None) => classifier.verdict_line(&notice.reply),
+                    (false, Some(status)) => classifier.verdict(&Failure::Reply {
+                        code: if status.0 == 4 { 450 } else { 550 },
+                        enhanced: Some(status),
+                        text: &notice.reply,
+                    }),
+                }
+            });
+            let category = verdict.map(|v| v.class.category);
+            let (outcome, suppress) = match notice.kind {
+                NoticeKind::Failed => (
+                    "bounced",
+                    matches!(
+                        category,
+                        Some(Category::UserUnknown | Category::MailboxDisabled)
+                    ),
+                ),
+                NoticeKind::Delayed => ("delayed", false),
+                NoticeKind::Complaint => ("complained", true),
+            };
+            if suppress {
+                let reason = category.map_or("complaint", Category::name);
+                match self.suppressions.add(
+                    &notice.recipient,
+                    user.as_deref(),
+                    reason,
+                    &notice.reply,
+                    (now, None),
+                    true,
+                ) {
+                    Ok(_) => {
+                        tracing::info!(%id, recipient = %notice.recipient, reason, "address suppressed by a report")
+                    }
+                    Err(e) => tracing::error!(%id, error = %e, "cannot write the suppression list"),
+                }
+            }
+            tracing::info!(%id, recipient = %notice.recipient, outcome, reply = %notice.reply, "report");
+            self.events.log(LogEvent {
+                at_ms: now,
+                id,
+                rcpt,
+                sender: sender.clone(),
+                user: user.clone(),
+                recipient: notice.recipient.clone(),
+                outcome,
+                remote: notice.reporting_mta.clone(),
+                reply: notice.reply.clone(),
+                category: category.map(Category::name),
+                rule: verdict.map(|v| v.rule),
+                attempt: 0,
+                next_attempt_ms: None,
+            });
+        }
+        notices.len()
+    }
+
+    /// The VERP bounce domain, when bounces come back to ringmta.
+    pub fn bounce_domain(&self) -> Option<&str> {
+        self.config.bounce_domain.as_deref()
     }
 }
 

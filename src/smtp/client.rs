@@ -766,6 +766,7 @@ mod tests {
             role: PortRole::Relay,
             limits: SessionLimits::default(),
             starttls_available: false,
+            feedback_domain: None,
         });
         let peer = PeerInfo {
             addr: "127.0.0.1:1000".parse().unwrap(),
@@ -986,6 +987,7 @@ mod tests {
                 ..SessionLimits::default()
             },
             starttls_available: false,
+            feedback_domain: None,
         });
         let peer = PeerInfo {
             addr: "127.0.0.1:1000".parse().unwrap(),

@@ -192,6 +192,9 @@ pub struct Transaction {
     pub mt_priority: Option<i8>,
     /// Accepted recipients, in RCPT order; never empty.
     pub recipients: Vec<Recipient>,
+    /// The recipients are VERP feedback addresses: the message is a report to read, not mail
+    /// to relay (`delivery.bounce_domain`).
+    pub feedback: bool,
     /// The message: un-stuffed, every line ending CRLF, at most `max_message_size` bytes.
     pub body: Vec<u8>,
 }

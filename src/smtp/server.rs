@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::address::{Mailbox, ReversePath, SenderPattern};
+use super::address::{Domain, Mailbox, ReversePath, SenderPattern};
 use super::command::{AuthMechanism, Command, MailParams, RcptParams};
 use super::data::{BdatReceiver, DataReceiver, Status};
 use super::envelope::{BodyType, Recipient, Transaction};
@@ -52,13 +52,18 @@ pub struct SessionConfig {
     pub limits: SessionLimits,
     /// Whether a certificate is loaded, so STARTTLS can be offered.
     pub starttls_available: bool,
+    /// The VERP bounce domain (`delivery.bounce_domain`, lower case) on the smtp role: its
+    /// `bounces+<queue id>` recipients are accepted from anyone, in transactions of their own,
+    /// and the message is handed over as feedback instead of being relayed.
+    pub feedback_domain: Option<String>,
 }
 
 /// Recipients the application refuses at RCPT after the session's own checks (its
 /// suppression list). Called once per RCPT; must be quick (an in-memory lookup).
 pub trait RecipientCheck: fmt::Debug {
-    /// The reply refusing mail to `address` from `user` (the authenticated user), or `None`.
-    fn refusal(&self, address: &str, user: Option<&str>) -> Option<Reply>;
+    /// The reply refusing mail to `address` from `sender` (the envelope sender, empty for
+    /// `<>`) submitted by `user` (the authenticated user), or `None`.
+    fn refusal(&self, address: &str, sender: &ReversePath, user: Option<&str>) -> Option<Reply>;
 }
 
 /// Facts about the client, decided by the glue before the session starts.
@@ -199,6 +204,8 @@ struct Envelope {
     reverse_path: ReversePath,
     params: MailParams,
     recipients: Vec<Recipient>,
+    /// The recipients are feedback addresses (see [`SessionConfig::feedback_domain`]).
+    feedback: bool,
     /// Present once a BDAT chunk was received; DATA is then out of sequence.
     bdat: Option<BdatReceiver>,
 }
@@ -831,6 +838,7 @@ impl ServerSession {
             reverse_path,
             params,
             recipients: Vec::new(),
+            feedback: false,
             bdat: None,
         };
         if self.mail_approval {
@@ -839,6 +847,18 @@ impl ServerSession {
         }
         self.reply(&Reply::with_enhanced(250, (2, 1, 0), "Ok"));
         State::AwaitingCommand(Some(envelope))
+    }
+
+    /// `Some(valid)` when `mailbox` is in the feedback domain: `valid` says whether its local
+    /// part names a message (`bounces+<queue id>`).
+    fn is_feedback_address(&self, mailbox: &Mailbox) -> Option<bool> {
+        let domain = self.config.feedback_domain.as_deref()?;
+        match &mailbox.domain {
+            Domain::Name(name) if name.eq_ignore_ascii_case(domain) => {
+                Some(crate::ids::parse_verp(&mailbox.local).is_some())
+            }
+            _ => None,
+        }
     }
 
     /// An authenticated user may only use their own senders; `<>` (bounces) is always allowed.
@@ -869,8 +889,11 @@ impl ServerSession {
         };
         let esmtp = self.helo.as_ref().is_some_and(|h| h.esmtp);
         let limit = self.config.limits.max_recipients;
+        let feedback = self.is_feedback_address(&forward_path);
         let error = if !esmtp && params.count > 0 {
             Some(ProtocolError::ParamsAfterHelo)
+        } else if feedback.is_some() {
+            None
         } else if self.config.role == PortRole::Relay
             && !self.peer.is_trusted
             && self.auth_user.is_none()
@@ -886,9 +909,16 @@ impl ServerSession {
         if let Some(e) = error {
             return self.reject(e, State::AwaitingCommand(Some(envelope)));
         }
-        if let Some(check) = &self.recipient_check {
+        if let Some(refusal) = feedback_refusal(&envelope, &forward_path, feedback) {
+            self.reply(&refusal);
+            return State::AwaitingCommand(Some(envelope));
+        }
+        envelope.feedback = feedback.is_some();
+        if let (false, Some(check)) = (envelope.feedback, &self.recipient_check) {
             let user = self.auth_user.as_ref().map(|u| u.name.as_str());
-            if let Some(reply) = check.refusal(&forward_path.to_string(), user) {
+            if let Some(reply) =
+                check.refusal(&forward_path.to_string(), &envelope.reverse_path, user)
+            {
                 self.reply(&reply);
                 return State::AwaitingCommand(Some(envelope));
             }
@@ -1034,6 +1064,7 @@ impl ServerSession {
             deliver_by: envelope.params.by,
             mt_priority: envelope.params.mt_priority,
             recipients: envelope.recipients,
+            feedback: envelope.feedback,
             body,
         };
         self.events
@@ -1198,6 +1229,31 @@ fn trim_response(line: &[u8]) -> &[u8] {
         .position(|b| !matches!(b, b' ' | b'\t'))
         .unwrap_or(end);
     &line[start..end]
+}
+
+/// Why a recipient cannot join this transaction on feedback grounds: an unknown address in
+/// the feedback domain (550 5.1.1), or a mix of feedback and relayed recipients (452 4.5.3,
+/// which makes the client send the rest in another transaction, RFC 5321 §4.5.3.1.10).
+fn feedback_refusal(
+    envelope: &Envelope,
+    forward_path: &Mailbox,
+    feedback: Option<bool>,
+) -> Option<Reply> {
+    if feedback == Some(false) {
+        return Some(Reply::with_enhanced(
+            550,
+            (5, 1, 1),
+            format!("<{forward_path}>: no such feedback address"),
+        ));
+    }
+    let mixed = !envelope.recipients.is_empty() && envelope.feedback != feedback.is_some();
+    mixed.then(|| {
+        Reply::with_enhanced(
+            452,
+            (4, 5, 3),
+            "Feedback and relayed recipients need separate transactions",
+        )
+    })
 }
 
 #[cfg(test)]

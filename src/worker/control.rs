@@ -17,6 +17,14 @@ use super::Core;
 pub async fn serve(core: Rc<Core>, mut rx: mpsc::UnboundedReceiver<ControlRequest>) {
     while let Some(req) = rx.recv().await {
         match req {
+            ControlRequest::Feedback { id, notices, reply } => {
+                let n = core
+                    .delivery
+                    .borrow()
+                    .as_ref()
+                    .map_or(0, |d| d.take_feedback(id, &notices));
+                let _ = reply.send(n);
+            }
             ControlRequest::Inject { transaction, reply } => {
                 let core = Rc::clone(&core);
                 // Commits wait for fdatasync: run them as their own task so other requests

@@ -38,6 +38,11 @@ use crate::time::{SystemClock, unix_ms};
 pub struct Shared {
     /// The resolved configuration.
     pub config: Arc<Config>,
+    /// Every worker's control channel, by worker (= shard): a worker that receives a report
+    /// about a message hands it to the worker that owns the message. Set once at start.
+    pub peers: std::sync::OnceLock<
+        Vec<tokio::sync::mpsc::UnboundedSender<crate::control::ControlRequest>>,
+    >,
     /// rustls server configuration.
     pub tls: Arc<rustls::ServerConfig>,
     /// Outbound TLS configuration of the `verify` policy (system roots and
@@ -148,6 +153,9 @@ impl Core {
     /// Appends an accepted transaction to the spool and waits until it is durable.
     pub async fn commit(&self, t: Transaction, now: SystemTime) -> Result<QueueId, CommitError> {
         use crate::metrics::RejectReason;
+        if t.feedback {
+            return self.take_feedback(&t).await;
+        }
         let started = std::time::Instant::now();
         let result = self.commit_inner(t, now).await;
         match &result {
@@ -162,6 +170,53 @@ impl Core {
             Err(_) => self.metrics.reject(RejectReason::SpoolIo),
         }
         result
+    }
+
+    /// A message sent to VERP addresses: read as a DSN or an ARF report and handed to the
+    /// workers that own the messages it is about, which record its events and suppressions
+    /// (synced) before this returns. Nothing is spooled or relayed. A message that is not a
+    /// report is accepted and dropped (an auto-reply has nothing to act on), with a log line.
+    async fn take_feedback(&self, t: &Transaction) -> Result<QueueId, CommitError> {
+        use crate::feedback::{Report, parse};
+        let mut ids: Vec<QueueId> = t
+            .recipients
+            .iter()
+            .filter_map(|r| crate::ids::parse_verp(&r.forward_path.local))
+            .collect();
+        ids.dedup();
+        let Some(&first) = ids.first() else {
+            return Err(CommitError::SpoolIo);
+        };
+        let notices = match parse(&t.body) {
+            Report::Notices(notices) => notices,
+            Report::NotAReport => {
+                tracing::info!(id = %first, peer = %t.peer, "mail to a bounce address that is not a DSN or ARF report: dropped");
+                return Ok(first);
+            }
+        };
+        for id in ids {
+            let Some(peer) = self
+                .shared
+                .peers
+                .get()
+                .and_then(|p| p.get(usize::from(id.shard())))
+            else {
+                tracing::info!(%id, "report about a message of no shard here: dropped");
+                continue;
+            };
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let request = crate::control::ControlRequest::Feedback {
+                id,
+                notices: notices.clone(),
+                reply,
+            };
+            if peer.send(request).is_err() {
+                return Err(CommitError::SpoolIo);
+            }
+            let taken = answer.await.map_err(|_| CommitError::SpoolIo)?;
+            tracing::info!(%id, notices = notices.len(), taken, "report read");
+        }
+        Ok(first)
     }
 
     async fn commit_inner(&self, t: Transaction, now: SystemTime) -> Result<QueueId, CommitError> {
@@ -498,6 +553,7 @@ fn start_delivery(core: &Rc<Core>) {
             data_done: d.data_timeout,
         },
         route_tls: d.route_tls.clone(),
+        bounce_domain: d.bounce_domain.clone(),
     };
     let handles = CoreHandles {
         shard: Rc::clone(&core.shard),

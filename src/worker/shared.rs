@@ -63,15 +63,26 @@ impl Shared {
             })?;
         let content =
             crate::content::ContentChecks::new(&config, &users).context("content checks")?;
+        let suppressions = crate::suppress::Suppressions::open(
+            &config.spool_dir.join("suppressions.jsonl"),
+            config.suppression_scope,
+            crate::time::unix_ms(std::time::SystemTime::now()),
+        )
+        .context("cannot open the suppression list")?;
+        // Every refusal of a suppressed recipient is a `suppressed` event.
+        let log = events.clone();
+        suppressions.observe(Box::new(move |r| {
+            log.suppressed(crate::delivery::events::SuppressedEvent {
+                at_ms: crate::time::unix_ms(std::time::SystemTime::now()),
+                sender: r.sender.to_owned(),
+                user: r.user.map(str::to_owned),
+                recipient: r.recipient.to_owned(),
+                reply: r.reply.to_string(),
+            });
+        }));
         Ok(Shared {
-            suppressions: Arc::new(
-                crate::suppress::Suppressions::open(
-                    &config.spool_dir.join("suppressions.jsonl"),
-                    config.suppression_scope,
-                    crate::time::unix_ms(std::time::SystemTime::now()),
-                )
-                .context("cannot open the suppression list")?,
-            ),
+            peers: std::sync::OnceLock::new(),
+            suppressions: Arc::new(suppressions),
             config: Arc::clone(&config),
             tls,
             sts: Arc::new(crate::delivery::sts::Sts::new(
@@ -151,6 +162,10 @@ fn session_config(config: &Config, role: PortRole) -> SessionConfig {
             max_junk_commands: l.max_junk_commands,
         },
         starttls_available: true,
+        feedback_domain: match role {
+            PortRole::Relay => config.delivery.bounce_domain.clone(),
+            _ => None,
+        },
     }
 }
 

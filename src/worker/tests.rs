@@ -48,6 +48,7 @@ fn transaction(body: &str) -> Transaction {
             notify: Notify::from_bits(Notify::FAILURE),
             orcpt: None,
         }],
+        feedback: false,
         body: body.replace('\n', "\r\n").into_bytes(),
     }
 }

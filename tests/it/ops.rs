@@ -980,3 +980,201 @@ fn signed_webhooks_deliver_every_event_across_failures_and_a_restart() {
     // The 500s came before the restart or after it; the counter is this run's.
     assert!(failures.is_some(), "{m}");
 }
+
+/// A DSN in the style of Postfix's, about `rcpt`, for the VERP address of `qid`.
+fn dsn_for(qid: &str, rcpt: &str) -> String {
+    format!(
+        "From: MAILER-DAEMON@mx.example.net\r\nTo: bounces+{qid}@bounces.example.com\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"B0\"\r\n\r\n\
+         --B0\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\
+         --B0\r\nContent-Type: message/delivery-status\r\n\r\n\
+         Reporting-MTA: dns; mx.example.net\r\n\r\n\
+         Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+         Diagnostic-Code: smtp; 550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown\r\n\r\n\
+         --B0--\r\n"
+    )
+}
+
+/// An ARF report (RFC 5965) from a feedback loop about `rcpt`, for the VERP address of `qid`.
+fn arf_for(qid: &str, rcpt: &str) -> String {
+    format!(
+        "From: fbl@fbl.example.org\r\nTo: bounces+{qid}@bounces.example.com\r\nSubject: complaint\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=feedback-report; boundary=\"F0\"\r\n\r\n\
+         --F0\r\nContent-Type: text/plain\r\n\r\nThis is an abuse report.\r\n\
+         --F0\r\nContent-Type: message/feedback-report\r\n\r\n\
+         Feedback-Type: abuse\r\nUser-Agent: fbl/1.0\r\nVersion: 1\r\n\
+         Original-Rcpt-To: <{rcpt}>\r\nReporting-MTA: dns; fbl.example.org\r\n\r\n\
+         --F0\r\nContent-Type: text/rfc822-headers\r\n\r\n\
+         From: alice@example.com\r\nTo: {rcpt}\r\nSubject: hello\r\n\r\n--F0--\r\n"
+    )
+}
+
+/// Sends `body` to `rcpt` on the smtp role from `<>`, as a receiver's MTA would; the final reply.
+fn send_report(s: &Server, rcpt: &str, body: &str) -> String {
+    let mut c = crate::harness::Raw::greeted(s.addr("smtp"));
+    assert!(c.cmd("MAIL FROM:<>").starts_with("250"));
+    let reply = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+    assert!(reply.starts_with("250"), "{rcpt}: {reply}");
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(body.as_bytes());
+    c.send(b".\r\n");
+    let reply = c.reply();
+    c.cmd("QUIT");
+    reply
+}
+
+/// Bounce and complaint processing (issue 15): with `delivery.bounce_domain`, mail leaves with
+/// a VERP return path naming the message; a DSN and an ARF report sent back to it on the smtp
+/// role, from an untrusted client, become `bounced` and `complained` events with the original
+/// sender and user, and suppression entries; they are not relayed; a later injection to those
+/// addresses is refused and logged as `suppressed`. Unknown addresses of the bounce domain are
+/// refused at RCPT.
+/// Bounce and complaint processing (issue 15): with `delivery.bounce_domain`, mail leaves with
+/// a VERP return path naming the message; a DSN and an ARF report sent back to it on the smtp
+/// role, from an untrusted client, become `bounced` and `complained` events with the original
+/// sender and user, and suppression entries; they are not relayed; a later injection to those
+/// addresses is refused and logged as `suppressed`. Unknown addresses of the bounce domain are
+/// refused at RCPT.
+#[test]
+fn dsns_and_complaints_sent_to_the_verp_address_become_events_and_suppressions() {
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let config = http_config(
+        &dir,
+        &format!(
+            "[relay]\ntrusted_networks = [\"10.0.0.0/8\"]\n[delivery]\nroutes = {{ \"*\" = \"{}\" }}\nbounce_domain = \"Bounces.Example.com\"\n",
+            sink.addr
+        ),
+    );
+    let s = Server::start_in(&dir, &config);
+    crate::harness::submit_authenticated(&s, "bob@example.net", 1);
+    crate::harness::submit_authenticated(&s, "erin@example.net", 1);
+    let ev = wait_events(&dir, "both delivered", 30, |ev| {
+        outcomes_of(ev, "bob@example.net") == ["delivered"]
+            && outcomes_of(ev, "erin@example.net") == ["delivered"]
+    });
+    let qid = |rcpt: &str| {
+        ev.iter()
+            .find(|e| e["recipient"] == rcpt)
+            .and_then(|e| e["queue_id"].as_str())
+            .unwrap()
+            .to_owned()
+    };
+    let (bob_id, erin_id) = (qid("bob@example.net"), qid("erin@example.net"));
+    let delivered = sink.wait_for("two messages", 10, |m| m.len() == 2);
+    for id in [&bob_id, &erin_id] {
+        let want = format!("X-Sink-Mail-From: <bounces+{id}@bounces.example.com>");
+        assert!(
+            delivered
+                .iter()
+                .any(|m| m.lines().nth(1) == Some(want.as_str())),
+            "{want} in {delivered:?}"
+        );
+    }
+
+    let mut c = crate::harness::Raw::greeted(s.addr("smtp"));
+    assert!(c.cmd("MAIL FROM:<>").starts_with("250"));
+    assert_eq!(
+        c.cmd("RCPT TO:<nobody@bounces.example.com>"),
+        "550 5.1.1 <nobody@bounces.example.com>: no such feedback address\r\n"
+    );
+    assert!(c.cmd("RCPT TO:<someone@example.net>").starts_with("5"));
+    c.cmd("QUIT");
+
+    let bob_dsn = dsn_for(&bob_id, "bob@example.net");
+    let reply = send_report(
+        &s,
+        &format!("bounces+{bob_id}@bounces.example.com"),
+        &bob_dsn,
+    );
+    assert!(reply.starts_with("250 "), "{reply}");
+    let erin_arf = arf_for(&erin_id, "erin@example.net");
+    let reply = send_report(
+        &s,
+        &format!("BOUNCES+{erin_id}@bounces.example.com"),
+        &erin_arf,
+    );
+    assert!(reply.starts_with("250 "), "{reply}");
+
+    let ev = wait_events(&dir, "the bounce and the complaint", 30, |ev| {
+        outcomes_of(ev, "bob@example.net") == ["delivered", "bounced"]
+            && outcomes_of(ev, "erin@example.net") == ["delivered", "complained"]
+    });
+    let bounced = ev.iter().find(|e| e["outcome"] == "bounced").unwrap();
+    assert_eq!(bounced["queue_id"], bob_id.as_str(), "{bounced}");
+    assert_eq!(bounced["category"], "user_unknown", "{bounced}");
+    assert_eq!(bounced["rule"], "generic.user_unknown", "{bounced}");
+    assert_eq!(bounced["sender"], "alice@example.com", "{bounced}");
+    assert_eq!(bounced["user"], "alice@example.com", "{bounced}");
+    assert_eq!(bounced["remote_host"], "mx.example.net", "{bounced}");
+    assert!(
+        bounced["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("550 5.1.1 <bob@example.net>"),
+        "{bounced}"
+    );
+    let complained = ev.iter().find(|e| e["outcome"] == "complained").unwrap();
+    assert_eq!(complained["queue_id"], erin_id.as_str(), "{complained}");
+    assert_eq!(complained["reply"], "complaint: abuse", "{complained}");
+    assert_eq!(complained["user"], "alice@example.com", "{complained}");
+
+    // Not relayed: the sink still has the two original messages only.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(sink.messages().len(), 2);
+
+    let (code, out, err) = s.cli(&["suppression", "ls"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let reason_of = |addr: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["address"] == addr)
+            .map(|e| e["reason"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        reason_of("bob@example.net").as_deref(),
+        Some("user_unknown"),
+        "{listed}"
+    );
+    assert_eq!(
+        reason_of("erin@example.net").as_deref(),
+        Some("complaint"),
+        "{listed}"
+    );
+
+    let pw = crate::harness::PASSWORD;
+    let out = api(
+        &s,
+        &format!(
+            r#"
+m = {{"from": "alice@example.com", "to": ["erin@example.net", "ok@example.net"], "subject": "s", "text": "x"}}
+code, body = call("POST", "/api/v1/messages", m, "alice@example.com:{pw}")
+print("mixed", code, json.dumps(body["refused"]))
+"#
+        ),
+    );
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("mixed 202 ") && l.contains("suppressed: complaint")),
+        "{out:?}"
+    );
+    let ev = wait_events(&dir, "the suppressed event", 30, |ev| {
+        ev.iter().any(|e| e["event"] == "suppressed")
+    });
+    let suppressed = ev.iter().find(|e| e["event"] == "suppressed").unwrap();
+    assert_eq!(suppressed["recipient"], "erin@example.net", "{suppressed}");
+    assert_eq!(suppressed["sender"], "alice@example.com", "{suppressed}");
+    assert!(
+        suppressed["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("550 5.1.1 <erin@example.net> suppressed: complaint on "),
+        "{suppressed}"
+    );
+}

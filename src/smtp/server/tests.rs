@@ -54,6 +54,8 @@ struct Setup {
     trusted: bool,
     starttls: bool,
     limits: SessionLimits,
+    /// `SessionConfig::feedback_domain`.
+    feedback_domain: Option<&'static str>,
 }
 
 impl Default for Setup {
@@ -64,6 +66,7 @@ impl Default for Setup {
             trusted: false,
             starttls: true,
             limits: SessionLimits::default(),
+            feedback_domain: None,
         }
     }
 }
@@ -110,6 +113,7 @@ fn session(setup: &Setup, now: Instant) -> ServerSession {
         role: setup.role,
         limits: setup.limits.clone(),
         starttls_available: setup.starttls,
+        feedback_domain: setup.feedback_domain.map(str::to_owned),
     });
     ServerSession::new(config, peer(setup.trusted), setup.tls.then(tls_info), now)
 }
@@ -444,6 +448,61 @@ fn relay_denied_for_untrusted_unauthenticated_peer() {
             &format!("{}{MAIL_OK}{RELAY_DENIED}{NO_RCPT}", ehlo_plain()),
         ),
     ]);
+}
+
+/// Feedback addresses (VERP, `delivery.bounce_domain`) are accepted from anyone on the relay
+/// role, other addresses of the bounce domain are unknown, and feedback never shares a
+/// transaction with relayed recipients.
+#[test]
+fn feedback_addresses_take_reports_from_anyone_in_transactions_of_their_own() {
+    let feedback = Setup {
+        feedback_domain: Some("bounces.example.com"),
+        ..Setup::default()
+    };
+    script_with(
+        feedback,
+        &[
+            ("S", GREETING),
+            (
+                "C",
+                "EHLO a\r\nMAIL FROM:<>\r\nRCPT TO:<bounces+0001a21298f62900@Bounces.Example.COM>\r\n\
+                 RCPT TO:<c@d.example>\r\nRCPT TO:<nobody@bounces.example.com>\r\nDATA\r\n",
+            ),
+            (
+                "S",
+                &format!(
+                    "{}{MAIL_OK}{RCPT_OK}{RELAY_DENIED}550 5.1.1 \
+                     <nobody@bounces.example.com>: no such feedback address\r\n{GO_AHEAD}",
+                    ehlo_plain()
+                ),
+            ),
+        ],
+    );
+    let mixed = Setup {
+        trusted: true,
+        feedback_domain: Some("bounces.example.com"),
+        ..Setup::default()
+    };
+    let separate = "452 4.5.3 Feedback and relayed recipients need separate transactions\r\n";
+    script_with(
+        mixed,
+        &[
+            ("S", GREETING),
+            (
+                "C",
+                "HELO a\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n\
+                 RCPT TO:<bounces+0001a21298f62900@bounces.example.com>\r\n\
+                 RSET\r\nMAIL FROM:<>\r\nRCPT TO:<bounces+0001a21298f62900@bounces.example.com>\r\n\
+                 RCPT TO:<c@d.example>\r\n",
+            ),
+            (
+                "S",
+                &format!(
+                    "250 mx.test\r\n{MAIL_OK}{RCPT_OK}{separate}250 2.0.0 Ok\r\n{MAIL_OK}{RCPT_OK}{separate}"
+                ),
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -1013,6 +1072,7 @@ fn commit_event_carries_the_whole_envelope() {
             },
             orcpt: Some("rfc822;C@d.example".into()),
         }],
+        feedback: false,
         body: b"hello".to_vec(),
     };
     assert_eq!(*t, want);
@@ -1138,6 +1198,7 @@ fn relay_session(limits: SessionLimits, trusted: bool, start: Instant) -> Server
         role: PortRole::Relay,
         limits,
         starttls_available: false,
+        feedback_domain: None,
     });
     let peer = PeerInfo {
         addr: "127.0.0.1:1".parse().unwrap(),
