@@ -1445,14 +1445,14 @@ fn a_shaping_rules_queue_lifetime_expires_the_mail_it_matches() {
 
 /// A test certificate authority (made with rcgen) that writes its root as `ca.pem` in `dir`
 /// and issues certificates there.
-struct TestCa {
+pub(crate) struct TestCa {
     dir: std::path::PathBuf,
     cert: rcgen::Certificate,
     key: rcgen::KeyPair,
 }
 
 impl TestCa {
-    fn new(dir: &std::path::Path) -> TestCa {
+    pub(crate) fn new(dir: &std::path::Path) -> TestCa {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -1470,7 +1470,7 @@ impl TestCa {
     }
 
     /// A certificate for `names`, written as `<stem>.pem` and `<stem>.key`; returns both paths.
-    fn issue(&self, stem: &str, names: &[&str]) -> (String, String) {
+    pub(crate) fn issue(&self, stem: &str, names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let cert = rcgen::CertificateParams::new(names)

@@ -1178,3 +1178,73 @@ print("mixed", code, json.dumps(body["refused"]))
         "{suppressed}"
     );
 }
+
+/// An `https://` webhook verified against `delivery.tls_ca_file`, subscribed to one user: it
+/// gets that user's events, signed, and not the events of mail without that user.
+#[test]
+fn an_https_webhook_for_one_user_gets_only_that_users_events() {
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = crate::delivery::TestCa::new(tmp.path());
+    let (cert, key) = ca.issue("hook", &["localhost"]);
+    let received = tmp.path().join("received");
+    let secret = "another-webhook-secret";
+    let receiver = crate::harness::PyServer::start(
+        "webhook_receiver.py",
+        &[
+            secret.into(),
+            "0".into(),
+            received.display().to_string(),
+            cert,
+            key,
+        ],
+    );
+    let dir = tmp.path().join("spool");
+    let config = http_config(
+        &dir,
+        &format!(
+            "[[webhooks]]\nurl = \"https://localhost:{}/hook\"\nsecret = \"{secret}\"\n\
+             user = \"alice@example.com\"\n\
+             [delivery]\nroutes = {{ \"*\" = \"{}\" }}\ntls_ca_file = \"{}\"\n",
+            receiver.port,
+            sink.addr,
+            tmp.path().join("ca.pem").display()
+        ),
+    );
+    let s = Server::start_in(&dir, &config);
+    // The other mail first: once alice's later event has arrived, the poster has read past it.
+    send_to(&s, "theirs@example.net", 1);
+    wait_events(&dir, "the other delivery", 30, |ev| {
+        outcomes_of(ev, "theirs@example.net") == ["delivered"]
+    });
+    crate::harness::submit_authenticated(&s, "mine@example.net", 1);
+    let ev = wait_events(&dir, "both delivered", 30, |ev| {
+        outcomes_of(ev, "mine@example.net") == ["delivered"]
+            && outcomes_of(ev, "theirs@example.net") == ["delivered"]
+    });
+    let id_of = |rcpt: &str| {
+        ev.iter()
+            .find(|e| e["recipient"] == rcpt)
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let (mine, theirs) = (id_of("mine@example.net"), id_of("theirs@example.net"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let got = loop {
+        let got = std::fs::read_to_string(&received).unwrap_or_default();
+        if got.contains(&mine) {
+            break got;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alice's event did not arrive over https: {got:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    // The poster reads the log in order: the other event, before alice's, was read and skipped.
+    assert!(!got.contains("BAD"), "{got}");
+    assert!(
+        !got.contains(&theirs),
+        "another user's event was posted: {got}"
+    );
+}

@@ -1,13 +1,13 @@
 """A webhook receiver on loopback for the tests: checks every post's X-Ringmta-Signature.
 
-Usage: webhook_receiver.py SECRET FAIL_FIRST LOG -- binds 127.0.0.1 port 0 and prints
-"webhook listening on PORT". Answers 500 to the first FAIL_FIRST posts, then 204 (No Content,
+Usage: webhook_receiver.py SECRET FAIL_FIRST LOG [CERT KEY] -- binds 127.0.0.1 port 0 (over
+TLS with CERT and KEY when given) and prints "webhook listening on PORT". Answers 500 to the first FAIL_FIRST posts, then 204 (No Content,
 as many receivers do). For each post
 it appends to LOG one line per event, "<event_id> <event>", after checking the signature
 (HMAC-SHA256 over "<t>.<body>" with SECRET) and that t is within 5 minutes; a post that fails
 the check gets 401 and writes "BAD <reason>". Stops by itself after 600 seconds.
 """
-import hashlib, hmac, http.server, json, sys, threading, time
+import hashlib, hmac, http.server, json, ssl, sys, threading, time
 
 secret, fail_first, log = sys.argv[1].encode(), int(sys.argv[2]), sys.argv[3]
 posts = {"n": 0}
@@ -45,6 +45,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+if len(sys.argv) > 5:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[4], sys.argv[5])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 print(f"webhook listening on {server.server_address[1]}", flush=True)
 time.sleep(600)
