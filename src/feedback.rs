@@ -13,9 +13,10 @@ pub use crate::ids::{VERP_PREFIX, parse_verp, verp_address};
 /// What a report says about one recipient of the original message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
-    /// The recipient, as ringmta sent to it (Original-Recipient, else Final-Recipient, else the
-    /// complaint's Original-Rcpt-To or the reported message's To).
-    pub recipient: String,
+    /// The addresses the notice may name the recipient by, best first: Original-Recipient and
+    /// Final-Recipient of a DSN; the complaint's Original-Rcpt-To, else the reported message's
+    /// To. The owning core keeps the one that is a recipient of the message.
+    pub recipients: Vec<String>,
     /// What happened.
     pub kind: NoticeKind,
     /// The receiver's words: the Diagnostic-Code (its type prefix removed), else the Status;
@@ -25,7 +26,16 @@ pub struct Notice {
     pub status: Option<(u8, u16, u16)>,
     /// The Reporting-MTA, when given.
     pub reporting_mta: String,
+    /// A complaint whose Feedback-Type says the recipient did not want the mail (`abuse`,
+    /// `fraud`, `virus`; RFC 5965 §7.3), as opposed to `not-spam` or `auth-failure`.
+    pub abuse: bool,
 }
+
+/// At most this many notices are read from one report.
+pub const MAX_NOTICES: usize = 100;
+
+/// A reply or diagnostic is cut to this many bytes (at a character boundary).
+pub const MAX_REPLY: usize = 1024;
 
 /// The kind of a [`Notice`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +85,11 @@ pub fn parse(message: &[u8]) -> Report {
         })
     };
     match report_type.as_deref() {
+        // RFC 6533: the SMTPUTF8 form of a DSN.
+        Some("global-delivery-status") => match part_of("global-delivery-status") {
+            Some(part) => Report::Notices(dsn_notices(part.contents())),
+            None => Report::NotAReport,
+        },
         Some("delivery-status") => match part_of("delivery-status") {
             Some(part) => Report::Notices(dsn_notices(part.contents())),
             None => Report::NotAReport,
@@ -88,6 +103,9 @@ pub fn parse(message: &[u8]) -> Report {
                 .flatten()
                 .collect::<Vec<_>>();
             let feedback_type = field(&fields, "feedback-type").unwrap_or("abuse");
+            let abuse = ["abuse", "fraud", "virus"]
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(feedback_type));
             let mut recipients: Vec<String> = fields
                 .iter()
                 .filter(|(n, _)| n.eq_ignore_ascii_case("original-rcpt-to"))
@@ -97,21 +115,19 @@ pub fn parse(message: &[u8]) -> Report {
             if recipients.is_empty() {
                 recipients = reported_to(&parsed);
             }
-            Report::Notices(
-                recipients
-                    .into_iter()
-                    .map(|recipient| Notice {
-                        recipient,
-                        kind: NoticeKind::Complaint,
-                        reply: format!("complaint: {feedback_type}"),
-                        status: None,
-                        reporting_mta: field(&fields, "reporting-mta")
-                            .map(strip_type)
-                            .unwrap_or_default()
-                            .to_owned(),
-                    })
-                    .collect(),
-            )
+            recipients.truncate(MAX_NOTICES);
+            Report::Notices(vec![Notice {
+                recipients,
+                kind: NoticeKind::Complaint,
+                reply: clip(&format!("complaint: {feedback_type}")),
+                status: None,
+                reporting_mta: clip(
+                    field(&fields, "reporting-mta")
+                        .map(strip_type)
+                        .unwrap_or_default(),
+                ),
+                abuse,
+            }])
         }
         _ => Report::NotAReport,
     }
@@ -122,10 +138,11 @@ pub fn parse(message: &[u8]) -> Report {
 fn dsn_notices(body: &[u8]) -> Vec<Notice> {
     let mut blocks = blocks(body).into_iter();
     let per_message = blocks.next().unwrap_or_default();
-    let reporting_mta = field(&per_message, "reporting-mta")
-        .map(strip_type)
-        .unwrap_or_default()
-        .to_owned();
+    let reporting_mta = clip(
+        field(&per_message, "reporting-mta")
+            .map(strip_type)
+            .unwrap_or_default(),
+    );
     blocks
         .filter_map(|block| {
             let kind = match field(&block, "action")?.to_ascii_lowercase().as_str() {
@@ -133,9 +150,15 @@ fn dsn_notices(body: &[u8]) -> Vec<Notice> {
                 "delayed" => NoticeKind::Delayed,
                 _ => return None,
             };
-            let recipient = field(&block, "original-recipient")
-                .or_else(|| field(&block, "final-recipient"))
-                .map(|v| unbracket(strip_type(v)))?;
+            let recipients: Vec<String> = ["original-recipient", "final-recipient"]
+                .iter()
+                .filter_map(|name| field(&block, name))
+                .map(|v| unbracket(strip_type(v)))
+                .filter(|r| !r.is_empty())
+                .collect();
+            if recipients.is_empty() {
+                return None;
+            }
             let status = field(&block, "status").and_then(|s| {
                 let e = crate::smtp::EnhancedCode::parse(s.split_whitespace().next()?)?;
                 Some((e.class, e.subject, e.detail))
@@ -145,14 +168,25 @@ fn dsn_notices(body: &[u8]) -> Vec<Notice> {
                 .or_else(|| field(&block, "status").map(str::to_owned))
                 .unwrap_or_default();
             Some(Notice {
-                recipient,
+                recipients,
                 kind,
-                reply,
+                reply: clip(&reply),
                 status,
                 reporting_mta: reporting_mta.clone(),
+                abuse: false,
             })
         })
+        .take(MAX_NOTICES)
         .collect()
+}
+
+/// `text` cut to [`MAX_REPLY`] bytes at a character boundary.
+fn clip(text: &str) -> String {
+    let mut end = text.len().min(MAX_REPLY);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// A header-like body split into blocks at blank lines, each a list of (name, unfolded value).

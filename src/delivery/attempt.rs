@@ -237,7 +237,11 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                         .delivery_latency
                         .observe(job_started.elapsed());
                     if let Some(job) = current.take() {
-                        let (mut over_limit, mut results) = split_over_limit(&job, &o, &remote);
+                        // With VERP the next hop's DSNs come back to ringmta, which sends the
+                        // sender its own (`Delivery::take_feedback`); "relayed" is its to send.
+                        let passed_on = o.dsn_passed_on && delivery.bounce_domain().is_none();
+                        let (mut over_limit, mut results) =
+                            split_over_limit(&job, &o, &remote, passed_on);
                         // A refusal that says "slow down" pauses the site (a recipient over the
                         // hop's per-transaction limit, sent again at once, is not one).
                         if let Some((signal, reply)) = results.iter().find_map(|(_, r)| match r {
@@ -487,6 +491,7 @@ fn split_over_limit(
     job: &Job,
     outcome: &MessageOutcome,
     remote: &str,
+    dsn_passed_on: bool,
 ) -> (Vec<u32>, Vec<(u32, AttemptResult)>) {
     let replies = &outcome.recipients;
     let over = |reply: &Reply| {
@@ -507,7 +512,7 @@ fn split_over_limit(
         if progress && over(reply) {
             over_limit.push(*r);
         } else {
-            results.push((*r, result_of(reply, remote, outcome.dsn_passed_on)));
+            results.push((*r, result_of(reply, remote, dsn_passed_on)));
         }
     }
     (over_limit, results)

@@ -187,7 +187,13 @@ fn write_line(out: &mut impl Write, entry: &Entry) {
         Entry::Suppressed(ev) => serde_json::to_writer(
             &mut *out,
             &SuppressedLine {
-                event_id: format!("{}-suppressed-{}", ev.at_ms, ev.recipient),
+                event_id: format!(
+                    "{}-suppressed-{}-{}-{}",
+                    ev.at_ms,
+                    ev.user.as_deref().unwrap_or(""),
+                    ev.sender,
+                    ev.recipient
+                ),
                 ts_ms: ev.at_ms,
                 event: "suppressed",
                 sender: &ev.sender,

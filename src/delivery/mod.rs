@@ -995,7 +995,7 @@ impl Delivery {
         if reply.code < 400 {
             return None;
         }
-        let text = reply.one_line();
+        let text = reply.text_line();
         let class = self.classifier.borrow().classify(&Failure::Reply {
             code: reply.code,
             enhanced: reply.enhanced.map(|e| (e.class, e.subject, e.detail)),
@@ -1464,97 +1464,138 @@ impl Delivery {
     }
 
     /// Acts on what reports about message `id` say (DSNs and complaints that came back to its
-    /// VERP address, `crate::feedback`): a `bounced`, `delayed` or `complained` event per
-    /// notice, and a synced suppression entry for a hard bounce (`user_unknown`,
-    /// `mailbox_disabled`) or a complaint. The message's sender and user come from the spool
-    /// while it still holds the message (`retention.content`); the recipient index is
-    /// `4294967295` in the event when the recipient is not one of the message's. Returns how
-    /// many notices were acted on.
+    /// VERP address, `crate::feedback`). Only a message the spool still holds, and only notices
+    /// about one of its recipients, count: anyone can write to a VERP address, and must not be
+    /// able to suppress addresses the message was not sent to. Per notice: a `bounced`,
+    /// `delayed` or `complained` event; a suppression entry (synced once, at the end) for a
+    /// hard bounce (`user_unknown`, `mailbox_disabled`) or an `abuse`, `fraud` or `virus`
+    /// complaint; and, for a failure or a delay, the DSN the sender's NOTIFY asks for (the next
+    /// hop's own DSN came to ringmta, not to the sender). Returns how many notices counted.
     pub fn take_feedback(&self, id: QueueId, notices: &[crate::feedback::Notice]) -> usize {
         use crate::feedback::NoticeKind;
-        let now = unix_ms(self.clock.now());
-        let shard = self.shard.borrow();
-        let view = shard.message(id);
-        let (sender, user) = view
-            .as_ref()
-            .map(|v| {
-                (
-                    v.meta.reverse_path.as_str().to_owned(),
-                    v.meta.auth_user.as_ref().map(|u| u.as_str().to_owned()),
-                )
-            })
-            .unwrap_or_default();
+        let now_time = self.clock.now();
+        let now = unix_ms(now_time);
         let classifier = Arc::clone(&self.classifier.borrow());
-        for notice in notices {
-            let rcpt =
-                view.as_ref()
-                    .and_then(|v| {
-                        v.meta.recipients.iter().position(|r| {
-                            r.address.as_str().eq_ignore_ascii_case(&notice.recipient)
-                        })
-                    })
-                    .map_or(u32::MAX, |i| i as u32);
-            let verdict = (notice.kind != NoticeKind::Complaint).then(|| {
-                let has_code = notice
-                    .reply
-                    .as_bytes()
-                    .get(..3)
-                    .is_some_and(|b| b.iter().all(u8::is_ascii_digit));
-                match (has_code, notice.status) {
-                    (true, _) | (false, None) => classifier.verdict_line(&notice.reply),
-                    (false, Some(status)) => classifier.verdict(&Failure::Reply {
-                        code: if status.0 == 4 { 450 } else { 550 },
-                        enhanced: Some(status),
-                        text: &notice.reply,
-                    }),
-                }
-            });
-            let category = verdict.map(|v| v.class.category);
-            let (outcome, suppress) = match notice.kind {
-                NoticeKind::Failed => (
-                    "bounced",
-                    matches!(
-                        category,
-                        Some(Category::UserUnknown | Category::MailboxDisabled)
-                    ),
-                ),
-                NoticeKind::Delayed => ("delayed", false),
-                NoticeKind::Complaint => ("complained", true),
+        let mut dsns: [Vec<DsnRecipientFacts>; 2] = Default::default();
+        let mut to_suppress = Vec::new();
+        let mut taken = 0;
+        {
+            let shard = self.shard.borrow();
+            let Some(view) = shard.message(id) else {
+                tracing::info!(%id, "report about a message the spool does not hold: ignored");
+                return 0;
             };
-            if suppress {
-                let reason = category.map_or("complaint", Category::name);
+            let meta = &view.meta;
+            let sender = meta.reverse_path.as_str().to_owned();
+            let user = meta.auth_user.as_ref().map(|u| u.as_str().to_owned());
+            let may_notify = !meta.is_dsn && !meta.reverse_path.is_empty();
+            for notice in notices {
+                let matched = meta.recipients.iter().enumerate().find(|(_, r)| {
+                    notice
+                        .recipients
+                        .iter()
+                        .any(|n| r.address.as_str().eq_ignore_ascii_case(n))
+                });
+                let Some((rcpt, recipient)) = matched else {
+                    tracing::info!(%id, recipients = ?notice.recipients, "report about an address the message was not sent to: ignored");
+                    continue;
+                };
+                taken += 1;
+                let address = recipient.address.as_str().to_owned();
+                let verdict = (notice.kind != NoticeKind::Complaint).then(|| {
+                    let has_code = notice
+                        .reply
+                        .as_bytes()
+                        .get(..3)
+                        .is_some_and(|b| b.iter().all(u8::is_ascii_digit));
+                    match (has_code, notice.status) {
+                        (true, _) | (false, None) => classifier.verdict_line(&notice.reply),
+                        (false, Some(status)) => classifier.verdict(&Failure::Reply {
+                            code: if status.0 == 4 { 450 } else { 550 },
+                            enhanced: Some(status),
+                            text: &notice.reply,
+                        }),
+                    }
+                });
+                let category = verdict.map(|v| v.class.category);
+                let notify = recipient.notify();
+                let (outcome, suppress, dsn) = match notice.kind {
+                    NoticeKind::Failed => (
+                        "bounced",
+                        matches!(
+                            category,
+                            Some(Category::UserUnknown | Category::MailboxDisabled)
+                        ),
+                        (may_notify && notify.reports_failure()).then_some(DsnKind::Failure),
+                    ),
+                    NoticeKind::Delayed => (
+                        "delayed",
+                        false,
+                        (may_notify && notify.reports_delay()).then_some(DsnKind::Delay),
+                    ),
+                    NoticeKind::Complaint => ("complained", notice.abuse, None),
+                };
+                if suppress {
+                    let reason = category.map_or("complaint", Category::name);
+                    to_suppress.push((address.clone(), reason, notice.reply.clone()));
+                }
+                if let Some(kind) = dsn {
+                    let status = notice.status.map_or_else(
+                        || {
+                            let class = if kind == DsnKind::Failure { 5 } else { 4 };
+                            EnhancedCode::new(class, 0, 0)
+                        },
+                        |(c, s, d)| EnhancedCode::new(c, s, d),
+                    );
+                    dsns[kind as usize].push(DsnRecipientFacts {
+                        rcpt: rcpt as u32,
+                        address: address.clone(),
+                        reply: notice.reply.clone(),
+                        remote: notice.reporting_mta.clone(),
+                        status,
+                    });
+                }
+                tracing::info!(%id, recipient = %address, outcome, reply = %notice.reply, "report");
+                self.events.log(LogEvent {
+                    at_ms: now,
+                    id,
+                    rcpt: rcpt as u32,
+                    sender: sender.clone(),
+                    user: user.clone(),
+                    recipient: address,
+                    outcome,
+                    remote: notice.reporting_mta.clone(),
+                    reply: notice.reply.clone(),
+                    category: category.map(Category::name),
+                    rule: verdict.map(|v| v.rule),
+                    attempt: 0,
+                    next_attempt_ms: None,
+                });
+            }
+            // One sync for the whole report (the last entry's), before the 250.
+            let last = to_suppress.len();
+            for (i, (address, reason, reply)) in to_suppress.iter().enumerate() {
                 match self.suppressions.add(
-                    &notice.recipient,
+                    address,
                     user.as_deref(),
                     reason,
-                    &notice.reply,
+                    reply,
                     (now, None),
-                    true,
+                    i + 1 == last,
                 ) {
                     Ok(_) => {
-                        tracing::info!(%id, recipient = %notice.recipient, reason, "address suppressed by a report")
+                        tracing::info!(%id, recipient = %address, reason, "address suppressed by a report")
                     }
                     Err(e) => tracing::error!(%id, error = %e, "cannot write the suppression list"),
                 }
             }
-            tracing::info!(%id, recipient = %notice.recipient, outcome, reply = %notice.reply, "report");
-            self.events.log(LogEvent {
-                at_ms: now,
-                id,
-                rcpt,
-                sender: sender.clone(),
-                user: user.clone(),
-                recipient: notice.recipient.clone(),
-                outcome,
-                remote: notice.reporting_mta.clone(),
-                reply: notice.reply.clone(),
-                category: category.map(Category::name),
-                rule: verdict.map(|v| v.rule),
-                attempt: 0,
-                next_attempt_ms: None,
-            });
         }
-        notices.len()
+        for (kind, list) in [DsnKind::Failure, DsnKind::Delay].into_iter().zip(dsns) {
+            if !list.is_empty() {
+                self.send_dsn(id, kind, &list, now_time);
+            }
+        }
+        taken
     }
 
     /// The VERP bounce domain, when bounces come back to ringmta.

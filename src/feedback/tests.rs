@@ -100,18 +100,20 @@ fn a_dsn_gives_failed_and_delayed_recipients_with_their_diagnostics() {
         notices,
         vec![
             Notice {
-                recipient: "bob@example.net".into(),
+                recipients: vec!["bob@example.net".into()],
                 kind: NoticeKind::Failed,
                 reply: "550 5.1.1 <bob@example.net>: Recipient address rejected: User unknown in local recipient table".into(),
                 status: Some((5, 1, 1)),
                 reporting_mta: "mx.example.net".into(),
+                abuse: false,
             },
             Notice {
-                recipient: "Carol@Example.net".into(),
+                recipients: vec!["Carol@Example.net".into(), "carol@example.net".into()],
                 kind: NoticeKind::Delayed,
                 reply: "4.2.2".into(),
                 status: Some((4, 2, 2)),
                 reporting_mta: "mx.example.net".into(),
+                abuse: false,
             },
         ]
     );
@@ -125,11 +127,12 @@ fn an_arf_report_gives_a_complaint_for_the_reported_recipient() {
     assert_eq!(
         notices,
         vec![Notice {
-            recipient: "erin@example.org".into(),
+            recipients: vec!["erin@example.org".into()],
             kind: NoticeKind::Complaint,
             reply: "complaint: abuse".into(),
             status: None,
             reporting_mta: "fbl.example.org".into(),
+            abuse: true,
         }]
     );
     // Original-Rcpt-To, when present, names the recipient.
@@ -141,7 +144,30 @@ fn an_arf_report_gives_a_complaint_for_the_reported_recipient() {
         panic!("an ARF report");
     };
     assert_eq!(notices.len(), 1);
-    assert_eq!(notices[0].recipient, "frank@example.org");
+    assert_eq!(notices[0].recipients, ["frank@example.org"]);
+    // A report that the mail was wanted is no reason to suppress.
+    let not_spam = ARF.replace("Feedback-Type: abuse", "Feedback-Type: not-spam");
+    let Report::Notices(notices) = parse(not_spam.as_bytes()) else {
+        panic!("an ARF report");
+    };
+    assert!(!notices[0].abuse);
+}
+
+#[test]
+fn global_dsns_are_read_and_long_diagnostics_cut() {
+    let long = "x".repeat(5000);
+    let global = DSN
+        .replace(
+            "report-type=delivery-status",
+            "report-type=global-delivery-status",
+        )
+        .replace("message/delivery-status", "message/global-delivery-status")
+        .replace("User unknown in local recipient table", &long);
+    let Report::Notices(notices) = parse(global.as_bytes()) else {
+        panic!("a global DSN");
+    };
+    assert_eq!(notices.len(), 2);
+    assert_eq!(notices[0].reply.len(), MAX_REPLY);
 }
 
 #[test]

@@ -128,7 +128,8 @@ pub struct Decision {
     /// The bounce category of a failed attempt.
     pub category: Option<Category>,
     /// The id of the classifier rule behind `category`, when a reply or connection failure
-    /// was classified (not for expiries and operator actions).
+    /// was classified (an expiry after a failed attempt carries that attempt's rule; none for
+    /// deliveries, operator actions and expiries without an attempt).
     pub rule: Option<&'static str>,
     /// The DSN to send about the recipient, if any.
     pub dsn: Option<DsnNotice>,
@@ -221,10 +222,11 @@ pub fn decide(
         }
         AttemptResult::Refused { reply, remote } => {
             let text = reply.one_line();
+            // The rules read the text after the codes, as `bounce classify` does.
             let class = classifier.verdict(&Failure::Reply {
                 code: reply.code,
                 enhanced: reply.enhanced.map(|e| (e.class, e.subject, e.detail)),
-                text: &text,
+                text: &reply.text_line(),
             });
             (text, remote.clone(), class, reply.enhanced)
         }

@@ -87,6 +87,18 @@ impl Reply {
         Reply::new(code, Some(EnhancedCode::new(class, subject, detail)), text)
     }
 
+    /// The text lines joined by spaces, without the codes: what the bounce rules read.
+    pub fn text_line(&self) -> String {
+        let mut s = String::new();
+        for l in &self.lines {
+            if !s.is_empty() {
+                s.push(' ');
+            }
+            s.push_str(l.trim());
+        }
+        s
+    }
+
     /// The reply as one line, for logs, status records and DSNs: the code, the enhanced code
     /// and the text lines joined by spaces.
     pub fn one_line(&self) -> String {

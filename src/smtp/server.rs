@@ -892,9 +892,8 @@ impl ServerSession {
         let feedback = self.is_feedback_address(&forward_path);
         let error = if !esmtp && params.count > 0 {
             Some(ProtocolError::ParamsAfterHelo)
-        } else if feedback.is_some() {
-            None
-        } else if self.config.role == PortRole::Relay
+        } else if feedback.is_none()
+            && self.config.role == PortRole::Relay
             && !self.peer.is_trusted
             && self.auth_user.is_none()
         {

@@ -183,6 +183,7 @@ impl Core {
             .iter()
             .filter_map(|r| crate::ids::parse_verp(&r.forward_path.local))
             .collect();
+        ids.sort_unstable();
         ids.dedup();
         let Some(&first) = ids.first() else {
             return Err(CommitError::SpoolIo);

@@ -352,7 +352,7 @@ fn bdat_through_the_binary(pipelined: bool) {
     let sent = BDAT_CHUNKS.concat();
     let msg = &stored[0];
     assert!(
-        msg.starts_with("X-Sink-Recipients: bob@example.net\r\nReceived: from client.test"),
+        msg.starts_with("X-Sink-Recipients: bob@example.net\r\nX-Sink-Mail-From: <a@client.test>\r\nReceived: from client.test"),
         "{msg}"
     );
     assert!(msg.ends_with(&sent), "sink has:\n{msg}\nsent:\n{sent}");
@@ -577,7 +577,7 @@ fn bounce_classify_cli_prints_one_json_object_per_line() {
     );
     assert_eq!(
         lines[1],
-        serde_json::json!({"category": "mailbox_full", "action": "retry", "rule": "generic.mailbox_full"})
+        serde_json::json!({"category": "mailbox_full", "action": "retry", "rule": "iana.mailbox_full"})
     );
 }
 

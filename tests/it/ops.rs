@@ -1122,9 +1122,28 @@ fn dsns_and_complaints_sent_to_the_verp_address_become_events_and_suppressions()
     assert_eq!(complained["reply"], "complaint: abuse", "{complained}");
     assert_eq!(complained["user"], "alice@example.com", "{complained}");
 
-    // Not relayed: the sink still has the two original messages only.
+    // Not relayed. The next hop's DSN came to ringmta, so alice gets ringmta's own failure
+    // notice about bob (her NOTIFY default asks for failures); the complaint sends none.
+    sink.wait_for("the failure notice to alice", 30, |m| m.len() >= 3);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(sink.messages().len(), 2);
+    let all = sink.messages();
+    assert_eq!(all.len(), 3, "{all:?}");
+    let notice = all
+        .iter()
+        .find(|m| m.starts_with("X-Sink-Recipients: alice@example.com"))
+        .expect("a DSN to alice");
+    assert!(notice.contains("X-Sink-Mail-From: <>"), "{notice}");
+    assert!(notice.contains("bob@example.net"), "{notice}");
+    assert!(notice.contains("Action: failed"), "{notice}");
+
+    // A forged report about an address the message was not sent to changes nothing.
+    let forged = arf_for(&erin_id, "mallory@example.org");
+    let reply = send_report(
+        &s,
+        &format!("bounces+{erin_id}@bounces.example.com"),
+        &forged,
+    );
+    assert!(reply.starts_with("250 "), "{reply}");
 
     let (code, out, err) = s.cli(&["suppression", "ls"]);
     assert_eq!(code, 0, "{err}");
@@ -1146,6 +1165,11 @@ fn dsns_and_complaints_sent_to_the_verp_address_become_events_and_suppressions()
         reason_of("erin@example.net").as_deref(),
         Some("complaint"),
         "{listed}"
+    );
+    assert_eq!(reason_of("mallory@example.org"), None, "{listed}");
+    assert!(
+        outcomes_of(&crate::harness::events(&dir), "mallory@example.org").is_empty(),
+        "a forged report made an event"
     );
 
     let pw = crate::harness::PASSWORD;
