@@ -124,6 +124,26 @@ struct Line<'a> {
     next_attempt_ms: Option<u64>,
 }
 
+/// How far before the event log's last line a restart writes events again (see
+/// `Delivery::replay_events`): the writer thread and the cores' clocks are not one clock.
+pub const REPLAY_MARGIN_MS: u64 = 2_000;
+
+/// The `ts_ms` of the last complete line of the event log at `path`, if it has one.
+pub fn last_ts_ms(path: &Path) -> Option<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let start = len.saturating_sub(64 * 1024);
+    f.seek(SeekFrom::Start(start)).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["ts_ms"].as_u64())
+}
+
 /// Handle to the event log writer; cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
@@ -147,7 +167,10 @@ impl EventLog {
                     while let Ok(more) = rx.try_recv() {
                         write_line(&mut out, &more);
                     }
-                    let _ = out.flush();
+                    // Synced per batch: what the webhooks read survives a power cut too.
+                    if out.flush().is_ok() {
+                        let _ = out.get_ref().sync_data();
+                    }
                 }
             })?;
         Ok(EventLog { tx: Some(tx) })

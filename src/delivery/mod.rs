@@ -1598,6 +1598,51 @@ impl Delivery {
         taken
     }
 
+    /// Writes again the event of every recipient whose latest status record is from `since_ms`
+    /// on. At start, `since_ms` is a little before the last line of the event log: an event
+    /// queued for the log writer when the process died is lost with the process, while its
+    /// status record, synced with the spool, is not. Event ids are the same as the first time,
+    /// so a webhook receiver that deduplicates sees each event once. Returns how many.
+    pub fn replay_events(&self, since_ms: u64) -> usize {
+        let shard = self.shard.borrow();
+        let mut n = 0;
+        for id in shard.messages() {
+            let (Some(state), Some(view)) = (shard.state(id), shard.message(id)) else {
+                continue;
+            };
+            for (rcpt, r) in state.recipients.iter().enumerate() {
+                let Some(rec) = r.last_status.and_then(|at| shard.status_record(at)) else {
+                    continue;
+                };
+                let at_ms = rec.at_ms.to_native();
+                if at_ms < since_ms {
+                    continue;
+                }
+                let Some(address) = view.meta.recipients.get(rcpt) else {
+                    continue;
+                };
+                let next = rec.next_attempt_ms.to_native();
+                self.events.log(LogEvent {
+                    at_ms,
+                    id,
+                    rcpt: rcpt as u32,
+                    sender: view.meta.reverse_path.as_str().to_owned(),
+                    user: view.meta.auth_user.as_ref().map(|u| u.as_str().to_owned()),
+                    recipient: address.address.as_str().to_owned(),
+                    outcome: r.status().name(),
+                    remote: rec.remote.as_str().to_owned(),
+                    reply: rec.reply.as_str().to_owned(),
+                    category: Category::from_name(rec.category.as_str()).map(Category::name),
+                    rule: None,
+                    attempt: rec.attempt.to_native(),
+                    next_attempt_ms: (next > 0).then_some(next),
+                });
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The VERP bounce domain, when bounces come back to ringmta.
     pub fn bounce_domain(&self) -> Option<&str> {
         self.config.bounce_domain.as_deref()

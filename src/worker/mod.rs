@@ -60,6 +60,10 @@ pub struct Shared {
     pub classifier: Arc<crate::bounce::classify::Classifier>,
     /// Delivery event log.
     pub events: crate::delivery::events::EventLog,
+    /// At start, a little before the last line the event log had: the events of status
+    /// records from then on are written again (`Delivery::replay_events`). `None` for a new or
+    /// empty log.
+    pub events_replay_since: Option<u64>,
     /// Validation, scanners and DKIM signing.
     pub content: Arc<crate::content::ContentChecks>,
     /// One metrics block per worker, indexed by worker.
@@ -577,6 +581,16 @@ fn start_delivery(core: &Rc<Core>) {
     );
     *core.delivery.borrow_mut() = Some(Rc::clone(&delivery));
     delivery.recover_dsns();
+    if let Some(since) = core.shared.events_replay_since {
+        let n = delivery.replay_events(since);
+        if n > 0 {
+            tracing::info!(
+                worker = core.index,
+                events = n,
+                "event log lines written again after a restart (the last ones may have been lost)"
+            );
+        }
+    }
     tokio_uring::spawn(delivery.run());
 }
 

@@ -54,6 +54,8 @@ impl Shared {
         let sessions = [PortRole::Relay, PortRole::Submission, PortRole::Submissions]
             .map(|role| Arc::new(session_config(&config, role)));
         let classifier = build_classifier(&config)?;
+        let events_replay_since = crate::delivery::events::last_ts_ms(&config.delivery.event_log)
+            .map(|t| t.saturating_sub(crate::delivery::events::REPLAY_MARGIN_MS));
         let events = crate::delivery::events::EventLog::open(&config.delivery.event_log)
             .with_context(|| {
                 format!(
@@ -81,6 +83,7 @@ impl Shared {
             });
         }));
         Ok(Shared {
+            events_replay_since,
             peers: std::sync::OnceLock::new(),
             suppressions: Arc::new(suppressions),
             config: Arc::clone(&config),

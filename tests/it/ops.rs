@@ -151,6 +151,19 @@ fn api(server: &Server, script: &str) -> Vec<String> {
     out.lines().map(String::from).collect()
 }
 
+/// A server with the HTTP API whose mail goes to `sink`: its temporary directory (keep it),
+/// its spool and the server.
+fn server_to(sink: &Sink) -> (tempfile::TempDir, std::path::PathBuf, Server) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let config = http_config(
+        &dir,
+        &format!("[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n", sink.addr),
+    );
+    let s = Server::start_in(&dir, &config);
+    (tmp, dir, s)
+}
+
 fn http_config(dir: &std::path::Path, extra: &str) -> String {
     crate::harness::base_config(dir, extra).replace("http = \"\"", "http = \"127.0.0.1:0\"")
 }
@@ -725,13 +738,7 @@ fn rcpt(s: &Server, addr: &str) -> String {
 #[test]
 fn a_hard_bounce_suppresses_the_address_until_the_operator_removes_it() {
     let sink = Sink::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("spool");
-    let config = http_config(
-        &dir,
-        &format!("[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n", sink.addr),
-    );
-    let mut s = Server::start_in(&dir, &config);
+    let (_tmp, dir, mut s) = server_to(&sink);
     send_to(&s, "perm-gone@example.net", 1);
     wait_events(&dir, "the hard bounce", 30, |ev| {
         outcomes_of(ev, "perm-gone@example.net") == ["bounced"]
@@ -1270,5 +1277,49 @@ fn an_https_webhook_for_one_user_gets_only_that_users_events() {
     assert!(
         !got.contains(&theirs),
         "another user's event was posted: {got}"
+    );
+}
+
+/// Events queued for the log writer die with the process; their status records do not. At
+/// start, the events of status records from just before the log's last line on are written
+/// again, with the same ids: here the last delivery's lines are cut from the log while ringmta
+/// is down (as if it had died before writing them) and come back after the restart.
+#[test]
+fn events_lost_with_the_process_are_written_again_at_restart() {
+    let sink = Sink::start();
+    let (_tmp, dir, mut s) = server_to(&sink);
+    send_to(&s, "first@example.net", 1);
+    wait_events(&dir, "the first delivery", 30, |ev| {
+        outcomes_of(ev, "first@example.net") == ["delivered"]
+    });
+    send_to(&s, "second@example.net", 1);
+    let ev = wait_events(&dir, "the second delivery", 30, |ev| {
+        outcomes_of(ev, "second@example.net") == ["delivered"]
+    });
+    let lost = ev
+        .iter()
+        .find(|e| e["recipient"] == "second@example.net")
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .unwrap();
+    s.stop();
+    let log = dir.join("events.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.contains("second@example.net"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(kept.contains("first@example.net") && !kept.contains(&lost));
+    std::fs::write(&log, kept).unwrap();
+    s.launch();
+    let ev = wait_events(&dir, "the lost event written again", 30, |ev| {
+        ev.iter().any(|e| e["event_id"] == lost.as_str())
+    });
+    let again = ev.iter().find(|e| e["event_id"] == lost.as_str()).unwrap();
+    assert_eq!(again["outcome"], "delivered", "{again}");
+    assert_eq!(again["sender"], "alice@example.com", "{again}");
+    assert!(
+        again["reply"].as_str().unwrap().starts_with("250"),
+        "{again}"
     );
 }
