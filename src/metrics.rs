@@ -81,6 +81,9 @@ pub struct CoreMetrics {
     pub dsns: AtomicU64,
     /// Sites throttled by their receiver's reply: `rate_limited`, `blocklisted`.
     throttles: [AtomicU64; 2],
+    /// Recipients' attempts that got a reply, by how the connection was protected
+    /// ([`TLS_USES`]).
+    outbound_tls: [AtomicU64; 6],
     /// Spool bytes (segment files), refreshed every second.
     pub spool_bytes: AtomicU64,
     /// Spool records, refreshed every second.
@@ -117,6 +120,18 @@ impl CoreMetrics {
     }
 }
 
+/// The label values of `ringmta_outbound_tls_total{use}`: the TLS policy that applied when the
+/// session was encrypted, `plaintext` when an opportunistic one was not, `none` when TLS is
+/// disabled.
+pub const TLS_USES: [&str; 6] = [
+    "none",
+    "plaintext",
+    "opportunistic",
+    "required",
+    "verify",
+    "mta-sts",
+];
+
 /// Why a connection was refused at accept; indexes `CoreMetrics::connections_refused`.
 #[derive(Clone, Copy, Debug)]
 pub enum Refusal {
@@ -132,6 +147,14 @@ pub enum Refusal {
 const REFUSALS: [&str; 3] = ["per_core", "per_ip", "rate"];
 
 impl CoreMetrics {
+    /// Counts one recipient's attempt over a connection protected as `tls_use` says (an index
+    /// of [`TLS_USES`]).
+    pub fn outbound_tls(&self, tls_use: usize) {
+        if let Some(c) = self.outbound_tls.get(tls_use) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts a site throttled by its receiver.
     pub fn throttled(&self, signal: Signal) {
         self.throttles[signal as usize].fetch_add(1, Ordering::Relaxed);
@@ -259,6 +282,15 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
             .iter()
             .enumerate()
             .map(|(i, o)| (*o, summed(&|c| load(&c.outcomes[i])))),
+    );
+    labelled(
+        &mut out,
+        ("ringmta_outbound_tls_total", "counter", "use"),
+        "Recipients' delivery attempts that got a reply, by the protection of the connection: the TLS policy that applied when encrypted (opportunistic, required, verify, mta-sts), plaintext, or none (tls disabled).",
+        TLS_USES
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (*u, summed(&|c| load(&c.outbound_tls[i])))),
     );
     labelled(
         &mut out,

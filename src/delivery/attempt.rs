@@ -38,6 +38,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
     // MTA-STS (RFC 8461): an enforced policy keeps only the MX hosts it names, and only with a
     // certificate that verifies; a policy in testing mode only reports.
     let mut tls_policy = delivery.tls_policy(domain);
+    let mut sts_enforced = false;
     let hops = match delivery.sts_policy(domain).await {
         Some(sts) if sts.policy.mode == Mode::Enforce => {
             let names: Vec<String> = hops.iter().map(|h| h.name.clone()).collect();
@@ -57,6 +58,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                 return;
             }
             tls_policy = TlsPolicy::Verify;
+            sts_enforced = true;
             allowed
         }
         Some(sts) if sts.policy.mode == Mode::Testing => {
@@ -115,6 +117,18 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
     let mut plain = Vec::with_capacity(4096);
     let mut out = Vec::new();
     let remote = hop.name.clone();
+    // How this connection is protected, for the events and metrics of its deliveries.
+    let mut tls_use = crate::delivery::events::TlsUse {
+        policy: match tls_policy {
+            _ if sts_enforced => "mta-sts",
+            TlsPolicy::Disabled => "none",
+            TlsPolicy::Opportunistic => "opportunistic",
+            TlsPolicy::Required => "required",
+            TlsPolicy::Verify => "verify",
+        },
+        version: None,
+        cipher: None,
+    };
     loop {
         session.poll_output(&mut out);
         if !out.is_empty() {
@@ -187,6 +201,10 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                         );
                         closed = true;
                         break;
+                    }
+                    if let Some(info) = transport.tls().map(crate::net::tls::tls_info) {
+                        tls_use.version = Some(info.version);
+                        tls_use.cipher = Some(info.cipher);
                     }
                     session.handle_tls_established(delivery.clock().monotonic());
                 }
@@ -273,7 +291,13 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                                 },
                             );
                         }
-                        record_on(&delivery, Some(slot.site()), job.id, &results);
+                        record_on(
+                            &delivery,
+                            Some(slot.site()),
+                            job.id,
+                            &results,
+                            Some(&tls_use),
+                        );
                     }
                 }
                 ClientEvent::Failed(e) => {
@@ -297,7 +321,13 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                                     .iter()
                                     .map(|r2| (*r2, result_of(r, &remote, false)))
                                     .collect();
-                                record_on(&delivery, Some(slot.site()), job.id, &results);
+                                record_on(
+                                    &delivery,
+                                    Some(slot.site()),
+                                    job.id,
+                                    &results,
+                                    Some(&tls_use),
+                                );
                             }
                             (ConnFailure::Protocol, e.to_string())
                         }
@@ -585,7 +615,7 @@ fn fail_job(
             )
         })
         .collect();
-    record_on(delivery, site, job.id, &results);
+    record_on(delivery, site, job.id, &results, None);
 }
 
 /// Records an attempt's results, and counts them on the egress path that made the attempt.
@@ -594,6 +624,7 @@ fn record_on(
     site: Option<&Site>,
     id: QueueId,
     results: &[(u32, AttemptResult)],
+    tls: Option<&crate::delivery::events::TlsUse>,
 ) {
     if let Some(site) = site {
         for (_, r) in results {
@@ -604,7 +635,7 @@ fn record_on(
             });
         }
     }
-    delivery.record(id, results);
+    delivery.record_with(id, results, tls);
 }
 
 /// Connects to the first reachable address of the first reachable host, from the local address

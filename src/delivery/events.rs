@@ -99,6 +99,9 @@ pub struct Event {
     pub category: Option<&'static str>,
     /// The id of the classifier rule that gave the category.
     pub rule: Option<&'static str>,
+    /// How the connection that got the reply was protected (none for failures before a reply,
+    /// reports that came back and replays).
+    pub tls: Option<TlsUse>,
     /// Attempt number (1-based).
     pub attempt: u32,
     /// Next attempt (ms since the Unix epoch) when deferred.
@@ -120,8 +123,40 @@ struct Line<'a> {
     category: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<&'a TlsUse>,
     attempt: u32,
     next_attempt_ms: Option<u64>,
+}
+
+/// How an outbound connection was protected, as the event log records it per delivery:
+/// `{"policy": "verify", "version": "TLSv1.3", "cipher": "TLS13_AES_256_GCM_SHA384"}`;
+/// `version` and `cipher` are null when the session stayed in plaintext.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TlsUse {
+    /// The policy that applied: `none` (`tls = "disabled"`), `opportunistic`, `required`,
+    /// `verify`, or `mta-sts` (an enforced MTA-STS policy: verified TLS to a listed MX).
+    pub policy: &'static str,
+    /// The negotiated protocol version.
+    pub version: Option<String>,
+    /// The negotiated cipher suite.
+    pub cipher: Option<String>,
+}
+
+impl TlsUse {
+    /// This use's index in [`crate::metrics::TLS_USES`]: its policy when encrypted, `plaintext` when an
+    /// opportunistic session stayed in clear.
+    pub fn index(&self) -> usize {
+        let label = match (self.policy, &self.version) {
+            ("none", _) => "none",
+            (_, None) => "plaintext",
+            (policy, Some(_)) => policy,
+        };
+        crate::metrics::TLS_USES
+            .iter()
+            .position(|u| *u == label)
+            .unwrap_or(0)
+    }
 }
 
 /// How far before the event log's last line a restart writes events again (see
@@ -263,6 +298,7 @@ fn attempt_line(ev: &Event) -> Line<'_> {
         reply: &ev.reply,
         category: ev.category,
         rule: ev.rule,
+        tls: ev.tls.as_ref(),
         attempt: ev.attempt,
         next_attempt_ms: ev.next_attempt_ms,
     }

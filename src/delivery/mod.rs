@@ -1051,6 +1051,17 @@ impl Delivery {
     /// what becomes of each recipient, then applies it (status record, retry entry, metrics,
     /// event log, DSNs).
     pub fn record(&self, id: QueueId, results: &[(u32, AttemptResult)]) {
+        self.record_with(id, results, None);
+    }
+
+    /// [`Delivery::record`] for attempts made over a connection protected as `tls` says
+    /// (recorded in the events and counted in `ringmta_outbound_tls_total`).
+    pub fn record_with(
+        &self,
+        id: QueueId,
+        results: &[(u32, AttemptResult)],
+        tls: Option<&events::TlsUse>,
+    ) {
         let now_time = self.clock.now();
         let now = unix_ms(now_time);
         let overridden: Vec<(u32, AttemptResult)>;
@@ -1141,7 +1152,15 @@ impl Delivery {
                     &self.config.policy,
                     now,
                 );
-                self.apply(&mut shard, id, *rcpt, &address, &d, now);
+                let replied = matches!(
+                    result,
+                    AttemptResult::Delivered { .. } | AttemptResult::Refused { .. }
+                );
+                let tls = tls.filter(|_| replied);
+                if let Some(t) = tls {
+                    self.metrics.outbound_tls(t.index());
+                }
+                self.apply(&mut shard, id, (*rcpt, &address), &d, now, tls);
                 if let Some(notice) = d.dsn {
                     notices[notice.kind as usize].push(DsnRecipientFacts {
                         rcpt: *rcpt,
@@ -1169,10 +1188,10 @@ impl Delivery {
         &self,
         shard: &mut Shard,
         id: QueueId,
-        rcpt: u32,
-        address: &str,
+        (rcpt, address): (u32, &str),
         d: &Decision,
         now: u64,
+        tls: Option<&events::TlsUse>,
     ) {
         let (kind, next, status) = match d.fate {
             Fate::Delivered => (StatusKind::Delivered, 0, RecipientStatus::Delivered),
@@ -1263,6 +1282,7 @@ impl Delivery {
             reply: d.text.clone(),
             category: d.category.map(Category::name),
             rule: d.rule,
+            tls: tls.cloned(),
             attempt: d.attempt,
             next_attempt_ms: (next > 0).then_some(next),
         };
@@ -1568,6 +1588,7 @@ impl Delivery {
                     reply: notice.reply.clone(),
                     category: category.map(Category::name),
                     rule: verdict.map(|v| v.rule),
+                    tls: None,
                     attempt: 0,
                     next_attempt_ms: None,
                 });
@@ -1634,6 +1655,7 @@ impl Delivery {
                     reply: rec.reply.as_str().to_owned(),
                     category: Category::from_name(rec.category.as_str()).map(Category::name),
                     rule: None,
+                    tls: None,
                     attempt: rec.attempt.to_native(),
                     next_attempt_ms: (next > 0).then_some(next),
                 });

@@ -119,6 +119,11 @@ fn temporary_failures_are_retried_and_permanent_ones_bounce_with_a_dsn() {
     assert_eq!(perm[0]["outcome"], "bounced");
     assert_eq!(perm[0]["category"], "user_unknown");
     assert_eq!(perm[0]["rule"], "generic.user_unknown", "{:?}", perm[0]);
+    // The sink offers no STARTTLS: an opportunistic session in plaintext.
+    assert_eq!(
+        perm[0]["tls"],
+        serde_json::json!({"policy": "opportunistic", "version": null, "cipher": null})
+    );
     assert!(
         temp[0].get("rule").is_some_and(|r| r.is_string()),
         "{:?}",
@@ -1539,6 +1544,18 @@ fn verified_tls_delivers_to_a_trusted_certificate_and_defers_any_other() {
         ev.len() == 2
     });
     assert_eq!(outcomes_of(&ev, "a@verify.test"), ["delivered"]);
+    let verified = ev
+        .iter()
+        .find(|e| e["recipient"] == "a@verify.test")
+        .unwrap();
+    assert_eq!(verified["tls"]["policy"], "verify", "{verified}");
+    assert_eq!(verified["tls"]["version"], "TLSv1.3", "{verified}");
+    assert!(
+        verified["tls"]["cipher"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("TLS13_")),
+        "{verified}"
+    );
     let wrong = ev
         .iter()
         .find(|e| e["recipient"] == "b@wrong.test")
@@ -1665,6 +1682,9 @@ fn an_enforced_mta_sts_policy_allows_only_its_mx_hosts_over_verified_tls() {
     assert!(out[0].starts_with("OK "), "{out:?}");
     let ev = wait_events(&dir, "three outcomes", 30, |ev| ev.len() == 3);
     assert_eq!(outcomes_of(&ev, "a@sts.test"), ["delivered"], "{ev:?}");
+    let enforced = ev.iter().find(|e| e["recipient"] == "a@sts.test").unwrap();
+    assert_eq!(enforced["tls"]["policy"], "mta-sts", "{enforced}");
+    assert_eq!(enforced["tls"]["version"], "TLSv1.3", "{enforced}");
     let of = |rcpt: &str| ev.iter().find(|e| e["recipient"] == rcpt).unwrap().clone();
     let bad = of("b@bad.test");
     assert_eq!(

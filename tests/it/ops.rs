@@ -61,6 +61,9 @@ fn metrics_health_and_readiness() {
             ("ringmta_deliveries_total{outcome=\"delivered\"}", 4.0),
             ("ringmta_queue_recipients{state=\"delivered\"}", 4.0),
             ("ringmta_queue_recipients{state=\"bounced\"}", 1.0),
+            // Every attempt that got a reply (4 deliveries and the 550), over the sink's
+            // plaintext sessions (it offers no STARTTLS).
+            ("ringmta_outbound_tls_total{use=\"plaintext\"}", 5.0),
         ],
         30,
     );
