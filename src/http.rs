@@ -37,9 +37,7 @@ use crate::auth::AuthService;
 use crate::control::ControlHandle;
 use crate::ids::QueueId;
 use crate::metrics::{CoreMetrics, render};
-use crate::smtp::{
-    AuthOutcome, BodyType, CommitError, Mailbox, Notify, Recipient, ReversePath, Transaction,
-};
+use crate::smtp::{AuthOutcome, CommitError, Mailbox, Transaction};
 
 /// Everything the HTTP thread needs.
 pub struct Api {
@@ -474,30 +472,13 @@ impl Api {
                 &serde_json::json!({ "error": "every recipient is suppressed", "refused": refused }),
             );
         }
-        let t = Transaction {
-            helo,
-            esmtp: true,
-            peer: SocketAddr::new(peer, 0),
-            tls: None,
-            auth_user: user,
-            reverse_path: ReversePath::Mailbox(built.sender),
-            body_type: BodyType::EightBitMime,
-            smtputf8: false,
-            ret: None,
-            envid: None,
-            deliver_by: None,
-            mt_priority: None,
-            recipients: recipients
-                .into_iter()
-                .map(|m| Recipient {
-                    forward_path: m,
-                    notify: Notify::default(),
-                    orcpt: None,
-                })
-                .collect(),
-            feedback: false,
-            body: built.message,
-        };
+        let t = Transaction::built(
+            (helo, SocketAddr::new(peer, 0)),
+            user,
+            built.sender,
+            recipients,
+            built.message,
+        );
         match self.control.inject(t) {
             Ok(Ok(id)) => json(
                 202,

@@ -60,6 +60,9 @@ pub struct DeliverySettings {
     pub mta_sts_https_port: u16,
     /// The VERP bounce domain (lower case), when bounces and complaints are processed.
     pub bounce_domain: Option<String>,
+    /// SMTP TLS reporting (RFC 8460): off, or the period and the sender of mailed reports
+    /// (default `tls-reports@<hostname>`).
+    pub tls_rpt: Option<(Duration, Option<String>)>,
     /// Messages per second per destination site, whole process; 0 = unlimited.
     pub max_messages_per_second: u32,
     /// The reaction to `rate_limited` and `blocklisted` replies.
@@ -165,6 +168,16 @@ impl DeliverySettings {
             tls_ca_file: d.tls_ca_file.as_ref().map(PathBuf::from),
             mta_sts: d.mta_sts.unwrap_or(true),
             mta_sts_https_port: d.mta_sts_https_port.unwrap_or(443),
+            tls_rpt: d.tls_rpt.unwrap_or(false).then(|| {
+                (
+                    r.duration(
+                        "delivery.tls_rpt_interval",
+                        d.tls_rpt_interval.as_ref(),
+                        Duration::from_secs(86_400),
+                    ),
+                    d.tls_rpt_from.clone(),
+                )
+            }),
             bounce_domain: d
                 .bounce_domain
                 .as_ref()

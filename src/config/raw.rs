@@ -338,6 +338,13 @@ pub struct RawDelivery {
     /// `bounces+<queue id>@<bounce_domain>` (VERP), and DSNs and ARF reports sent there on the
     /// smtp role are read, not relayed. Off (the sender's own return path) when unset.
     pub bounce_domain: Option<String>,
+    /// Send SMTP TLS reports (RFC 8460) to the domains with an MTA-STS policy that publish a
+    /// `_smtp._tls` record. Default: false.
+    pub tls_rpt: Option<bool>,
+    /// The reporting period. Default: 24h.
+    pub tls_rpt_interval: Option<String>,
+    /// The sender of mailed reports. Default: `tls-reports@<hostname>`.
+    pub tls_rpt_from: Option<String>,
     /// Connect timeout. Default: 30s.
     pub connect_timeout: Option<String>,
     /// Wait for a reply to a command (greeting, EHLO, MAIL, RCPT). Default: 5m (RFC 5321 §4.5.3.2).

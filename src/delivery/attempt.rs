@@ -183,6 +183,17 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                             "handshake timed out",
                         ))
                     });
+                    // TLS-RPT counts the sessions with the MX hosts of a policy domain.
+                    if let (true, Some(rpt)) = (sts_enforced, delivery.tls_rpt()) {
+                        match &handshake {
+                            Ok(()) => rpt.success(domain),
+                            Err(e) => rpt.failure(
+                                domain,
+                                crate::queue::tlsrpt::ResultType::of_error(&e.to_string()),
+                                &hop.name,
+                            ),
+                        }
+                    }
                     if let Err(e) = handshake {
                         // Under `verify`, a certificate that does not check out says why.
                         let failure = if crate::net::tls::is_certificate_error(&e) {

@@ -15,6 +15,7 @@ pub mod route;
 pub mod sites;
 pub mod sts;
 pub mod suspend;
+pub mod tlsrpt;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -158,6 +159,8 @@ pub struct CoreHandles {
     pub sts: Arc<sts::Sts>,
     /// The suppression list (shared by every core, the sessions and the HTTP thread).
     pub suppressions: Arc<crate::suppress::Suppressions>,
+    /// TLS-RPT session counts (shared by every core), when `delivery.tls_rpt` is on.
+    pub tls_rpt: Option<Arc<tlsrpt::TlsRpt>>,
 }
 
 /// Per-core delivery state. Lives in an `Rc` on the worker thread.
@@ -202,6 +205,8 @@ pub struct Delivery {
     sts: Arc<sts::Sts>,
     /// The suppression list.
     suppressions: Arc<crate::suppress::Suppressions>,
+    /// TLS-RPT session counts, when reporting is on.
+    tls_rpt: Option<Arc<tlsrpt::TlsRpt>>,
     dsn_counter: Cell<u64>,
     /// Recipients queued on a destination or in a transaction right now: never dispatched twice.
     in_flight: RefCell<HashSet<(QueueId, u32)>>,
@@ -238,6 +243,7 @@ impl Delivery {
             verify_tls,
             sts,
             suppressions,
+            tls_rpt,
         } = core;
         let now = unix_ms(clock.now());
         let route_tls = config.route_tls.clone();
@@ -276,6 +282,7 @@ impl Delivery {
             verify_tls,
             sts,
             suppressions,
+            tls_rpt,
             dsn_counter: Cell::new(0),
             in_flight: RefCell::new(HashSet::new()),
             cancelled: RefCell::new(HashMap::new()),
@@ -1663,6 +1670,11 @@ impl Delivery {
             }
         }
         n
+    }
+
+    /// The TLS-RPT session counts, when reporting is on.
+    pub fn tls_rpt(&self) -> Option<&tlsrpt::TlsRpt> {
+        self.tls_rpt.as_deref()
     }
 
     /// The VERP bounce domain, when bounces come back to ringmta.

@@ -10,4 +10,5 @@ pub mod schedule;
 pub mod shaping;
 pub mod sts;
 pub mod throttle;
+pub mod tlsrpt;
 pub mod wheel;

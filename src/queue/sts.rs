@@ -42,6 +42,21 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The policy as RFC 8461 §3.2 text, for TLS reports' `policy-string`.
+    pub fn to_text(&self) -> String {
+        let mode = match self.mode {
+            Mode::Enforce => "enforce",
+            Mode::Testing => "testing",
+            Mode::None => "none",
+        };
+        let mut text = format!("version: STSv1\nmode: {mode}\n");
+        for mx in &self.mx {
+            text.push_str(&format!("mx: {mx}\n"));
+        }
+        text.push_str(&format!("max_age: {}\n", self.max_age));
+        text
+    }
+
     /// Whether `host` (an MX host name) is one the policy allows.
     pub fn allows(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();

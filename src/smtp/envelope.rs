@@ -198,3 +198,40 @@ pub struct Transaction {
     /// The message: un-stuffed, every line ending CRLF, at most `max_message_size` bytes.
     pub body: Vec<u8>,
 }
+
+impl Transaction {
+    /// A message ringmta builds itself (an HTTP injection, a TLS report): from `sender` to
+    /// `recipients` with default NOTIFY, 8-bit body, no TLS, no DSN parameters.
+    pub fn built(
+        (helo, peer): (String, std::net::SocketAddr),
+        auth_user: Option<String>,
+        sender: super::Mailbox,
+        recipients: Vec<super::Mailbox>,
+        body: Vec<u8>,
+    ) -> Transaction {
+        Transaction {
+            helo,
+            esmtp: true,
+            peer,
+            tls: None,
+            auth_user,
+            reverse_path: super::ReversePath::Mailbox(sender),
+            body_type: BodyType::EightBitMime,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            deliver_by: None,
+            mt_priority: None,
+            recipients: recipients
+                .into_iter()
+                .map(|m| Recipient {
+                    forward_path: m,
+                    notify: Notify::default(),
+                    orcpt: None,
+                })
+                .collect(),
+            feedback: false,
+            body,
+        }
+    }
+}

@@ -10,6 +10,7 @@
 
 pub mod control;
 pub mod shared;
+mod tls_reports;
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
@@ -60,6 +61,8 @@ pub struct Shared {
     pub classifier: Arc<crate::bounce::classify::Classifier>,
     /// Delivery event log.
     pub events: crate::delivery::events::EventLog,
+    /// TLS-RPT session counts, when `delivery.tls_rpt` is on.
+    pub tls_rpt: Option<Arc<crate::delivery::tlsrpt::TlsRpt>>,
     /// At start, a little before the last line the event log had: the events of status
     /// records from then on are written again (`Delivery::replay_events`). `None` for a new or
     /// empty log.
@@ -571,6 +574,7 @@ fn start_delivery(core: &Rc<Core>) {
         verify_tls: Arc::clone(&core.shared.verify_tls),
         sts: Arc::clone(&core.shared.sts),
         suppressions: Arc::clone(&core.shared.suppressions),
+        tls_rpt: core.shared.tls_rpt.clone(),
     };
     let delivery = Delivery::new(
         handles,
@@ -580,6 +584,9 @@ fn start_delivery(core: &Rc<Core>) {
         core.shared.events.clone(),
     );
     *core.delivery.borrow_mut() = Some(Rc::clone(&delivery));
+    if core.index == 0 {
+        tls_reports::start(core);
+    }
     delivery.recover_dsns();
     if let Some(since) = core.shared.events_replay_since {
         let n = delivery.replay_events(since);

@@ -83,6 +83,11 @@ impl Shared {
             });
         }));
         Ok(Shared {
+            tls_rpt: config.delivery.tls_rpt.is_some().then(|| {
+                Arc::new(crate::delivery::tlsrpt::TlsRpt::new(crate::time::unix_ms(
+                    std::time::SystemTime::now(),
+                )))
+            }),
             events_replay_since,
             peers: std::sync::OnceLock::new(),
             suppressions: Arc::new(suppressions),

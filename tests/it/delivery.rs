@@ -1807,3 +1807,88 @@ fn a_deadline_expires_mail_that_waits_for_a_paused_site() {
         "{bounced}"
     );
 }
+
+/// TLS-RPT (RFC 8460, issue 14): with `delivery.tls_rpt`, a session that fails under a
+/// domain's enforced MTA-STS policy (the MX's certificate names another host) is counted, and
+/// at the end of the period the JSON report goes to the `rua` of the domain's `_smtp._tls`
+/// record — here a mailbox whose MX is a ringmta that passes it on to the sink, where the
+/// attachment is parsed back.
+#[test]
+fn a_tls_report_reaches_the_rua_address_after_a_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(tmp.path());
+    let sink = Sink::start();
+    // The hop takes mail for report.test (its certificate names only mx.report.test) and
+    // passes it on to the sink.
+    let (cert, key) = ca.issue("hop", &["mx.report.test"]);
+    let hop = Server::start(&format!(
+        "[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n",
+        sink.addr
+    ));
+    let policy = "version: STSv1\r\nmode: enforce\r\nmx: mx.rpt.test\r\nmax_age: 86400\r\n";
+    let log = tmp.path().join("sts-requests");
+    let sts = sts_server(&ca, &[("mta-sts.rpt.test", policy)], &log);
+    let zone = serde_json::json!({
+        "rpt.test": {"MX": [[10, "mx.rpt.test."]]},
+        "mx.rpt.test": {"A": ["127.0.0.1"]},
+        "mta-sts.rpt.test": {"A": ["127.0.0.1"]},
+        "_mta-sts.rpt.test": {"TXT": ["v=STSv1; id=20261202r;"]},
+        "_smtp._tls.rpt.test": {"TXT": ["v=TLSRPTv1; rua=mailto:reports@report.test"]},
+        "report.test": {"MX": [[10, "mx.report.test."]]},
+        "mx.report.test": {"A": ["127.0.0.1"]}
+    });
+    let Some(dns) = Dns::start(&zone.to_string()) else {
+        ringmta::testkit::skip("python3 with dnslib is needed (pip install dnslib)");
+        return;
+    };
+    let dir = tmp.path().join("relay");
+    let config = crate::harness::base_config(
+        &dir,
+        &format!(
+            "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nsmtp_port = {}\nretry_schedule = [\"1h\"]\n\
+             mta_sts_https_port = {}\ntls_ca_file = \"{}\"\ntls_rpt = true\ntls_rpt_interval = \"2s\"\n\
+             tls_rpt_from = \"tls-reports@mx.test\"\n",
+            dns.port,
+            hop.port("smtp"),
+            sts.port,
+            tmp.path().join("ca.pem").display()
+        ),
+    );
+    let relay = Server::start_in(&dir, &config);
+    let out = submit(&relay, &["--to", "a@rpt.test"]);
+    assert!(out[0].starts_with("OK "), "{out:?}");
+    let ev = wait_events(&dir, "the deferral", 30, |ev| ev.len() == 1);
+    assert_eq!(ev[0]["outcome"], "deferred", "{:?}", ev[0]);
+    assert_eq!(ev[0]["category"], "tls", "{:?}", ev[0]);
+
+    let got = sink.wait_for("the TLS report", 60, |m| {
+        m.iter()
+            .any(|m| m.starts_with("X-Sink-Recipients: reports@report.test"))
+    });
+    let raw = got
+        .iter()
+        .find(|m| m.starts_with("X-Sink-Recipients: reports@report.test"))
+        .unwrap();
+    let message = mail_parser::MessageParser::default()
+        .parse(raw.as_bytes())
+        .expect("the report parses");
+    assert_eq!(
+        message
+            .header("TLS-Report-Domain")
+            .and_then(|h| h.as_text()),
+        Some("rpt.test"),
+        "{raw}"
+    );
+    let attachment = message.attachments().next().expect("an attachment");
+    let json: serde_json::Value = serde_json::from_slice(attachment.contents()).unwrap();
+    assert_eq!(json["contact-info"], "tls-reports@mx.test", "{json}");
+    let p = &json["policies"][0];
+    assert_eq!(p["policy"]["policy-type"], "sts", "{json}");
+    assert_eq!(p["policy"]["policy-domain"], "rpt.test", "{json}");
+    assert_eq!(p["policy"]["policy-string"][1], "mode: enforce", "{json}");
+    assert_eq!(p["summary"]["total-successful-session-count"], 0, "{json}");
+    assert_eq!(p["summary"]["total-failure-session-count"], 1, "{json}");
+    let detail = &p["failure-details"][0];
+    assert_eq!(detail["result-type"], "certificate-host-mismatch", "{json}");
+    assert_eq!(detail["receiving-mx-hostname"], "mx.rpt.test", "{json}");
+}
