@@ -1892,3 +1892,66 @@ fn a_tls_report_reaches_the_rua_address_after_a_failure() {
     assert_eq!(detail["result-type"], "certificate-host-mismatch", "{json}");
     assert_eq!(detail["receiving-mx-hostname"], "mx.rpt.test", "{json}");
 }
+
+/// MTA-STS (issue 14): a policy in `testing` mode delivers even to an MX host it does not
+/// name; a changed `_mta-sts` TXT id makes the next connection fetch the policy again, and an
+/// unchanged one does not.
+#[test]
+fn a_testing_policy_delivers_and_a_new_txt_id_fetches_the_policy_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(tmp.path());
+    let hop = tls_hop(&ca, &["mx.t.test"]);
+    let policy = "version: STSv1\r\nmode: testing\r\nmx: mx.elsewhere.test\r\nmax_age: 86400\r\n";
+    let log = tmp.path().join("sts-requests");
+    let sts = sts_server(&ca, &[("mta-sts.t.test", policy)], &log);
+    let zone_file = tmp.path().join("zone.json");
+    let zone = |id: &str| {
+        serde_json::json!({
+            "t.test": {"MX": [[10, "mx.t.test."]]},
+            "mx.t.test": {"A": ["127.0.0.1"]},
+            "mta-sts.t.test": {"A": ["127.0.0.1"]},
+            "_mta-sts.t.test": {"TXT": [format!("v=STSv1; id={id};")], "TTL": 0}
+        })
+        .to_string()
+    };
+    std::fs::write(&zone_file, zone("first")).unwrap();
+    let Some(dns) = Dns::start(&format!("@{}", zone_file.display())) else {
+        ringmta::testkit::skip("python3 with dnslib is needed (pip install dnslib)");
+        return;
+    };
+    let dir = tmp.path().join("relay");
+    let config = crate::harness::base_config(
+        &dir,
+        &format!(
+            "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nsmtp_port = {}\nretry_schedule = [\"1h\"]\n\
+             mta_sts_https_port = {}\ntls_ca_file = \"{}\"\n",
+            dns.port,
+            hop.port("smtp"),
+            sts.port,
+            tmp.path().join("ca.pem").display()
+        ),
+    );
+    let relay = Server::start_in(&dir, &config);
+    let fetched = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("mta-sts.t.test "))
+            .count()
+    };
+    let deliver = |to: &str| {
+        let out = submit(&relay, &["--to", to]);
+        assert!(out[0].starts_with("OK "), "{out:?}");
+        wait_events(&dir, "the delivery", 30, |ev| {
+            outcomes_of(ev, to) == ["delivered"]
+        });
+    };
+    // mx.t.test is not in the testing policy: delivered anyway.
+    deliver("a@t.test");
+    assert_eq!(fetched(), 1);
+    deliver("b@t.test");
+    assert_eq!(fetched(), 1, "same id: the cached policy holds");
+    std::fs::write(&zone_file, zone("second")).unwrap();
+    deliver("c@t.test");
+    assert_eq!(fetched(), 2, "a new id fetches the policy again");
+}
