@@ -54,6 +54,7 @@ fuzz_target!(|case: Case| {
         role,
         limits,
         starttls_available: true,
+        feedback_domain: None,
     });
     let mut now = Instant::now();
     let peer = PeerInfo {

@@ -82,6 +82,7 @@ fuzz_target!(|data: &[u8]| {
             role,
             limits,
             starttls_available: true,
+            feedback_domain: None,
         });
         let now = Instant::now();
         let peer = PeerInfo {
