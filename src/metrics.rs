@@ -83,7 +83,7 @@ pub struct CoreMetrics {
     throttles: [AtomicU64; 2],
     /// Recipients' attempts that got a reply, by how the connection was protected
     /// ([`TLS_USES`]).
-    outbound_tls: [AtomicU64; 6],
+    outbound_tls: [AtomicU64; 7],
     /// Spool bytes (segment files), refreshed every second.
     pub spool_bytes: AtomicU64,
     /// Spool records, refreshed every second.
@@ -123,13 +123,14 @@ impl CoreMetrics {
 /// The label values of `ringmta_outbound_tls_total{use}`: the TLS policy that applied when the
 /// session was encrypted, `plaintext` when an opportunistic one was not, `none` when TLS is
 /// disabled.
-pub const TLS_USES: [&str; 6] = [
+pub const TLS_USES: [&str; 7] = [
     "none",
     "plaintext",
     "opportunistic",
     "required",
     "verify",
     "mta-sts",
+    "dane",
 ];
 
 /// Why a connection was refused at accept; indexes `CoreMetrics::connections_refused`.

@@ -58,6 +58,8 @@ pub struct DeliverySettings {
     pub mta_sts: bool,
     /// Port of the MTA-STS policy hosts (443; another for tests or a local proxy).
     pub mta_sts_https_port: u16,
+    /// Honour MX hosts' DNSSEC-validated TLSA records (DANE, RFC 7672).
+    pub dane: bool,
     /// The VERP bounce domain (lower case), when bounces and complaints are processed.
     pub bounce_domain: Option<String>,
     /// SMTP TLS reporting (RFC 8460): off, or the period and the sender of mailed reports
@@ -168,6 +170,7 @@ impl DeliverySettings {
             tls_ca_file: d.tls_ca_file.as_ref().map(PathBuf::from),
             mta_sts: d.mta_sts.unwrap_or(true),
             mta_sts_https_port: d.mta_sts_https_port.unwrap_or(443),
+            dane: d.dane.unwrap_or(true),
             tls_rpt: d.tls_rpt.unwrap_or(false).then(|| {
                 (
                     r.duration(

@@ -334,6 +334,9 @@ pub struct RawDelivery {
     pub mta_sts: Option<bool>,
     /// The port MTA-STS policies are fetched from. Default: 443.
     pub mta_sts_https_port: Option<u16>,
+    /// Honour the TLSA records of MX hosts (DANE, RFC 7672) when the resolver vouches for them
+    /// with the AD bit. Default: true.
+    pub dane: Option<bool>,
     /// The domain bounces and complaints come back to: mail leaves with the return path
     /// `bounces+<queue id>@<bounce_domain>` (VERP), and DSNs and ARF reports sent there on the
     /// smtp role are read, not relayed. Off (the sender's own return path) when unset.

@@ -15,6 +15,7 @@ use crate::smtp::client::{
 };
 use crate::smtp::{Reply, ReplyLimits};
 
+use super::dane::{self, Dane};
 use super::route::NextHop;
 use super::sites::{PathOutcome, Site, site_of};
 use super::{AttemptResult, Delivery, DestKey, Job};
@@ -29,9 +30,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
         Err(e) => {
             let failure = e.as_failure();
             let detail = e.to_string();
-            for job in delivery.drain_jobs(key) {
-                fail_job(&delivery, None, &job, failure, &detail, "");
-            }
+            fail_all(&delivery, None, key, failure, &detail);
             return;
         }
     };
@@ -52,9 +51,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                     sts.id,
                     names.join(", ")
                 );
-                for job in delivery.drain_jobs(key) {
-                    fail_job(&delivery, None, &job, ConnFailure::Tls, &detail, "");
-                }
+                fail_all(&delivery, None, key, ConnFailure::Tls, &detail);
                 return;
             }
             tls_policy = TlsPolicy::Verify;
@@ -83,18 +80,40 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
     let from = source.as_ref().map(|s| s.address);
     let Some((mut transport, hop)) = connect_any(&delivery, &hops, from).await else {
         let detail = format!("cannot connect to any mail host of {domain}");
-        for job in delivery.drain_jobs(key) {
-            fail_job(
-                &delivery,
-                Some(slot.site()),
-                &job,
-                ConnFailure::Refused,
-                &detail,
-                "",
-            );
-        }
+        fail_all(
+            &delivery,
+            Some(slot.site()),
+            key,
+            ConnFailure::Refused,
+            &detail,
+        );
         return;
     };
+    // DANE (RFC 7672): validated TLSA records of the host make TLS mandatory and say which
+    // certificate it must present; they take precedence over the other policies for this host.
+    let mut dane_tls = None;
+    if delivery.config().dane
+        && tls_policy != TlsPolicy::Disabled
+        && !delivery.router().is_static(domain)
+    {
+        match dane::lookup(&delivery.router(), &hop.name).await {
+            Ok(Dane::None) => {}
+            Ok(Dane::Unusable) => {
+                if tls_policy == TlsPolicy::Opportunistic {
+                    tls_policy = TlsPolicy::Required;
+                }
+            }
+            Ok(Dane::Records(records)) => {
+                dane_tls = Some(dane::client_config(records));
+                tls_policy = TlsPolicy::Verify;
+                sts_enforced = false;
+            }
+            Err(detail) => {
+                fail_all(&delivery, Some(slot.site()), key, ConnFailure::Tls, &detail);
+                return;
+            }
+        }
+    }
     let cfg = delivery.config();
     let client = ClientConfig {
         helo: source
@@ -120,6 +139,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
     // How this connection is protected, for the events and metrics of its deliveries.
     let mut tls_use = crate::delivery::events::TlsUse {
         policy: match tls_policy {
+            _ if dane_tls.is_some() => "dane",
             _ if sts_enforced => "mta-sts",
             TlsPolicy::Disabled => "none",
             TlsPolicy::Opportunistic => "opportunistic",
@@ -174,7 +194,10 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                     });
                     let handshake = tokio::time::timeout(
                         WRITE_TIMEOUT,
-                        transport.connect_tls(Arc::clone(delivery.tls(tls_policy)), name),
+                        transport.connect_tls(
+                            Arc::clone(dane_tls.as_ref().unwrap_or(delivery.tls(tls_policy))),
+                            name,
+                        ),
                     )
                     .await
                     .unwrap_or_else(|_| {
@@ -207,7 +230,13 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                             key,
                             &mut current,
                             sent == 0,
-                            (failure, &format!("tls with {remote}: {e}")),
+                            (
+                                failure,
+                                &match dane::mismatch(&e) {
+                                    Some(why) => format!("tls with {remote}: {why}"),
+                                    None => format!("tls with {remote}: {e}"),
+                                },
+                            ),
                             &remote,
                         );
                         closed = true;
@@ -603,6 +632,19 @@ fn give_up(
 /// Longest a single write or TLS handshake to a next hop may take (RFC 5321 §4.5.3.2.5 gives
 /// 3 minutes per data block).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Fails every queued job of `key` before a connection could carry them.
+fn fail_all(
+    delivery: &Delivery,
+    site: Option<&Site>,
+    key: &DestKey,
+    failure: ConnFailure,
+    detail: &str,
+) {
+    for job in delivery.drain_jobs(key) {
+        fail_job(delivery, site, &job, failure, detail, "");
+    }
+}
 
 fn fail_job(
     delivery: &Delivery,

@@ -9,6 +9,7 @@
 //! hold for the whole process (`sites`). See `docs/delivery.md`.
 
 pub mod attempt;
+pub mod dane;
 pub mod egress;
 pub mod events;
 pub mod route;
@@ -134,6 +135,8 @@ pub struct DeliveryConfig {
     pub timeouts: crate::smtp::client::ClientTimeouts,
     /// The VERP bounce domain: messages leave with `bounces+<queue id>@<it>` as return path.
     pub bounce_domain: Option<String>,
+    /// Honour MX hosts' validated TLSA records (DANE).
+    pub dane: bool,
 }
 
 /// What delivery is handed of its core: the shard, the metrics, the shutdown signal and the

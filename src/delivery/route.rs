@@ -8,7 +8,8 @@ use std::time::Duration;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::op::{Edns, Message, Query, ResponseCode};
+use hickory_resolver::proto::rr::{Name, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 
 use crate::bounce::classify::ConnFailure;
@@ -71,6 +72,20 @@ pub struct Router {
     routes: Vec<StaticRoute>,
     resolver: TokioResolver,
     smtp_port: u16,
+    /// The name servers asked directly when the answer's DNSSEC status matters (DANE): those of
+    /// `delivery.nameservers`, or of `/etc/resolv.conf`.
+    validating: Vec<SocketAddr>,
+    timeout: Duration,
+}
+
+/// An answer from the resolver with what it says of its DNSSEC status.
+#[derive(Clone, Debug)]
+pub struct Validated {
+    /// The resolver validated the answer (the AD bit, RFC 4035 §3.2.3): its records, or their
+    /// absence, are as the zone's owner signed them. False for an unsigned zone.
+    pub secure: bool,
+    /// The answer's records of the asked type, in order.
+    pub records: Vec<hickory_resolver::proto::rr::Record>,
 }
 
 impl Router {
@@ -93,6 +108,11 @@ impl Router {
         let mut opts = ResolverOpts::default();
         opts.timeout = timeout;
         opts.attempts = 2;
+        let validating = if nameservers.is_empty() {
+            system_name_servers()
+        } else {
+            nameservers.to_vec()
+        };
         let builder = if nameservers.is_empty() {
             Resolver::builder_tokio()?
         } else {
@@ -116,6 +136,8 @@ impl Router {
             routes,
             resolver,
             smtp_port,
+            validating,
+            timeout,
         })
     }
 
@@ -249,6 +271,58 @@ impl Router {
         }
     }
 
+    /// Asks the name servers for `name`'s `rtype` records with the DO and AD bits set and reports
+    /// whether the answer came back authenticated. This trusts the resolver's AD bit, as Postfix
+    /// does: the resolver must validate, and the path to it must be trusted (loopback).
+    /// NXDOMAIN is an empty answer; SERVFAIL (a bogus signature, an unreachable zone) and
+    /// timeouts are errors.
+    pub async fn validated(&self, name: &str, rtype: RecordType) -> Result<Validated, String> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        let qname = Name::from_ascii(&fqdn).map_err(|e| format!("{fqdn}: {e}"))?;
+        let mut query = Message::query();
+        query.metadata.id = rand::random();
+        query.metadata.recursion_desired = true;
+        query.metadata.authentic_data = true;
+        query.add_query(Query::query(qname, rtype));
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232).set_dnssec_ok(true);
+        query.set_edns(edns);
+        let wire = query.to_vec().map_err(|e| e.to_string())?;
+        let mut last = format!("no name server to ask for {fqdn}");
+        for &server in &self.validating {
+            let answer = match tokio::time::timeout(
+                self.timeout,
+                exchange(server, &wire, query.metadata.id),
+            )
+            .await
+            {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) => {
+                    last = format!("{fqdn} {rtype} from {server}: {e}");
+                    continue;
+                }
+                Err(_) => {
+                    last = format!("{fqdn} {rtype} from {server}: timed out");
+                    continue;
+                }
+            };
+            let code = answer.metadata.response_code;
+            if code != ResponseCode::NoError && code != ResponseCode::NXDomain {
+                last = format!("{fqdn} {rtype} from {server}: {code}");
+                continue;
+            }
+            return Ok(Validated {
+                secure: answer.metadata.authentic_data,
+                records: answer
+                    .answers
+                    .into_iter()
+                    .filter(|r| r.record_type() == rtype)
+                    .collect(),
+            });
+        }
+        Err(last)
+    }
+
     async fn lookup_addrs(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, DnsTrouble> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
@@ -269,6 +343,65 @@ impl Router {
             },
         }
     }
+}
+
+/// The name servers of `/etc/resolv.conf` (none when it cannot be read).
+fn system_name_servers() -> Vec<SocketAddr> {
+    match hickory_resolver::system_conf::read_system_conf() {
+        Ok((config, _)) => config
+            .name_servers
+            .iter()
+            .map(|ns| SocketAddr::new(ns.ip, ns.connections.first().map_or(53, |c| c.port)))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading /etc/resolv.conf");
+            Vec::new()
+        }
+    }
+}
+
+/// One query to one server: over UDP, then over TCP when the answer is truncated.
+async fn exchange(server: SocketAddr, wire: &[u8], id: u16) -> Result<Message, String> {
+    let any: SocketAddr = if server.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let udp = tokio::net::UdpSocket::bind(any)
+        .await
+        .map_err(|e| e.to_string())?;
+    udp.connect(server).await.map_err(|e| e.to_string())?;
+    udp.send(wire).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 4096];
+    // Datagrams that are not the answer (another id, garbage) are skipped; the caller's
+    // timeout bounds the wait.
+    let answer = loop {
+        let n = udp.recv(&mut buf).await.map_err(|e| e.to_string())?;
+        match Message::from_vec(&buf[..n]) {
+            Ok(m) if m.metadata.id == id => break m,
+            _ => continue,
+        }
+    };
+    if !answer.metadata.truncation {
+        return Ok(answer);
+    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut framed = Vec::with_capacity(wire.len() + 2);
+    framed.extend_from_slice(&(wire.len() as u16).to_be_bytes());
+    framed.extend_from_slice(wire);
+    tcp.write_all(&framed).await.map_err(|e| e.to_string())?;
+    let mut len = [0u8; 2];
+    tcp.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    tcp.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    let answer = Message::from_vec(&body).map_err(|e| e.to_string())?;
+    if answer.metadata.id != id {
+        return Err("answer over tcp has another id".to_owned());
+    }
+    Ok(answer)
 }
 
 enum DnsOutcome {

@@ -562,6 +562,7 @@ fn start_delivery(core: &Rc<Core>) {
         },
         route_tls: d.route_tls.clone(),
         bounce_domain: d.bounce_domain.clone(),
+        dane: d.dane,
     };
     let handles = CoreHandles {
         shard: Rc::clone(&core.shard),

@@ -112,12 +112,25 @@ async fn send(
                 }
             }
             Rua::Https(url) => {
+                let Some(target) = crate::http_client::Target::parse(&url) else {
+                    tracing::warn!(domain, url, "TLS report address is not a usable URL");
+                    continue;
+                };
+                // The report host is resolved as every other delivery lookup is (through
+                // `delivery.nameservers` when set), here, before the blocking thread.
+                let addrs = match delivery.router().addresses(&target.host, target.port).await {
+                    Ok(addrs) => addrs,
+                    Err(e) => {
+                        tracing::warn!(domain, url, error = %e, "TLS report not posted");
+                        continue;
+                    }
+                };
                 let tls = Arc::clone(&core.shared.verify_tls);
                 let body = json.clone().into_bytes();
                 let domain = domain.to_owned();
                 let _ = std::thread::Builder::new()
                     .name("ringmta-tlsrpt".into())
-                    .spawn(move || post(&url, &domain, &body, &tls));
+                    .spawn(move || post(&target, &addrs, (&url, &domain), &body, &tls));
             }
         }
     }
@@ -168,12 +181,15 @@ fn mail(
     ))
 }
 
-/// POSTs the report to an `https:` address (RFC 8460 §5.4), once; a failure is logged.
-fn post(url: &str, domain: &str, body: &[u8], tls: &Arc<rustls::ClientConfig>) {
-    let Some(target) = crate::http_client::Target::parse(url) else {
-        tracing::warn!(domain, url, "TLS report address is not a usable URL");
-        return;
-    };
+/// POSTs the report to an `https:` address (RFC 8460 §5.4) at `addrs`, once; the outcome is
+/// logged.
+fn post(
+    target: &crate::http_client::Target,
+    addrs: &[std::net::SocketAddr],
+    (url, domain): (&str, &str),
+    body: &[u8],
+    tls: &Arc<rustls::ClientConfig>,
+) {
     let headers = ["Content-Type: application/tlsrpt+json".to_owned()];
     let request = crate::http_client::Request {
         method: "POST",
@@ -181,8 +197,8 @@ fn post(url: &str, domain: &str, body: &[u8], tls: &Arc<rustls::ClientConfig>) {
         body,
     };
     match crate::http_client::send(
-        &target,
-        &[],
+        target,
+        addrs,
         &request,
         tls,
         Duration::from_secs(30),

@@ -1812,7 +1812,8 @@ fn a_deadline_expires_mail_that_waits_for_a_paused_site() {
 /// domain's enforced MTA-STS policy (the MX's certificate names another host) is counted, and
 /// at the end of the period the JSON report goes to the `rua` of the domain's `_smtp._tls`
 /// record — here a mailbox whose MX is a ringmta that passes it on to the sink, where the
-/// attachment is parsed back.
+/// attachment is parsed back, and an https address (the policy server, reached through the
+/// test DNS and the test CA) that gets the same JSON POSTed.
 #[test]
 fn a_tls_report_reaches_the_rua_address_after_a_failure() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1827,13 +1828,22 @@ fn a_tls_report_reaches_the_rua_address_after_a_failure() {
     ));
     let policy = "version: STSv1\r\nmode: enforce\r\nmx: mx.rpt.test\r\nmax_age: 86400\r\n";
     let log = tmp.path().join("sts-requests");
-    let sts = sts_server(&ca, &[("mta-sts.rpt.test", policy)], &log);
+    let sts = sts_server(
+        &ca,
+        &[("mta-sts.rpt.test", policy), ("reports.rpt.test", "")],
+        &log,
+    );
+    let rua = format!(
+        "v=TLSRPTv1; rua=mailto:reports@report.test,https://reports.rpt.test:{}/tlsrpt",
+        sts.port
+    );
     let zone = serde_json::json!({
         "rpt.test": {"MX": [[10, "mx.rpt.test."]]},
         "mx.rpt.test": {"A": ["127.0.0.1"]},
         "mta-sts.rpt.test": {"A": ["127.0.0.1"]},
         "_mta-sts.rpt.test": {"TXT": ["v=STSv1; id=20261202r;"]},
-        "_smtp._tls.rpt.test": {"TXT": ["v=TLSRPTv1; rua=mailto:reports@report.test"]},
+        "_smtp._tls.rpt.test": {"TXT": [rua]},
+        "reports.rpt.test": {"A": ["127.0.0.1"]},
         "report.test": {"MX": [[10, "mx.report.test."]]},
         "mx.report.test": {"A": ["127.0.0.1"]}
     });
@@ -1891,6 +1901,25 @@ fn a_tls_report_reaches_the_rua_address_after_a_failure() {
     let detail = &p["failure-details"][0];
     assert_eq!(detail["result-type"], "certificate-host-mismatch", "{json}");
     assert_eq!(detail["receiving-mx-hostname"], "mx.rpt.test", "{json}");
+
+    // The same report, POSTed to the https address.
+    let posts = log.with_extension("posts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let post: serde_json::Value = loop {
+        if let Some(line) = std::fs::read_to_string(&posts)
+            .ok()
+            .and_then(|t| t.lines().next().map(str::to_owned))
+        {
+            break serde_json::from_str(&line).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no report POSTed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(post["host"], "reports.rpt.test", "{post}");
+    assert_eq!(post["path"], "/tlsrpt", "{post}");
+    assert_eq!(post["content_type"], "application/tlsrpt+json", "{post}");
+    let posted: serde_json::Value = serde_json::from_str(post["body"].as_str().unwrap()).unwrap();
+    assert_eq!(posted["policies"], json["policies"], "{posted}");
 }
 
 /// MTA-STS (issue 14): a policy in `testing` mode delivers even to an MX host it does not
@@ -1954,4 +1983,151 @@ fn a_testing_policy_delivers_and_a_new_txt_id_fetches_the_policy_again() {
     std::fs::write(&zone_file, zone("second")).unwrap();
     deliver("c@t.test");
     assert_eq!(fetched(), 2, "a new id fetches the policy again");
+}
+
+/// The SHA-256 of the first certificate of a PEM file, in hex (a TLSA `x 0 1` record's data).
+fn cert_sha256(pem: &std::path::Path) -> String {
+    use sha2::Digest;
+    let text = std::fs::read(pem).unwrap();
+    let der = rustls_pemfile::certs(&mut text.as_slice())
+        .next()
+        .unwrap()
+        .unwrap();
+    sha2::Sha256::digest(der.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// DANE (RFC 7672), through a real validating resolver (unbound) on loopback serving a zone
+/// signed by ldns-signzone. The relay trusts no CA and its policy is opportunistic, so only the
+/// TLSA records can authenticate the hop: a DANE-EE record of the hop's certificate delivers
+/// under any MX name; a DANE-TA record of the CA delivers when the hop presents the CA and its
+/// certificate names the MX host, and defers when it names another; a record that matches
+/// nothing defers with category `tls` and says so. The same mismatching record in an unsigned
+/// zone is not validated, so it is ignored and the mail goes out opportunistically. A TLSA set
+/// whose signature is broken (the resolver answers SERVFAIL) for a host whose address is
+/// validated defers: the records may exist and be withheld.
+#[test]
+fn dane_tlsa_records_in_a_signed_zone_decide_which_certificate_is_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(tmp.path());
+    let (leaf, key) = ca.issue("hop", &["mx.dane.test"]);
+    // The hop presents its chain with the CA, as DANE-TA needs (RFC 7672 §3.1.2).
+    let chain = tmp.path().join("chain.pem");
+    let both = std::fs::read_to_string(&leaf).unwrap()
+        + &std::fs::read_to_string(tmp.path().join("ca.pem")).unwrap();
+    std::fs::write(&chain, both).unwrap();
+    let hop = Server::start(&format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{key}\"\n",
+        chain.display()
+    ));
+    let ee = cert_sha256(std::path::Path::new(&leaf));
+    let ta = cert_sha256(&tmp.path().join("ca.pem"));
+    let other = "ab".repeat(32);
+    let (signed_data, forged_data) = ("cd".repeat(32), "ef".repeat(32));
+    let signed = format!(
+        "ee MX 10 mx-ee\nta MX 10 mx\nwrongname MX 10 mx-wrongname\nbad MX 10 mx-bad\n\
+         bogus MX 10 mx-bogus\n\
+         mx-ee A 127.0.0.1\nmx A 127.0.0.1\nmx-wrongname A 127.0.0.1\nmx-bad A 127.0.0.1\n\
+         mx-bogus A 127.0.0.1\n\
+         _25._tcp.mx-ee TLSA 3 0 1 {ee}\n_25._tcp.mx TLSA 2 0 1 {ta}\n\
+         _25._tcp.mx-wrongname TLSA 2 0 1 {ta}\n_25._tcp.mx-bad TLSA 3 0 1 {other}\n\
+         _25._tcp.mx-bogus TLSA 3 0 1 {signed_data}\n"
+    );
+    let unsigned = format!("@ MX 10 mx\nmx A 127.0.0.1\n_25._tcp.mx TLSA 3 0 1 {other}\n");
+    let Some(dns) = crate::harness::SignedDns::start(
+        tmp.path(),
+        &[
+            ("dane.test", &signed, true),
+            ("plain.test", &unsigned, false),
+        ],
+        &[(&signed_data, &forged_data)],
+    ) else {
+        ringmta::testkit::skip(
+            "unbound and ldnsutils are needed (apt-get install unbound ldnsutils)",
+        );
+        return;
+    };
+    let relay_dir = tmp.path().join("relay");
+    let extra = format!(
+        "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nsmtp_port = {}\nretry_schedule = [\"1h\"]\n",
+        dns.port,
+        hop.port("smtp")
+    );
+    let relay = Server::start_in(
+        &relay_dir,
+        &crate::harness::base_config(&relay_dir, &extra)
+            .replace("http = \"\"", "http = \"127.0.0.1:0\""),
+    );
+    let out = submit(
+        &relay,
+        &[
+            "--to",
+            "a@ee.dane.test",
+            "--to",
+            "b@ta.dane.test",
+            "--to",
+            "c@wrongname.dane.test",
+            "--to",
+            "d@bad.dane.test",
+            "--to",
+            "e@plain.test",
+            "--to",
+            "f@bogus.dane.test",
+        ],
+    );
+    assert!(out[0].starts_with("OK "), "{out:?}");
+    let ev = wait_events(&relay.dir, "six outcomes", 30, |ev| ev.len() == 6);
+    let of = |rcpt: &str| ev.iter().find(|e| e["recipient"] == rcpt).unwrap();
+    for rcpt in ["a@ee.dane.test", "b@ta.dane.test"] {
+        let e = of(rcpt);
+        assert_eq!(e["outcome"], "delivered", "{e}");
+        assert_eq!(e["tls"]["policy"], "dane", "{e}");
+    }
+    let plain = of("e@plain.test");
+    assert_eq!(plain["outcome"], "delivered", "{plain}");
+    assert_eq!(plain["tls"]["policy"], "opportunistic", "{plain}");
+    let wrong = of("c@wrongname.dane.test");
+    assert_eq!(wrong["outcome"], "deferred", "{wrong}");
+    assert_eq!(wrong["category"], "tls", "{wrong}");
+    let reply = wrong["reply"].as_str().unwrap();
+    assert!(
+        reply.contains("DANE-TA") && reply.contains("not valid for name"),
+        "{reply}"
+    );
+    let bad = of("d@bad.dane.test");
+    assert_eq!(bad["outcome"], "deferred", "{bad}");
+    assert_eq!(bad["category"], "tls", "{bad}");
+    let reply = bad["reply"].as_str().unwrap();
+    assert!(
+        reply.contains("mx-bad.dane.test") && reply.contains(&format!("3 0 1 {other}")),
+        "names the host and the record that did not match: {reply}"
+    );
+    let bogus = of("f@bogus.dane.test");
+    assert_eq!(bogus["outcome"], "deferred", "{bogus}");
+    assert_eq!(bogus["category"], "tls", "{bogus}");
+    let reply = bogus["reply"].as_str().unwrap();
+    assert!(
+        reply.contains("TLSA lookup for _25._tcp.mx-bogus.dane.test failed"),
+        "{reply}"
+    );
+    crate::harness::wait_metrics(
+        &relay,
+        &[("ringmta_outbound_tls_total{use=\"dane\"}", 2.0)],
+        10,
+    );
+    // Nothing reached the hop for the deferred recipients.
+    let (code, ls, err) = hop.cli(&["queue", "ls"]);
+    assert_eq!(code, 0, "{err}");
+    for rcpt in [
+        "c@wrongname.dane.test",
+        "d@bad.dane.test",
+        "f@bogus.dane.test",
+    ] {
+        assert!(!ls.contains(rcpt), "{ls}");
+    }
+    for rcpt in ["a@ee.dane.test", "b@ta.dane.test", "e@plain.test"] {
+        assert!(ls.contains(rcpt), "{ls}");
+    }
 }

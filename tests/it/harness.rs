@@ -639,3 +639,141 @@ pub fn submit_authenticated(s: &Server, to: &str, count: usize) {
     let (code, out, err) = python(include_str!("client.py"), &argv);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// A validating resolver on loopback (Debian's unbound) serving zones from files: each signed
+/// zone is signed with a fresh key by ldns-signzone and that key is its trust anchor, so the
+/// resolver sets the AD bit on its answers; an unsigned zone answers without it. A local root
+/// zone answers every other name with NXDOMAIN, so nothing is ever asked off the machine.
+pub struct SignedDns {
+    child: Child,
+    pub port: u16,
+}
+
+impl SignedDns {
+    /// `zones` are (origin, records in zone-file syntax relative to the origin, signed). The
+    /// records need no SOA or NS: they are added. Each `(from, to)` of `tamper` is replaced in
+    /// the signed zones after signing, which breaks the signatures of the records it changes.
+    /// None when unbound or ldns-utils is missing.
+    pub fn start(
+        dir: &Path,
+        zones: &[(&str, &str, bool)],
+        tamper: &[(&str, &str)],
+    ) -> Option<SignedDns> {
+        for tool in ["unbound", "ldns-keygen", "ldns-signzone"] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !found {
+                return None;
+            }
+        }
+        let dir = dir.join("unbound");
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new(args[0])
+                .args(&args[1..])
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        std::fs::write(
+            dir.join("root.zone"),
+            ". 60 IN SOA ns.invalid. hostmaster.invalid. 1 3600 600 86400 60\n. 60 IN NS localhost.\n",
+        )
+        .unwrap();
+        let mut conf_zones = String::from(
+            "auth-zone:\n  name: \".\"\n  zonefile: \"root.zone\"\n  for-downstream: no\n  \
+             for-upstream: yes\n  fallback-enabled: no\n",
+        );
+        let mut anchors = String::new();
+        for (origin, records, signed) in zones {
+            let file = format!("{origin}.zone");
+            std::fs::write(
+                dir.join(&file),
+                format!(
+                    "$ORIGIN {origin}.\n$TTL 60\n@ IN SOA ns.{origin}. hostmaster.{origin}. 1 3600 600 86400 60\n\
+                     @ IN NS ns.{origin}.\nns IN A 127.0.0.1\n{records}\n"
+                ),
+            )
+            .unwrap();
+            let served = if *signed {
+                let key = run(&["ldns-keygen", "-a", "ECDSAP256SHA256", "-k", origin]);
+                run(&["ldns-signzone", &file, &key]);
+                let signed = dir.join(format!("{file}.signed"));
+                let mut text = std::fs::read_to_string(&signed).unwrap();
+                for (from, to) in tamper {
+                    text = text.replace(from, to);
+                }
+                std::fs::write(&signed, text).unwrap();
+                anchors += &format!("  trust-anchor-file: \"{key}.key\"\n");
+                format!("{file}.signed")
+            } else {
+                file
+            };
+            conf_zones += &format!(
+                "auth-zone:\n  name: \"{origin}\"\n  zonefile: \"{served}\"\n  for-downstream: no\n  \
+                 for-upstream: yes\n  fallback-enabled: no\n"
+            );
+        }
+        // unbound binds its own port: take a free one for UDP and TCP (a clash fails the
+        // start, as so-reuseport is off, and another port is tried).
+        for _ in 0..10 {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let port = udp.local_addr().unwrap().port();
+            let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) else {
+                continue;
+            };
+            drop((udp, tcp));
+            let log = dir.join(format!("unbound-{port}.log"));
+            std::fs::write(
+                dir.join("unbound.conf"),
+                format!(
+                    "server:\n  interface: 127.0.0.1\n  port: {port}\n  so-reuseport: no\n  \
+                     do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{}\"\n  \
+                     pidfile: \"\"\n  use-syslog: no\n  logfile: \"{}\"\n  verbosity: 1\n  \
+                     do-ip6: no\n  module-config: \"validator iterator\"\n  \
+                     local-zone: \"test.\" nodefault\n{anchors}{conf_zones}",
+                    dir.display(),
+                    log.display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("unbound")
+                .args(["-d", "-c"])
+                .arg(dir.join("unbound.conf"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    assert!(
+                        text.contains("address already in use"),
+                        "unbound exited ({status}): {text}"
+                    );
+                    break;
+                }
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("start of service") {
+                    return Some(SignedDns { child, port });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("unbound did not start on a free port");
+    }
+}
+
+impl Drop for SignedDns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -3,8 +3,9 @@
 Usage: sts_server.py CERT KEY POLICIES_JSON LOG -- binds 127.0.0.1 port 0 and prints
 "sts listening on PORT". POLICIES_JSON maps a policy host name (mta-sts.<domain>) to the text
 served at /.well-known/mta-sts.txt; any other host or path gets 404. Each request's host and
-path are appended to LOG. Stops by itself after 600 seconds so a crashed test never leaves it
-running.
+path are appended to LOG;
+a POST (a TLS report) is answered 200 and appended to LOG.posts as a JSON line. Stops by
+itself after 600 seconds so a crashed test never leaves it running.
 """
 import http.server, json, ssl, sys, threading, time
 
@@ -30,6 +31,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def do_POST(self):
+        # TLS reports posted to an https rua (RFC 8460 §5.4): one JSON line each in LOG.posts.
+        host = (self.headers.get("Host") or "").split(":")[0].lower()
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with open(log + ".posts", "a") as f:
+            f.write(json.dumps({"host": host, "path": self.path,
+                                "content_type": self.headers.get("Content-Type"),
+                                "body": body.decode("utf-8", "replace")}) + "\n")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def log_message(self, *args):
         pass
