@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::config::resolved::LogFormat;
 use crate::config::{self, Config};
 use crate::ids::QueueId;
+use crate::queue::shape::{By, Shape};
 use crate::spool::SpoolSnapshot;
 use std::fmt::Write as _;
 
@@ -136,6 +137,20 @@ pub enum QueueAction {
         /// server's listen.http: sites are learned by resolving).
         #[arg(long)]
         by_site: bool,
+    },
+    /// The queue's shape, as Postfix's qshape: pending recipients by destination domain (or
+    /// `--by`) and by how long their message has waited (columns: up to N minutes). Live through
+    /// the running server's listen.http, from the spool when it is stopped.
+    Summary {
+        /// Rows by `domain`, `sender` (domain), `user`, `site` (live only) or `state`.
+        #[arg(long, default_value = "domain", value_parser = ["domain", "sender", "user", "site", "state"])]
+        by: String,
+        /// Print JSON (`{"by", "buckets", "rows": [{"key", "total", "counts"}]}`).
+        #[arg(long)]
+        json: bool,
+        /// Rows shown under the total.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
     /// Show one message: envelope, per-recipient state, or its purge placeholder.
     Show {
@@ -445,6 +460,33 @@ fn queue(config: &Config, action: QueueAction) -> Result<ExitCode> {
             print!("{}", by_site(&api_call(addr, "GET", "/api/v1/queue")?)?);
             return Ok(ExitCode::SUCCESS);
         }
+        QueueAction::Summary { by, json, limit } => {
+            let by_key = By::parse(by).context("--by")?;
+            let running = crate::spool::lock(dir).is_err();
+            let shape = match http {
+                Some(addr) if running => {
+                    let body = api_call(addr, "GET", &format!("/api/v1/queue/summary?by={by}"))?;
+                    serde_json::from_str(&body)
+                        .ok()
+                        .and_then(|v| Shape::from_json(&v))
+                        .context("the server's queue summary")?
+                }
+                _ if by_key == By::Site => bail!(
+                    "queue summary --by site needs the running server's listen.http (sites are learned by resolving)"
+                ),
+                _ => offline_shape(
+                    &crate::spool::read_spool(dir)?,
+                    by_key,
+                    crate::time::unix_ms(std::time::SystemTime::now()),
+                ),
+            };
+            if *json {
+                println!("{}", shape.json(by_key));
+            } else {
+                print!("{}", shape.table(*limit));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         QueueAction::Ls { .. } | QueueAction::Show { .. } => {}
     }
     let snapshot = crate::spool::read_spool(dir)?;
@@ -454,6 +496,7 @@ fn queue(config: &Config, action: QueueAction) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         QueueAction::Delete { .. }
+        | QueueAction::Summary { .. }
         | QueueAction::Bounce { .. }
         | QueueAction::Flush { .. }
         | QueueAction::Suspend { .. }
@@ -524,6 +567,23 @@ fn api_call(addr: std::net::SocketAddr, method: &str, path: &str) -> Result<Stri
         bail!("{method} {path}: HTTP {status}: {}", body.trim());
     }
     Ok(body.trim().to_owned())
+}
+
+/// The queue's shape read from a spool snapshot (the server stopped).
+fn offline_shape(snap: &SpoolSnapshot, by: By, now_ms: u64) -> Shape {
+    let mut shape = Shape::default();
+    for m in &snap.messages {
+        let pending = (m.state.recipients.iter().zip(&m.meta.recipients))
+            .filter(|(r, _)| !r.is_final())
+            .map(|(r, meta)| (meta.address.as_str(), r.status().name()));
+        shape.add_message(
+            by,
+            now_ms.saturating_sub(m.meta.received_at_ms),
+            (&m.meta.reverse_path, m.meta.auth_user.as_deref()),
+            pending,
+        );
+    }
+    shape
 }
 
 /// One line per message: id, received time, size, state counts, sender, recipients.

@@ -45,6 +45,15 @@ pub enum ControlRequest {
         /// This worker's part.
         reply: oneshot::Sender<QueueSummary>,
     },
+    /// The pending recipients by key and age (`queue summary`).
+    Shape {
+        /// What the rows are (sites come as domains; the caller maps them).
+        by: crate::queue::shape::By,
+        /// Now, in ms since the Unix epoch (ages are counted from it).
+        now_ms: u64,
+        /// This worker's part.
+        reply: oneshot::Sender<crate::queue::shape::Shape>,
+    },
     /// Retry deferred recipients now (all, or one domain's).
     Flush {
         /// Only this recipient domain.
@@ -204,6 +213,24 @@ impl ControlHandle {
         let mut total = QueueSummary::default();
         for w in 0..self.workers.len() {
             total.add(self.ask(w, |reply| ControlRequest::Queue { reply })?);
+        }
+        Ok(total)
+    }
+
+    /// The queue's shape over every worker; `rename` maps each worker's keys (domains to
+    /// their sites for [`crate::queue::shape::By::Site`]).
+    pub fn shape(
+        &self,
+        by: crate::queue::shape::By,
+        now_ms: u64,
+        rename: impl Fn(String) -> String,
+    ) -> Result<crate::queue::shape::Shape, Unavailable> {
+        let mut total = crate::queue::shape::Shape::default();
+        for w in 0..self.workers.len() {
+            total.merge(
+                self.ask(w, |reply| ControlRequest::Shape { by, now_ms, reply })?,
+                &rename,
+            );
         }
         Ok(total)
     }

@@ -10,7 +10,9 @@
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`
 //! - `POST /api/v1/messages` (HTTP Basic as a configured user): JSON → MIME → spool
 //! - `GET|DELETE /api/v1/messages/{id}`, `POST /api/v1/messages/{id}/bounce`
-//! - `GET /api/v1/queue`, `POST /api/v1/queue/flush[?domain=example.net]`,
+//! - `GET /api/v1/queue`, `GET /api/v1/queue/summary?by=domain|sender|user|site|state`
+//!   (pending recipients by key and age, as `ringmta queue summary` prints them),
+//!   `POST /api/v1/queue/flush[?domain=example.net]`,
 //!   `POST /api/v1/queue/bounce?domain=…|user=…` (every queued recipient, with DSNs)
 //! - `GET /api/v1/sites` (every egress path: site, source, rule, connections, throttle, counts)
 //! - `GET /api/v1/suspensions`, `POST /api/v1/suspensions?domain=…|site=…|source=…|user=…
@@ -208,6 +210,27 @@ impl Api {
                 }
                 Err(e) => error(503, e.to_string()),
             },
+            (Get, ["api", "v1", "queue", "summary"]) => {
+                let by = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("by="))
+                    .unwrap_or("domain");
+                match crate::queue::shape::By::parse(by) {
+                    None => error(400, "by= takes domain, sender, user, site or state"),
+                    Some(by) => {
+                        let shape = if by == crate::queue::shape::By::Site {
+                            self.control
+                                .shape(by, now_ms(), |domain| self.sites.site_name(&domain))
+                        } else {
+                            self.control.shape(by, now_ms(), |key| key)
+                        };
+                        match shape {
+                            Ok(shape) => json(200, &shape.json(by)),
+                            Err(e) => error(503, e.to_string()),
+                        }
+                    }
+                }
+            }
             (Post, ["api", "v1", "queue", "flush"]) => {
                 let domain = query
                     .split('&')

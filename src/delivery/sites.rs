@@ -120,6 +120,15 @@ impl Sites {
         out
     }
 
+    /// The site `domain` resolved to last (`(not resolved yet)` before its first connection).
+    pub fn site_name(&self, domain: &str) -> String {
+        let domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
+        domains
+            .get(domain)
+            .cloned()
+            .unwrap_or_else(|| "(not resolved yet)".to_owned())
+    }
+
     /// Adds up pending recipients by recipient domain into counts by the site each domain
     /// resolved to last; domains not resolved yet count under `""`.
     pub fn by_site<'a>(

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use crate::control::{ControlRequest, MessageInfo, QueueSummary, RecipientInfo, Reloaded};
 use crate::delivery::Cancel;
 use crate::ids::QueueId;
+use crate::queue::shape::{By, Shape};
 use crate::time::unix_ms;
 
 use super::Core;
@@ -39,6 +40,9 @@ pub async fn serve(core: Rc<Core>, mut rx: mpsc::UnboundedReceiver<ControlReques
             }
             ControlRequest::Queue { reply } => {
                 let _ = reply.send(summary(&core));
+            }
+            ControlRequest::Shape { by, now_ms, reply } => {
+                let _ = reply.send(shape(&core, by, now_ms));
             }
             ControlRequest::Flush { domain, reply } => {
                 let n = core
@@ -144,6 +148,31 @@ fn summary(core: &Core) -> QueueSummary {
         }
     }
     s
+}
+
+/// This core's pending recipients by `by` and age.
+fn shape(core: &Core, by: By, now_ms: u64) -> Shape {
+    let shard = core.shard.borrow();
+    let mut shape = Shape::default();
+    for id in shard.messages() {
+        let (Some(st), Some(view)) = (shard.state(id), shard.message(id)) else {
+            continue;
+        };
+        let meta = &view.meta;
+        let pending = (st.recipients.iter().zip(meta.recipients.iter()))
+            .filter(|(r, _)| !r.is_final())
+            .map(|(r, m)| (m.address.as_str(), r.status().name()));
+        shape.add_message(
+            by,
+            now_ms.saturating_sub(meta.received_at_ms.to_native()),
+            (
+                meta.reverse_path.as_str(),
+                meta.auth_user.as_ref().map(|u| u.as_str()),
+            ),
+            pending,
+        );
+    }
+    shape
 }
 
 fn delete(core: &Core, id: QueueId) -> Option<u64> {

@@ -1326,3 +1326,98 @@ fn events_lost_with_the_process_are_written_again_at_restart() {
         "{again}"
     );
 }
+
+/// `ringmta queue summary` (issue 20): qshape's table of pending recipients by destination and
+/// age, live through the API while the server runs and from the spool once it is stopped, with
+/// the same counts; `--by` sender, user, state and site; `--json`. The next hop refuses
+/// connections, so every recipient stays deferred.
+#[test]
+fn queue_summary_shows_pending_recipients_by_key_and_age_live_and_offline() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let mut s = Server::start_in(
+        &dir,
+        &http_config(
+            &dir,
+            &format!("[delivery]\nroutes = {{ \"*\" = \"{dead}\" }}\nretry_schedule = [\"1h\"]\n"),
+        ),
+    );
+    send_to(&s, "a@one.example", 3);
+    send_to(&s, "b@two.example", 1);
+    crate::harness::submit_authenticated(&s, "c@one.example", 2);
+    wait_events(&dir, "six deferrals", 30, |ev| ev.len() == 6);
+
+    let run = |s: &Server, args: &[&str]| {
+        let mut argv = vec!["queue", "summary"];
+        argv.extend_from_slice(args);
+        let (code, out, err) = s.cli(&argv);
+        assert_eq!(code, 0, "{argv:?}: {err}");
+        out
+    };
+    // Rows: the key, the total, then one count per age bucket; all of it is seconds old.
+    let rows = |table: &str| -> Vec<Vec<String>> {
+        table
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .collect()
+    };
+    let zeros = ["0"; 9];
+    let row = |key: &str, n: u64| -> Vec<String> {
+        let mut r = vec![key.to_owned(), n.to_string(), n.to_string()];
+        r.extend(zeros.iter().map(|z| z.to_string()));
+        r
+    };
+    let live = run(&s, &[]);
+    let header: Vec<&str> = live.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "T", "5", "10", "20", "40", "80", "160", "320", "640", "1440", "+1440"
+        ],
+        "{live}"
+    );
+    assert_eq!(
+        rows(&live),
+        [
+            row("TOTAL", 6),
+            row("one.example", 5),
+            row("two.example", 1)
+        ],
+        "{live}"
+    );
+    assert_eq!(
+        rows(&run(&s, &["--by", "user"])),
+        [row("TOTAL", 6), row("-", 4), row("alice@example.com", 2)]
+    );
+    assert_eq!(
+        rows(&run(&s, &["--by", "state"])),
+        [row("TOTAL", 6), row("deferred", 6)]
+    );
+    assert_eq!(
+        rows(&run(&s, &["--by", "site"])),
+        [row("TOTAL", 6), row(&dead.to_string(), 6)],
+        "both domains resolved to the one route"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&run(&s, &["--by", "sender", "--json"])).unwrap();
+    assert_eq!(json["by"], "sender", "{json}");
+    assert_eq!(json["rows"][1]["key"], "example.com", "{json}");
+    assert_eq!(json["rows"][1]["total"], 6, "{json}");
+    assert_eq!(json["rows"][1]["counts"][0], 6, "{json}");
+    let bad = crate::harness::http_get(&s, "/api/v1/queue/summary?by=mx");
+    assert!(
+        bad.starts_with("HTTP/1.0 400") && bad.contains("by= takes domain"),
+        "{bad}"
+    );
+
+    // Stopped: the same table from the spool; sites are only known to the running server.
+    assert_eq!(s.stop(), Some(0));
+    assert_eq!(rows(&run(&s, &[])), rows(&live));
+    let (code, _, err) = s.cli(&["queue", "summary", "--by", "site"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("needs the running server"), "{err}");
+}
