@@ -17,6 +17,8 @@
 //! - `GET /api/v1/sites` (every egress path: site, source, rule, connections, throttle, counts)
 //! - `GET /api/v1/suspensions`, `POST /api/v1/suspensions?domain=…|site=…|source=…|user=…
 //!   [&duration=10m]`, `DELETE /api/v1/suspensions/{id}` (resume)
+//! - with `[autoconfig]`: `GET /mail/config-v1.1.xml`, `GET /.well-known/autoconfig/mail/
+//!   config-v1.1.xml` (Thunderbird) and `GET /apple/mail.mobileconfig?emailaddress=…` (Apple)
 //! - `GET /api/v1/suppressions[/{address}]`, `POST /api/v1/suppressions?address=…[&user=…]
 //!   [&reason=…][&duration=30d]`, `DELETE /api/v1/suppressions/{address}[?user=…]`
 //!
@@ -24,7 +26,7 @@
 //! `[[api_tokens]]` with the `read` scope (GET) or the `write` scope (POST, DELETE); without
 //! tokens configured they answer only to loopback clients (and `listen.http` may then only be a
 //! loopback address). Injection takes HTTP Basic as a configured user, or a token with the
-//! `inject` scope. Health, readiness and metrics take no credentials.
+//! `inject` scope. Health, readiness, metrics and the autoconfig files take no credentials.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -65,6 +67,8 @@ pub struct Api {
     pub webhooks: Vec<(String, Arc<crate::webhook::Stats>)>,
     /// Destination sites and their egress paths (shared with the workers).
     pub sites: Arc<crate::delivery::sites::Sites>,
+    /// Mail-client autoconfiguration, when `[autoconfig]` is enabled.
+    pub autoconfig: Option<crate::config::autoconfig::Autoconfig>,
 }
 
 /// Handle to the running HTTP thread.
@@ -172,6 +176,36 @@ impl Api {
                 webhook_metrics(&mut text, &self.webhooks);
                 reply(200, "text/plain; version=0.0.4", text)
             }
+            // Thunderbird asks autoconfig.<domain> for either path (no credentials: public).
+            (Get, ["mail", "config-v1.1.xml"])
+            | (Get, [".well-known", "autoconfig", "mail", "config-v1.1.xml"]) => {
+                match &self.autoconfig {
+                    None => error(404, "autoconfig is not enabled"),
+                    Some(a) => {
+                        let domain = crate::autoconfig::address(query)
+                            .and_then(|addr| Some(addr.rsplit_once('@')?.1.to_owned()))
+                            .unwrap_or_else(|| a.hostname.clone());
+                        reply(
+                            200,
+                            "application/xml",
+                            crate::autoconfig::thunderbird(a, &domain),
+                        )
+                    }
+                }
+            }
+            (Get, ["apple", "mail.mobileconfig"]) => match &self.autoconfig {
+                None => error(404, "autoconfig is not enabled"),
+                Some(a) => match crate::autoconfig::address(query) {
+                    None => error(
+                        400,
+                        "give the user's address: ?emailaddress=user@example.com",
+                    ),
+                    Some(address) => match crate::autoconfig::apple_profile(a, &address) {
+                        Ok(profile) => reply(200, "application/x-apple-aspen-config", profile),
+                        Err(why) => error(404, why),
+                    },
+                },
+            },
             (Get, ["api", "v1", "sites"]) => {
                 json(200, &self.sites.snapshot(std::time::Instant::now()))
             }

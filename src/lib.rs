@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod auth;
+pub mod autoconfig;
 pub mod bounce;
 pub mod cli;
 pub mod config;

@@ -89,6 +89,7 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
                     .zip(webhook_stats.iter().cloned())
                     .collect(),
                 sites: Arc::clone(&shared.sites),
+                autoconfig: config.autoconfig.clone(),
             };
             let h = crate::http::HttpServer::start(addr, api)?;
             // `ringmta queue ...` finds the API here when the configured port is 0.

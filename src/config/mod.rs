@@ -4,11 +4,12 @@
 //! holds the section's types, defaults and checks: `listen` (`[listen]`, `[tls]`), `users`
 //! (`[[users]]`, `[relay]`), `limits`, `spool`, `delivery`, `egress` (`[[egress.sources]]`,
 //! `[[egress.pools]]`), `shaping` (`[[shaping]]` and the built-in rules), `content` (`[[dkim]]`,
-//! `[scan]`).
+//! `[scan]`), `autoconfig`.
 //! Values come out in their consumers' own types where one exists (`RetryPolicy`,
 //! `TlsPolicy`, `PortRole`, `spool::Durability`, the DKIM signer's key), and every problem is
 //! reported at once.
 
+pub mod autoconfig;
 mod content;
 mod delivery;
 pub mod egress;

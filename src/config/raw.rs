@@ -65,6 +65,9 @@ pub struct RawConfig {
     /// Content scanners.
     #[serde(default)]
     pub scan: RawScan,
+    /// The files mail clients configure themselves from.
+    #[serde(default)]
+    pub autoconfig: super::autoconfig::RawAutoconfig,
 }
 
 /// One `[[dkim]]` entry.

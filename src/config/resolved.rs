@@ -63,6 +63,8 @@ pub struct Config {
     pub api_tokens: Vec<super::tokens::ApiToken>,
     /// Where events are posted.
     pub webhooks: Vec<super::webhooks::Webhook>,
+    /// Mail-client autoconfiguration, when served.
+    pub autoconfig: Option<super::autoconfig::Autoconfig>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -227,6 +229,13 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         .unwrap_or_default();
     let (clamd, rspamd) = content::scanners(&mut r, &raw.scan);
     let api_tokens = super::tokens::resolve(&mut r, raw.api_tokens);
+    let autoconfig = super::autoconfig::resolve(
+        &mut r,
+        raw.autoconfig,
+        &hostname,
+        &listeners,
+        http.is_some(),
+    );
     let webhooks = raw
         .webhooks
         .iter()
@@ -309,6 +318,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         retention_content,
         api_tokens,
         webhooks,
+        autoconfig,
         suppression_scope: raw
             .suppression
             .scope

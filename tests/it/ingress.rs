@@ -413,21 +413,12 @@ fn exim_sends_with_bdat_and_the_message_reaches_the_sink_intact() {
     // -odf: deliver in the foreground, so the transaction is over when exim exits; -oi: a
     // line holding a lone dot is message text;
     // -d+transport prints the SMTP dialogue to stderr.
-    let mut child = std::process::Command::new(&exim)
-        .args(["-C", conf.to_str().unwrap(), "-odf", "-oi", "-d+transport"])
-        .args(["-f", "a@client.test", "bob@example.net"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(message.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = crate::harness::run_with_input(
+        std::process::Command::new(&exim)
+            .args(["-C", conf.to_str().unwrap(), "-odf", "-oi", "-d+transport"])
+            .args(["-f", "a@client.test", "bob@example.net"]),
+        message.as_bytes(),
+    );
     let dialogue = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{dialogue}");
     assert!(

@@ -1421,3 +1421,128 @@ fn queue_summary_shows_pending_recipients_by_key_and_age_live_and_offline() {
     assert_ne!(code, 0);
     assert!(err.contains("needs the running server"), "{err}");
 }
+
+/// Mail-client autoconfiguration (issue 20): with `[autoconfig]`, curl fetches Thunderbird's
+/// file from both of its paths and the Apple profile; Python's XML and plist parsers read them
+/// back with the structure their formats document: the submissions port with SSL first, then
+/// the submission port with STARTTLS, a cleartext password over TLS, the user's address as
+/// login. Without the section the paths are 404.
+#[test]
+fn mail_clients_fetch_their_submission_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let s = Server::start_in(
+        &dir,
+        &http_config(
+            &dir,
+            "[autoconfig]\nenabled = true\nhostname = \"smtp.example.com\"\n\
+             display_name = \"Example Mail\"\nsubmissions_port = 465\nsubmission_port = 587\n\
+             imap = \"imap.example.com:993\"\n",
+        ),
+    );
+    let http = s.addr("http");
+    let curl = |path: &str| -> (String, String) {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code} %{content_type}"])
+            .arg(format!("http://{http}{path}"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        (status.to_owned(), body.to_owned())
+    };
+    const CHECK: &str = r#"
+import sys, json, plistlib, xml.etree.ElementTree as ET
+kind, text = sys.argv[1], sys.stdin.read()
+if kind == "thunderbird":
+    root = ET.fromstring(text)
+    assert root.tag == "clientConfig" and root.get("version") == "1.1", root.tag
+    (p,) = root.findall("emailProvider")
+    out = {"id": p.get("id"), "domain": p.findtext("domain"), "name": p.findtext("displayName"),
+           "incoming": [s.findtext("hostname") + ":" + s.findtext("port") for s in p.findall("incomingServer")],
+           "outgoing": []}
+    for s in p.findall("outgoingServer"):
+        assert s.get("type") == "smtp"
+        out["outgoing"].append([s.findtext(k) for k in ("hostname", "port", "socketType", "authentication", "username")])
+else:
+    d = plistlib.loads(text.encode())
+    assert d["PayloadType"] == "Configuration" and d["PayloadVersion"] == 1
+    (a,) = d["PayloadContent"]
+    out = {k: a[k] for k in ("PayloadType", "EmailAddress", "OutgoingMailServerHostName",
+           "OutgoingMailServerPortNumber", "OutgoingMailServerUseSSL", "OutgoingMailServerUsername",
+           "OutgoingMailServerAuthentication", "IncomingMailServerHostName", "IncomingMailServerPortNumber")}
+    out["uuids"] = [d["PayloadUUID"], a["PayloadUUID"]]
+print(json.dumps(out))
+"#;
+    let parse = |kind: &str, body: &str| -> serde_json::Value {
+        let out = crate::harness::run_with_input(
+            std::process::Command::new("python3").args(["-c", CHECK, kind]),
+            body.as_bytes(),
+        );
+        assert!(
+            out.status.success(),
+            "{}\n{body}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    for path in [
+        "/mail/config-v1.1.xml?emailaddress=bob%40Example.org",
+        "/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress=bob%40example.org",
+    ] {
+        let (status, body) = curl(path);
+        assert_eq!(status, "200 application/xml", "{path}: {body}");
+        let t = parse("thunderbird", &body);
+        assert_eq!(t["domain"], "example.org", "{t}");
+        assert_eq!(t["name"], "Example Mail", "{t}");
+        assert_eq!(
+            t["incoming"],
+            serde_json::json!(["imap.example.com:993"]),
+            "{t}"
+        );
+        assert_eq!(
+            t["outgoing"],
+            serde_json::json!([
+                [
+                    "smtp.example.com",
+                    "465",
+                    "SSL",
+                    "password-cleartext",
+                    "%EMAILADDRESS%"
+                ],
+                [
+                    "smtp.example.com",
+                    "587",
+                    "STARTTLS",
+                    "password-cleartext",
+                    "%EMAILADDRESS%"
+                ]
+            ]),
+            "{t}"
+        );
+    }
+    let (status, body) = curl("/apple/mail.mobileconfig?emailaddress=bob%40example.org");
+    assert_eq!(status, "200 application/x-apple-aspen-config", "{body}");
+    let a = parse("apple", &body);
+    assert_eq!(a["PayloadType"], "com.apple.mail.managed", "{a}");
+    assert_eq!(a["EmailAddress"], "bob@example.org", "{a}");
+    assert_eq!(a["OutgoingMailServerHostName"], "smtp.example.com", "{a}");
+    assert_eq!(a["OutgoingMailServerPortNumber"], 465, "{a}");
+    assert_eq!(a["OutgoingMailServerUseSSL"], true, "{a}");
+    assert_eq!(a["OutgoingMailServerUsername"], "bob@example.org", "{a}");
+    assert_eq!(
+        a["OutgoingMailServerAuthentication"], "EmailAuthPassword",
+        "{a}"
+    );
+    assert_eq!(a["IncomingMailServerHostName"], "imap.example.com", "{a}");
+    assert_ne!(a["uuids"][0], a["uuids"][1], "{a}");
+    let (status, body) = curl("/apple/mail.mobileconfig");
+    assert!(status.starts_with("400"), "{status} {body}");
+    assert!(body.contains("emailaddress"), "{body}");
+
+    // Off by default.
+    let plain_dir = tmp.path().join("plain");
+    let plain = Server::start_in(&plain_dir, &http_config(&plain_dir, ""));
+    let off = crate::harness::http_get(&plain, "/mail/config-v1.1.xml");
+    assert!(off.starts_with("HTTP/1.0 404"), "{off}");
+}
