@@ -78,40 +78,33 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
         return;
     };
     let from = source.as_ref().map(|s| s.address);
-    let Some((mut transport, hop)) = connect_any(&delivery, &hops, from).await else {
-        let detail = format!("cannot connect to any mail host of {domain}");
-        fail_all(
-            &delivery,
-            Some(slot.site()),
-            key,
-            ConnFailure::Refused,
-            &detail,
-        );
-        return;
-    };
-    // DANE (RFC 7672): validated TLSA records of the host make TLS mandatory and say which
-    // certificate it must present; they take precedence over the other policies for this host.
-    let mut dane_tls = None;
-    if delivery.config().dane
+    // DANE (RFC 7672) is looked up per host before connecting: a host whose TLSA lookup fails
+    // is passed over for the next one.
+    let dane_on = delivery.config().dane
         && tls_policy != TlsPolicy::Disabled
-        && !delivery.router().is_static(domain)
-    {
-        match dane::lookup(&delivery.router(), &hop.name).await {
-            Ok(Dane::None) => {}
-            Ok(Dane::Unusable) => {
-                if tls_policy == TlsPolicy::Opportunistic {
-                    tls_policy = TlsPolicy::Required;
-                }
+        && !delivery.router().is_static(domain);
+    let (mut transport, hop, dane) = match connect_any(&delivery, &hops, from, dane_on).await {
+        Ok(connected) => connected,
+        Err((failure, why)) => {
+            let detail = format!("cannot connect to any mail host of {domain}: {why}");
+            fail_all(&delivery, Some(slot.site()), key, failure, &detail);
+            return;
+        }
+    };
+    // Validated TLSA records of the host make TLS mandatory and say which certificate it must
+    // present; they take precedence over the other policies for this host.
+    let mut dane_tls = None;
+    match dane {
+        Dane::None => {}
+        Dane::Unusable => {
+            if tls_policy == TlsPolicy::Opportunistic {
+                tls_policy = TlsPolicy::Required;
             }
-            Ok(Dane::Records(records)) => {
-                dane_tls = Some(dane::client_config(records));
-                tls_policy = TlsPolicy::Verify;
-                sts_enforced = false;
-            }
-            Err(detail) => {
-                fail_all(&delivery, Some(slot.site()), key, ConnFailure::Tls, &detail);
-                return;
-            }
+        }
+        Dane::Records(records) => {
+            dane_tls = Some(dane::client_config(records));
+            tls_policy = TlsPolicy::Verify;
+            sts_enforced = false;
         }
     }
     let cfg = delivery.config();
@@ -693,23 +686,41 @@ fn record_on(
 
 /// Connects to the first reachable address of the first reachable host, from the local address
 /// `from` when there is one (addresses of the other IP family are skipped then).
+/// Connects to the first host that answers, in order, with what DANE asks of it (looked up
+/// first when `dane_on`: a host whose TLSA lookup fails is passed over). Without any, the
+/// failure to record: the last DANE lookup error if no host could be tried, else a refusal.
 async fn connect_any(
     delivery: &Delivery,
     hops: &[NextHop],
     from: Option<IpAddr>,
-) -> Option<(Transport, NextHop)> {
+    dane_on: bool,
+) -> Result<(Transport, NextHop, Dane), (ConnFailure, String)> {
     let timeout = delivery.config().connect_timeout;
+    let mut failure = (ConnFailure::Refused, "no host answered".to_owned());
     for hop in hops {
+        let dane = if dane_on {
+            match dane::lookup(&delivery.router(), &hop.name).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(host = %hop.name, error = %e, "DANE lookup failed; trying the next host");
+                    failure = (ConnFailure::Tls, e);
+                    continue;
+                }
+            }
+        } else {
+            Dane::None
+        };
         for addr in &hop.addrs {
             if from.is_some_and(|f| f.is_ipv4() != addr.is_ipv4()) {
                 continue;
             }
             if let Some(t) = connect(*addr, from, timeout).await {
-                return Some((t, hop.clone()));
+                return Ok((t, hop.clone(), dane));
             }
         }
+        failure = (ConnFailure::Refused, "no host answered".to_owned());
     }
-    None
+    Err(failure)
 }
 
 async fn connect(addr: SocketAddr, from: Option<IpAddr>, timeout: Duration) -> Option<Transport> {

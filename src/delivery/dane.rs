@@ -1,6 +1,6 @@
 //! DANE for SMTP (RFC 7672): the TLSA records at `_25._tcp.<mx host>` say which certificate
 //! the host presents, and a resolver that validated them (the AD bit, see
-//! `docs/decisions/0004-dane-trusts-the-resolvers-ad-bit.md`) makes them binding: TLS is then
+//! `docs/decisions/2026-12-02-dane-trusts-the-resolvers-ad-bit.md`) makes them binding: TLS is then
 //! required and the certificate must match one of them, whatever the other TLS policies say.
 //!
 //! Which records count (RFC 7672 §3.1): DANE-EE (usage 3) pins the server's own certificate or

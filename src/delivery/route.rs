@@ -8,7 +8,7 @@ use std::time::Duration;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::{Edns, Message, Query, ResponseCode};
+use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 
@@ -168,7 +168,7 @@ impl Router {
                 .iter()
                 .filter_map(|r| match &r.data {
                     hickory_resolver::proto::rr::RData::MX(mx) => {
-                        Some((mx.preference, mx.exchange.to_utf8()))
+                        Some((mx.preference, mx.exchange.to_ascii()))
                     }
                     _ => None,
                 })
@@ -278,24 +278,25 @@ impl Router {
     /// timeouts are errors.
     pub async fn validated(&self, name: &str, rtype: RecordType) -> Result<Validated, String> {
         let fqdn = format!("{}.", name.trim_end_matches('.'));
-        let qname = Name::from_ascii(&fqdn).map_err(|e| format!("{fqdn}: {e}"))?;
+        // from_utf8 takes A-labels as they are and turns U-labels into them (IDN MX hosts).
+        let qname = Name::from_utf8(&fqdn).map_err(|e| format!("{fqdn}: {e}"))?;
         let mut query = Message::query();
-        query.metadata.id = rand::random();
         query.metadata.recursion_desired = true;
         query.metadata.authentic_data = true;
         query.add_query(Query::query(qname, rtype));
         let mut edns = Edns::new();
         edns.set_max_payload(1232).set_dnssec_ok(true);
         query.set_edns(edns);
-        let wire = query.to_vec().map_err(|e| e.to_string())?;
         let mut last = format!("no name server to ask for {fqdn}");
-        for &server in &self.validating {
-            let answer = match tokio::time::timeout(
-                self.timeout,
-                exchange(server, &wire, query.metadata.id),
-            )
-            .await
-            {
+        // Each server twice (a lost datagram is not an answer). Only a server that does not
+        // answer, or refuses, sends the question to the next one: an answer (SERVFAIL for a
+        // bogus signature included) is final, or a second, non-validating server could
+        // replace a validation failure with an unsigned answer.
+        for &server in self.validating.iter().flat_map(|s| [s, s]) {
+            query.metadata.id = rand::random();
+            let wire = query.to_vec().map_err(|e| e.to_string())?;
+            let exchanged = tokio::time::timeout(self.timeout, exchange(server, &wire, &query));
+            let answer = match exchanged.await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => {
                     last = format!("{fqdn} {rtype} from {server}: {e}");
@@ -307,9 +308,12 @@ impl Router {
                 }
             };
             let code = answer.metadata.response_code;
-            if code != ResponseCode::NoError && code != ResponseCode::NXDomain {
+            if code == ResponseCode::Refused {
                 last = format!("{fqdn} {rtype} from {server}: {code}");
                 continue;
+            }
+            if code != ResponseCode::NoError && code != ResponseCode::NXDomain {
+                return Err(format!("{fqdn} {rtype} from {server}: {code}"));
             }
             return Ok(Validated {
                 secure: answer.metadata.authentic_data,
@@ -321,6 +325,11 @@ impl Router {
             });
         }
         Err(last)
+    }
+
+    /// The name servers DANE's lookups ask (whose AD bit it trusts).
+    pub fn validating_servers(&self) -> &[SocketAddr] {
+        &self.validating
     }
 
     async fn lookup_addrs(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, DnsTrouble> {
@@ -360,8 +369,23 @@ fn system_name_servers() -> Vec<SocketAddr> {
     }
 }
 
+/// Whether `answer` answers `query`: its id, a response to a query, the same question
+/// (RFC 5452 §9.1).
+fn answers(answer: &Message, query: &Message) -> bool {
+    answer.metadata.id == query.metadata.id
+        && answer.metadata.message_type == MessageType::Response
+        && answer.metadata.op_code == OpCode::Query
+        && answer.queries.len() == 1
+        && query.queries.first().is_some_and(|q| {
+            let a = &answer.queries[0];
+            a.name() == q.name()
+                && a.query_type() == q.query_type()
+                && a.query_class() == q.query_class()
+        })
+}
+
 /// One query to one server: over UDP, then over TCP when the answer is truncated.
-async fn exchange(server: SocketAddr, wire: &[u8], id: u16) -> Result<Message, String> {
+async fn exchange(server: SocketAddr, wire: &[u8], query: &Message) -> Result<Message, String> {
     let any: SocketAddr = if server.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -378,7 +402,7 @@ async fn exchange(server: SocketAddr, wire: &[u8], id: u16) -> Result<Message, S
     let answer = loop {
         let n = udp.recv(&mut buf).await.map_err(|e| e.to_string())?;
         match Message::from_vec(&buf[..n]) {
-            Ok(m) if m.metadata.id == id => break m,
+            Ok(m) if answers(&m, query) => break m,
             _ => continue,
         }
     };
@@ -398,8 +422,8 @@ async fn exchange(server: SocketAddr, wire: &[u8], id: u16) -> Result<Message, S
     let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
     tcp.read_exact(&mut body).await.map_err(|e| e.to_string())?;
     let answer = Message::from_vec(&body).map_err(|e| e.to_string())?;
-    if answer.metadata.id != id {
-        return Err("answer over tcp has another id".to_owned());
+    if !answers(&answer, query) {
+        return Err("the answer over tcp is not for the question".to_owned());
     }
     Ok(answer)
 }
@@ -481,5 +505,89 @@ mod tests {
         drop((udp, tcp));
         assert!(matches!(err, RouteError::Timeout { .. }), "{err:?}");
         assert_eq!(err.as_failure(), ConnFailure::DnsTimeout);
+    }
+
+    /// A name server on loopback that answers each query with what `reply` makes of it (or
+    /// nothing), for two seconds.
+    fn fake_server(reply: impl Fn(&Message) -> Option<Message> + Send + 'static) -> SocketAddr {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let addr = udp.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let Ok(query) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                if let Some(answer) = reply(&query) {
+                    let _ = udp.send_to(&answer.to_vec().unwrap(), from);
+                }
+            }
+        });
+        addr
+    }
+
+    /// The answer to `query` with `code`, the AD bit `ad`, and one A record for its name.
+    fn answer(query: &Message, code: ResponseCode, ad: bool) -> Message {
+        let mut m = Message::response(query.metadata.id, OpCode::Query);
+        m.metadata.response_code = code;
+        m.metadata.authentic_data = ad;
+        m.add_query(query.queries[0].clone());
+        if code == ResponseCode::NoError {
+            m.add_answer(hickory_resolver::proto::rr::Record::from_rdata(
+                query.queries[0].name().clone(),
+                60,
+                hickory_resolver::proto::rr::RData::A(std::net::Ipv4Addr::LOCALHOST.into()),
+            ));
+        }
+        m
+    }
+
+    fn validated_with(servers: &[SocketAddr], name: &str) -> Result<Validated, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let router =
+                Router::with_timeout(Vec::new(), servers, 25, Duration::from_millis(300)).unwrap();
+            router.validated(name, RecordType::A).await
+        })
+    }
+
+    /// DANE's lookups trust the AD bit, so only silence or a refusal may send the question to
+    /// the next server: a SERVFAIL (a bogus signature) is final, or an unvalidated answer from
+    /// a second resolver would stand in for it.
+    #[test]
+    fn a_validation_failure_is_final_and_only_silence_moves_to_the_next_server() {
+        let good = fake_server(|q| Some(answer(q, ResponseCode::NoError, true)));
+        let servfail = fake_server(|q| Some(answer(q, ResponseCode::ServFail, false)));
+        let err = validated_with(&[servfail, good], "mx.example.test").unwrap_err();
+        assert!(err.contains(&servfail.to_string()), "{err}");
+        let silent = fake_server(|_| None);
+        let refused = fake_server(|q| Some(answer(q, ResponseCode::Refused, false)));
+        let ok = validated_with(&[silent, refused, good], "mx.example.test").unwrap();
+        assert!(ok.secure);
+        assert_eq!(ok.records.len(), 1);
+        // IDN host names are asked in their A-label form.
+        let ok = validated_with(&[good], "mx.bücher.test").unwrap();
+        assert_eq!(
+            ok.records[0].name.to_ascii(),
+            "mx.xn--bcher-kva.test.",
+            "{ok:?}"
+        );
+    }
+
+    /// A datagram that is not the answer to the question (a query, another name) is skipped.
+    #[test]
+    fn only_an_answer_to_the_question_is_taken() {
+        let confused = fake_server(|q| {
+            let mut wrong = answer(q, ResponseCode::NoError, true);
+            wrong.queries[0].set_name(Name::from_ascii("other.test.").unwrap());
+            Some(wrong)
+        });
+        let echo = fake_server(|q| Some(q.clone()));
+        let err = validated_with(&[confused, echo], "mx.example.test").unwrap_err();
+        assert!(err.contains("timed out"), "{err}");
     }
 }

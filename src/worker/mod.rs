@@ -547,6 +547,18 @@ fn start_delivery(core: &Rc<Core>) {
             return;
         }
     };
+    // DANE trusts the AD bit; a resolver across a network could forge it (the decision record
+    // in docs/decisions says to use a local one).
+    if d.dane && core.index == 0 {
+        for ns in router.validating_servers() {
+            if !ns.ip().is_loopback() {
+                tracing::warn!(
+                    nameserver = %ns,
+                    "DANE trusts the AD bit of a name server that is not on loopback; use a local validating resolver or set delivery.dane = false"
+                );
+            }
+        }
+    }
     let settings = DeliveryConfig {
         policy: d.retry.clone(),
         max_connections: d.max_connections,

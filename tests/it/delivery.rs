@@ -2007,7 +2007,9 @@ fn cert_sha256(pem: &std::path::Path) -> String {
 /// nothing defers with category `tls` and says so. The same mismatching record in an unsigned
 /// zone is not validated, so it is ignored and the mail goes out opportunistically. A TLSA set
 /// whose signature is broken (the resolver answers SERVFAIL) for a host whose address is
-/// validated defers: the records may exist and be withheld.
+/// validated is passed over for the domain's next MX host, and with no other host it defers:
+/// the records may exist and be withheld. A validated set without a usable record (PKIX usages)
+/// requires TLS without checking the certificate.
 #[test]
 fn dane_tlsa_records_in_a_signed_zone_decide_which_certificate_is_accepted() {
     let tmp = tempfile::tempdir().unwrap();
@@ -2028,7 +2030,8 @@ fn dane_tlsa_records_in_a_signed_zone_decide_which_certificate_is_accepted() {
     let (signed_data, forged_data) = ("cd".repeat(32), "ef".repeat(32));
     let signed = format!(
         "ee MX 10 mx-ee\nta MX 10 mx\nwrongname MX 10 mx-wrongname\nbad MX 10 mx-bad\n\
-         bogus MX 10 mx-bogus\n\
+         bogus MX 10 mx-bogus\nfallback MX 10 mx-bogus\nfallback MX 20 mx-ee\npkix MX 10 mx-pkix\n\
+         mx-pkix A 127.0.0.1\n_25._tcp.mx-pkix TLSA 1 0 1 {other}\n\
          mx-ee A 127.0.0.1\nmx A 127.0.0.1\nmx-wrongname A 127.0.0.1\nmx-bad A 127.0.0.1\n\
          mx-bogus A 127.0.0.1\n\
          _25._tcp.mx-ee TLSA 3 0 1 {ee}\n_25._tcp.mx TLSA 2 0 1 {ta}\n\
@@ -2075,10 +2078,14 @@ fn dane_tlsa_records_in_a_signed_zone_decide_which_certificate_is_accepted() {
             "e@plain.test",
             "--to",
             "f@bogus.dane.test",
+            "--to",
+            "g@fallback.dane.test",
+            "--to",
+            "h@pkix.dane.test",
         ],
     );
     assert!(out[0].starts_with("OK "), "{out:?}");
-    let ev = wait_events(&relay.dir, "six outcomes", 30, |ev| ev.len() == 6);
+    let ev = wait_events(&relay.dir, "eight outcomes", 30, |ev| ev.len() == 8);
     let of = |rcpt: &str| ev.iter().find(|e| e["recipient"] == rcpt).unwrap();
     for rcpt in ["a@ee.dane.test", "b@ta.dane.test"] {
         let e = of(rcpt);
@@ -2104,6 +2111,13 @@ fn dane_tlsa_records_in_a_signed_zone_decide_which_certificate_is_accepted() {
         reply.contains("mx-bad.dane.test") && reply.contains(&format!("3 0 1 {other}")),
         "names the host and the record that did not match: {reply}"
     );
+    let fallback = of("g@fallback.dane.test");
+    assert_eq!(fallback["outcome"], "delivered", "{fallback}");
+    assert_eq!(fallback["remote_host"], "mx-ee.dane.test", "{fallback}");
+    assert_eq!(fallback["tls"]["policy"], "dane", "{fallback}");
+    let pkix = of("h@pkix.dane.test");
+    assert_eq!(pkix["outcome"], "delivered", "{pkix}");
+    assert_eq!(pkix["tls"]["policy"], "required", "{pkix}");
     let bogus = of("f@bogus.dane.test");
     assert_eq!(bogus["outcome"], "deferred", "{bogus}");
     assert_eq!(bogus["category"], "tls", "{bogus}");
@@ -2114,7 +2128,7 @@ fn dane_tlsa_records_in_a_signed_zone_decide_which_certificate_is_accepted() {
     );
     crate::harness::wait_metrics(
         &relay,
-        &[("ringmta_outbound_tls_total{use=\"dane\"}", 2.0)],
+        &[("ringmta_outbound_tls_total{use=\"dane\"}", 3.0)],
         10,
     );
     // Nothing reached the hop for the deferred recipients.
@@ -2127,7 +2141,13 @@ fn dane_tlsa_records_in_a_signed_zone_decide_which_certificate_is_accepted() {
     ] {
         assert!(!ls.contains(rcpt), "{ls}");
     }
-    for rcpt in ["a@ee.dane.test", "b@ta.dane.test", "e@plain.test"] {
+    for rcpt in [
+        "a@ee.dane.test",
+        "b@ta.dane.test",
+        "e@plain.test",
+        "g@fallback.dane.test",
+        "h@pkix.dane.test",
+    ] {
         assert!(ls.contains(rcpt), "{ls}");
     }
 }

@@ -689,6 +689,7 @@ impl SignedDns {
              for-upstream: yes\n  fallback-enabled: no\n",
         );
         let mut anchors = String::new();
+        let mut tampered = vec![false; tamper.len()];
         for (origin, records, signed) in zones {
             let file = format!("{origin}.zone");
             std::fs::write(
@@ -704,8 +705,11 @@ impl SignedDns {
                 run(&["ldns-signzone", &file, &key]);
                 let signed = dir.join(format!("{file}.signed"));
                 let mut text = std::fs::read_to_string(&signed).unwrap();
-                for (from, to) in tamper {
-                    text = text.replace(from, to);
+                for (i, (from, to)) in tamper.iter().enumerate() {
+                    if text.contains(from) {
+                        text = text.replace(from, to);
+                        tampered[i] = true;
+                    }
                 }
                 std::fs::write(&signed, text).unwrap();
                 anchors += &format!("  trust-anchor-file: \"{key}.key\"\n");
@@ -716,6 +720,12 @@ impl SignedDns {
             conf_zones += &format!(
                 "auth-zone:\n  name: \"{origin}\"\n  zonefile: \"{served}\"\n  for-downstream: no\n  \
                  for-upstream: yes\n  fallback-enabled: no\n"
+            );
+        }
+        for ((from, _), done) in tamper.iter().zip(&tampered) {
+            assert!(
+                done,
+                "{from:?} is in no signed zone: nothing was tampered with"
             );
         }
         // unbound binds its own port: take a free one for UDP and TCP (a clash fails the

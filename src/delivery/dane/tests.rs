@@ -10,11 +10,20 @@ use super::*;
 /// A CA and a certificate it issued for `mx.example.test`.
 struct Chain {
     ca: CertificateDer<'static>,
+    ca_spki: Vec<u8>,
     leaf: CertificateDer<'static>,
     leaf_spki: Vec<u8>,
 }
 
 fn chain() -> Chain {
+    chain_valid(None)
+}
+
+/// A date as (year, month, day).
+type Ymd = (i32, u8, u8);
+
+/// [`chain`] with the leaf valid only between the two dates given.
+fn chain_valid(window: Option<(Ymd, Ymd)>) -> Chain {
     let ca_key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -23,11 +32,14 @@ fn chain() -> Chain {
         .push(DnType::CommonName, "dane test CA");
     let ca = params.self_signed(&ca_key).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["mx.example.test".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["mx.example.test".to_owned()]).unwrap();
+    if let Some(((y0, m0, d0), (y1, m1, d1))) = window {
+        leaf_params.not_before = rcgen::date_time_ymd(y0, m0, d0);
+        leaf_params.not_after = rcgen::date_time_ymd(y1, m1, d1);
+    }
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
     Chain {
+        ca_spki: ca_key.public_key_der(),
         ca: ca.der().clone(),
         leaf: leaf.der().clone(),
         // rcgen's own encoding of the key, independent of the parser under test.
@@ -126,6 +138,24 @@ fn dane_ee_accepts_the_pinned_key_under_any_name_and_nothing_else() {
     assert!(err.contains("3 1 1 0707"), "{err}");
 }
 
+/// RFC 7672 §3.1.1: the dates of a DANE-EE certificate are not checked (the TLSA record is
+/// what vouches for it); under DANE-TA they are.
+#[test]
+fn dane_ee_ignores_the_certificate_dates_and_dane_ta_does_not() {
+    let c = chain_valid(Some(((2000, 1, 1), (2001, 1, 1))));
+    let pinned = tlsa(DANE_EE, 1, 1, Sha256::digest(&c.leaf_spki).to_vec());
+    assert_eq!(verify(vec![pinned], &c, &[], "mx.example.test"), Ok(()));
+    let anchor = tlsa(DANE_TA, 1, 1, Sha256::digest(&c.ca_spki).to_vec());
+    let err = verify(
+        vec![anchor],
+        &c,
+        std::slice::from_ref(&c.ca),
+        "mx.example.test",
+    )
+    .unwrap_err();
+    assert!(err.contains("DANE-TA") && err.contains("expired"), "{err}");
+}
+
 #[test]
 fn dane_ta_needs_the_anchor_in_the_chain_and_the_mx_name_on_the_certificate() {
     let c = chain();
@@ -143,6 +173,12 @@ fn dane_ta_needs_the_anchor_in_the_chain_and_the_mx_name_on_the_certificate() {
     assert!(
         err.contains("does not verify to its DANE-TA anchor"),
         "{err}"
+    );
+    // The anchor's key (selector 1) works as its whole certificate does.
+    let by_key = tlsa(DANE_TA, 1, 2, Sha512::digest(&c.ca_spki).to_vec());
+    assert_eq!(
+        verify(vec![by_key], &c, &with_ca, "mx.example.test"),
+        Ok(())
     );
     // A DANE-TA record does not pin the end entity.
     let leaf_as_ta = tlsa(DANE_TA, 0, 1, Sha256::digest(&c.leaf).to_vec());
