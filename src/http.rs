@@ -565,9 +565,7 @@ impl Api {
 /// by webhook (its index in `[[webhooks]]`: a URL may hold a secret).
 fn webhook_metrics(out: &mut String, hooks: &[(String, Arc<crate::webhook::Stats>)]) {
     use std::fmt::Write as _;
-    if hooks.is_empty() {
-        return;
-    }
+    // The families are declared without webhooks too, so dashboards find them.
     let series = [
         (
             "ringmta_webhook_events_posted_total",

@@ -86,6 +86,10 @@ pub struct CoreMetrics {
     outbound_tls: [AtomicU64; 7],
     /// Spool bytes (segment files), refreshed every second.
     pub spool_bytes: AtomicU64,
+    /// The shard's byte limit for new mail (`spool.max_size`, 0: none), refreshed every second.
+    pub spool_limit_bytes: AtomicU64,
+    /// 1 once the shard stopped writing after an fdatasync failure.
+    pub spool_failed: AtomicU64,
     /// Spool records, refreshed every second.
     pub spool_records: AtomicU64,
     /// Messages in the spool (queued or final, not purged), refreshed every second.
@@ -225,6 +229,18 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
         "gauge",
         "Bytes of spool segment files.",
         sum(cores, |c| load(&c.spool_bytes)),
+    );
+    simple(
+        "ringmta_spool_limit_bytes",
+        "gauge",
+        "spool.max_size over every worker (0: no limit); new mail is refused past it.",
+        sum(cores, |c| load(&c.spool_limit_bytes)),
+    );
+    simple(
+        "ringmta_spool_shards_failed",
+        "gauge",
+        "Spool shards that stopped writing after an fdatasync failure (restart to recover).",
+        sum(cores, |c| load(&c.spool_failed)),
     );
     simple(
         "ringmta_spool_records",

@@ -411,6 +411,16 @@ impl Shard {
         }
     }
 
+    /// Whether an `fdatasync` failed: the shard refuses writes until a restart.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    /// The byte limit for new mail (`spool.max_size`; 0: none).
+    pub fn max_bytes(&self) -> u64 {
+        self.cfg.max_bytes
+    }
+
     /// Records that an `fdatasync` of [`Shard::active_file`] failed: the shard is poisoned (see
     /// the module doc) and refuses further writes.
     pub fn mark_sync_failed(&mut self) {

@@ -360,6 +360,15 @@ impl Core {
         loop {
             let st = self.shard.borrow().stats();
             self.metrics.spool_bytes.store(st.bytes, Relaxed);
+            {
+                let shard = self.shard.borrow();
+                self.metrics
+                    .spool_limit_bytes
+                    .store(shard.max_bytes(), Relaxed);
+                self.metrics
+                    .spool_failed
+                    .store(u64::from(shard.is_poisoned()), Relaxed);
+            }
             self.metrics.spool_records.store(st.records, Relaxed);
             self.metrics.spool_messages.store(st.messages, Relaxed);
             self.metrics

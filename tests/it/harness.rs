@@ -659,14 +659,11 @@ impl SignedDns {
         zones: &[(&str, &str, bool)],
         tamper: &[(&str, &str)],
     ) -> Option<SignedDns> {
-        for tool in ["unbound", "ldns-keygen", "ldns-signzone"] {
-            let found = Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if !found {
-                return None;
-            }
+        if !["unbound", "ldns-keygen", "ldns-signzone"]
+            .into_iter()
+            .all(have)
+        {
+            return None;
         }
         let dir = dir.join("unbound");
         std::fs::create_dir_all(&dir).unwrap();

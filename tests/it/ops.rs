@@ -157,11 +157,19 @@ fn api(server: &Server, script: &str) -> Vec<String> {
 /// A server with the HTTP API whose mail goes to `sink`: its temporary directory (keep it),
 /// its spool and the server.
 fn server_to(sink: &Sink) -> (tempfile::TempDir, std::path::PathBuf, Server) {
+    server_to_with(sink, "")
+}
+
+/// [`server_to`] with more `[delivery]` keys.
+fn server_to_with(sink: &Sink, delivery: &str) -> (tempfile::TempDir, std::path::PathBuf, Server) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("spool");
     let config = http_config(
         &dir,
-        &format!("[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n", sink.addr),
+        &format!(
+            "[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n{delivery}",
+            sink.addr
+        ),
     );
     let s = Server::start_in(&dir, &config);
     (tmp, dir, s)
@@ -1545,4 +1553,161 @@ print(json.dumps(out))
     let plain = Server::start_in(&plain_dir, &http_config(&plain_dir, ""));
     let off = crate::harness::http_get(&plain, "/mail/config-v1.1.xml");
     assert!(off.starts_with("HTTP/1.0 404"), "{off}");
+}
+
+/// A GET with curl; the body.
+fn curl_get(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", url])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The metric names (`ringmta_…`) a text mentions.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, _) in text.match_indices("ringmta_") {
+        let name: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        names.insert(name);
+    }
+    names
+}
+
+/// Monitoring (issue 20) with a real Prometheus (Debian's): `promtool` checks the alert rules
+/// in `dist/prometheus` and runs their unit tests; Prometheus scrapes a running ringmta every
+/// second and evaluates the rules; every rule evaluates without error, and the TLS-failure alert
+/// goes pending once mail under `tls = "required"` meets a next hop without STARTTLS. Every
+/// metric the rules and the Grafana dashboard name is one `/metrics` exports, and every panel's
+/// query is valid PromQL to this Prometheus.
+#[test]
+fn prometheus_scrapes_ringmta_and_the_shipped_rules_and_dashboard_hold() {
+    if !crate::harness::have("prometheus") || !crate::harness::have("promtool") {
+        ringmta::testkit::skip("prometheus is needed (apt-get install prometheus)");
+        return;
+    }
+    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dist");
+    let rules = dist.join("prometheus/ringmta-alerts.yml");
+    for args in [
+        vec!["check", "rules", "ringmta-alerts.yml"],
+        vec!["test", "rules", "ringmta-alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(&args)
+            .current_dir(dist.join("prometheus"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "promtool {args:?}: {out:?}");
+    }
+
+    let sink = Sink::start();
+    let (tmp, dir, s) = server_to_with(&sink, "tls = \"required\"\nretry_schedule = [\"1h\"]\n");
+    let target = s.addr("http");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = tmp.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: ringmta\n    static_configs:\n      - targets: [\"{target}\"]\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prometheus = Killed(
+        std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                tmp.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let api = |path: &str| -> serde_json::Value {
+        serde_json::from_str(&curl_get(&format!("http://127.0.0.1:{port}{path}")))
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "{what} within 60 s");
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    };
+    // The counters must rise while Prometheus watches: mail goes only once ringmta is scraped.
+    wait("ringmta scraped", &|| {
+        api("/api/v1/query?query=up%7Bjob%3D%22ringmta%22%7D")["data"]["result"][0]["value"][1]
+            == "1"
+    });
+    send_to(&s, "bob@example.net", 2);
+    wait_events(&dir, "two TLS deferrals", 30, |ev| ev.len() == 2);
+    wait("the TLS-failure alert", &|| {
+        api("/api/v1/alerts")["data"]["alerts"]
+            .as_array()
+            .is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["labels"]["alertname"] == "RingmtaTlsFailuresRising"
+                        && (x["state"] == "pending" || x["state"] == "firing")
+                })
+            })
+    });
+    let groups = api("/api/v1/rules");
+    let loaded: Vec<&serde_json::Value> = groups["data"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(loaded.len(), 8, "{groups}");
+    for rule in loaded {
+        assert_eq!(rule["health"], "ok", "{rule}");
+    }
+
+    // The names the rules and the dashboard use are exported.
+    let exported = crate::harness::metrics(&s);
+    let dashboard = std::fs::read_to_string(dist.join("grafana/ringmta-dashboard.json")).unwrap();
+    let used = metric_names(&std::fs::read_to_string(&rules).unwrap())
+        .into_iter()
+        .chain(metric_names(&dashboard));
+    for name in used {
+        let family = name.trim_end_matches("_bucket");
+        assert!(
+            exported.contains(&format!("# TYPE {family} ")),
+            "{name} is not exported by /metrics"
+        );
+    }
+    // Every panel query parses and runs.
+    let dash: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut queries = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*");
+            let q: String = form_urlencoded::byte_serialize(expr.as_bytes()).collect();
+            let r = api(&format!("/api/v1/query?query={q}"));
+            assert_eq!(r["status"], "success", "{expr}: {r}");
+            queries += 1;
+        }
+    }
+    assert!(queries >= 16, "{queries}");
 }
