@@ -41,6 +41,20 @@ pub enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// A live view of the running server (through its listen.http): rates, failures by
+    /// category, the busiest destinations and sites, connections, spool. Full screen on a
+    /// terminal (q quits); a plain print every interval otherwise.
+    Top {
+        /// TOML configuration file (for listen.http).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// Print this many plain snapshots and stop (also on a terminal).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// The suppression list (through the running server's listen.http).
     Suppression {
         /// TOML configuration file (for listen.http).
@@ -331,6 +345,24 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Queue { config, action } => {
             let config = load(config.as_deref())?;
             queue(&config, action)
+        }
+        Command::Top {
+            config,
+            interval,
+            count,
+        } => {
+            let config = load(config.as_deref())?;
+            let addr = http_addr(&config).context("top needs the running server's listen.http")?;
+            if !(interval.is_finite() && interval >= 0.1) {
+                bail!("--interval must be at least 0.1 seconds");
+            }
+            crate::top::run(
+                &|path| api_call(addr, "GET", path),
+                &addr.to_string(),
+                std::time::Duration::from_secs_f64(interval),
+                count,
+            )?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Suppression { config, action } => {
             let config = load(config.as_deref())?;

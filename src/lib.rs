@@ -35,5 +35,6 @@ pub mod suppress;
 #[doc(hidden)]
 pub mod testkit;
 pub mod time;
+pub mod top;
 pub mod webhook;
 pub mod worker;

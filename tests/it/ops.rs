@@ -160,6 +160,27 @@ fn server_to(sink: &Sink) -> (tempfile::TempDir, std::path::PathBuf, Server) {
     server_to_with(sink, "")
 }
 
+/// A server whose next hop refuses connections (mail stays deferred for an hour), with its
+/// HTTP API; the hop's address last.
+fn server_to_a_dead_hop() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Server,
+    std::net::SocketAddr,
+) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let config = http_config(
+        &dir,
+        &format!("[delivery]\nroutes = {{ \"*\" = \"{dead}\" }}\nretry_schedule = [\"1h\"]\n"),
+    );
+    let s = Server::start_in(&dir, &config);
+    (tmp, dir, s, dead)
+}
+
 /// [`server_to`] with more `[delivery]` keys.
 fn server_to_with(sink: &Sink, delivery: &str) -> (tempfile::TempDir, std::path::PathBuf, Server) {
     let tmp = tempfile::tempdir().unwrap();
@@ -1341,18 +1362,7 @@ fn events_lost_with_the_process_are_written_again_at_restart() {
 /// connections, so every recipient stays deferred.
 #[test]
 fn queue_summary_shows_pending_recipients_by_key_and_age_live_and_offline() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = closed.local_addr().unwrap();
-    drop(closed);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("spool");
-    let mut s = Server::start_in(
-        &dir,
-        &http_config(
-            &dir,
-            &format!("[delivery]\nroutes = {{ \"*\" = \"{dead}\" }}\nretry_schedule = [\"1h\"]\n"),
-        ),
-    );
+    let (_tmp, dir, mut s, dead) = server_to_a_dead_hop();
     send_to(&s, "a@one.example", 3);
     send_to(&s, "b@two.example", 1);
     crate::harness::submit_authenticated(&s, "c@one.example", 2);
@@ -1710,4 +1720,90 @@ fn prometheus_scrapes_ringmta_and_the_shipped_rules_and_dashboard_hold() {
         }
     }
     assert!(queries >= 16, "{queries}");
+}
+
+/// `ringmta top` (issue 20): piped, it prints plain snapshots (`--count`); in a terminal (tmux,
+/// read back with capture-pane) it draws the full-screen view with the busiest destinations and
+/// quits on `q`. The next hop refuses connections, so mail stays queued; one domain is
+/// suspended and shows as such.
+#[test]
+fn top_shows_the_queue_live_and_quits_on_q() {
+    if !crate::harness::have("tmux") {
+        ringmta::testkit::skip("tmux is needed (apt-get install tmux)");
+        return;
+    }
+    let (_tmp, dir, s, _) = server_to_a_dead_hop();
+    let (code, _, err) = s.cli(&["queue", "suspend", "--domain", "held.example"]);
+    assert_eq!(code, 0, "{err}");
+    send_to(&s, "a@one.example", 3);
+    send_to(&s, "b@held.example", 1);
+    wait_events(&dir, "three deferrals", 30, |ev| ev.len() == 3);
+
+    let (code, out, err) = s.cli(&["top", "--count", "2", "--interval", "0.3"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("ringmta top").count(), 2, "{out}");
+    let line = |name: &str| -> Vec<String> {
+        out.lines()
+            .rev()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row: {out}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(line("one.example"), ["one.example", "3"], "{out}");
+    assert_eq!(
+        line("held.example"),
+        ["held.example", "1", "suspended"],
+        "{out}"
+    );
+    assert!(out.contains("pending recipients: 4"), "{out}");
+    assert!(
+        out.contains("per second: accepted 0.0"),
+        "the second snapshot has rates: {out}"
+    );
+
+    // Full screen, in a terminal of its own.
+    let socket = format!("ringmta-top-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let command = format!(
+        "{} top --config {} --interval 0.3",
+        env!("CARGO_BIN_EXE_ringmta"),
+        dir.with_extension("toml").display()
+    );
+    let started = tmux(&["new-session", "-d", "-x", "120", "-y", "30", &command]);
+    assert!(started.status.success(), "{started:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let screen = loop {
+        let pane = String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).stdout).into_owned();
+        if pane.contains("busiest destinations") && pane.contains("one.example") {
+            break pane;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = tmux(&["kill-server"]);
+            panic!("top did not draw within 20 s:\n{pane}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(
+        screen.contains("ringmta top") && screen.contains("(q quits)"),
+        "{screen}"
+    );
+    assert!(screen.contains("pending recipients: 4"), "{screen}");
+    assert!(screen.contains("suspended"), "{screen}");
+    tmux(&["send-keys", "q"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tmux(&["has-session"]).status.success() {
+        if std::time::Instant::now() > deadline {
+            let _ = tmux(&["kill-server"]);
+            panic!("top did not quit on q");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
