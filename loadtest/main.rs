@@ -2,10 +2,12 @@
 //!
 //! `loadtest send` drives N connections (one io_uring runtime per thread) with the same
 //! sans-IO `ClientSession` that ringmta's delivery uses, and reports throughput, errors by
-//! reply code and latency percentiles from HDR histograms. `loadtest sink` accepts mail as fast
+//! reply code and latency percentiles from HDR histograms (`--report` writes them as an HTML
+//! page with plots). `loadtest sink` accepts mail as fast
 //! as it can, with optional fault injection, and can record Message-IDs for loss checks.
 //! Both stop by themselves (`--messages`/`--duration`, or a signal for the sink).
 
+mod report;
 mod send;
 mod sink;
 

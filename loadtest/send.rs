@@ -74,6 +74,10 @@ pub struct SendArgs {
     /// Print a machine-readable JSON report.
     #[arg(long)]
     json: bool,
+    /// Also write a self-contained HTML report (throughput and latency over time, the
+    /// latency distribution, the run's parameters) to this file.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
 }
 
 struct Stats {
@@ -84,6 +88,8 @@ struct Stats {
     bytes: u64,
     codes: BTreeMap<u16, u64>,
     conn_errors: BTreeMap<String, u64>,
+    /// Per second of the run: the latency of the 250 after DATA of the messages accepted in it.
+    timeline: BTreeMap<u64, Histogram<u64>>,
 }
 
 impl Stats {
@@ -97,7 +103,17 @@ impl Stats {
             bytes: 0,
             codes: BTreeMap::new(),
             conn_errors: BTreeMap::new(),
+            timeline: BTreeMap::new(),
         }
+    }
+
+    /// Counts an accepted message at `second` of the run, with its 250's latency.
+    fn at_second(&mut self, second: u64, latency: Duration) {
+        let h = self.timeline.entry(second).or_insert_with(|| {
+            // Two significant digits: one of these per second of the run.
+            Histogram::new_with_bounds(1, 120_000_000, 2).expect("static bounds are valid")
+        });
+        record(h, latency);
     }
 
     fn merge(&mut self, o: &Stats) {
@@ -112,10 +128,21 @@ impl Stats {
         for (k, v) in &o.conn_errors {
             *self.conn_errors.entry(k.clone()).or_default() += v;
         }
+        for (second, h) in &o.timeline {
+            match self.timeline.get_mut(second) {
+                Some(mine) => {
+                    let _ = mine.add(h);
+                }
+                None => {
+                    self.timeline.insert(*second, h.clone());
+                }
+            }
+        }
     }
 }
 
 struct Plan {
+    started: Instant,
     args: SendArgs,
     budget: AtomicI64,
     deadline: Option<Instant>,
@@ -171,6 +198,7 @@ pub fn run(args: SendArgs) -> Result<()> {
         })
         .clamp(1, args.connections);
     let plan = Arc::new(Plan {
+        started: Instant::now(),
         budget: AtomicI64::new(messages),
         deadline,
         done: AtomicU64::new(0),
@@ -234,6 +262,37 @@ pub fn run(args: SendArgs) -> Result<()> {
         let _ = p.join();
     }
     report(&plan.args, &total, elapsed);
+    if let Some(path) = &plan.args.report {
+        let html = crate::report::html(&crate::report::Run {
+            title: format!("loadtest send → {}", plan.args.target),
+            parameters: parameters(&plan.args, threads, elapsed),
+            // The last second is left out when the run ended inside it: it holds only the
+            // replies still in flight, and would read as a drop.
+            timeline: total
+                .timeline
+                .iter()
+                .filter(|(sec, _)| (**sec + 1) as f64 <= elapsed.as_secs_f64() + 0.05)
+                .map(|(sec, h)| crate::report::Second {
+                    second: *sec,
+                    accepted: h.len(),
+                    p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+                    p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+                })
+                .collect(),
+            distribution: total
+                .data
+                .iter_quantiles(1)
+                .map(|v| {
+                    (
+                        v.quantile_iterated_to(),
+                        v.value_iterated_to() as f64 / 1000.0,
+                    )
+                })
+                .collect(),
+        });
+        std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
     Ok(())
 }
 
@@ -373,6 +432,8 @@ async fn connection_loop(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, thread: usi
                             record(&mut s.txn, now - txn_start);
                             if let Some(d) = dot_sent {
                                 record(&mut s.data, now - d);
+                                let second = (now - plan.started).as_secs();
+                                s.at_second(second, now - d);
                             }
                         }
                         plan.done.fetch_add(1, Ordering::Relaxed);
@@ -536,6 +597,45 @@ fn report(a: &SendArgs, s: &Stats, elapsed: Duration) {
             h.max() as f64 / 1000.0
         );
     }
+}
+
+/// The run's parameters and totals, as the report lists them.
+fn parameters(a: &SendArgs, threads: usize, elapsed: Duration) -> Vec<(String, String)> {
+    let mut p = vec![
+        ("target".to_owned(), a.target.to_string()),
+        ("connections".to_owned(), a.connections.to_string()),
+        ("threads".to_owned(), threads.to_string()),
+        ("message size".to_owned(), format!("{} B", a.size)),
+        (
+            "recipients per message".to_owned(),
+            a.recipients.to_string(),
+        ),
+        (
+            "messages per connection".to_owned(),
+            a.per_connection.to_string(),
+        ),
+        ("pipelining".to_owned(), a.pipelining.to_string()),
+        ("tls".to_owned(), format!("{:?}", a.tls)),
+        (
+            "rate limit".to_owned(),
+            if a.rate > 0.0 {
+                format!("{} msg/s", a.rate)
+            } else {
+                "none".to_owned()
+            },
+        ),
+        (
+            "elapsed".to_owned(),
+            format!("{:.2} s", elapsed.as_secs_f64()),
+        ),
+    ];
+    if let Some(m) = a.messages {
+        p.push(("messages asked".to_owned(), m.to_string()));
+    }
+    if let Some(d) = &a.duration {
+        p.push(("duration asked".to_owned(), d.clone()));
+    }
+    p
 }
 
 /// Certificate checks are off: the tool targets test servers with self-signed certificates on

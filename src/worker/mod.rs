@@ -558,7 +558,8 @@ fn start_delivery(core: &Rc<Core>) {
     };
     // DANE trusts the AD bit; a resolver across a network could forge it (the decision record
     // in docs/decisions says to use a local one).
-    if d.dane && core.index == 0 {
+    let by_dns = !d.routes.iter().any(|r| r.domain == "*");
+    if d.dane && by_dns && core.index == 0 {
         for ns in router.validating_servers() {
             if !ns.ip().is_loopback() {
                 tracing::warn!(

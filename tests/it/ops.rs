@@ -1807,3 +1807,64 @@ fn top_shows_the_queue_live_and_quits_on_q() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// `loadtest send --report` (issue 20) writes a self-contained HTML page; Debian's Chromium,
+/// headless, renders it to a screenshot in which the plots' two series colours are drawn (the
+/// throughput, p50 and distribution lines in blue, the p99 line in orange), and the page asks
+/// for nothing over the network.
+#[test]
+fn the_load_report_renders_its_plots_in_a_real_browser() {
+    if !crate::harness::have("chromium") {
+        ringmta::testkit::skip("chromium is needed (apt-get install chromium)");
+        return;
+    }
+    let sink = Sink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("report.html");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["send", "--target", &sink.addr.to_string(), "-c", "4"])
+        .args(["--duration", "3s", "--report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert_eq!(html.matches("<svg").count(), 3, "{html}");
+    assert!(
+        !html.contains("src=") && !html.contains("href=") && !html.contains("<script"),
+        "the page fetches nothing"
+    );
+    let shot = tmp.path().join("report.png");
+    let browser = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1000,1500",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            tmp.path().join("profile").display()
+        ))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", report.display()))
+        .output()
+        .unwrap();
+    assert!(browser.status.success(), "{browser:?}");
+    let decoder = png::Decoder::new(std::fs::File::open(&shot).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    let step = frame.color_type.samples();
+    let count = |rgb: [u8; 3]| {
+        pixels[..frame.buffer_size()]
+            .chunks(step)
+            .filter(|p| p[..3] == rgb)
+            .count()
+    };
+    // #1f77b4 and #ff7f0e, the series colours of loadtest/report.rs.
+    let (blue, orange) = (count([0x1f, 0x77, 0xb4]), count([0xff, 0x7f, 0x0e]));
+    assert!(blue > 1000, "blue pixels: {blue}");
+    assert!(orange > 200, "orange pixels: {orange}");
+}
