@@ -266,17 +266,24 @@ pub fn run(args: SendArgs) -> Result<()> {
         let html = crate::report::html(&crate::report::Run {
             title: format!("loadtest send → {}", plan.args.target),
             parameters: parameters(&plan.args, threads, elapsed),
-            // The last second is left out when the run ended inside it: it holds only the
-            // replies still in flight, and would read as a drop.
-            timeline: total
-                .timeline
-                .iter()
-                .filter(|(sec, _)| (**sec + 1) as f64 <= elapsed.as_secs_f64() + 0.05)
-                .map(|(sec, h)| crate::report::Second {
-                    second: *sec,
-                    accepted: h.len(),
-                    p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-                    p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            accepted: total.ok,
+            // Every second of the run, those without a reply at zero (a stall shows). The
+            // last second is left out when the run ended inside it: it holds only the replies
+            // still in flight, and would read as a drop.
+            timeline: (0..elapsed.as_secs_f64().floor() as u64)
+                .map(|sec| match total.timeline.get(&sec) {
+                    Some(h) => crate::report::Second {
+                        second: sec,
+                        accepted: h.len(),
+                        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+                        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+                    },
+                    None => crate::report::Second {
+                        second: sec,
+                        accepted: 0,
+                        p50_ms: 0.0,
+                        p99_ms: 0.0,
+                    },
                 })
                 .collect(),
             distribution: total

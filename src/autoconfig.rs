@@ -107,8 +107,13 @@ pub fn apple_profile(a: &Autoconfig, address: &str) -> Result<String, &'static s
         (None, None) => return Err("no submission port to advertise"),
     };
     // Apple's OutgoingMailServerUseSSL means TLS in either form (Mail upgrades with STARTTLS).
+    // One identifier per user, so that a second address's profile does not replace the first.
     let reverse: Vec<&str> = a.hostname.split('.').rev().collect();
-    let id = format!("{}.ringmta.mail", reverse.join("."));
+    let user: String = Sha256::digest(address.as_bytes())[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let id = format!("{}.ringmta.mail.{user}", reverse.join("."));
     let entries = [
         ("EmailAccountDescription", string(&a.display_name)),
         ("EmailAccountName", string(address)),
@@ -222,7 +227,14 @@ mod tests {
         let p = apple_profile(&settings(true), "a@example.com").unwrap();
         assert!(p.contains("<string>com.apple.mail.managed</string>"), "{p}");
         assert_eq!(p, apple_profile(&settings(true), "a@example.com").unwrap());
-        assert_ne!(p, apple_profile(&settings(true), "b@example.com").unwrap());
+        let other = apple_profile(&settings(true), "b@example.com").unwrap();
+        let ids = |p: &str| -> Vec<String> {
+            p.split("<key>PayloadIdentifier</key>\n<string>")
+                .skip(1)
+                .map(|s| s[..s.find('<').unwrap()].to_owned())
+                .collect()
+        };
+        assert_ne!(ids(&p), ids(&other), "one identifier per user");
         let id = uuid("x");
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "5");

@@ -353,13 +353,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let config = load(config.as_deref())?;
             let addr = http_addr(&config).context("top needs the running server's listen.http")?;
-            if !(interval.is_finite() && interval >= 0.1) {
-                bail!("--interval must be at least 0.1 seconds");
-            }
+            let interval = std::time::Duration::try_from_secs_f64(interval)
+                .ok()
+                .filter(|d| *d >= std::time::Duration::from_millis(100))
+                .context("--interval must be at least 0.1 seconds")?;
             crate::top::run(
                 &|path| api_call(addr, "GET", path),
                 &addr.to_string(),
-                std::time::Duration::from_secs_f64(interval),
+                interval,
                 count,
             )?;
             Ok(ExitCode::SUCCESS)

@@ -115,6 +115,9 @@ pub struct Screen {
     pub sites: Vec<Row>,
 }
 
+/// How the summary line about a stopped shard starts.
+const DURABILITY: &str = "DURABILITY STOPPED";
+
 /// How many rows each table shows.
 pub const ROWS: usize = 10;
 
@@ -269,7 +272,7 @@ impl Screen {
         ];
         if self.shards_failed > 0 {
             lines.push(format!(
-                "DURABILITY STOPPED: {} spool shard(s) failed an fdatasync; restart after checking the disk",
+                "{DURABILITY}: {} spool shard(s) failed an fdatasync; restart after checking the disk",
                 self.shards_failed
             ));
         }
@@ -374,7 +377,8 @@ fn full_screen(
 ) -> Result<()> {
     use ratatui::crossterm::event::{self, Event, KeyCode, KeyModifiers};
     use ratatui::layout::{Constraint, Layout};
-    use ratatui::style::{Modifier, Style};
+    use ratatui::style::{Color, Modifier, Style};
+    use ratatui::text::Line;
     use ratatui::widgets::{Block, Borders, Paragraph, Row as TRow, Table};
 
     let mut terminal = ratatui::init();
@@ -413,8 +417,22 @@ fn full_screen(
                     Constraint::Min(0),
                 ])
                 .areas(area);
+                // The durability line is red: the one thing on this screen that needs a person.
+                let lines: Vec<Line> = summary
+                    .iter()
+                    .map(|l| {
+                        if l.starts_with(DURABILITY) {
+                            Line::styled(
+                                l.clone(),
+                                Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+                            )
+                        } else {
+                            Line::raw(l.clone())
+                        }
+                    })
+                    .collect();
                 f.render_widget(
-                    Paragraph::new(summary.join("\n"))
+                    Paragraph::new(lines)
                         .block(Block::default().borders(Borders::ALL).title(title.clone())),
                     top,
                 );

@@ -82,10 +82,12 @@ impl By {
     }
 }
 
+/// The domain of an address, lower case, without a trailing dot (as the queue API keys it).
 fn domain(address: &str) -> String {
     address
         .rsplit_once('@')
         .map_or(address, |(_, d)| d)
+        .trim_end_matches('.')
         .to_ascii_lowercase()
 }
 
@@ -171,14 +173,11 @@ impl Shape {
         serde_json::json!({ "by": by, "buckets": labels(), "rows": self.rows() })
     }
 
-    /// Reads back what [`Shape::json`] wrote (the `TOTAL` row is left out: it is recomputed).
+    /// Reads back what [`Shape::json`] wrote (its first row, the total, is recomputed).
     pub fn from_json(v: &serde_json::Value) -> Option<Shape> {
         let mut shape = Shape::default();
-        for row in v["rows"].as_array()? {
+        for row in v["rows"].as_array()?.iter().skip(1) {
             let key = row["key"].as_str()?;
-            if key == "TOTAL" {
-                continue;
-            }
             let mut counts = [0u64; BUCKETS];
             for (c, n) in counts.iter_mut().zip(row["counts"].as_array()?) {
                 *c = n.as_u64()?;
@@ -194,8 +193,8 @@ impl Shape {
         let rows = self.rows();
         let width = rows
             .iter()
-            .take(limit + 1)
-            .map(|r| r.key.len())
+            .take(limit.saturating_add(1))
+            .map(|r| r.key.chars().count())
             .max()
             .unwrap_or(5)
             .max(5);
@@ -204,14 +203,14 @@ impl Shape {
             out += &format!(" {label:>6}");
         }
         out.push('\n');
-        for row in rows.iter().take(limit + 1) {
+        for row in rows.iter().take(limit.saturating_add(1)) {
             out += &format!("{:>width$} {:>6}", row.key, row.total);
             for c in &row.counts {
                 out += &format!(" {c:>6}");
             }
             out.push('\n');
         }
-        if rows.len() > limit + 1 {
+        if rows.len() > limit.saturating_add(1) {
             out += &format!(
                 "({} more rows; --limit N shows them)\n",
                 rows.len() - limit - 1
@@ -260,6 +259,10 @@ mod tests {
             )
         };
         assert_eq!(key(By::Domain), "example.net");
+        assert_eq!(
+            By::Domain.key("b@Example.NET.", "", None, "queued"),
+            "example.net"
+        );
         assert_eq!(key(By::Site), "example.net");
         assert_eq!(key(By::Sender), "app.example");
         assert_eq!(key(By::User), "app");
@@ -294,7 +297,8 @@ mod tests {
         let mut sites = Shape::default();
         sites.merge(a, |_| "site-1".to_owned());
         assert_eq!(sites.rows()[1].total, 3);
-        // JSON round trip.
+        // JSON round trip, a user called TOTAL included.
+        merged.add("TOTAL".into(), 0);
         let back = Shape::from_json(&merged.json(By::Domain)).unwrap();
         assert_eq!(back, merged);
     }
@@ -327,5 +331,6 @@ mod tests {
         );
         assert_eq!(lines[4], "(3 more rows; --limit N shows them)");
         assert_eq!(lines.len(), 5);
+        assert_eq!(s.table(usize::MAX).lines().count(), 7);
     }
 }

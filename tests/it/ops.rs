@@ -1561,8 +1561,14 @@ print(json.dumps(out))
     // Off by default.
     let plain_dir = tmp.path().join("plain");
     let plain = Server::start_in(&plain_dir, &http_config(&plain_dir, ""));
-    let off = crate::harness::http_get(&plain, "/mail/config-v1.1.xml");
-    assert!(off.starts_with("HTTP/1.0 404"), "{off}");
+    for path in [
+        "/mail/config-v1.1.xml",
+        "/.well-known/autoconfig/mail/config-v1.1.xml",
+        "/apple/mail.mobileconfig?emailaddress=bob%40example.org",
+    ] {
+        let off = crate::harness::http_get(&plain, path);
+        assert!(off.starts_with("HTTP/1.0 404"), "{path}: {off}");
+    }
 }
 
 /// A GET with curl; the body.
@@ -1716,6 +1722,16 @@ fn prometheus_scrapes_ringmta_and_the_shipped_rules_and_dashboard_hold() {
             let q: String = form_urlencoded::byte_serialize(expr.as_bytes()).collect();
             let r = api(&format!("/api/v1/query?query={q}"));
             assert_eq!(r["status"], "success", "{expr}: {r}");
+            // A label typo would still parse: every query finds series, but for the webhook
+            // families (no webhook here).
+            if !expr.contains("webhook") {
+                assert!(
+                    r["data"]["result"]
+                        .as_array()
+                        .is_some_and(|a| !a.is_empty()),
+                    "{expr} found nothing: {r}"
+                );
+            }
             queries += 1;
         }
     }
@@ -1830,6 +1846,25 @@ fn the_load_report_renders_its_plots_in_a_real_browser() {
     assert!(out.status.success(), "{out:?}");
     let html = std::fs::read_to_string(&report).unwrap();
     assert_eq!(html.matches("<svg").count(), 3, "{html}");
+    // Each plot has its lines, every second of the 3 s run a point of the throughput one.
+    let lines: Vec<usize> = html
+        .split("<polyline")
+        .skip(1)
+        .map(|l| {
+            let points = l.split("points=\"").nth(1).unwrap();
+            points[..points.find('"').unwrap()].split(' ').count()
+        })
+        .collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "throughput, p50, p99, distribution: {lines:?}"
+    );
+    assert!(
+        lines[0] >= 3 && lines[..3].iter().all(|&n| n == lines[0]),
+        "{lines:?}"
+    );
+    assert!(lines[3] > 3, "{lines:?}");
     assert!(
         !html.contains("src=") && !html.contains("href=") && !html.contains("<script"),
         "the page fetches nothing"
