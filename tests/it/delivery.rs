@@ -1585,6 +1585,25 @@ fn verified_tls_delivers_to_a_trusted_certificate_and_defers_any_other() {
     );
 }
 
+/// The config of a relay that resolves through the test DNS on `dns_port`, delivers to MX
+/// hosts on `smtp_port`, fetches MTA-STS policies on `sts_port` and trusts the test CA in
+/// `ca_dir`, retrying hourly; `extra` adds `[delivery]` keys.
+fn sts_relay_config(
+    dir: &std::path::Path,
+    (dns_port, smtp_port, sts_port): (u16, u16, u16),
+    ca_dir: &std::path::Path,
+    extra: &str,
+) -> String {
+    crate::harness::base_config(
+        dir,
+        &format!(
+            "[delivery]\nnameservers = [\"127.0.0.1:{dns_port}\"]\nsmtp_port = {smtp_port}\n\
+             retry_schedule = [\"1h\"]\nmta_sts_https_port = {sts_port}\ntls_ca_file = \"{}\"\n{extra}",
+            ca_dir.join("ca.pem").display()
+        ),
+    )
+}
+
 /// A real HTTPS MTA-STS policy server on loopback (tests/it/sts_server.py) with a certificate
 /// from `ca` for every policy host; `policies` maps each host to its policy text.
 fn sts_server(ca: &TestCa, policies: &[(&str, &str)], log: &std::path::Path) -> PyServer {
@@ -1656,17 +1675,7 @@ fn an_enforced_mta_sts_policy_allows_only_its_mx_hosts_over_verified_tls() {
         return;
     };
     let dir = tmp.path().join("relay");
-    let config = crate::harness::base_config(
-        &dir,
-        &format!(
-            "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nsmtp_port = {}\nretry_schedule = [\"1h\"]\n\
-             mta_sts_https_port = {}\ntls_ca_file = \"{}\"\n",
-            dns.port,
-            hop.port("smtp"),
-            sts.port,
-            tmp.path().join("ca.pem").display()
-        ),
-    );
+    let config = sts_relay_config(&dir, (dns.port, hop.port("smtp"), sts.port), tmp.path(), "");
     let mut relay = Server::start_in(&dir, &config);
     let out = submit(
         &relay,
@@ -1852,17 +1861,11 @@ fn a_tls_report_reaches_the_rua_address_after_a_failure() {
         return;
     };
     let dir = tmp.path().join("relay");
-    let config = crate::harness::base_config(
+    let config = sts_relay_config(
         &dir,
-        &format!(
-            "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nsmtp_port = {}\nretry_schedule = [\"1h\"]\n\
-             mta_sts_https_port = {}\ntls_ca_file = \"{}\"\ntls_rpt = true\ntls_rpt_interval = \"2s\"\n\
-             tls_rpt_from = \"tls-reports@mx.test\"\n",
-            dns.port,
-            hop.port("smtp"),
-            sts.port,
-            tmp.path().join("ca.pem").display()
-        ),
+        (dns.port, hop.port("smtp"), sts.port),
+        tmp.path(),
+        "tls_rpt = true\ntls_rpt_interval = \"2s\"\ntls_rpt_from = \"tls-reports@mx.test\"\n",
     );
     let relay = Server::start_in(&dir, &config);
     let out = submit(&relay, &["--to", "a@rpt.test"]);
@@ -1949,17 +1952,7 @@ fn a_testing_policy_delivers_and_a_new_txt_id_fetches_the_policy_again() {
         return;
     };
     let dir = tmp.path().join("relay");
-    let config = crate::harness::base_config(
-        &dir,
-        &format!(
-            "[delivery]\nnameservers = [\"127.0.0.1:{}\"]\nsmtp_port = {}\nretry_schedule = [\"1h\"]\n\
-             mta_sts_https_port = {}\ntls_ca_file = \"{}\"\n",
-            dns.port,
-            hop.port("smtp"),
-            sts.port,
-            tmp.path().join("ca.pem").display()
-        ),
-    );
+    let config = sts_relay_config(&dir, (dns.port, hop.port("smtp"), sts.port), tmp.path(), "");
     let relay = Server::start_in(&dir, &config);
     let fetched = || {
         std::fs::read_to_string(&log)
