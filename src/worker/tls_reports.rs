@@ -94,12 +94,18 @@ async fn send(
         &policy,
         sessions,
     );
-    // RFC 8460 §5.3: the file name is submitter!policy-domain!begin!end.
-    let file = format!("{hostname}!{domain}!{}!{}.json", start / 1000, end / 1000);
+    // RFC 8460 §5.3: gzipped, as the large receivers send and expect them; the file name is
+    // submitter!policy-domain!begin!end.
+    let file = format!(
+        "{hostname}!{domain}!{}!{}.json.gz",
+        start / 1000,
+        end / 1000
+    );
+    let gz = gzip(json.as_bytes());
     for rua in ruas {
         match rua {
             Rua::Mailto(to) => {
-                let result = match mail(hostname, from, &to, domain, &report_id, &file, &json) {
+                let result = match mail(hostname, from, &to, domain, &report_id, &file, &gz) {
                     Ok(t) => core
                         .commit(t, SystemTime::now())
                         .await
@@ -126,7 +132,7 @@ async fn send(
                     }
                 };
                 let tls = Arc::clone(&core.shared.verify_tls);
-                let body = json.clone().into_bytes();
+                let body = gz.clone();
                 let domain = domain.to_owned();
                 let _ = std::thread::Builder::new()
                     .name("ringmta-tlsrpt".into())
@@ -136,8 +142,17 @@ async fn send(
     }
 }
 
-/// The report as a message from `from` to `to` (RFC 8460 §5.3): the JSON attached as
-/// `application/tlsrpt+json`, with the TLS-Report-Domain and TLS-Report-Submitter headers.
+/// gzip (RFC 1952) of `data`.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(data);
+    encoder.finish().unwrap_or_default()
+}
+
+/// The report as a message from `from` to `to` (RFC 8460 §5.3): the gzipped JSON attached as
+/// `application/tlsrpt+gzip`, with the TLS-Report-Domain and TLS-Report-Submitter headers.
 fn mail(
     hostname: &str,
     from: &str,
@@ -145,7 +160,7 @@ fn mail(
     domain: &str,
     report_id: &str,
     file: &str,
-    json: &str,
+    gz: &[u8],
 ) -> Result<Transaction, String> {
     use mail_builder::headers::raw::Raw;
     let sender = Mailbox::parse(from).map_err(|e| format!("tls_rpt_from {from:?}: {e}"))?;
@@ -162,11 +177,7 @@ fn mail(
         .text_body(format!(
             "This is an aggregate TLS report (RFC 8460) from {hostname} about {domain}.\r\n"
         ))
-        .attachment(
-            "application/tlsrpt+json",
-            file.to_owned(),
-            json.as_bytes().to_vec(),
-        )
+        .attachment("application/tlsrpt+gzip", file.to_owned(), gz.to_vec())
         .write_to_vec()
         .map_err(|e| format!("cannot build the report: {e}"))?;
     Ok(Transaction::built(
@@ -190,7 +201,7 @@ fn post(
     body: &[u8],
     tls: &Arc<rustls::ClientConfig>,
 ) {
-    let headers = ["Content-Type: application/tlsrpt+json".to_owned()];
+    let headers = ["Content-Type: application/tlsrpt+gzip".to_owned()];
     let request = crate::http_client::Request {
         method: "POST",
         headers: &headers,

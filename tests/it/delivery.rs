@@ -1585,6 +1585,16 @@ fn verified_tls_delivers_to_a_trusted_certificate_and_defers_any_other() {
     );
 }
 
+/// The bytes a gzip stream holds.
+fn gunzip(gz: &[u8]) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut out)
+        .expect("a gzip stream");
+    out
+}
+
 /// The config of a relay that resolves through the test DNS on `dns_port`, delivers to MX
 /// hosts on `smtp_port`, fetches MTA-STS policies on `sts_port` and trusts the test CA in
 /// `ca_dir`, retrying hourly; `extra` adds `[delivery]` keys.
@@ -1893,7 +1903,21 @@ fn a_tls_report_reaches_the_rua_address_after_a_failure() {
         "{raw}"
     );
     let attachment = message.attachments().next().expect("an attachment");
-    let json: serde_json::Value = serde_json::from_slice(attachment.contents()).unwrap();
+    use mail_parser::MimeHeaders as _;
+    assert_eq!(
+        attachment
+            .content_type()
+            .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or(""))),
+        Some("application/tlsrpt+gzip".to_owned()),
+        "{raw}"
+    );
+    assert!(
+        attachment
+            .attachment_name()
+            .is_some_and(|n| n.ends_with(".json.gz")),
+        "{raw}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&gunzip(attachment.contents())).unwrap();
     assert_eq!(json["contact-info"], "tls-reports@mx.test", "{json}");
     let p = &json["policies"][0];
     assert_eq!(p["policy"]["policy-type"], "sts", "{json}");
@@ -1920,8 +1944,12 @@ fn a_tls_report_reaches_the_rua_address_after_a_failure() {
     };
     assert_eq!(post["host"], "reports.rpt.test", "{post}");
     assert_eq!(post["path"], "/tlsrpt", "{post}");
-    assert_eq!(post["content_type"], "application/tlsrpt+json", "{post}");
-    let posted: serde_json::Value = serde_json::from_str(post["body"].as_str().unwrap()).unwrap();
+    assert_eq!(post["content_type"], "application/tlsrpt+gzip", "{post}");
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(post["body_base64"].as_str().unwrap())
+        .unwrap();
+    let posted: serde_json::Value = serde_json::from_slice(&gunzip(&body)).unwrap();
     assert_eq!(posted["policies"], json["policies"], "{posted}");
 }
 

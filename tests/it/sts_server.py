@@ -7,7 +7,7 @@ path are appended to LOG;
 a POST (a TLS report) is answered 200 and appended to LOG.posts as a JSON line. Stops by
 itself after 600 seconds so a crashed test never leaves it running.
 """
-import http.server, json, ssl, sys, threading, time
+import base64, http.server, json, ssl, sys, threading, time
 
 cert, key, policies, log = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 
@@ -39,7 +39,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with open(log + ".posts", "a") as f:
             f.write(json.dumps({"host": host, "path": self.path,
                                 "content_type": self.headers.get("Content-Type"),
-                                "body": body.decode("utf-8", "replace")}) + "\n")
+                                "body_base64": base64.b64encode(body).decode()}) + "\n")
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
