@@ -236,23 +236,6 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
         "spool.max_size over every worker (0: no limit); new mail is refused past it.",
         sum(cores, |c| load(&c.spool_limit_bytes)),
     );
-    // The limit holds per shard, so the alert that matters is on the fullest one.
-    let fullest = cores
-        .iter()
-        .filter(|c| load(&c.spool_limit_bytes) > 0)
-        .map(|c| load(&c.spool_bytes) as f64 / load(&c.spool_limit_bytes) as f64)
-        .fold(0.0, f64::max);
-    let _ = writeln!(
-        out,
-        "# HELP ringmta_spool_fullest_ratio The fullest spool shard's bytes over its spool.max_size \
-         (0 without a limit).\n# TYPE ringmta_spool_fullest_ratio gauge\nringmta_spool_fullest_ratio {fullest}"
-    );
-    let mut simple = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
     simple(
         "ringmta_spool_shards_failed",
         "gauge",
@@ -276,6 +259,18 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
         "gauge",
         "Recipients not yet delivered or bounced.",
         sum(cores, |c| load(&c.queue_pending)),
+    );
+
+    // The limit holds per shard, so the alert that matters is on the fullest one.
+    let fullest = cores
+        .iter()
+        .filter(|c| load(&c.spool_limit_bytes) > 0)
+        .map(|c| load(&c.spool_bytes) as f64 / load(&c.spool_limit_bytes) as f64)
+        .fold(0.0, f64::max);
+    let _ = writeln!(
+        out,
+        "# HELP ringmta_spool_fullest_ratio The fullest spool shard's bytes over its spool.max_size \
+         (0 without a limit).\n# TYPE ringmta_spool_fullest_ratio gauge\nringmta_spool_fullest_ratio {fullest}"
     );
 
     let summed = |f: &dyn Fn(&CoreMetrics) -> u64| sum(cores, f);

@@ -171,26 +171,25 @@ fn server_to_a_dead_hop() -> (
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = closed.local_addr().unwrap();
     drop(closed);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("spool");
-    let config = http_config(
-        &dir,
-        &format!("[delivery]\nroutes = {{ \"*\" = \"{dead}\" }}\nretry_schedule = [\"1h\"]\n"),
-    );
-    let s = Server::start_in(&dir, &config);
+    let (tmp, dir, s) = server_routed_to(dead, "retry_schedule = [\"1h\"]\n");
     (tmp, dir, s, dead)
 }
 
 /// [`server_to`] with more `[delivery]` keys.
 fn server_to_with(sink: &Sink, delivery: &str) -> (tempfile::TempDir, std::path::PathBuf, Server) {
+    server_routed_to(sink.addr, delivery)
+}
+
+/// A server with the HTTP API routing every domain to `hop`, with more `[delivery]` keys.
+fn server_routed_to(
+    hop: std::net::SocketAddr,
+    delivery: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, Server) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("spool");
     let config = http_config(
         &dir,
-        &format!(
-            "[delivery]\nroutes = {{ \"*\" = \"{}\" }}\n{delivery}",
-            sink.addr
-        ),
+        &format!("[delivery]\nroutes = {{ \"*\" = \"{hop}\" }}\n{delivery}"),
     );
     let s = Server::start_in(&dir, &config);
     (tmp, dir, s)
