@@ -92,6 +92,8 @@ pub struct CoreMetrics {
     pub spool_failed: AtomicU64,
     /// Spool records, refreshed every second.
     pub spool_records: AtomicU64,
+    /// Records lost to damage in the middle of segments, found by recovery at start.
+    pub spool_lost_records: AtomicU64,
     /// Messages in the spool (queued or final, not purged), refreshed every second.
     pub spool_messages: AtomicU64,
     /// Recipients not yet final, refreshed every second.
@@ -247,6 +249,13 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
         "gauge",
         "Records in the spool segments.",
         sum(cores, |c| load(&c.spool_records)),
+    );
+    simple(
+        "ringmta_spool_damaged_records",
+        "gauge",
+        "Records lost to damage in the middle of spool segments, found at start (later records \
+         were kept); `ringmta spool check` lists where.",
+        sum(cores, |c| load(&c.spool_lost_records)),
     );
     simple(
         "ringmta_spool_messages",

@@ -418,6 +418,8 @@ pub struct RawSuppression {
 pub struct RawRetention {
     /// Keep a message's body this long after its final outcome. Default: 30d.
     pub content: Option<String>,
+    /// Keep the ledger's placeholders of purged messages this long. Default: 400d.
+    pub ledger: Option<String>,
 }
 
 /// `[log]`.

@@ -57,6 +57,8 @@ pub struct Config {
     pub shaping: Vec<crate::queue::shaping::Rule>,
     /// Keep bodies this long after the final outcome.
     pub retention_content: Duration,
+    /// `retention.ledger`: how long the ledger keeps placeholders of purged messages.
+    pub retention_ledger: Duration,
     /// Whose suppression list a hard bounce adds to, and which list a RCPT is checked against.
     pub suppression_scope: crate::suppress::Scope,
     /// Bearer tokens of the HTTP API (none: the admin routes answer on loopback only).
@@ -210,6 +212,11 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         raw.retention.content.as_ref(),
         Duration::from_secs(30 * 86_400),
     );
+    let retention_ledger = r.duration(
+        "retention.ledger",
+        raw.retention.ledger.as_ref(),
+        Duration::from_secs(400 * 86_400),
+    );
     let log_format = match raw.log.format.as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -316,6 +323,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         egress,
         shaping,
         retention_content,
+        retention_ledger,
         api_tokens,
         webhooks,
         autoconfig,

@@ -7,18 +7,15 @@ use super::*;
 pub struct CheckReport {
     /// One report per shard directory, by shard number.
     pub shards: Vec<RecoveryReport>,
-    /// The ledger scan, if there is a ledger.
-    pub ledger: Option<SegmentReport>,
+    /// The scan of each ledger file, oldest first (none before the first purge).
+    pub ledgers: Vec<SegmentReport>,
 }
 
 impl CheckReport {
     /// Whether every segment and the ledger read to a clean end with valid headers.
     pub fn is_clean(&self) -> bool {
         self.shards.iter().all(|s| s.damaged().next().is_none())
-            && self
-                .ledger
-                .as_ref()
-                .is_none_or(|l| l.torn.is_none() && l.header_error.is_none())
+            && self.ledgers.iter().all(SegmentReport::is_clean)
     }
 }
 
@@ -27,19 +24,38 @@ impl fmt::Display for CheckReport {
         for s in &self.shards {
             write!(f, "{s}")?;
             for seg in &s.segments {
-                if seg.torn.is_none() && seg.header_error.is_none() {
+                if seg.is_clean() {
                     writeln!(f, "  {seg}")?;
                 }
             }
         }
-        match &self.ledger {
-            Some(l) => writeln!(f, "ledger {l}")?,
-            None => writeln!(f, "no ledger")?,
+        for l in &self.ledgers {
+            writeln!(f, "ledger {l}")?;
         }
+        if self.ledgers.is_empty() {
+            writeln!(f, "no ledger")?;
+        }
+        let lost: u64 = self
+            .shards
+            .iter()
+            .map(RecoveryReport::lost_records)
+            .sum::<u64>()
+            + self
+                .ledgers
+                .iter()
+                .flat_map(|l| &l.damaged)
+                .map(|d| d.frames)
+                .sum::<u64>();
         let verdict = if self.is_clean() {
-            "clean: recovery would drop nothing"
-        } else {
+            "clean: recovery would drop nothing".to_owned()
+        } else if lost == 0 {
             "damaged: recovery would drop the tails listed above (never acknowledged data)"
+                .to_owned()
+        } else {
+            format!(
+                "damaged: {lost} records lost to damage in the middle of a file (listed above; \
+                 the records after each are kept), and any tails listed (never acknowledged data)"
+            )
         };
         writeln!(f, "{verdict}")
     }
@@ -55,7 +71,7 @@ pub fn check(dir: &Path) -> Result<CheckReport, SpoolError> {
         let rec = recovery::recover_shard(dir, shard, Load::Read, true)?;
         report.shards.push(rec.report);
     }
-    report.ledger = ledger::read_ledger(dir, |_| {})?;
+    report.ledgers = ledger::read_ledger(dir, |_| {})?;
     Ok(report)
 }
 

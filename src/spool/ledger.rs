@@ -1,15 +1,25 @@
-//! The ledger: `spool_dir/ledger`, placeholders of purged messages (envelope and outcome, no body).
+//! The ledger: placeholders of purged messages (envelope and outcome, no body), in files that
+//! rotate and expire.
 //!
-//! One file shared by all shards, framed like a segment ([`RecordKind::Placeholder`] frames after
-//! a 64-byte [`LEDGER_MAGIC`] header), written with plain `write(2)` in append mode, not mapped:
-//! purges are rare and several shards append to it.
+//! Files, all in the spool directory and shared by all shards:
+//! - `ledger-{seq:016x}`: format 2 files ([`LEDGER_MAGIC`] header, [`RecordKind::Placeholder`]
+//!   frames), seq from 1; only the newest is appended to. A new one is started when the newest is
+//!   a day old or holds [`ROTATE_BYTES`], so that old placeholders go a file at a time.
+//! - `ledger`: the single format 1 file of older builds, read as the oldest ledger file and never
+//!   written again.
 //!
-//! Durable after [`Ledger::append`] returns `Ok`: the placeholders it wrote (they were
-//! `fdatasync`ed). Appends from different shards are serialised by an exclusive `flock` on the
-//! ledger file, held from the tail check to the `fdatasync`, so the only way a torn tail can
-//! exist is a crash during an append; the next append truncates it (under the lock) before
-//! writing, and readers stop at it. The file itself is created atomically (written as a temporary
-//! file, then hard-linked into place), so it always starts with a complete header.
+//! A file is removed when the file after it was started more than `retention.ledger` ago: every
+//! placeholder in it was written before that (appends go to the newest file; a shard that raced
+//! a rotation may add to the previous file for the length of one purge).
+//!
+//! Files are written with plain `write(2)` in append mode, not mapped: purges are rare and
+//! several shards append. Durable after [`Ledger::append`] returns `Ok`: the placeholders it
+//! wrote (they were `fdatasync`ed). Appends from different shards are serialised by an exclusive
+//! `flock` on the file, held from the tail check to the `fdatasync`, so the only way a torn tail
+//! can exist is a crash during an append; the next append truncates it (under the lock) before
+//! writing, and readers stop at it. Each file is created atomically (written as a temporary file,
+//! then hard-linked into place and the directory fsynced), so it always starts with a complete
+//! header.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -19,249 +29,387 @@ use std::path::{Path, PathBuf};
 use rkyv::util::AlignedVec;
 
 use super::SpoolError;
-use super::record::{self, ArchivedPlaceholder, FrameError, RecordKind};
+use super::record::{self, ArchivedPlaceholder, FrameError, FrameFormat, FramePos, RecordKind};
 use super::recovery::SegmentReport;
-use super::segment::{self, FILE_HEADER_LEN, LEDGER_MAGIC, TornTail};
+use super::segment::{self, FILE_HEADER_LEN, LEDGER_MAGIC};
 
-/// File name of the ledger inside the spool directory.
-pub const LEDGER_FILE: &str = "ledger";
+/// File name of the format 1 ledger of older builds (read, never written).
+pub const LEGACY_LEDGER_FILE: &str = "ledger";
+/// The newest ledger file is rotated once it is this old.
+pub const ROTATE_MS: u64 = 86_400_000;
+/// The newest ledger file is rotated once it holds this many bytes.
+pub const ROTATE_BYTES: u64 = 64 << 20;
+
+/// File name of ledger file `seq` (from 1).
+pub fn ledger_file_name(seq: u64) -> String {
+    format!("ledger-{seq:016x}")
+}
+
+/// The ledger files of `spool_dir` in order, oldest first: (seq, path), the format 1 file as
+/// seq 0.
+pub(crate) fn list(spool_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(spool_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let seq = if name == LEGACY_LEDGER_FILE {
+            0
+        } else {
+            match name.strip_prefix("ledger-").filter(|h| h.len() == 16) {
+                Some(hex) => match u64::from_str_radix(hex, 16) {
+                    Ok(seq) if seq > 0 => seq,
+                    _ => continue,
+                },
+                None => continue,
+            }
+        };
+        files.push((seq, entry.path()));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The file a handle appends to.
+struct Current {
+    seq: u64,
+    file: File,
+    format: FrameFormat,
+    created_ms: u64,
+    /// (offset, next frame number) up to which this handle has validated the file (a frame
+    /// boundary); `None` until the first append, or after an error, which forces a full scan.
+    valid_end: Option<(u64, u64)>,
+}
 
 /// A shard's handle on the shared ledger.
 pub(crate) struct Ledger {
     spool_dir: PathBuf,
-    path: PathBuf,
     shard: u8,
-    file: Option<File>,
-    /// Offset up to which this handle has validated the file (a frame boundary); `None` until the
-    /// first append, or after an error, which forces a full scan.
-    valid_end: Option<u64>,
+    current: Option<Current>,
 }
 
 impl Ledger {
     pub(crate) fn new(spool_dir: &Path, shard: u8) -> Self {
         Ledger {
             spool_dir: spool_dir.to_owned(),
-            path: spool_dir.join(LEDGER_FILE),
             shard,
-            file: None,
-            valid_end: None,
+            current: None,
         }
     }
 
-    /// Appends pre-encoded placeholder frames and makes them durable (`fdatasync`).
-    pub(crate) fn append(&mut self, frames: &[u8], now_ms: u64) -> Result<(), SpoolError> {
-        if frames.is_empty() {
+    fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> SpoolError {
+        let path = path.to_owned();
+        move |source| SpoolError::Io { op, path, source }
+    }
+
+    /// Appends placeholders (their rkyv archives) to the newest ledger file and makes them
+    /// durable (`fdatasync`).
+    pub(crate) fn append(
+        &mut self,
+        archives: &[AlignedVec],
+        now_ms: u64,
+    ) -> Result<(), SpoolError> {
+        if archives.is_empty() {
             return Ok(());
         }
-        let file = self.open(now_ms)?;
-        let io_err = |op, source| SpoolError::Io {
-            op,
-            path: self.path.clone(),
-            source,
-        };
-        file.lock().map_err(|e| io_err("lock", e))?;
-        let result = Self::append_locked(&file, &self.path, self.valid_end, frames);
+        let mut cur = self.open(now_ms)?;
+        let path = self.spool_dir.join(ledger_file_name(cur.seq));
+        cur.file.lock().map_err(Self::io_err(&path, "lock"))?;
+        let result = Self::append_locked(&cur, &path, archives);
         // Unlocking only fails for a bad fd; closing the fd (drop) releases the lock anyway.
-        let _ = file.unlock();
-        self.file = Some(file);
-        match result {
-            Ok(end) => {
-                self.valid_end = Some(end);
-                Ok(())
-            }
-            Err(e) => {
-                self.valid_end = None;
-                Err(e)
-            }
-        }
+        let _ = cur.file.unlock();
+        cur.valid_end = result.as_ref().ok().copied();
+        self.current = Some(cur);
+        result.map(|_| ())
     }
 
     fn append_locked(
-        mut file: &File,
+        cur: &Current,
         path: &Path,
-        valid_from: Option<u64>,
-        frames: &[u8],
-    ) -> Result<u64, SpoolError> {
-        let io_err = |op, source| SpoolError::Io {
-            op,
-            path: path.to_owned(),
-            source,
-        };
-        let len = file.metadata().map_err(|e| io_err("stat", e))?.len();
-        let from = valid_from.filter(|&v| v <= len && v >= FILE_HEADER_LEN as u64);
-        let start = from.unwrap_or(0);
+        archives: &[AlignedVec],
+    ) -> Result<(u64, u64), SpoolError> {
+        let mut file = &cur.file;
+        let len = file.metadata().map_err(Self::io_err(path, "stat"))?.len();
+        // Re-read from the last frame this handle validated (another shard may have appended).
+        let (from, number) = cur
+            .valid_end
+            .filter(|&(v, _)| v <= len && v >= FILE_HEADER_LEN as u64)
+            .unwrap_or((FILE_HEADER_LEN as u64, 0));
         let mut buf = AlignedVec::<16>::new();
-        buf.resize((len - start) as usize, 0);
-        file.read_exact_at(&mut buf, start)
-            .map_err(|e| io_err("read", e))?;
-        let mut pos = 0usize;
-        if from.is_none() {
-            segment::parse_file_header(&buf, LEDGER_MAGIC).map_err(|reason| {
-                SpoolError::BadHeader {
-                    path: path.to_owned(),
-                    reason,
-                }
-            })?;
-            pos = FILE_HEADER_LEN;
-        }
-        let (valid, _) = scan(&buf[pos..], |_| {});
-        let valid = start + (pos + valid) as u64;
+        buf.resize((len - from) as usize, 0);
+        file.read_exact_at(&mut buf, from)
+            .map_err(Self::io_err(path, "read"))?;
+        let scan = segment::scan_frames(cur.format, &buf, (from, number), true, |_, f| {
+            placeholder(f).map(|_| ())
+        });
+        let (valid, mut number) = (scan.end, scan.next_number);
         if valid < len {
             tracing::warn!(path = %path.display(), offset = valid, bytes = len - valid,
                 "ledger has a torn tail from an interrupted purge; truncating it");
-            file.set_len(valid).map_err(|e| io_err("truncate", e))?;
+            file.set_len(valid)
+                .map_err(Self::io_err(path, "truncate"))?;
         }
-        if let Err(e) = file.write_all(frames) {
+        let mut frames = Vec::new();
+        for a in archives {
+            let at = FramePos {
+                offset: valid + frames.len() as u64,
+                number,
+            };
+            frames.extend_from_slice(&record::encode_frame(
+                cur.format,
+                at,
+                RecordKind::Placeholder,
+                a,
+                &[],
+            ));
+            number += 1;
+        }
+        if let Err(e) = file.write_all(&frames) {
             // Leave no partial frame behind for the next appender or reader.
             let _ = file.set_len(valid);
-            return Err(io_err("write", e));
+            return Err(Self::io_err(path, "write")(e));
         }
-        file.sync_data().map_err(|e| io_err("fdatasync", e))?;
-        Ok(valid + frames.len() as u64)
+        file.sync_data().map_err(Self::io_err(path, "fdatasync"))?;
+        Ok((valid + frames.len() as u64, number))
     }
 
-    fn open(&mut self, now_ms: u64) -> Result<File, SpoolError> {
-        if let Some(f) = self.file.take() {
-            return Ok(f);
-        }
-        let io_err = |op, path: &Path, source| SpoolError::Io {
-            op,
-            path: path.to_owned(),
-            source,
-        };
-        if !self.path.exists() {
-            let tmp = self
-                .spool_dir
-                .join(format!("{LEDGER_FILE}.tmp-{:02}", self.shard));
-            let mut t = File::create(&tmp).map_err(|e| io_err("create", &tmp, e))?;
-            t.write_all(&segment::file_header(LEDGER_MAGIC, 0, 0, now_ms))
-                .and_then(|()| t.sync_all())
-                .map_err(|e| io_err("write", &tmp, e))?;
-            // link(2) fails if another shard created the ledger first: theirs is just as good.
-            match fs::hard_link(&tmp, &self.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err("link", &self.path, e)),
+    /// The newest ledger file, opened for appending; a new one when there is none yet, when the
+    /// newest is due for rotation, or when its header cannot be read.
+    fn open(&mut self, now_ms: u64) -> Result<Current, SpoolError> {
+        let dir = &self.spool_dir;
+        let files = list(dir).map_err(Self::io_err(dir, "list"))?;
+        let newest = files.last().map_or(0, |&(seq, _)| seq);
+        if let Some(cur) = self.current.take() {
+            let len = cur.file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+            if cur.seq == newest && !due(cur.created_ms, len, now_ms) {
+                return Ok(cur);
             }
-            let _ = fs::remove_file(&tmp);
-            segment::sync_dir(&self.spool_dir).map_err(|e| io_err("fsync", &self.spool_dir, e))?;
         }
-        OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| io_err("open", &self.path, e))
+        if newest > 0 {
+            let path = dir.join(ledger_file_name(newest));
+            if let Some(cur) = open_file(&path, newest)? {
+                let len = cur
+                    .file
+                    .metadata()
+                    .map_err(Self::io_err(&path, "stat"))?
+                    .len();
+                if !due(cur.created_ms, len, now_ms) {
+                    return Ok(cur);
+                }
+            }
+        }
+        let seq = newest + 1;
+        let path = dir.join(ledger_file_name(seq));
+        let tmp = dir.join(format!("{}.tmp-{:02}", ledger_file_name(seq), self.shard));
+        let header = segment::file_header(LEDGER_MAGIC, 0, seq, now_ms, &segment::new_key());
+        let mut t = File::create(&tmp).map_err(Self::io_err(&tmp, "create"))?;
+        t.write_all(&header)
+            .and_then(|()| t.sync_all())
+            .map_err(Self::io_err(&tmp, "write"))?;
+        // link(2) fails if another shard created the file first: theirs is just as good.
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Self::io_err(&path, "link")(e)),
+        }
+        segment::sync_dir(dir).map_err(Self::io_err(dir, "fsync"))?;
+        match open_file(&path, seq)? {
+            Some(cur) => Ok(cur),
+            None => Err(SpoolError::BadHeader {
+                path,
+                reason: segment::HeaderError::Short(0),
+            }),
+        }
+    }
+
+    /// Removes the ledger files whose successor was started more than `retention_ms` ago (every
+    /// placeholder in them is older than that). Returns the files removed.
+    pub(crate) fn expire(
+        &self,
+        now_ms: u64,
+        retention_ms: u64,
+    ) -> Result<Vec<PathBuf>, SpoolError> {
+        let dir = &self.spool_dir;
+        let files = list(dir).map_err(Self::io_err(dir, "list"))?;
+        let cutoff = now_ms.saturating_sub(retention_ms);
+        let mut removed = Vec::new();
+        for pair in files.windows(2) {
+            let (old, next) = (&pair[0].1, &pair[1].1);
+            let started = match segment::read_aligned(next) {
+                Ok(b) => {
+                    segment::parse_file_header(&b[..b.len().min(FILE_HEADER_LEN)], LEDGER_MAGIC)
+                        .map(|h| h.created_ms)
+                }
+                Err(_) => break,
+            };
+            // A successor with an unreadable header proves nothing about the age of `old`.
+            match started {
+                Ok(t) if t <= cutoff => {}
+                _ => break,
+            }
+            match fs::remove_file(old) {
+                Ok(()) => removed.push(old.clone()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Self::io_err(old, "unlink")(e)),
+            }
+        }
+        if !removed.is_empty() {
+            segment::sync_dir(dir).map_err(Self::io_err(dir, "fsync"))?;
+            tracing::info!(
+                files = removed.len(),
+                "ledger files past retention.ledger removed"
+            );
+        }
+        Ok(removed)
     }
 }
 
-/// Reads the ledger of `spool_dir` (a copy, so it is safe while a server appends or truncates),
-/// handing every valid placeholder to `visit`. `Ok(None)` when there is no ledger yet.
+/// Whether the newest ledger file, started at `created_ms` and `len` bytes long, is due for
+/// rotation.
+fn due(created_ms: u64, len: u64, now_ms: u64) -> bool {
+    now_ms.saturating_sub(created_ms) >= ROTATE_MS || len >= ROTATE_BYTES
+}
+
+/// Opens a format 2 ledger file for appending; `None` when its header is not a valid format 2
+/// ledger header (it is then left alone and a new file started).
+fn open_file(path: &Path, seq: u64) -> Result<Option<Current>, SpoolError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(path)
+        .map_err(Ledger::io_err(path, "open"))?;
+    let mut h = [0u8; FILE_HEADER_LEN];
+    if file.read_exact_at(&mut h, 0).is_err() {
+        return Ok(None);
+    }
+    Ok(match segment::parse_file_header(&h, LEDGER_MAGIC) {
+        Ok(hd) if hd.seq == seq && hd.format != FrameFormat::V1 => Some(Current {
+            seq,
+            file,
+            format: hd.format,
+            created_ms: hd.created_ms,
+            valid_end: None,
+        }),
+        _ => None,
+    })
+}
+
+/// The validated placeholder of a ledger frame.
+fn placeholder<'a>(f: &record::Frame<'a>) -> Result<&'a ArchivedPlaceholder, FrameError> {
+    if f.kind != RecordKind::Placeholder {
+        return Err(FrameError::Kind(f.kind as u8));
+    }
+    record::check_placeholder(f.meta)
+}
+
+/// Reads every ledger file of `spool_dir`, oldest first (copies, so it is safe while a server
+/// appends or truncates), handing every valid placeholder to `visit`. One report per file; none
+/// when there is no ledger yet.
 pub(crate) fn read_ledger(
     spool_dir: &Path,
     mut visit: impl FnMut(&ArchivedPlaceholder),
-) -> Result<Option<SegmentReport>, SpoolError> {
-    let path = spool_dir.join(LEDGER_FILE);
-    let buf = match segment::read_aligned(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(SpoolError::Io {
-                op: "read",
-                path,
-                source,
-            });
-        }
+) -> Result<Vec<SegmentReport>, SpoolError> {
+    let files = match list(spool_dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Ledger::io_err(spool_dir, "list")(e)),
     };
-    let mut report = SegmentReport {
-        path: path.clone(),
-        shard: None,
-        seq: 0,
-        len: buf.len() as u64,
-        records: 0,
-        end: 0,
-        header_error: None,
-        torn: None,
-    };
-    if let Err(e) = segment::parse_file_header(&buf, LEDGER_MAGIC) {
-        report.header_error = Some(e);
-        return Ok(Some(report));
-    }
-    let (valid, torn) = scan(&buf[FILE_HEADER_LEN..], |p| {
-        report.records += 1;
-        visit(p)
-    });
-    report.end = (FILE_HEADER_LEN + valid) as u64;
-    report.torn = torn.map(|mut t| {
-        t.offset += FILE_HEADER_LEN as u64;
-        t
-    });
-    Ok(Some(report))
-}
-
-/// Scans placeholder frames from the start of `buf` (16-byte aligned); returns the valid length
-/// and the reason it stopped early, if it did.
-fn scan(buf: &[u8], mut visit: impl FnMut(&ArchivedPlaceholder)) -> (usize, Option<TornTail>) {
-    let mut pos = 0;
-    loop {
-        let rest = &buf[pos..];
-        let torn = |reason| TornTail {
-            offset: pos as u64,
-            bytes: rest.len() as u64,
-            reason,
+    let mut reports = Vec::new();
+    for (seq, path) in files {
+        let buf = match segment::read_aligned(&path) {
+            Ok(b) => b,
+            // Expired by a running server since the listing.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Ledger::io_err(&path, "read")(e)),
         };
-        match record::decode_frame(rest) {
-            Ok(None) if rest.iter().all(|&b| b == 0) => return (pos, None),
-            Ok(None) => return (pos, Some(torn(FrameError::DataAfterEnd))),
-            Err(e) => return (pos, Some(torn(e))),
-            Ok(Some(f)) if f.kind != RecordKind::Placeholder => {
-                return (pos, Some(torn(FrameError::Kind(f.kind as u8))));
+        let mut report = SegmentReport {
+            path: path.clone(),
+            shard: None,
+            seq,
+            len: buf.len() as u64,
+            records: 0,
+            end: 0,
+            header_error: None,
+            torn: None,
+            damaged: Vec::new(),
+        };
+        let fmt = match segment::parse_file_header(&buf, LEDGER_MAGIC) {
+            Ok(h) => h.format,
+            Err(e) => {
+                report.header_error = Some(e);
+                reports.push(report);
+                continue;
             }
-            Ok(Some(f)) => match record::check_placeholder(f.meta) {
-                Ok(p) => {
-                    visit(p);
-                    pos += f.len;
-                }
-                Err(e) => return (pos, Some(torn(e))),
-            },
-        }
+        };
+        let body = &buf[FILE_HEADER_LEN..];
+        let end = segment::scan_frames(fmt, body, (FILE_HEADER_LEN as u64, 0), true, |_, f| {
+            visit(placeholder(f)?);
+            report.records += 1;
+            Ok(())
+        });
+        report.end = end.end;
+        report.torn = end.torn;
+        report.damaged = end.damaged;
+        reports.push(report);
     }
+    Ok(reports)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::TornTail;
     use crate::spool::record::Placeholder;
 
-    fn frame(id: u64) -> Vec<u8> {
+    const DAY: u64 = 86_400_000;
+
+    fn archive(id: u64) -> AlignedVec {
         let p = Placeholder {
             id,
             reverse_path: "a@example.com".into(),
             ..Placeholder::default()
         };
-        record::encode_frame(RecordKind::Placeholder, &record::archive(&p).unwrap(), &[])
+        record::archive(&p).unwrap()
     }
 
+    /// Every id in the ledger files, oldest file first, and the last file's torn tail.
     fn ids(dir: &Path) -> (Vec<u64>, Option<TornTail>) {
         let mut ids = Vec::new();
-        let report = read_ledger(dir, |p| ids.push(p.id.to_native()))
+        let reports = read_ledger(dir, |p| ids.push(p.id.to_native())).unwrap();
+        (ids, reports.last().and_then(|r| r.torn.clone()))
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        list(dir)
             .unwrap()
-            .unwrap();
-        (ids, report.torn)
+            .into_iter()
+            .map(|(_, p)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]
     fn a_torn_ledger_tail_is_ignored_then_truncated_by_the_next_append() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(read_ledger(dir.path(), |_| {}).unwrap().is_none());
+        assert!(read_ledger(dir.path(), |_| {}).unwrap().is_empty());
         let mut a = Ledger::new(dir.path(), 0);
-        a.append(&frame(1), 0).unwrap();
+        a.append(&[archive(1)], 0).unwrap();
         // A crash in the middle of another append: half a frame, then zeros.
-        let mut torn = frame(2);
+        let path = dir.path().join(ledger_file_name(1));
+        let len = fs::metadata(&path).unwrap().len();
+        let cur = open_file(&path, 1).unwrap().unwrap();
+        let at = FramePos {
+            offset: len,
+            number: 1,
+        };
+        let mut torn =
+            record::encode_frame(cur.format, at, RecordKind::Placeholder, &archive(2), &[]);
         torn.truncate(torn.len() / 2);
         torn.extend_from_slice(&[0; 32]);
         OpenOptions::new()
             .append(true)
-            .open(dir.path().join(LEDGER_FILE))
+            .open(&path)
             .unwrap()
             .write_all(&torn)
             .unwrap();
@@ -270,8 +418,63 @@ mod tests {
         assert!(tail.is_some());
         // Another shard's handle (no cached end) repairs the tail before appending.
         let mut b = Ledger::new(dir.path(), 1);
-        b.append(&frame(3), 0).unwrap();
-        a.append(&frame(4), 0).unwrap();
-        assert_eq!(ids(dir.path()), (vec![1, 3, 4], None));
+        b.append(&[archive(3)], 0).unwrap();
+        a.append(&[archive(4), archive(5)], 0).unwrap();
+        assert_eq!(ids(dir.path()), (vec![1, 3, 4, 5], None));
+        assert_eq!(names(dir.path()), [ledger_file_name(1)]);
+    }
+
+    #[test]
+    fn ledger_files_rotate_daily_and_expire_after_their_successor_is_past_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        // A format 1 ledger from an older build is read first and never written.
+        let legacy = dir.path().join(LEGACY_LEDGER_FILE);
+        let mut old = segment::file_header(LEDGER_MAGIC, 0, 0, 0, &[0; 16]).to_vec();
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32c::crc32c(&old[..60]);
+        old[60..64].copy_from_slice(&crc.to_le_bytes());
+        let v1 = FramePos::default();
+        old.extend(record::encode_frame(
+            FrameFormat::V1,
+            v1,
+            RecordKind::Placeholder,
+            &archive(1),
+            &[],
+        ));
+        fs::write(&legacy, &old).unwrap();
+        let before = fs::read(&legacy).unwrap();
+
+        let mut a = Ledger::new(dir.path(), 0);
+        let mut b = Ledger::new(dir.path(), 1);
+        a.append(&[archive(2)], 10 * DAY).unwrap();
+        b.append(&[archive(3)], 10 * DAY + 1).unwrap();
+        // A day later the next append starts a new file, whichever shard makes it.
+        b.append(&[archive(4)], 11 * DAY).unwrap();
+        a.append(&[archive(5)], 11 * DAY + 5).unwrap();
+        a.append(&[archive(6)], 12 * DAY + 5).unwrap();
+        assert_eq!(fs::read(&legacy).unwrap(), before);
+        assert_eq!(ids(dir.path()), (vec![1, 2, 3, 4, 5, 6], None));
+        assert_eq!(
+            names(dir.path()),
+            [
+                LEGACY_LEDGER_FILE.to_owned(),
+                ledger_file_name(1),
+                ledger_file_name(2),
+                ledger_file_name(3)
+            ]
+        );
+
+        // With 400 days of retention, a file goes once its successor is 400 days old: the
+        // legacy file when ledger-1 (day 10) is, ledger-1 when ledger-2 (day 11) is.
+        let keep = 400 * DAY;
+        assert!(a.expire(410 * DAY - 1, keep).unwrap().is_empty());
+        assert_eq!(a.expire(410 * DAY, keep).unwrap(), [legacy]);
+        assert_eq!(ids(dir.path()).0, [2, 3, 4, 5, 6]);
+        assert_eq!(b.expire(411 * DAY, keep).unwrap().len(), 1);
+        assert_eq!(ids(dir.path()).0, [4, 5, 6]);
+        // The newest file is never removed, however old.
+        assert_eq!(a.expire(9_999 * DAY, keep).unwrap().len(), 1);
+        assert_eq!(names(dir.path()), [ledger_file_name(3)]);
+        assert_eq!(ids(dir.path()).0, [6]);
     }
 }

@@ -63,7 +63,7 @@ pub use record::{
     RecipientMeta, StatusKind, StatusRecord,
 };
 pub use recovery::{RecoveryReport, SegmentReport};
-pub use segment::{HeaderError, TornTail};
+pub use segment::{Damage, HeaderError, TornTail};
 pub use state::{MessageState, RecipientState, RecipientStatus, RecordRef};
 
 use record::RecordKind;
@@ -183,6 +183,8 @@ pub struct ShardStats {
     pub appended_seq: u64,
     /// Last durable sequence number.
     pub durable_seq: u64,
+    /// Records lost to damage in the middle of segments, as found by recovery at start.
+    pub lost_records: u64,
 }
 
 /// One core's spool: its segments, index and append position. Not shared between threads.
@@ -206,6 +208,8 @@ pub struct Shard {
     /// Set by a failed fdatasync: the file whose flush failed.
     poisoned: Option<PathBuf>,
     ledger: ledger::Ledger,
+    /// Records lost to damage in the middle of segments, as found by recovery.
+    lost_records: u64,
 }
 
 impl Shard {
@@ -249,6 +253,7 @@ impl Shard {
             bytes,
             poisoned: None,
             ledger: ledger::Ledger::new(&cfg.dir, cfg.shard),
+            lost_records: rec.report.lost_records(),
             cfg,
         };
         match shard.new_segment(Room::Intake, 0, now_ms) {
@@ -509,7 +514,17 @@ impl Shard {
             pending_recipients: self.pending().count() as u64,
             appended_seq: self.appended,
             durable_seq: self.durable,
+            lost_records: self.lost_records,
         }
+    }
+
+    /// Removes the ledger files past `retention_ms` (see `ledger.rs`); returns those removed.
+    pub fn expire_ledger(
+        &self,
+        now_ms: u64,
+        retention_ms: u64,
+    ) -> Result<Vec<PathBuf>, SpoolError> {
+        self.ledger.expire(now_ms, retention_ms)
     }
 
     // ---- helpers ----
@@ -766,7 +781,7 @@ fn trim_recovered(segments: &mut [SegmentEntry], report: &RecoveryReport) {
         let clean = report
             .segments
             .iter()
-            .any(|r| r.seq == e.seg.seq && r.torn.is_none() && r.header_error.is_none());
+            .any(|r| r.seq == e.seg.seq && r.is_clean());
         if !clean {
             continue;
         }

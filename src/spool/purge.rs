@@ -52,22 +52,18 @@ impl Shard {
         if chosen.is_empty() {
             return Ok(report);
         }
-        let mut frames = Vec::new();
+        let mut archives = Vec::new();
         for e in self.segments.iter().filter(|e| chosen.contains(&e.seg.seq)) {
             for id in &e.own {
                 if let Some(p) = self.placeholder(*id, now_ms) {
                     let archived = record::archive(&p)
                         .map_err(|source| SpoolError::Encode { id: *id, source })?;
-                    frames.extend_from_slice(&record::encode_frame(
-                        RecordKind::Placeholder,
-                        &archived,
-                        &[],
-                    ));
+                    archives.push(archived);
                     report.purged.push(*id);
                 }
             }
         }
-        self.ledger.append(&frames, now_ms)?;
+        self.ledger.append(&archives, now_ms)?;
         let mut result = Ok(());
         let mut i = 0;
         while i < self.segments.len() {

@@ -1,24 +1,34 @@
-//! Pure record encoding: frame layout, checksum, and the archived record types.
+//! Pure record encoding: frame layout, checksums, and the archived record types.
 //!
 //! This module does no I/O and holds no state. It turns records into frame bytes and checks frame
 //! bytes on the way back; `segment.rs` decides where those bytes live and when they become durable.
 //!
-//! A frame is a 16-byte header followed by the payload, padded with zeros to 16 bytes:
+//! A frame (format 2) is a 32-byte header followed by the payload, padded with zeros to 16 bytes:
 //!
 //! ```text
 //! offset 0  payload_len u32 LE   0 means "end of written data" (preallocated space reads as zeros)
-//! offset 4  format_version u8    FORMAT_VERSION
+//! offset 4  format_version u8    FORMAT_VERSION (2)
 //! offset 5  kind u8              RecordKind
 //! offset 6  flags u16 LE         0, or FLAG_OPTIONS on a message frame; other bits are rejected
-//! offset 8  crc32c u32 LE        over header bytes 0..8 and 12..16, then the payload
+//! offset 8  payload_crc u32 LE   CRC32C of the file's key, then the payload
 //! offset 12 meta_len u32 LE      length of the rkyv archive at the start of the payload
-//! offset 16 payload              rkyv archive [+ zero padding to 16 + raw body for messages]
+//! offset 16 number u64 LE        the frame's ordinal in its file, from 0
+//! offset 24 reserved u32         zero
+//! offset 28 header_crc u32 LE    CRC32C of the file's key, the frame's offset (u64 LE), bytes 0..28
+//! offset 32 payload              rkyv archive [+ zero padding to 16 + raw body for messages]
 //! ```
 //!
+//! The key is 16 random bytes in the file header ([`FrameFormat::V2`] holds its CRC). A frame
+//! header is therefore valid only in its own file and at its own offset: a message body cannot
+//! carry one (its writer does not know the key), and a copy of a real frame read at another
+//! offset fails. That is what lets a reader step over a damaged frame and find the next one.
+//!
+//! Format 1 (files written before format 2, still read): a 16-byte header, the same fields at
+//! offsets 0..16 with one unkeyed CRC at offset 8 over header bytes 0..8 and 12..16 and the
+//! payload; no number, no header CRC.
+//!
 //! A message frame with `FLAG_OPTIONS` holds its [`MessageOptions`] (16 bytes) between the padded
-//! archive and the body. Messages without options (most of them) are written without the block,
-//! so their frames are the same as before options existed, and frames written before read as
-//! messages without options.
+//! archive and the body. Messages without options (most of them) are written without the block.
 //!
 //! Invariants: every frame starts at a 16-byte aligned offset and its length is a multiple of 16,
 //! so each payload (and each rkyv root) sits on a 16-byte boundary; the padding after the payload
@@ -31,12 +41,16 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::smtp::{Notify, Ret};
 
-/// Length of a frame header in bytes.
-pub const FRAME_HEADER_LEN: usize = 16;
+/// Length of a frame header in bytes (format 2).
+pub const FRAME_HEADER_LEN: usize = 32;
+/// Length of a format 1 frame header.
+pub const V1_HEADER_LEN: usize = 16;
 /// Alignment of frames and payloads.
 pub const FRAME_ALIGN: usize = 16;
-/// The frame format version this code writes and the only one it reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The frame format version this code writes (it also reads version 1 in version 1 files).
+pub const FORMAT_VERSION: u8 = 2;
+/// Length of a file's frame key.
+pub const KEY_LEN: usize = 16;
 /// Header flag of a message frame that carries a [`MessageOptions`] block.
 pub const FLAG_OPTIONS: u16 = 1;
 /// Length of the [`MessageOptions`] block.
@@ -320,7 +334,16 @@ pub enum FrameError {
         /// The stored payload length.
         payload_len: u32,
     },
-    /// The checksum does not match.
+    /// The header's own checksum does not match (format 2): nothing in it can be trusted,
+    /// not even the length.
+    #[error("header crc32c mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    HeaderCrc {
+        /// CRC stored in the header.
+        stored: u32,
+        /// CRC computed over the key, the offset and the header.
+        computed: u32,
+    },
+    /// The payload checksum does not match.
     #[error("crc32c mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Crc {
         /// CRC stored in the header.
@@ -337,6 +360,9 @@ pub enum FrameError {
         /// Which record kind failed.
         kind: RecordKind,
     },
+    /// A zero length where valid frames follow: a header zeroed by damage.
+    #[error("zeroed frame header")]
+    ZeroedHeader,
     /// A zero length followed by non-zero bytes: a frame whose header never reached the disk.
     #[error("zero length followed by non-zero bytes")]
     DataAfterEnd,
@@ -360,8 +386,55 @@ pub struct Frame<'a> {
     pub body: &'a [u8],
     /// A message's options (the default when the frame has no block).
     pub options: MessageOptions,
+    /// The frame's ordinal in its file (format 2; 0 in format 1).
+    pub number: u64,
     /// Bytes the frame occupies, header and padding included (a multiple of 16).
     pub len: usize,
+}
+
+/// How the frames of one file are laid out and checked; its file header says which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameFormat {
+    /// Files written before format 2 (read only): 16-byte headers, one unkeyed CRC.
+    V1,
+    /// 32-byte headers with a keyed header CRC bound to the frame's offset, and a keyed payload
+    /// CRC. `seed` is the CRC32C of the file's key, where both CRCs start.
+    V2 {
+        /// CRC32C of the file's [`KEY_LEN`]-byte key.
+        seed: u32,
+    },
+}
+
+impl FrameFormat {
+    /// Format 2 with `key` (from the file header).
+    pub fn v2(key: &[u8; KEY_LEN]) -> FrameFormat {
+        FrameFormat::V2 {
+            seed: crc32c::crc32c(key),
+        }
+    }
+
+    /// Length of a frame header.
+    pub fn header_len(self) -> usize {
+        match self {
+            FrameFormat::V1 => V1_HEADER_LEN,
+            FrameFormat::V2 { .. } => FRAME_HEADER_LEN,
+        }
+    }
+
+    /// Total frame length for a payload of `payload_len` bytes.
+    pub fn frame_len(self, payload_len: usize) -> usize {
+        self.header_len() + align16(payload_len)
+    }
+}
+
+/// Where a frame sits in its file: its offset and its ordinal (format 2 binds both into the
+/// header's CRC and stores the ordinal).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FramePos {
+    /// Byte offset of the frame's first header byte in the file.
+    pub offset: u64,
+    /// Ordinal of the frame in the file, from 0.
+    pub number: u64,
 }
 
 /// Rounds up to the frame alignment.
@@ -369,7 +442,7 @@ pub fn align16(n: usize) -> usize {
     (n + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
 }
 
-/// Total frame length for a payload of `payload_len` bytes.
+/// Total format 2 frame length for a payload of `payload_len` bytes.
 pub fn frame_len(payload_len: usize) -> usize {
     FRAME_HEADER_LEN + align16(payload_len)
 }
@@ -386,39 +459,79 @@ pub fn payload_len(meta_len: usize, body_len: usize) -> usize {
     }
 }
 
-/// Builds a frame header with its checksum over `payload_parts` (which must add up to
-/// `payload_len`, zero padding between archive and body included).
+/// The fixed fields of a frame header.
+#[derive(Clone, Copy, Debug)]
+pub struct HeaderFields {
+    /// What the frame holds.
+    pub kind: RecordKind,
+    /// Header flags.
+    pub flags: u16,
+    /// Payload length (archive, padding, options block, body).
+    pub payload_len: u32,
+    /// Archive length.
+    pub meta_len: u32,
+}
+
+/// Builds a frame header (`fmt.header_len()` bytes of the result are used) with its checksums
+/// over `payload_parts` (which must add up to `payload_len`, zero padding between archive and
+/// body included).
 pub fn frame_header(
-    kind: RecordKind,
-    flags: u16,
-    payload_len: u32,
-    meta_len: u32,
+    fmt: FrameFormat,
+    at: FramePos,
+    fields: HeaderFields,
     payload_parts: &[&[u8]],
 ) -> [u8; FRAME_HEADER_LEN] {
     let mut h = [0u8; FRAME_HEADER_LEN];
-    h[0..4].copy_from_slice(&payload_len.to_le_bytes());
-    h[4] = FORMAT_VERSION;
-    h[5] = kind as u8;
-    h[6..8].copy_from_slice(&flags.to_le_bytes());
-    // h[8..12] crc, filled below.
-    h[12..16].copy_from_slice(&meta_len.to_le_bytes());
-    let crc = frame_crc(&h, payload_parts);
-    h[8..12].copy_from_slice(&crc.to_le_bytes());
+    h[0..4].copy_from_slice(&fields.payload_len.to_le_bytes());
+    h[5] = fields.kind as u8;
+    h[6..8].copy_from_slice(&fields.flags.to_le_bytes());
+    h[12..16].copy_from_slice(&fields.meta_len.to_le_bytes());
+    match fmt {
+        FrameFormat::V1 => {
+            h[4] = 1;
+            let crc = v1_crc(&h, payload_parts);
+            h[8..12].copy_from_slice(&crc.to_le_bytes());
+        }
+        FrameFormat::V2 { seed } => {
+            h[4] = FORMAT_VERSION;
+            let crc = payload_parts
+                .iter()
+                .fold(seed, |c, p| crc32c::crc32c_append(c, p));
+            h[8..12].copy_from_slice(&crc.to_le_bytes());
+            h[16..24].copy_from_slice(&at.number.to_le_bytes());
+            let crc = header_crc(seed, at.offset, &h);
+            h[28..32].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
     h
 }
 
 /// Encodes a whole frame into a new buffer (ledger appends and tests; segments write in place).
-pub fn encode_frame(kind: RecordKind, meta: &[u8], body: &[u8]) -> Vec<u8> {
-    encode(kind, 0, meta, &[body])
+pub fn encode_frame(
+    fmt: FrameFormat,
+    at: FramePos,
+    kind: RecordKind,
+    meta: &[u8],
+    body: &[u8],
+) -> Vec<u8> {
+    encode(fmt, at, kind, 0, meta, &[body])
 }
 
 /// Encodes a message frame with its options (the block only when one is set), as
 /// [`crate::spool::Shard::append_message`] lays it out.
-pub fn encode_message(meta: &[u8], options: MessageOptions, body: &[u8]) -> Vec<u8> {
+pub fn encode_message(
+    fmt: FrameFormat,
+    at: FramePos,
+    meta: &[u8],
+    options: MessageOptions,
+    body: &[u8],
+) -> Vec<u8> {
     if options.is_default() {
-        return encode(RecordKind::Message, 0, meta, &[body]);
+        return encode(fmt, at, RecordKind::Message, 0, meta, &[body]);
     }
     encode(
+        fmt,
+        at,
         RecordKind::Message,
         FLAG_OPTIONS,
         meta,
@@ -426,47 +539,102 @@ pub fn encode_message(meta: &[u8], options: MessageOptions, body: &[u8]) -> Vec<
     )
 }
 
-fn encode(kind: RecordKind, flags: u16, meta: &[u8], body: &[&[u8]]) -> Vec<u8> {
+fn encode(
+    fmt: FrameFormat,
+    at: FramePos,
+    kind: RecordKind,
+    flags: u16,
+    meta: &[u8],
+    body: &[&[u8]],
+) -> Vec<u8> {
     let body_len: usize = body.iter().map(|b| b.len()).sum();
     let plen = payload_len(meta.len(), body_len);
     let pad = [0u8; FRAME_ALIGN];
     let gap = &pad[..plen - meta.len() - body_len];
     let mut parts = vec![meta, gap];
     parts.extend_from_slice(body);
-    let mut out = Vec::with_capacity(frame_len(plen));
+    let flen = fmt.frame_len(plen);
+    let mut out = Vec::with_capacity(flen);
     // Lengths come from in-memory archives far below 4 GiB; callers check MAX_PAYLOAD_LEN.
-    let h = frame_header(kind, flags, plen as u32, meta.len() as u32, &parts);
-    out.extend_from_slice(&h);
+    let fields = HeaderFields {
+        kind,
+        flags,
+        payload_len: plen as u32,
+        meta_len: meta.len() as u32,
+    };
+    let h = frame_header(fmt, at, fields, &parts);
+    out.extend_from_slice(&h[..fmt.header_len()]);
     for part in parts {
         out.extend_from_slice(part);
     }
-    out.resize(frame_len(plen), 0);
+    out.resize(flen, 0);
     out
 }
 
-/// Decodes the frame at the start of `buf` (which runs to the end of the written region).
+/// Whether a format 2 frame header with valid checksum starts `buf`, for a frame at `offset`
+/// whose whole length fits in `buf`: its (length, number) then. This is how a reader finds the
+/// next frame after damage: nothing but a header written at that offset of that file passes.
+pub fn probe_header(fmt: FrameFormat, offset: u64, buf: &[u8]) -> Option<(usize, u64)> {
+    let FrameFormat::V2 { seed } = fmt else {
+        return None;
+    };
+    let h = buf.get(..FRAME_HEADER_LEN)?;
+    let plen = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    // Cheap filters first: the search runs over every 16-byte step of a damaged region.
+    if plen == 0 || h[4] != FORMAT_VERSION || RecordKind::from_u8(h[5]).is_none() {
+        return None;
+    }
+    let stored = u32::from_le_bytes([h[28], h[29], h[30], h[31]]);
+    if header_crc(seed, offset, h) != stored {
+        return None;
+    }
+    let len = fmt.frame_len(plen);
+    let number = u64::from_le_bytes(h[16..24].try_into().ok()?);
+    (len <= buf.len()).then_some((len, number))
+}
+
+/// Decodes the frame at the start of `buf` (which runs to the end of the written region), found
+/// at `offset` of a file of format `fmt`.
 ///
-/// Returns `Ok(None)` at a zero length (the clean end of written data), `Ok(Some(frame))` for a
-/// frame whose header, checksum and padding are valid, and an error otherwise. The caller
-/// validates the archive with [`check_message`] / [`check_status`] / [`check_placeholder`].
-pub fn decode_frame(buf: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
-    if buf.len() < FRAME_HEADER_LEN {
+/// Returns `Ok(None)` at a zero length (the end of written data, or a header zeroed by damage:
+/// the caller tells them apart), `Ok(Some(frame))` for a frame whose header, checksums and padding
+/// are valid, and an error otherwise. The caller validates the archive with [`check_message`] /
+/// [`check_status`] / [`check_placeholder`].
+pub fn decode_frame(
+    fmt: FrameFormat,
+    offset: u64,
+    buf: &[u8],
+) -> Result<Option<Frame<'_>>, FrameError> {
+    let hlen = fmt.header_len();
+    if buf.len() < hlen {
         if buf.iter().all(|&b| b == 0) {
             return Ok(None);
         }
         return Err(FrameError::Truncated {
-            need: FRAME_HEADER_LEN,
+            need: hlen,
             have: buf.len(),
         });
     }
-    let h = &buf[..FRAME_HEADER_LEN];
+    let h = &buf[..hlen];
     let plen = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
     if plen == 0 {
         return Ok(None);
     }
-    if h[4] != FORMAT_VERSION {
-        return Err(FrameError::Version(h[4]));
-    }
+    let number = match fmt {
+        FrameFormat::V1 if h[4] == 1 => 0,
+        FrameFormat::V2 { seed } if h[4] == FORMAT_VERSION => {
+            let stored = u32::from_le_bytes([h[28], h[29], h[30], h[31]]);
+            let computed = header_crc(seed, offset, h);
+            if stored != computed {
+                return Err(FrameError::HeaderCrc { stored, computed });
+            }
+            if h[24..28] != [0; 4] {
+                return Err(FrameError::Padding);
+            }
+            u64::from_le_bytes([h[16], h[17], h[18], h[19], h[20], h[21], h[22], h[23]])
+        }
+        _ => return Err(FrameError::Version(h[4])),
+    };
     let kind = RecordKind::from_u8(h[5]).ok_or(FrameError::Kind(h[5]))?;
     let flags = u16::from_le_bytes([h[6], h[7]]);
     let has_options = match (kind, flags) {
@@ -477,7 +645,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
     let stored = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
     let meta_len = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
     let plen_us = plen as usize;
-    let need = frame_len(plen_us);
+    let need = fmt.frame_len(plen_us);
     if need > buf.len() {
         return Err(FrameError::Truncated {
             need,
@@ -496,16 +664,16 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
             payload_len: plen,
         });
     }
-    let payload = &buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + plen_us];
-    let computed = frame_crc(h, &[payload]);
+    let payload = &buf[hlen..hlen + plen_us];
+    let computed = match fmt {
+        FrameFormat::V1 => v1_crc(h, &[payload]),
+        FrameFormat::V2 { seed } => crc32c::crc32c_append(seed, payload),
+    };
     if computed != stored {
         return Err(FrameError::Crc { stored, computed });
     }
     // Padding is outside the checksum; require zeros so every byte of the frame is checked.
-    if buf[FRAME_HEADER_LEN + plen_us..need]
-        .iter()
-        .any(|&b| b != 0)
-    {
+    if buf[hlen + plen_us..need].iter().any(|&b| b != 0) {
         return Err(FrameError::Padding);
     }
     let body_start = if m == plen_us { m } else { align16(m) };
@@ -523,6 +691,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
         meta: &payload[..m],
         body,
         options,
+        number,
         len: need,
     }))
 }
@@ -568,8 +737,8 @@ pub fn check_placeholder(meta: &[u8]) -> Result<&ArchivedPlaceholder, FrameError
     })
 }
 
-/// CRC32C over the header without its crc field, then the payload parts in order.
-fn frame_crc(h: &[u8], payload_parts: &[&[u8]]) -> u32 {
+/// Format 1's CRC32C: header bytes 0..8 and 12..16, then the payload parts in order.
+fn v1_crc(h: &[u8], payload_parts: &[&[u8]]) -> u32 {
     let mut crc = crc32c::crc32c(&h[0..8]);
     crc = crc32c::crc32c_append(crc, &h[12..16]);
     for part in payload_parts {
@@ -578,10 +747,22 @@ fn frame_crc(h: &[u8], payload_parts: &[&[u8]]) -> u32 {
     crc
 }
 
+/// Format 2's header CRC32C: from the key's CRC, the frame's offset, then header bytes 0..28.
+fn header_crc(seed: u32, offset: u64, h: &[u8]) -> u32 {
+    let crc = crc32c::crc32c_append(seed, &offset.to_le_bytes());
+    crc32c::crc32c_append(crc, &h[..28])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    const FMT: FrameFormat = FrameFormat::V2 { seed: 0x5eed_1234 };
+    const AT: FramePos = FramePos {
+        offset: 4096,
+        number: 3,
+    };
 
     fn arb_meta() -> impl Strategy<Value = MessageMeta> {
         (
@@ -633,7 +814,7 @@ mod tests {
 
     fn message_frame(meta: &MessageMeta, options: MessageOptions, body: &[u8]) -> Vec<u8> {
         let a = archive(meta).unwrap();
-        encode_message(&a, options, body)
+        encode_message(FMT, AT, &a, options, body)
     }
 
     /// Options as senders set them: often none, else a deadline and a priority in range.
@@ -653,7 +834,7 @@ mod tests {
                                body in proptest::collection::vec(any::<u8>(), 0..300)) {
             let buf = aligned(&message_frame(&meta, options, &body));
             prop_assert_eq!(buf.len() % FRAME_ALIGN, 0);
-            let f = decode_frame(&buf).unwrap().unwrap();
+            let f = decode_frame(FMT, AT.offset, &buf).unwrap().unwrap();
             prop_assert_eq!(f.kind, RecordKind::Message);
             prop_assert_eq!(f.len, buf.len());
             prop_assert_eq!(f.body, &body[..]);
@@ -668,8 +849,8 @@ mod tests {
                               at in any::<u64>(), reply in ".{0,80}") {
             let rec = StatusRecord { id, rcpt, kind, attempt: 3, at_ms: at, next_attempt_ms: at / 2,
                 reply, remote: "mx.example".into(), category: "greylisted".into() };
-            let buf = aligned(&encode_frame(RecordKind::Status, &archive(&rec).unwrap(), &[]));
-            let f = decode_frame(&buf).unwrap().unwrap();
+            let buf = aligned(&encode_frame(FMT, AT, RecordKind::Status, &archive(&rec).unwrap(), &[]));
+            let f = decode_frame(FMT, AT.offset, &buf).unwrap().unwrap();
             let back: StatusRecord =
                 rkyv::deserialize::<_, rancor::Error>(check_status(f.meta).unwrap()).unwrap();
             prop_assert_eq!(back, rec);
@@ -683,7 +864,7 @@ mod tests {
             let i = pos.index(frame.len());
             frame[i] ^= 1 << bit;
             let buf = aligned(&frame);
-            match decode_frame(&buf) {
+            match decode_frame(FMT, AT.offset, &buf) {
                 // A flipped length byte can turn the header into "end of data": never a record.
                 Ok(None) => prop_assert!(i < 4),
                 Ok(Some(_)) => prop_assert!(false, "flip at {} accepted", i),
@@ -699,13 +880,13 @@ mod tests {
             let k = cut.index(frame.len());
             // Shorter buffer: always rejected or read as the end.
             let short = aligned(&frame[..k]);
-            prop_assert!(!matches!(decode_frame(&short), Ok(Some(_))));
+            prop_assert!(!matches!(decode_frame(FMT, AT.offset, &short), Ok(Some(_))));
             // Zero-filled after the cut (preallocated space): rejected unless the lost bytes were
             // zeros already, in which case the frame is byte-identical to the original.
             let mut zeroed = frame.clone();
             zeroed[k..].fill(0);
             let buf = aligned(&zeroed);
-            if let Ok(Some(f)) = decode_frame(&buf) {
+            if let Ok(Some(f)) = decode_frame(FMT, AT.offset, &buf) {
                 prop_assert_eq!(&zeroed, &frame);
                 prop_assert_eq!(f.len, frame.len());
             }
@@ -717,23 +898,25 @@ mod tests {
         let meta = archive(&MessageMeta::default()).unwrap();
         // No options: the frame is exactly the frame written before options existed.
         assert_eq!(
-            encode_message(&meta, MessageOptions::default(), b"body"),
-            encode_frame(RecordKind::Message, &meta, b"body")
+            encode_message(FMT, AT, &meta, MessageOptions::default(), b"body"),
+            encode_frame(FMT, AT, RecordKind::Message, &meta, b"body")
         );
         let options = MessageOptions {
             expires_at_ms: 1_700_000_000_000,
             priority: -3,
         };
-        let frame = encode_message(&meta, options, b"body");
+        let frame = encode_message(FMT, AT, &meta, options, b"body");
         let buf = aligned(&frame);
-        let f = decode_frame(&buf).unwrap().unwrap();
+        let f = decode_frame(FMT, AT.offset, &buf).unwrap().unwrap();
         assert_eq!((f.options, f.body), (options, &b"body"[..]));
-        // The flag on a status frame, or an unknown flag, is refused.
+        // The flag on a status frame, or an unknown flag, is refused (format 1, where no header
+        // CRC comes first; in format 2 the header CRC refuses any changed header byte).
         let status = archive(&StatusRecord::default()).unwrap();
-        let mut s = encode_frame(RecordKind::Status, &status, &[]);
+        let v1 = FramePos::default();
+        let mut s = encode_frame(FrameFormat::V1, v1, RecordKind::Status, &status, &[]);
         s[6] = FLAG_OPTIONS as u8;
         assert_eq!(
-            decode_frame(&aligned(&s)).unwrap_err(),
+            decode_frame(FrameFormat::V1, 0, &aligned(&s)).unwrap_err(),
             FrameError::Flags(FLAG_OPTIONS)
         );
         // An out-of-range priority or a reserved byte set is refused even with a valid CRC.
@@ -747,19 +930,65 @@ mod tests {
 
     #[test]
     fn zero_header_is_the_end() {
-        assert!(matches!(decode_frame(&[0u8; 64]), Ok(None)));
-        assert!(matches!(decode_frame(&[]), Ok(None)));
+        assert!(matches!(decode_frame(FMT, AT.offset, &[0u8; 64]), Ok(None)));
+        assert!(matches!(decode_frame(FMT, AT.offset, &[]), Ok(None)));
     }
 
     #[test]
     fn body_starts_after_padded_archive() {
         let meta = MessageMeta::default();
         let a = archive(&meta).unwrap();
-        let frame = aligned(&encode_frame(RecordKind::Message, &a, b"body"));
-        let f = decode_frame(&frame).unwrap().unwrap();
+        let frame = aligned(&encode_frame(FMT, AT, RecordKind::Message, &a, b"body"));
+        let f = decode_frame(FMT, AT.offset, &frame).unwrap().unwrap();
         assert_eq!(f.meta.len(), a.len());
         assert_eq!(f.body, b"body");
         let body_off = f.body.as_ptr() as usize - frame.as_ptr() as usize;
         assert_eq!(body_off, FRAME_HEADER_LEN + align16(a.len()));
+    }
+
+    #[test]
+    fn a_format_2_header_is_valid_only_with_its_key_and_at_its_offset() {
+        let meta = archive(&MessageMeta::default()).unwrap();
+        let frame = aligned(&encode_frame(FMT, AT, RecordKind::Message, &meta, b"body"));
+        let f = decode_frame(FMT, AT.offset, &frame).unwrap().unwrap();
+        assert_eq!((f.number, f.len), (AT.number, frame.len()));
+        assert_eq!(
+            probe_header(FMT, AT.offset, &frame),
+            Some((frame.len(), AT.number))
+        );
+        // The same bytes at another offset, or in a file with another key, are not a frame.
+        for (fmt, offset) in [
+            (FMT, AT.offset + 16),
+            (FrameFormat::v2(&[7; KEY_LEN]), AT.offset),
+        ] {
+            assert!(matches!(
+                decode_frame(fmt, offset, &frame),
+                Err(FrameError::HeaderCrc { .. })
+            ));
+            assert_eq!(probe_header(fmt, offset, &frame), None);
+        }
+        // A header whose frame runs past the buffer is not offered as a place to resume.
+        assert_eq!(
+            probe_header(FMT, AT.offset, &frame[..frame.len() - 16]),
+            None
+        );
+        // Format 1 frames still read, in format 1 files only.
+        let old = aligned(&encode_frame(
+            FrameFormat::V1,
+            AT,
+            RecordKind::Message,
+            &meta,
+            b"x",
+        ));
+        let f = decode_frame(FrameFormat::V1, 0, &old).unwrap().unwrap();
+        assert_eq!((f.body, f.len), (&b"x"[..], old.len()));
+        assert_eq!(
+            decode_frame(FMT, 0, &old).unwrap_err(),
+            FrameError::Version(1)
+        );
+        assert_eq!(
+            decode_frame(FrameFormat::V1, 0, &frame).unwrap_err(),
+            FrameError::Version(2)
+        );
     }
 }

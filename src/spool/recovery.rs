@@ -22,7 +22,7 @@ use crate::ids::QueueId;
 
 use super::ledger;
 use super::record::StatusKind;
-use super::segment::{self, HeaderError, Load, Rec, Segment, TornTail};
+use super::segment::{self, Damage, HeaderError, Load, Rec, Segment, TornTail};
 use super::{MessageState, RecordRef, SpoolError};
 
 /// What the scan of one segment (or the ledger) found.
@@ -44,6 +44,15 @@ pub struct SegmentReport {
     pub header_error: Option<HeaderError>,
     /// Set when the scan stopped at an invalid frame: everything from there was dropped.
     pub torn: Option<TornTail>,
+    /// Damaged regions stepped over, each with valid records after it.
+    pub damaged: Vec<Damage>,
+}
+
+impl SegmentReport {
+    /// Whether the file read to a clean end with a valid header and no damage.
+    pub fn is_clean(&self) -> bool {
+        self.torn.is_none() && self.header_error.is_none() && self.damaged.is_empty()
+    }
 }
 
 impl fmt::Display for SegmentReport {
@@ -57,6 +66,13 @@ impl fmt::Display for SegmentReport {
             "{} records, valid up to offset {}",
             self.records, self.end
         )?;
+        for d in &self.damaged {
+            write!(
+                f,
+                "; damaged at offset {} ({} bytes, {} records lost, later records kept): {}",
+                d.offset, d.bytes, d.frames, d.reason
+            )?;
+        }
         if let Some(t) = &self.torn {
             write!(
                 f,
@@ -92,11 +108,20 @@ pub struct RecoveryReport {
 }
 
 impl RecoveryReport {
-    /// Segments that ended in a torn or corrupt tail, or whose header is unreadable.
+    /// Segments that ended in a torn or corrupt tail, hold damage, or whose header is
+    /// unreadable.
     pub fn damaged(&self) -> impl Iterator<Item = &SegmentReport> {
+        self.segments.iter().filter(|s| !s.is_clean())
+    }
+
+    /// Records lost to damage in the middle of segments (not counting torn tails, which hold
+    /// only appends that were never acknowledged).
+    pub fn lost_records(&self) -> u64 {
         self.segments
             .iter()
-            .filter(|s| s.torn.is_some() || s.header_error.is_some())
+            .flat_map(|s| &s.damaged)
+            .map(|d| d.frames)
+            .sum()
     }
 }
 
@@ -305,6 +330,11 @@ pub(crate) fn recover_shard(
             tracing::warn!(path = %seg.path.display(), offset = t.offset, bytes = t.bytes,
                 reason = %t.reason, "dropping torn or corrupt segment tail");
         }
+        for d in &end.damaged {
+            tracing::error!(path = %seg.path.display(), offset = d.offset, bytes = d.bytes,
+                records = d.frames, reason = %d.reason,
+                "damaged spool frame skipped; the records after it are kept");
+        }
         if let Some(e) = &seg.header_error {
             tracing::warn!(path = %seg.path.display(), error = %e, "ignoring segment with bad header");
         }
@@ -317,6 +347,7 @@ pub(crate) fn recover_shard(
             end: end.end,
             header_error: seg.header_error.clone(),
             torn: end.torn,
+            damaged: end.damaged,
         });
         segments.push(entry);
     }
@@ -334,10 +365,12 @@ pub(crate) fn recover_shard(
             report.already_purged += n;
         }
     })?;
-    if let Some(e) = ledger.as_ref().and_then(|l| l.header_error.as_ref()) {
-        // Its ids cannot be read; a message whose purge a crash interrupted may come back.
-        tracing::error!(path = %spool_dir.join(ledger::LEDGER_FILE).display(), error = %e,
-            "ledger header is invalid; ignoring its placeholders");
+    for l in &ledger {
+        if let Some(e) = &l.header_error {
+            // Its ids cannot be read; a message whose purge a crash interrupted may come back.
+            tracing::error!(path = %l.path.display(), error = %e,
+                "ledger header is invalid; ignoring its placeholders");
+        }
     }
     report.unknown_status = unknown.values().sum();
     Ok(Recovered {
@@ -365,7 +398,10 @@ mod tests {
         buf.extend_from_slice(bytes);
         let mut pos = FILE_HEADER_LEN;
         let mut out = Vec::new();
-        while let Some(f) = record::decode_frame(&buf[pos..]).unwrap() {
+        let fmt = segment::parse_file_header(&buf, segment::SEGMENT_MAGIC)
+            .unwrap()
+            .format;
+        while let Some(f) = record::decode_frame(fmt, pos as u64, &buf[pos..]).unwrap() {
             out.push((pos, f.len));
             pos += f.len;
         }

@@ -46,8 +46,8 @@ use memmap2::{Mmap, MmapOptions};
 use rkyv::util::AlignedVec;
 
 use super::record::{
-    self, ArchivedMessageMeta, ArchivedStatusRecord, FRAME_HEADER_LEN, Frame, FrameError,
-    MessageOptions, RecordKind,
+    self, ArchivedMessageMeta, ArchivedStatusRecord, FRAME_ALIGN, Frame, FrameError, FrameFormat,
+    FramePos, HeaderFields, KEY_LEN, MessageOptions, RecordKind,
 };
 
 /// Length of the file header at the start of every segment and of the ledger.
@@ -56,8 +56,8 @@ pub const FILE_HEADER_LEN: usize = 64;
 pub const SEGMENT_MAGIC: &[u8; 8] = b"RINGSPL1";
 /// Magic of the ledger file.
 pub const LEDGER_MAGIC: &[u8; 8] = b"RINGLDG1";
-/// File header format version.
-pub const FILE_FORMAT_VERSION: u32 = 1;
+/// File header format version this code writes (it reads 1 and 2).
+pub const FILE_FORMAT_VERSION: u32 = 2;
 
 /// Why a file header was rejected.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -84,21 +84,47 @@ pub enum HeaderError {
     },
 }
 
-/// Encodes a file header: magic, version, shard, seq, creation time, CRC32C of bytes 0..60.
-pub fn file_header(magic: &[u8; 8], shard: u8, seq: u64, created_ms: u64) -> [u8; FILE_HEADER_LEN] {
+/// Encodes a file header: magic, version, shard, seq, creation time, frame key, CRC32C of bytes
+/// 0..60.
+pub fn file_header(
+    magic: &[u8; 8],
+    shard: u8,
+    seq: u64,
+    created_ms: u64,
+    key: &[u8; KEY_LEN],
+) -> [u8; FILE_HEADER_LEN] {
     let mut h = [0u8; FILE_HEADER_LEN];
     h[0..8].copy_from_slice(magic);
     h[8..12].copy_from_slice(&FILE_FORMAT_VERSION.to_le_bytes());
     h[12] = shard;
     h[16..24].copy_from_slice(&seq.to_le_bytes());
     h[24..32].copy_from_slice(&created_ms.to_le_bytes());
+    h[32..48].copy_from_slice(key);
     let crc = crc32c::crc32c(&h[..60]);
     h[60..64].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// Decodes a file header, returning (shard, seq).
-pub fn parse_file_header(buf: &[u8], magic: &[u8; 8]) -> Result<(u8, u64), HeaderError> {
+/// A new random frame key for a file.
+pub fn new_key() -> [u8; KEY_LEN] {
+    rand::random()
+}
+
+/// What a valid file header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileHeader {
+    /// Shard (0 in the ledger).
+    pub shard: u8,
+    /// Sequence number (matches the file name).
+    pub seq: u64,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// How its frames are laid out and checked.
+    pub format: FrameFormat,
+}
+
+/// Decodes a file header.
+pub fn parse_file_header(buf: &[u8], magic: &[u8; 8]) -> Result<FileHeader, HeaderError> {
     if buf.len() < FILE_HEADER_LEN {
         return Err(HeaderError::Short(buf.len() as u64));
     }
@@ -112,12 +138,18 @@ pub fn parse_file_header(buf: &[u8], magic: &[u8; 8]) -> Result<(u8, u64), Heade
         return Err(HeaderError::Crc);
     }
     let version = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
-    if version != FILE_FORMAT_VERSION {
-        return Err(HeaderError::Version(version));
-    }
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&buf[16..24]);
-    Ok((buf[12], u64::from_le_bytes(seq)))
+    let u64_at = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
+    let format = match version {
+        1 => FrameFormat::V1,
+        2 => FrameFormat::v2(buf[32..48].try_into().expect("16 bytes")),
+        _ => return Err(HeaderError::Version(version)),
+    };
+    Ok(FileHeader {
+        shard: buf[12],
+        seq: u64_at(16),
+        created_ms: u64_at(24),
+        format,
+    })
 }
 
 /// File name of segment `seq`.
@@ -169,12 +201,29 @@ pub enum Rec<'a> {
 }
 
 /// Where a scan stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScanEnd {
     /// Offset just past the last valid frame.
     pub end: u64,
+    /// Number of the frame an append at `end` would get (format 2).
+    pub next_number: u64,
     /// Set when the scan stopped at an invalid frame (or non-zero bytes after the end).
     pub torn: Option<TornTail>,
+    /// Damaged regions the scan stepped over, with valid frames after each (format 2).
+    pub damaged: Vec<Damage>,
+}
+
+/// A damaged region in the middle of a file: skipped, and every valid frame after it kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// Offset of the first byte not read as data.
+    pub offset: u64,
+    /// Length of the skipped region (up to the next valid frame).
+    pub bytes: u64,
+    /// Records lost in it, from the frame numbers on either side.
+    pub frames: u64,
+    /// Why the frame at `offset` was rejected.
+    pub reason: FrameError,
 }
 
 /// A torn or corrupt tail that recovery dropped.
@@ -264,6 +313,8 @@ pub struct Segment {
     pub path: PathBuf,
     /// Set when the file header is invalid: no records are read from it and it is never purged.
     pub header_error: Option<HeaderError>,
+    /// How its frames are laid out and checked (format 2 for every segment this build creates).
+    format: FrameFormat,
     file: Option<File>,
     map: Map,
     end: usize,
@@ -285,8 +336,10 @@ impl Segment {
             .write(true)
             .create_new(true)
             .open(&tmp)?;
+        let key = new_key();
+        let header = file_header(SEGMENT_MAGIC, shard, seq, now_ms, &key);
         let prepared = reserve(&file, size)
-            .and_then(|()| file.write_all_at(&file_header(SEGMENT_MAGIC, shard, seq, now_ms), 0))
+            .and_then(|()| file.write_all_at(&header, 0))
             .and_then(|()| file.sync_all())
             .and_then(|()| fs::rename(&tmp, &path));
         if let Err(e) = prepared {
@@ -302,6 +355,7 @@ impl Segment {
             seq,
             path,
             header_error: None,
+            format: FrameFormat::v2(&key),
             file: Some(file),
             map: Map::Active(map),
             end: FILE_HEADER_LEN,
@@ -329,15 +383,22 @@ impl Segment {
                 (Some(file), map)
             }
         };
-        let header_error = match parse_file_header(map.bytes(), SEGMENT_MAGIC) {
-            Ok((s, q)) if s == shard && q == seq => None,
-            Ok((s, q)) => Some(HeaderError::Mismatch { shard: s, seq: q }),
-            Err(e) => Some(e),
+        let (format, header_error) = match parse_file_header(map.bytes(), SEGMENT_MAGIC) {
+            Ok(h) if h.shard == shard && h.seq == seq => (h.format, None),
+            Ok(h) => (
+                h.format,
+                Some(HeaderError::Mismatch {
+                    shard: h.shard,
+                    seq: h.seq,
+                }),
+            ),
+            Err(e) => (FrameFormat::V1, Some(e)),
         };
         Ok(Segment {
             seq,
             path: path.to_owned(),
             header_error,
+            format,
             file,
             map,
             end: FILE_HEADER_LEN,
@@ -345,66 +406,25 @@ impl Segment {
         })
     }
 
-    /// Reads every frame from the header on, in order, handing each valid record to `visit`,
-    /// and stops at the first zero length (clean end) or invalid frame (torn/corrupt tail).
-    ///
-    /// Validation is complete: header, CRC32C, zero padding and checked rkyv access. With
-    /// `full_tail`, a clean end is also checked for non-zero bytes after it (a torn frame whose
-    /// header never reached the disk); that reads the whole unused part of the file, so only the
-    /// offline check asks for it.
+    /// Reads every frame from the header on, in order, handing each valid record to `visit`
+    /// (see [`scan_frames`] for what is checked and how damage is stepped over).
     pub fn scan(&mut self, full_tail: bool, mut visit: impl FnMut(u64, Rec<'_>)) -> ScanEnd {
         self.frames.clear();
         self.end = FILE_HEADER_LEN;
         if self.header_error.is_some() {
-            return ScanEnd { end: 0, torn: None };
+            return ScanEnd::default();
         }
-        let bytes = self.map.bytes();
-        let mut pos = FILE_HEADER_LEN;
-        let torn = loop {
-            let rest = &bytes[pos..];
-            let frame = match record::decode_frame(rest) {
-                Ok(None) => {
-                    let tail = if full_tail {
-                        rest
-                    } else {
-                        &rest[..rest.len().min(FRAME_HEADER_LEN)]
-                    };
-                    break match last_nonzero(tail) {
-                        0 => None,
-                        n => Some(TornTail {
-                            offset: pos as u64,
-                            bytes: n as u64,
-                            reason: FrameError::DataAfterEnd,
-                        }),
-                    };
-                }
-                Ok(Some(f)) => f,
-                Err(reason) => {
-                    break Some(TornTail {
-                        offset: pos as u64,
-                        bytes: last_nonzero(rest) as u64,
-                        reason,
-                    });
-                }
-            };
-            match validate(&frame) {
-                Ok(rec) => visit(pos as u64, rec),
-                Err(reason) => {
-                    break Some(TornTail {
-                        offset: pos as u64,
-                        bytes: last_nonzero(rest) as u64,
-                        reason,
-                    });
-                }
-            }
-            self.frames.push(pos as u64);
-            pos += frame.len;
-        };
-        self.end = pos;
-        ScanEnd {
-            end: pos as u64,
-            torn,
-        }
+        let frames = &mut self.frames;
+        let bytes = &self.map.bytes()[FILE_HEADER_LEN.min(self.map.bytes().len())..];
+        let start = (FILE_HEADER_LEN as u64, 0);
+        let end = scan_frames(self.format, bytes, start, full_tail, |pos, frame| {
+            let rec = validate(frame)?;
+            visit(pos, rec);
+            frames.push(pos);
+            Ok(())
+        });
+        self.end = end.end as usize;
+        end
     }
 
     /// Appends one frame: `meta` (an rkyv archive made in this process) then `body` parts.
@@ -428,21 +448,32 @@ impl Segment {
         };
         let body_len: usize = body.iter().map(|p| p.len()).sum();
         let plen = record::payload_len(meta.len(), body_len);
-        let flen = record::frame_len(plen);
+        let flen = self.format.frame_len(plen);
         if plen > record::MAX_PAYLOAD_LEN || self.end + flen > map.len() {
             return Ok(None);
         }
         let start = self.end;
         const ZEROS: [u8; 64] = [0; 64];
         let gap = plen - body_len - meta.len();
-        let tail = flen - FRAME_HEADER_LEN - plen;
+        let hlen = self.format.header_len();
+        let tail = flen - hlen - plen;
         debug_assert!(gap <= ZEROS.len() && tail <= ZEROS.len());
         let mut parts: Vec<&[u8]> = Vec::with_capacity(body.len() + 4);
         parts.push(meta);
         parts.push(&ZEROS[..gap]);
         parts.extend_from_slice(body);
-        let h = record::frame_header(kind, flags, plen as u32, meta.len() as u32, &parts);
-        parts.insert(0, &h);
+        let at = FramePos {
+            offset: start as u64,
+            number: self.frames.len() as u64,
+        };
+        let fields = HeaderFields {
+            kind,
+            flags,
+            payload_len: plen as u32,
+            meta_len: meta.len() as u32,
+        };
+        let h = record::frame_header(self.format, at, fields, &parts);
+        parts.insert(0, &h[..hlen]);
         parts.push(&ZEROS[..tail]);
         // One pwritev per frame: the header's CRC covers the payload, so a crash that persists
         // any subset of these bytes reads back as a bad frame, whatever the order of writeback.
@@ -488,6 +519,11 @@ impl Segment {
     /// Number of valid frames.
     pub fn record_count(&self) -> u64 {
         self.frames.len() as u64
+    }
+
+    /// Start offsets of the valid frames, ascending.
+    pub fn frame_offsets(&self) -> &[u64] {
+        &self.frames
     }
 
     /// Bytes still free for frames (0 for read-only segments).
@@ -585,12 +621,13 @@ impl Segment {
         self.frames.binary_search(&offset).ok()?;
         let bytes = self.map.bytes();
         let at = offset as usize;
-        let h = &bytes[at..at + FRAME_HEADER_LEN];
+        let hlen = self.format.header_len();
+        let h = &bytes[at..at + hlen];
         let plen = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
         let mlen = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
         let kind = RecordKind::from_u8(h[5])?;
         let flags = u16::from_le_bytes([h[6], h[7]]);
-        let payload = &bytes[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + plen];
+        let payload = &bytes[at + hlen..at + hlen + plen];
         let body_start = if mlen == plen {
             mlen
         } else {
@@ -641,6 +678,121 @@ fn validate<'a>(frame: &Frame<'a>) -> Result<Rec<'a>, FrameError> {
     }
 }
 
+/// Reads the frames of a file of format `fmt` in order from `bytes`, which are the file's bytes
+/// from `start.0` (a frame boundary, where the frame numbered `start.1` is) to its end, handing each one whose header, checksums and padding are valid to `accept`, which
+/// validates its archive (an `Err` makes it an invalid frame).
+///
+/// In a format 2 file an invalid frame does not end the scan: a frame whose header is intact is
+/// stepped over by its length, otherwise the scan looks for the next header that is valid at its
+/// offset ([`record::probe_header`]), and the region in between is reported as [`Damage`].
+/// Damage with no valid frame after it is a torn tail: the end of what a crash left. A format 1
+/// file ends at its first invalid frame, as format 1 cannot resynchronise.
+///
+/// A zero length is the end unless a valid frame follows (a header zeroed by damage). In format
+/// 1, only `full_tail` checks the rest of the file for non-zero bytes (a torn frame whose header
+/// never reached the disk); format 2 always looks at all of it.
+pub fn scan_frames<'a>(
+    fmt: FrameFormat,
+    bytes: &'a [u8],
+    start: (u64, u64),
+    full_tail: bool,
+    mut accept: impl FnMut(u64, &Frame<'a>) -> Result<(), FrameError>,
+) -> ScanEnd {
+    let (base, first_number) = start;
+    let mut pos = 0;
+    let mut end = pos;
+    let mut next_number = first_number;
+    let mut valid_next = first_number;
+    let mut damaged = Vec::new();
+    let mut torn = loop {
+        let rest = &bytes[pos..];
+        let at = base + pos as u64;
+        let reason = match record::decode_frame(fmt, at, rest) {
+            Ok(Some(frame)) => match accept(at, &frame) {
+                Ok(()) => {
+                    next_number = frame.number + 1;
+                    valid_next = next_number;
+                    pos += frame.len;
+                    end = pos;
+                    continue;
+                }
+                Err(reason) => Some(reason),
+            },
+            Ok(None) => None,
+            Err(reason) => Some(reason),
+        };
+        // An intact header gives the damaged frame's length; otherwise search.
+        let intact = reason
+            .as_ref()
+            .and_then(|_| record::probe_header(fmt, at, rest));
+        let resume = match intact {
+            Some((len, number)) => Some((pos + len, 1, number + 1)),
+            None => next_header(fmt, bytes, base, pos + FRAME_ALIGN)
+                .map(|(at, number)| (at, number.saturating_sub(next_number), number)),
+        };
+        match (resume, reason) {
+            (Some((to, frames, number)), reason) => {
+                damaged.push(Damage {
+                    offset: at,
+                    bytes: (to - pos) as u64,
+                    frames,
+                    reason: reason.unwrap_or(FrameError::ZeroedHeader),
+                });
+                next_number = number;
+                pos = to;
+            }
+            (None, None) => {
+                let whole = full_tail || fmt != FrameFormat::V1;
+                let tail = if whole {
+                    rest
+                } else {
+                    &rest[..rest.len().min(fmt.header_len())]
+                };
+                break match last_nonzero(tail) {
+                    0 => None,
+                    n => Some(TornTail {
+                        offset: at,
+                        bytes: n as u64,
+                        reason: FrameError::DataAfterEnd,
+                    }),
+                };
+            }
+            (None, Some(reason)) => {
+                break Some(TornTail {
+                    offset: at,
+                    bytes: last_nonzero(rest) as u64,
+                    reason,
+                });
+            }
+        }
+    };
+    // Damage after the last valid frame is what a crash leaves of unsynced appends: a tail.
+    let end = base + end as u64;
+    if let Some(first) = damaged.iter().position(|d| d.offset >= end) {
+        let d = damaged.swap_remove(first);
+        damaged.truncate(first);
+        torn = Some(TornTail {
+            offset: d.offset,
+            bytes: last_nonzero(&bytes[(d.offset - base) as usize..]) as u64,
+            reason: d.reason,
+        });
+    }
+    ScanEnd {
+        end,
+        next_number: valid_next,
+        torn,
+        damaged,
+    }
+}
+
+/// The first offset from `from` (16-byte steps) where a frame header of this file is valid, with
+/// its number.
+fn next_header(fmt: FrameFormat, bytes: &[u8], base: u64, from: usize) -> Option<(usize, u64)> {
+    (from..bytes.len()).step_by(FRAME_ALIGN).find_map(|at| {
+        record::probe_header(fmt, base + at as u64, &bytes[at..]).map(|(_, n)| (at, n))
+    })
+}
+
 /// Length of `bytes` up to and including its last non-zero byte.
 fn last_nonzero(bytes: &[u8]) -> usize {
     bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
@@ -652,8 +804,15 @@ mod tests {
 
     #[test]
     fn file_header_round_trips_and_rejects_damage() {
-        let h = file_header(SEGMENT_MAGIC, 7, 42, 1000);
-        assert_eq!(parse_file_header(&h, SEGMENT_MAGIC), Ok((7, 42)));
+        let key = [9u8; KEY_LEN];
+        let h = file_header(SEGMENT_MAGIC, 7, 42, 1000, &key);
+        let expected = FileHeader {
+            shard: 7,
+            seq: 42,
+            created_ms: 1000,
+            format: FrameFormat::v2(&key),
+        };
+        assert_eq!(parse_file_header(&h, SEGMENT_MAGIC), Ok(expected));
         assert!(matches!(
             parse_file_header(&h, LEDGER_MAGIC),
             Err(HeaderError::Magic(_))
@@ -683,7 +842,7 @@ mod tests {
         seg.sync_data().unwrap();
         let bytes = read_aligned(&seg.path).unwrap();
         assert_eq!(bytes.len(), 4096);
-        let f = record::decode_frame(&bytes[off as usize..])
+        let f = record::decode_frame(seg.format, off, &bytes[off as usize..])
             .unwrap()
             .unwrap();
         assert_eq!(f.body, b"abcd");

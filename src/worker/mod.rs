@@ -370,6 +370,9 @@ impl Core {
                     .store(u64::from(shard.is_poisoned()), Relaxed);
             }
             self.metrics.spool_records.store(st.records, Relaxed);
+            self.metrics
+                .spool_lost_records
+                .store(st.lost_records, Relaxed);
             self.metrics.spool_messages.store(st.messages, Relaxed);
             self.metrics
                 .queue_pending
@@ -401,6 +404,7 @@ impl Core {
     /// placeholders in the ledger. Runs at start and every minute.
     async fn purge_loop(self: Rc<Self>) {
         let retention_ms = self.shared.config.retention_content.as_millis() as u64;
+        let ledger_ms = self.shared.config.retention_ledger.as_millis() as u64;
         let mut shutdown = self.shutdown.clone();
         loop {
             let now = unix_ms(SystemTime::now());
@@ -418,6 +422,9 @@ impl Core {
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(shard = self.index, error = %e, "purge failed"),
+            }
+            if let Err(e) = self.shard.borrow().expire_ledger(now, ledger_ms) {
+                tracing::warn!(shard = self.index, error = %e, "ledger expiry failed");
             }
             let period = Duration::from_millis(retention_ms.clamp(1000, 60_000));
             tokio::select! {
