@@ -10,6 +10,11 @@
 // `unsafe` lives in two modules that allow it: the spool's segment mapping and the signal mask.
 #![deny(unsafe_code)]
 
+// Spool offsets and lengths are read from disk as u32/u64 and used as `usize` (a damaged length
+// near u32::MAX must not overflow an address computation), and segments are mapped whole.
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("ringmta needs a 64-bit target");
+
 pub mod auth;
 pub mod autoconfig;
 pub mod bounce;

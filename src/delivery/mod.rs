@@ -164,6 +164,13 @@ pub struct CoreHandles {
     pub suppressions: Arc<crate::suppress::Suppressions>,
     /// TLS-RPT session counts (shared by every core), when `delivery.tls_rpt` is on.
     pub tls_rpt: Option<Arc<tlsrpt::TlsRpt>>,
+    /// Wakes the core's commit task: a final outcome is flushed at once, not at the next lazy
+    /// flush, so that a crash finds it on disk unless it lands within one fdatasync of the
+    /// next hop's reply (the window in which a delivery can be repeated; docs/spool-format.md).
+    pub flush: Rc<Notify>,
+    /// The core's durable spool sequence (and failed-through sequence), published by the
+    /// commit task: a DSN is delivered only once its record is durable.
+    pub durable: watch::Receiver<(u64, u64)>,
 }
 
 /// Per-core delivery state. Lives in an `Rc` on the worker thread.
@@ -210,6 +217,13 @@ pub struct Delivery {
     suppressions: Arc<crate::suppress::Suppressions>,
     /// TLS-RPT session counts, when reporting is on.
     tls_rpt: Option<Arc<tlsrpt::TlsRpt>>,
+    /// Wakes the core's commit task (see [`CoreHandles::flush`]).
+    flush: Rc<Notify>,
+    /// The core's durable sequence (see [`CoreHandles::durable`]).
+    durable: RefCell<watch::Receiver<(u64, u64)>>,
+    /// DSNs queued here and the commit ticket that makes each durable: handed to the scheduler
+    /// only then, so that a crash cannot forget a DSN already sent (and send it again).
+    unsynced: RefCell<Vec<(QueueId, u64)>>,
     dsn_counter: Cell<u64>,
     /// Recipients queued on a destination or in a transaction right now: never dispatched twice.
     in_flight: RefCell<HashSet<(QueueId, u32)>>,
@@ -247,6 +261,8 @@ impl Delivery {
             sts,
             suppressions,
             tls_rpt,
+            flush,
+            durable,
         } = core;
         let now = unix_ms(clock.now());
         let route_tls = config.route_tls.clone();
@@ -286,6 +302,9 @@ impl Delivery {
             sts,
             suppressions,
             tls_rpt,
+            flush,
+            durable: RefCell::new(durable),
+            unsynced: RefCell::new(Vec::new()),
             dsn_counter: Cell::new(0),
             in_flight: RefCell::new(HashSet::new()),
             cancelled: RefCell::new(HashMap::new()),
@@ -517,6 +536,17 @@ impl Delivery {
                 return;
             }
             let now = self.wheel_now();
+            if !self.unsynced.borrow().is_empty() {
+                let durable = self.shard.borrow().durable_seq();
+                let mut fresh = self.fresh.borrow_mut();
+                self.unsynced.borrow_mut().retain(|&(id, ticket)| {
+                    let wait = ticket > durable;
+                    if !wait {
+                        fresh.push(id);
+                    }
+                    wait
+                });
+            }
             let fresh: Vec<QueueId> = std::mem::take(&mut *self.fresh.borrow_mut());
             {
                 let shard = self.shard.borrow();
@@ -570,11 +600,15 @@ impl Delivery {
                 .next_deadline()
                 .map(|d| d.saturating_sub(now).clamp(TICK_MS, 1000))
                 .unwrap_or(1000);
+            let waiting = !self.unsynced.borrow().is_empty();
+            let mut durable = self.durable.borrow().clone();
             tokio::select! {
                 _ = self.kick.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
                 _ = shutdown.changed() => {}
+                _ = durable.changed(), if waiting => {}
             }
+            *self.durable.borrow_mut() = durable;
         }
     }
 
@@ -1233,8 +1267,10 @@ impl Delivery {
         if let Some(o) = outcome {
             self.metrics.outcome(o, d.category);
         }
-        if let Err(e) = shard.append_status(&rec) {
-            tracing::error!(%id, error = %e, "cannot record delivery status");
+        match shard.append_status(&rec) {
+            Ok(_) if kind.is_final() => self.flush.notify_one(),
+            Ok(_) => {}
+            Err(e) => tracing::error!(%id, error = %e, "cannot record delivery status"),
         }
         // A receiver's hard bounce (the address does not exist, or is disabled) suppresses the
         // address: later mail to it is refused at RCPT instead of hurting the sender again.
@@ -1418,7 +1454,7 @@ impl Delivery {
             now_ms,
         );
         match appended {
-            Ok((dsn_id, _)) => {
+            Ok((dsn_id, ticket)) => {
                 tracing::info!(%id, %dsn_id, kind = ?kind, "dsn queued");
                 self.metrics
                     .dsns
@@ -1441,7 +1477,10 @@ impl Delivery {
                     };
                     let _ = self.shard.borrow_mut().append_status(&rec);
                 }
-                self.submit(dsn_id);
+                // Sent only once durable (with the flags above: one fdatasync covers both).
+                self.unsynced.borrow_mut().push((dsn_id, ticket.0));
+                self.flush.notify_one();
+                self.kick.notify_one();
             }
             Err(e) => tracing::error!(%id, error = %e, "cannot queue dsn"),
         }

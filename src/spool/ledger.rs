@@ -201,7 +201,15 @@ impl Ledger {
         let seq = newest + 1;
         let path = dir.join(ledger_file_name(seq));
         let tmp = dir.join(format!("{}.tmp-{:02}", ledger_file_name(seq), self.shard));
-        let header = segment::file_header(LEDGER_MAGIC, 0, seq, now_ms, &segment::new_key());
+        let key = segment::new_key();
+        let new = segment::NewHeader {
+            shard: 0,
+            seq,
+            created_ms: now_ms,
+            key: &key,
+            prev_frames: None,
+        };
+        let header = segment::file_header(LEDGER_MAGIC, new);
         let mut t = File::create(&tmp).map_err(Self::io_err(&tmp, "create"))?;
         t.write_all(&header)
             .and_then(|()| t.sync_all())
@@ -234,25 +242,29 @@ impl Ledger {
         let dir = &self.spool_dir;
         let files = list(dir).map_err(Self::io_err(dir, "list"))?;
         let cutoff = now_ms.saturating_sub(retention_ms);
+        // When each file was started, from its 64-byte header; `None` when unreadable. Files
+        // are started in order, so the first readable start after a file bounds every
+        // placeholder in it (a file with a damaged header does not stop the others expiring).
+        let started: Vec<Option<u64>> = files
+            .iter()
+            .map(|(_, p)| read_header(p).map(|h| h.created_ms))
+            .collect();
         let mut removed = Vec::new();
-        for pair in files.windows(2) {
-            let (old, next) = (&pair[0].1, &pair[1].1);
-            let started = match segment::read_aligned(next) {
-                Ok(b) => {
-                    segment::parse_file_header(&b[..b.len().min(FILE_HEADER_LEN)], LEDGER_MAGIC)
-                        .map(|h| h.created_ms)
-                }
-                Err(_) => break,
-            };
-            // A successor with an unreadable header proves nothing about the age of `old`.
-            match started {
-                Ok(t) if t <= cutoff => {}
-                _ => break,
+        for (i, (_, old)) in files.iter().enumerate() {
+            let bound = started[i + 1..].iter().flatten().next();
+            if bound.is_none_or(|&t| t > cutoff) {
+                continue;
             }
             match fs::remove_file(old) {
                 Ok(()) => removed.push(old.clone()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Self::io_err(old, "unlink")(e)),
+            }
+        }
+        // Temporary files of a creation that a crash interrupted (a live one is seconds old).
+        for (path, age) in stale_tmp(dir) {
+            if age > std::time::Duration::from_secs(60) && fs::remove_file(&path).is_ok() {
+                removed.push(path);
             }
         }
         if !removed.is_empty() {
@@ -280,12 +292,8 @@ fn open_file(path: &Path, seq: u64) -> Result<Option<Current>, SpoolError> {
         .append(true)
         .open(path)
         .map_err(Ledger::io_err(path, "open"))?;
-    let mut h = [0u8; FILE_HEADER_LEN];
-    if file.read_exact_at(&mut h, 0).is_err() {
-        return Ok(None);
-    }
-    Ok(match segment::parse_file_header(&h, LEDGER_MAGIC) {
-        Ok(hd) if hd.seq == seq && hd.format != FrameFormat::V1 => Some(Current {
+    Ok(match header_of(&file) {
+        Some(hd) if hd.seq == seq && hd.format != FrameFormat::V1 => Some(Current {
             seq,
             file,
             format: hd.format,
@@ -294,6 +302,37 @@ fn open_file(path: &Path, seq: u64) -> Result<Option<Current>, SpoolError> {
         }),
         _ => None,
     })
+}
+
+/// The file header of an open ledger file, if it is valid (reads 64 bytes only).
+fn header_of(file: &File) -> Option<segment::FileHeader> {
+    let mut h = [0u8; FILE_HEADER_LEN];
+    file.read_exact_at(&mut h, 0).ok()?;
+    segment::parse_file_header(&h, LEDGER_MAGIC).ok()
+}
+
+/// The file header of the ledger file at `path`, if it is valid.
+fn read_header(path: &Path) -> Option<segment::FileHeader> {
+    header_of(&File::open(path).ok()?)
+}
+
+/// Leftover `ledger-*.tmp-NN` files and their age.
+fn stale_tmp(dir: &Path) -> Vec<(PathBuf, std::time::Duration)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("ledger-") && name.contains(".tmp-")
+        })
+        .filter_map(|e| {
+            let age = e.metadata().ok()?.modified().ok()?.elapsed().ok()?;
+            Some((e.path(), age))
+        })
+        .collect()
 }
 
 /// The validated placeholder of a ledger frame.
@@ -429,10 +468,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A format 1 ledger from an older build is read first and never written.
         let legacy = dir.path().join(LEGACY_LEDGER_FILE);
-        let mut old = segment::file_header(LEDGER_MAGIC, 0, 0, 0, &[0; 16]).to_vec();
-        old[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let crc = crc32c::crc32c(&old[..60]);
-        old[60..64].copy_from_slice(&crc.to_le_bytes());
+        let mut old = segment::v1_file_header(LEDGER_MAGIC, 0, 0).to_vec();
         let v1 = FramePos::default();
         old.extend(record::encode_frame(
             FrameFormat::V1,
@@ -476,5 +512,36 @@ mod tests {
         assert_eq!(a.expire(9_999 * DAY, keep).unwrap().len(), 1);
         assert_eq!(names(dir.path()), [ledger_file_name(3)]);
         assert_eq!(ids(dir.path()).0, [6]);
+    }
+
+    #[test]
+    fn a_ledger_file_with_a_damaged_header_does_not_stop_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Ledger::new(dir.path(), 0);
+        for day in 1..=3 {
+            a.append(&[archive(day)], day * DAY).unwrap();
+        }
+        // ledger-2's header is damaged: its start time is unknown, ledger-3's bounds it.
+        let second = dir.path().join(ledger_file_name(2));
+        let mut bytes = fs::read(&second).unwrap();
+        bytes[20] ^= 1;
+        fs::write(&second, &bytes).unwrap();
+        // A creation that a crash interrupted left a temporary file.
+        let tmp = dir.path().join(format!("{}.tmp-01", ledger_file_name(4)));
+        fs::write(&tmp, b"x").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&tmp)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let removed = a.expire(3 * DAY + 400 * DAY, 400 * DAY).unwrap();
+        assert_eq!(
+            removed,
+            [dir.path().join(ledger_file_name(1)), second, tmp],
+            "ledger-1 and the damaged ledger-2 go once ledger-3 is 400 days old"
+        );
+        assert_eq!(ids(dir.path()).0, [3]);
     }
 }

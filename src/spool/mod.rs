@@ -236,6 +236,15 @@ impl Shard {
             fs::remove_file(tmp).map_err(|e| io_err("remove", tmp, e))?;
         }
         let mut segments = rec.segments;
+        // After a crash of the process (not of the machine) the last segment's unsynced
+        // appends may still be in the page cache only; recovery has just read them as records.
+        // Make them durable before anything new (a status record, the next segment's count of
+        // them) comes to depend on them.
+        for e in &segments {
+            e.seg
+                .sync_data()
+                .map_err(|err| io_err("fdatasync", &e.seg.path, err))?;
+        }
         trim_recovered(&mut segments, &rec.report);
         let next_seq = segments.last().map_or(1, |s| s.seg.seq + 1);
         let bytes = segments.iter().map(|s| s.seg.len()).sum();
@@ -668,8 +677,22 @@ impl Shard {
             tracing::warn!(error = %err, "spool shard full");
             return Err(err);
         }
+        // The previous segment's frame count goes in the new header: a later recovery that
+        // finds fewer there knows its tail was lost to damage, not to a crash.
+        let key = segment::new_key();
+        let new = segment::NewHeader {
+            shard: self.cfg.shard,
+            seq,
+            created_ms: now_ms,
+            key: &key,
+            prev_frames: self
+                .segments
+                .last()
+                .filter(|e| e.seg.seq + 1 == seq)
+                .map(|e| e.seg.frames_written()),
+        };
         let seg = loop {
-            match Segment::create(&self.shard_dir, self.cfg.shard, seq, size, now_ms) {
+            match Segment::create(&self.shard_dir, new, size) {
                 Ok(seg) => break seg,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
                     // On a nearly full disk an outcome still gets a segment just big enough.

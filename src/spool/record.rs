@@ -14,18 +14,18 @@
 //! offset 12 meta_len u32 LE      length of the rkyv archive at the start of the payload
 //! offset 16 number u64 LE        the frame's ordinal in its file, from 0
 //! offset 24 reserved u32         zero
-//! offset 28 header_crc u32 LE    CRC32C of the file's key, the frame's offset (u64 LE), bytes 0..28
+//! offset 28 header_tag u32 LE    SipHash-2-4 (file key) of the offset (u64 LE), bytes 0..28
 //! offset 32 payload              rkyv archive [+ zero padding to 16 + raw body for messages]
 //! ```
 //!
-//! The key is 16 random bytes in the file header ([`FrameFormat::V2`] holds its CRC). A frame
+//! The key is 16 random bytes in the file header ([`FrameFormat::V2`] holds it). A frame
 //! header is therefore valid only in its own file and at its own offset: a message body cannot
 //! carry one (its writer does not know the key), and a copy of a real frame read at another
 //! offset fails. That is what lets a reader step over a damaged frame and find the next one.
 //!
 //! Format 1 (files written before format 2, still read): a 16-byte header, the same fields at
 //! offsets 0..16 with one unkeyed CRC at offset 8 over header bytes 0..8 and 12..16 and the
-//! payload; no number, no header CRC.
+//! payload; no number, no header tag.
 //!
 //! A message frame with `FLAG_OPTIONS` holds its [`MessageOptions`] (16 bytes) between the padded
 //! archive and the body. Messages without options (most of them) are written without the block.
@@ -334,13 +334,13 @@ pub enum FrameError {
         /// The stored payload length.
         payload_len: u32,
     },
-    /// The header's own checksum does not match (format 2): nothing in it can be trusted,
-    /// not even the length.
-    #[error("header crc32c mismatch: stored {stored:#010x}, computed {computed:#010x}")]
-    HeaderCrc {
-        /// CRC stored in the header.
+    /// The header's keyed tag does not match (format 2): nothing in it can be trusted, not
+    /// even the length.
+    #[error("header tag mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    HeaderTag {
+        /// Tag stored in the header.
         stored: u32,
-        /// CRC computed over the key, the offset and the header.
+        /// Tag computed with the file's key over the offset and the header.
         computed: u32,
     },
     /// The payload checksum does not match.
@@ -360,6 +360,10 @@ pub enum FrameError {
         /// Which record kind failed.
         kind: RecordKind,
     },
+    /// The segment ends before the frame count its successor's header recorded for it: its last
+    /// frames were lost to damage (a crash cannot take frames that a later segment counted).
+    #[error("{0} frames missing at the end (the next segment counted them)")]
+    MissingTail(u64),
     /// A zero length where valid frames follow: a header zeroed by damage.
     #[error("zeroed frame header")]
     ZeroedHeader,
@@ -397,19 +401,22 @@ pub struct Frame<'a> {
 pub enum FrameFormat {
     /// Files written before format 2 (read only): 16-byte headers, one unkeyed CRC.
     V1,
-    /// 32-byte headers with a keyed header CRC bound to the frame's offset, and a keyed payload
-    /// CRC. `seed` is the CRC32C of the file's key, where both CRCs start.
+    /// 32-byte headers with a keyed tag bound to the frame's offset, and a keyed payload CRC.
     V2 {
-        /// CRC32C of the file's [`KEY_LEN`]-byte key.
+        /// CRC32C of the file's [`KEY_LEN`]-byte key, where payload CRCs start.
         seed: u32,
+        /// The key as SipHash-2-4 keys, for header tags.
+        sip: (u64, u64),
     },
 }
 
 impl FrameFormat {
     /// Format 2 with `key` (from the file header).
     pub fn v2(key: &[u8; KEY_LEN]) -> FrameFormat {
+        let half = |i: usize| u64::from_le_bytes(key[i..i + 8].try_into().expect("8 bytes"));
         FrameFormat::V2 {
             seed: crc32c::crc32c(key),
+            sip: (half(0), half(8)),
         }
     }
 
@@ -492,15 +499,15 @@ pub fn frame_header(
             let crc = v1_crc(&h, payload_parts);
             h[8..12].copy_from_slice(&crc.to_le_bytes());
         }
-        FrameFormat::V2 { seed } => {
+        FrameFormat::V2 { seed, sip } => {
             h[4] = FORMAT_VERSION;
             let crc = payload_parts
                 .iter()
                 .fold(seed, |c, p| crc32c::crc32c_append(c, p));
             h[8..12].copy_from_slice(&crc.to_le_bytes());
             h[16..24].copy_from_slice(&at.number.to_le_bytes());
-            let crc = header_crc(seed, at.offset, &h);
-            h[28..32].copy_from_slice(&crc.to_le_bytes());
+            let tag = header_tag(sip, at.offset, &h);
+            h[28..32].copy_from_slice(&tag.to_le_bytes());
         }
     }
     h
@@ -575,7 +582,7 @@ fn encode(
 /// whose whole length fits in `buf`: its (length, number) then. This is how a reader finds the
 /// next frame after damage: nothing but a header written at that offset of that file passes.
 pub fn probe_header(fmt: FrameFormat, offset: u64, buf: &[u8]) -> Option<(usize, u64)> {
-    let FrameFormat::V2 { seed } = fmt else {
+    let FrameFormat::V2 { sip, .. } = fmt else {
         return None;
     };
     let h = buf.get(..FRAME_HEADER_LEN)?;
@@ -585,7 +592,7 @@ pub fn probe_header(fmt: FrameFormat, offset: u64, buf: &[u8]) -> Option<(usize,
         return None;
     }
     let stored = u32::from_le_bytes([h[28], h[29], h[30], h[31]]);
-    if header_crc(seed, offset, h) != stored {
+    if header_tag(sip, offset, h) != stored {
         return None;
     }
     let len = fmt.frame_len(plen);
@@ -622,11 +629,11 @@ pub fn decode_frame(
     }
     let number = match fmt {
         FrameFormat::V1 if h[4] == 1 => 0,
-        FrameFormat::V2 { seed } if h[4] == FORMAT_VERSION => {
+        FrameFormat::V2 { sip, .. } if h[4] == FORMAT_VERSION => {
             let stored = u32::from_le_bytes([h[28], h[29], h[30], h[31]]);
-            let computed = header_crc(seed, offset, h);
+            let computed = header_tag(sip, offset, h);
             if stored != computed {
-                return Err(FrameError::HeaderCrc { stored, computed });
+                return Err(FrameError::HeaderTag { stored, computed });
             }
             if h[24..28] != [0; 4] {
                 return Err(FrameError::Padding);
@@ -667,7 +674,7 @@ pub fn decode_frame(
     let payload = &buf[hlen..hlen + plen_us];
     let computed = match fmt {
         FrameFormat::V1 => v1_crc(h, &[payload]),
-        FrameFormat::V2 { seed } => crc32c::crc32c_append(seed, payload),
+        FrameFormat::V2 { seed, .. } => crc32c::crc32c_append(seed, payload),
     };
     if computed != stored {
         return Err(FrameError::Crc { stored, computed });
@@ -747,10 +754,15 @@ fn v1_crc(h: &[u8], payload_parts: &[&[u8]]) -> u32 {
     crc
 }
 
-/// Format 2's header CRC32C: from the key's CRC, the frame's offset, then header bytes 0..28.
-fn header_crc(seed: u32, offset: u64, h: &[u8]) -> u32 {
-    let crc = crc32c::crc32c_append(seed, &offset.to_le_bytes());
-    crc32c::crc32c_append(crc, &h[..28])
+/// Format 2's header tag: SipHash-2-4 keyed with the file's key over the frame's offset and
+/// header bytes 0..28, low 32 bits. A PRF, unlike a CRC: seeing tags of a file does not help to
+/// forge another one.
+fn header_tag((k0, k1): (u64, u64), offset: u64, h: &[u8]) -> u32 {
+    use std::hash::Hasher;
+    let mut sip = siphasher::sip::SipHasher24::new_with_keys(k0, k1);
+    sip.write(&offset.to_le_bytes());
+    sip.write(&h[..28]);
+    sip.finish() as u32
 }
 
 #[cfg(test)]
@@ -758,7 +770,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const FMT: FrameFormat = FrameFormat::V2 { seed: 0x5eed_1234 };
+    const FMT: FrameFormat = FrameFormat::V2 {
+        seed: 0x5eed_1234,
+        sip: (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210),
+    };
     const AT: FramePos = FramePos {
         offset: 4096,
         number: 3,
@@ -910,7 +925,7 @@ mod tests {
         let f = decode_frame(FMT, AT.offset, &buf).unwrap().unwrap();
         assert_eq!((f.options, f.body), (options, &b"body"[..]));
         // The flag on a status frame, or an unknown flag, is refused (format 1, where no header
-        // CRC comes first; in format 2 the header CRC refuses any changed header byte).
+        // CRC comes first; in format 2 the header tag refuses any changed header byte).
         let status = archive(&StatusRecord::default()).unwrap();
         let v1 = FramePos::default();
         let mut s = encode_frame(FrameFormat::V1, v1, RecordKind::Status, &status, &[]);
@@ -963,7 +978,7 @@ mod tests {
         ] {
             assert!(matches!(
                 decode_frame(fmt, offset, &frame),
-                Err(FrameError::HeaderCrc { .. })
+                Err(FrameError::HeaderTag { .. })
             ));
             assert_eq!(probe_header(fmt, offset, &frame), None);
         }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::ids::QueueId;
 
 use super::ledger;
-use super::record::StatusKind;
+use super::record::{FrameError, StatusKind};
 use super::segment::{self, Damage, HeaderError, Load, Rec, Segment, TornTail};
 use super::{MessageState, RecordRef, SpoolError};
 
@@ -351,6 +351,7 @@ pub(crate) fn recover_shard(
         });
         segments.push(entry);
     }
+    missing_tails(&segments, &mut report);
     let ledger = ledger::read_ledger(spool_dir, |p| {
         let id = QueueId(p.id.to_native());
         if id.shard() != shard {
@@ -379,6 +380,33 @@ pub(crate) fn recover_shard(
         report,
         max_counter,
     })
+}
+
+/// A segment with fewer frames than the next segment's header counted for it lost its tail to
+/// damage: a crash cannot, since the count was taken from what was on disk (and synced) when the
+/// next segment was created. Its torn tail, if any, becomes damage.
+fn missing_tails(segments: &[SegmentEntry], report: &mut RecoveryReport) {
+    for (i, pair) in segments.windows(2).enumerate() {
+        let (seg, next) = (&pair[0].seg, &pair[1].seg);
+        let Some(counted) = next.prev_frames.filter(|_| next.seq == seg.seq + 1) else {
+            continue;
+        };
+        let written = seg.frames_written();
+        if seg.header_error.is_some() || written >= counted {
+            continue;
+        }
+        let r = &mut report.segments[i];
+        let damage = Damage {
+            offset: r.end,
+            bytes: r.len.saturating_sub(r.end),
+            frames: counted - written,
+            reason: FrameError::MissingTail(counted - written),
+        };
+        tracing::error!(path = %seg.path.display(), offset = damage.offset,
+            records = damage.frames, "the end of a spool segment is lost to damage");
+        r.torn = None;
+        r.damaged.push(damage);
+    }
 }
 
 #[cfg(test)]

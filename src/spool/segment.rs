@@ -84,22 +84,34 @@ pub enum HeaderError {
     },
 }
 
-/// Encodes a file header: magic, version, shard, seq, creation time, frame key, CRC32C of bytes
-/// 0..60.
-pub fn file_header(
-    magic: &[u8; 8],
-    shard: u8,
-    seq: u64,
-    created_ms: u64,
-    key: &[u8; KEY_LEN],
-) -> [u8; FILE_HEADER_LEN] {
+/// What a format 2 file header holds besides its magic.
+#[derive(Clone, Copy, Debug)]
+pub struct NewHeader<'a> {
+    /// Shard (0 in the ledger).
+    pub shard: u8,
+    /// Sequence number (matches the file name).
+    pub seq: u64,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// The file's frame key.
+    pub key: &'a [u8; KEY_LEN],
+    /// Frames written to the shard's previous segment (seq - 1), as known when this one was
+    /// created; `None` for the ledger and a shard's first segment.
+    pub prev_frames: Option<u64>,
+}
+
+/// Encodes a file header: magic, version, shard, seq, creation time, frame key, previous
+/// segment's frame count (+1; 0 for none), CRC32C of bytes 0..60.
+pub fn file_header(magic: &[u8; 8], n: NewHeader<'_>) -> [u8; FILE_HEADER_LEN] {
     let mut h = [0u8; FILE_HEADER_LEN];
     h[0..8].copy_from_slice(magic);
     h[8..12].copy_from_slice(&FILE_FORMAT_VERSION.to_le_bytes());
-    h[12] = shard;
-    h[16..24].copy_from_slice(&seq.to_le_bytes());
-    h[24..32].copy_from_slice(&created_ms.to_le_bytes());
-    h[32..48].copy_from_slice(key);
+    h[12] = n.shard;
+    h[16..24].copy_from_slice(&n.seq.to_le_bytes());
+    h[24..32].copy_from_slice(&n.created_ms.to_le_bytes());
+    h[32..48].copy_from_slice(n.key);
+    let prev = n.prev_frames.map_or(0, |f| f + 1);
+    h[48..56].copy_from_slice(&prev.to_le_bytes());
     let crc = crc32c::crc32c(&h[..60]);
     h[60..64].copy_from_slice(&crc.to_le_bytes());
     h
@@ -121,6 +133,8 @@ pub struct FileHeader {
     pub created_ms: u64,
     /// How its frames are laid out and checked.
     pub format: FrameFormat,
+    /// Frames written to the shard's previous segment, as known when this one was created.
+    pub prev_frames: Option<u64>,
 }
 
 /// Decodes a file header.
@@ -149,6 +163,7 @@ pub fn parse_file_header(buf: &[u8], magic: &[u8; 8]) -> Result<FileHeader, Head
         seq: u64_at(16),
         created_ms: u64_at(24),
         format,
+        prev_frames: u64_at(48).checked_sub(1),
     })
 }
 
@@ -315,6 +330,10 @@ pub struct Segment {
     pub header_error: Option<HeaderError>,
     /// How its frames are laid out and checked (format 2 for every segment this build creates).
     format: FrameFormat,
+    /// Frames the shard's previous segment held when this one was created (its header says).
+    pub prev_frames: Option<u64>,
+    /// Number the next frame would get: frames written so far, damaged ones included.
+    next_number: u64,
     file: Option<File>,
     map: Map,
     end: usize,
@@ -327,7 +346,8 @@ impl Segment {
     /// Durable on return: the file (header and reserved size) and its rename. The caller must
     /// fsync `dir` to make the directory entry durable. `ENOSPC`/`EDQUOT` come back as they are
     /// and the partial file is removed.
-    pub fn create(dir: &Path, shard: u8, seq: u64, size: u64, now_ms: u64) -> io::Result<Segment> {
+    pub fn create(dir: &Path, new: NewHeader<'_>, size: u64) -> io::Result<Segment> {
+        let seq = new.seq;
         debug_assert!(size as usize >= FILE_HEADER_LEN && size.is_multiple_of(16));
         let path = dir.join(segment_file_name(seq));
         let tmp = dir.join(format!("{}.tmp", segment_file_name(seq)));
@@ -336,8 +356,7 @@ impl Segment {
             .write(true)
             .create_new(true)
             .open(&tmp)?;
-        let key = new_key();
-        let header = file_header(SEGMENT_MAGIC, shard, seq, now_ms, &key);
+        let header = file_header(SEGMENT_MAGIC, new);
         let prepared = reserve(&file, size)
             .and_then(|()| file.write_all_at(&header, 0))
             .and_then(|()| file.sync_all())
@@ -355,7 +374,9 @@ impl Segment {
             seq,
             path,
             header_error: None,
-            format: FrameFormat::v2(&key),
+            format: FrameFormat::v2(new.key),
+            prev_frames: new.prev_frames,
+            next_number: 0,
             file: Some(file),
             map: Map::Active(map),
             end: FILE_HEADER_LEN,
@@ -383,22 +404,26 @@ impl Segment {
                 (Some(file), map)
             }
         };
-        let (format, header_error) = match parse_file_header(map.bytes(), SEGMENT_MAGIC) {
-            Ok(h) if h.shard == shard && h.seq == seq => (h.format, None),
-            Ok(h) => (
-                h.format,
-                Some(HeaderError::Mismatch {
-                    shard: h.shard,
-                    seq: h.seq,
-                }),
-            ),
-            Err(e) => (FrameFormat::V1, Some(e)),
-        };
+        let (format, prev_frames, header_error) =
+            match parse_file_header(map.bytes(), SEGMENT_MAGIC) {
+                Ok(h) if h.shard == shard && h.seq == seq => (h.format, h.prev_frames, None),
+                Ok(h) => (
+                    h.format,
+                    None,
+                    Some(HeaderError::Mismatch {
+                        shard: h.shard,
+                        seq: h.seq,
+                    }),
+                ),
+                Err(e) => (FrameFormat::V1, None, Some(e)),
+            };
         Ok(Segment {
             seq,
             path: path.to_owned(),
             header_error,
             format,
+            prev_frames,
+            next_number: 0,
             file,
             map,
             end: FILE_HEADER_LEN,
@@ -424,6 +449,7 @@ impl Segment {
             Ok(())
         });
         self.end = end.end as usize;
+        self.next_number = end.next_number;
         end
     }
 
@@ -464,7 +490,7 @@ impl Segment {
         parts.extend_from_slice(body);
         let at = FramePos {
             offset: start as u64,
-            number: self.frames.len() as u64,
+            number: self.next_number,
         };
         let fields = HeaderFields {
             kind,
@@ -482,6 +508,7 @@ impl Segment {
         // in (and zeroing) preallocated pages before they are overwritten.
         write_all_vectored_at(file, &parts, start as u64)?;
         self.frames.push(start as u64);
+        self.next_number += 1;
         self.end = start + flen;
         Ok(Some(start as u64))
     }
@@ -521,6 +548,11 @@ impl Segment {
         self.frames.len() as u64
     }
 
+    /// Frames written to this segment, damaged ones included (from the frame numbers).
+    pub fn frames_written(&self) -> u64 {
+        self.next_number
+    }
+
     /// Start offsets of the valid frames, ascending.
     pub fn frame_offsets(&self) -> &[u64] {
         &self.frames
@@ -550,8 +582,8 @@ impl Segment {
     /// loses the truncation leaves zeros past `end`, which recovery reads as a clean end.
     ///
     /// With `check_tail` (a segment recovered from disk) nothing is cut unless every byte past
-    /// `end` is zero: the start-up scan looks only at the frame header after the last frame, so
-    /// a frame whose header never reached the disk would otherwise vanish unseen. A segment this
+    /// `end` is zero (a format 1 scan looks only at the frame header after the last frame, so a
+    /// frame whose header never reached the disk would otherwise vanish unseen). A segment this
     /// process wrote needs no check (it never writes past `end`).
     pub fn trim(&mut self, check_tail: bool) -> io::Result<u64> {
         let (Map::Read(old), Some(file)) = (&self.map, &self.file) else {
@@ -635,6 +667,19 @@ impl Segment {
         };
         Some((kind, flags, &payload[..mlen], &payload[body_start..]))
     }
+}
+
+/// A format 1 file header, as builds before format 2 wrote it (tests of reading old files).
+#[cfg(test)]
+pub(crate) fn v1_file_header(magic: &[u8; 8], shard: u8, seq: u64) -> [u8; FILE_HEADER_LEN] {
+    let mut h = [0u8; FILE_HEADER_LEN];
+    h[0..8].copy_from_slice(magic);
+    h[8..12].copy_from_slice(&1u32.to_le_bytes());
+    h[12] = shard;
+    h[16..24].copy_from_slice(&seq.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..60]);
+    h[60..64].copy_from_slice(&crc.to_le_bytes());
+    h
 }
 
 /// Reserves `size` bytes for the file so that later stores through a mapping cannot fail.
@@ -727,7 +772,7 @@ pub fn scan_frames<'a>(
             .and_then(|_| record::probe_header(fmt, at, rest));
         let resume = match intact {
             Some((len, number)) => Some((pos + len, 1, number + 1)),
-            None => next_header(fmt, bytes, base, pos + FRAME_ALIGN)
+            None => next_header(fmt, bytes, base, pos + FRAME_ALIGN, next_number)
                 .map(|(at, number)| (at, number.saturating_sub(next_number), number)),
         };
         match (resume, reason) {
@@ -785,11 +830,22 @@ pub fn scan_frames<'a>(
     }
 }
 
-/// The first offset from `from` (16-byte steps) where a frame header of this file is valid, with
-/// its number.
-fn next_header(fmt: FrameFormat, bytes: &[u8], base: u64, from: usize) -> Option<(usize, u64)> {
+/// The first offset from `from` (16-byte steps) where a whole frame of this file is valid (its
+/// header tag at that offset, its payload CRC and padding), numbered at least `min_number`; with
+/// its number. A frame found by searching must check completely: a header alone that passed by
+/// chance would otherwise make the scan skip valid frames by a forged length.
+fn next_header(
+    fmt: FrameFormat,
+    bytes: &[u8],
+    base: u64,
+    from: usize,
+    min_number: u64,
+) -> Option<(usize, u64)> {
     (from..bytes.len()).step_by(FRAME_ALIGN).find_map(|at| {
-        record::probe_header(fmt, base + at as u64, &bytes[at..]).map(|(_, n)| (at, n))
+        let offset = base + at as u64;
+        let (_, n) = record::probe_header(fmt, offset, &bytes[at..])?;
+        let whole = matches!(record::decode_frame(fmt, offset, &bytes[at..]), Ok(Some(_)));
+        (whole && n >= min_number).then_some((at, n))
     })
 }
 
@@ -805,14 +861,38 @@ mod tests {
     #[test]
     fn file_header_round_trips_and_rejects_damage() {
         let key = [9u8; KEY_LEN];
-        let h = file_header(SEGMENT_MAGIC, 7, 42, 1000, &key);
+        let new = NewHeader {
+            shard: 7,
+            seq: 42,
+            created_ms: 1000,
+            key: &key,
+            prev_frames: Some(0),
+        };
+        let h = file_header(SEGMENT_MAGIC, new);
         let expected = FileHeader {
             shard: 7,
             seq: 42,
             created_ms: 1000,
             format: FrameFormat::v2(&key),
+            prev_frames: Some(0),
         };
         assert_eq!(parse_file_header(&h, SEGMENT_MAGIC), Ok(expected));
+        let none = file_header(
+            SEGMENT_MAGIC,
+            NewHeader {
+                prev_frames: None,
+                ..new
+            },
+        );
+        assert_eq!(
+            parse_file_header(&none, SEGMENT_MAGIC).unwrap().prev_frames,
+            None
+        );
+        let old = v1_file_header(SEGMENT_MAGIC, 7, 42);
+        assert_eq!(
+            parse_file_header(&old, SEGMENT_MAGIC).unwrap().format,
+            FrameFormat::V1
+        );
         assert!(matches!(
             parse_file_header(&h, LEDGER_MAGIC),
             Err(HeaderError::Magic(_))
@@ -832,7 +912,15 @@ mod tests {
     #[test]
     fn appended_frames_are_in_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seg = Segment::create(dir.path(), 1, 5, 4096, 0).unwrap();
+        let key = new_key();
+        let new = NewHeader {
+            shard: 1,
+            seq: 5,
+            created_ms: 0,
+            key: &key,
+            prev_frames: None,
+        };
+        let mut seg = Segment::create(dir.path(), new, 4096).unwrap();
         let meta = record::archive(&record::MessageMeta::default()).unwrap();
         let off = seg
             .append(RecordKind::Message, 0, &meta, &[b"ab", b"cd"])

@@ -702,6 +702,8 @@ fn damage_fixture(
     shard.sync().unwrap();
     let path = segment_paths(dir)[0].clone();
     drop(shard);
+    // A restart: the next segment's header counts this one's frames.
+    drop(Shard::open(cfg(dir), 3_000).unwrap());
     let image = fs::read(&path).unwrap();
     let rec = recovery::recover_shard(dir, 0, Load::Read, false).unwrap();
     let seg = &rec.segments[0].seg;
@@ -797,17 +799,50 @@ fn a_zeroed_sector_loses_exactly_the_records_it_touched() {
             frames.len() - touched.len(),
             "sector at {s}"
         );
-        if !touched.contains(&(frames.len() - 1)) {
-            assert_eq!(
-                report.lost_records() as usize,
-                touched.len(),
-                "sector at {s}"
-            );
-            assert_eq!(seg.torn, None);
-        }
+        let seg = &report.segments[0];
+        assert_eq!(
+            seg.records as usize,
+            frames.len() - touched.len(),
+            "sector at {s}"
+        );
+        // Also at the end of the segment: its successor counted its frames.
+        assert_eq!(
+            report.lost_records() as usize,
+            touched.len(),
+            "sector at {s}: {report}"
+        );
+        assert_eq!(seg.torn, None);
         sectors += 1;
     }
     assert!(sectors >= 8, "{sectors} sectors tried");
+}
+
+#[test]
+fn a_lost_end_of_a_segment_is_damage_when_the_next_segment_counted_its_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, image, frames) = damage_fixture(dir.path(), 4, 500);
+    let all: Vec<QueueId> = frames.iter().step_by(2).map(|f| f.2).collect();
+    // Zeros from the third message to the end: a lost write, not a crash (the restart after
+    // the appends counted all 8 frames in the next segment's header).
+    let (off, _, _) = frames[4];
+    let mut bad = image.clone();
+    bad[off..].fill(0);
+    let (ids, report) = recover_image(dir.path(), &path, &bad);
+    assert_eq!(ids, all[..2]);
+    let seg = &report.segments[0];
+    assert_eq!(seg.torn, None);
+    assert_eq!(seg.damaged.len(), 1, "{report}");
+    let d = &seg.damaged[0];
+    assert_eq!((d.offset as usize, d.frames), (off, 4));
+    assert_eq!(d.reason, record::FrameError::MissingTail(4));
+    assert!(
+        report.to_string().contains("4 frames missing at the end"),
+        "{report}"
+    );
+    // The newest segment has no successor: zeros at its end are the clean end (or a tail).
+    let newest = segment_paths(dir.path())[1].clone();
+    let rec = recovery::recover_shard(dir.path(), 0, Load::Read, false).unwrap();
+    assert!(rec.report.segments[1].is_clean(), "{newest:?}");
 }
 
 #[test]
@@ -816,10 +851,7 @@ fn a_segment_of_format_1_is_still_read() {
     let shard_dir = recovery::shard_dir(dir.path(), 0);
     fs::create_dir_all(&shard_dir).unwrap();
     // A format 1 file header (no key) and frames, as builds before format 2 wrote them.
-    let mut image = segment::file_header(segment::SEGMENT_MAGIC, 0, 1, 500, &[0; 16]).to_vec();
-    image[8..12].copy_from_slice(&1u32.to_le_bytes());
-    let crc = crc32c::crc32c(&image[..60]);
-    image[60..64].copy_from_slice(&crc.to_le_bytes());
+    let mut image = segment::v1_file_header(segment::SEGMENT_MAGIC, 0, 1).to_vec();
     let id = QueueId::new(0, 1_000);
     let m = MessageMeta {
         id: id.0,

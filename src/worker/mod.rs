@@ -108,8 +108,8 @@ pub struct Core {
     pub shard: Rc<RefCell<Shard>>,
     /// (durable sequence, failed-through sequence) published by the commit task.
     durable: watch::Sender<(u64, u64)>,
-    /// Wakes the commit task after an append.
-    kick: Notify,
+    /// Wakes the commit task after an append (delivery holds it too, for final outcomes).
+    kick: Rc<Notify>,
     /// Open connections on this core.
     pub connections: Cell<usize>,
     /// Woken when the last connection of the core closes (the shutdown drain waits on it).
@@ -145,7 +145,7 @@ impl Core {
             shared,
             shard: Rc::new(RefCell::new(shard)),
             durable,
-            kick: Notify::new(),
+            kick: Rc::new(Notify::new()),
             connections: Cell::new(0),
             idle: Notify::new(),
             per_ip: RefCell::new(std::collections::HashMap::new()),
@@ -456,8 +456,8 @@ impl Core {
                 }
             };
             let Some((target, ino, file)) = pending else {
-                // Message commits wake us at once; status records (lazy_kick) at the latest
-                // after LAZY_FLUSH.
+                // Message commits and final delivery outcomes wake us at once; other status
+                // records (deferrals, DSN flags) wait at most LAZY_FLUSH.
                 tokio::select! {
                     _ = self.kick.notified() => {}
                     _ = tokio::time::sleep(LAZY_FLUSH) => {}
@@ -605,6 +605,8 @@ fn start_delivery(core: &Rc<Core>) {
         sts: Arc::clone(&core.shared.sts),
         suppressions: Arc::clone(&core.shared.suppressions),
         tls_rpt: core.shared.tls_rpt.clone(),
+        flush: Rc::clone(&core.kick),
+        durable: core.durable.subscribe(),
     };
     let delivery = Delivery::new(
         handles,

@@ -19,6 +19,7 @@ p.add_argument("--count", type=int, default=1)
 p.add_argument("--seconds", type=float, default=0, help="keep sending until this many seconds passed (0: use --count)")
 p.add_argument("--mail-options", default="")
 p.add_argument("--reconnect", action="store_true", help="one connection per message")
+p.add_argument("--tag", default=None, help="give message i the Message-ID <TAG-i@soak.test> and print it after the queue id")
 a = p.parse_args()
 rcpts = a.to or ["bob@example.net"]
 ctx = ssl.create_default_context()
@@ -49,9 +50,15 @@ def connect():
 def message(i):
     hdr_from = a.header_from or a.sender
     head = f"From: {hdr_from}\r\nTo: {', '.join(rcpts)}\r\nSubject: test {i}\r\n\r\n"
+    if a.tag:
+        head = f"Message-ID: {msgid(i)}\r\n" + head
     line = ("x" * 70 + "\r\n")
     body = (line * (a.size // len(line) + 1))[: max(a.size - len(head), 0)]
     return (head + body).encode()
+
+
+def msgid(i):
+    return f"<{a.tag}-{i}@soak.test>"
 
 
 def out(s):
@@ -86,7 +93,7 @@ while (a.seconds and time.time() < deadline) or (not a.seconds and i < a.count):
         code, resp = s.data(message(i))
         text = resp.decode(errors="replace")
         if code == 250:
-            out("OK " + text.rsplit(" ", 1)[-1])
+            out("OK " + text.rsplit(" ", 1)[-1] + (" " + msgid(i) if a.tag else ""))
         else:
             out(f"ERR data {code} {text}")
         if a.reconnect:
