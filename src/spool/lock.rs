@@ -22,7 +22,7 @@ impl SpoolLock {
 /// Fails with [`SpoolError::Locked`] when another process (or another `lock` call in this one)
 /// holds it. The lock file records the holder's pid, for operators only.
 pub fn lock(dir: &Path) -> Result<SpoolLock, SpoolError> {
-    fs::create_dir_all(dir).map_err(|source| SpoolError::Io {
+    super::segment::create_dir_durably(dir).map_err(|source| SpoolError::Io {
         op: "create",
         path: dir.to_owned(),
         source,

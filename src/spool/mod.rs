@@ -443,8 +443,15 @@ impl Shard {
             .last()
             .map(|e| e.seg.path.clone())
             .unwrap_or_default();
+        // What the operator needs to know: every record up to `durable_seq` is on disk (every
+        // message acknowledged with 250 is among them); the ones after it were never
+        // acknowledged (their clients got 451 and retry) and may or may not be on disk.
         tracing::error!(shard = self.cfg.shard, path = %path.display(),
-            "fdatasync failed; shard refuses further writes");
+            durable_seq = self.durable, appended_seq = self.appended,
+            not_durable = self.appended - self.durable,
+            "fdatasync failed; shard refuses further writes. Every message acknowledged before \
+             is durable; the records appended since were not acknowledged (clients got 451). \
+             Fix the device, restart, and run `ringmta spool check`");
         self.poisoned = Some(path);
     }
 

@@ -186,6 +186,37 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and any missing parents, and fsyncs the parent of each directory it created: a
+/// new name is durable only once its directory is synced, so an unsynced spool directory could
+/// vanish with everything in it at a power cut.
+pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut p = dir;
+    while !p.exists() {
+        missing.push(p);
+        match p.parent() {
+            Some(q) if !q.as_os_str().is_empty() => p = q,
+            _ => break,
+        }
+    }
+    fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+            _ => sync_dir(Path::new("."))?,
+        }
+    }
+    // A directory made by someone else (an operator's mkdir, a package script) may not be
+    // durable either: one fsync of its parent at start costs nothing.
+    if missing.is_empty() {
+        match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Reads a whole file into a 16-byte aligned buffer (readers that must not map: a live spool
 /// may be purged or, for the ledger, have a torn tail truncated while they read).
 pub fn read_aligned(path: &Path) -> io::Result<AlignedVec<16>> {
