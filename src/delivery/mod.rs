@@ -377,7 +377,13 @@ impl Delivery {
         let mut due = Vec::new();
         {
             let shard = self.shard.borrow();
+            let unsynced: HashSet<QueueId> =
+                self.unsynced.borrow().iter().map(|&(id, _)| id).collect();
             for (id, rcpt, _) in shard.pending() {
+                // A DSN whose record is not durable yet waits for it (see `send_dsn`).
+                if unsynced.contains(&id) {
+                    continue;
+                }
                 let wanted = match domain {
                     None => true,
                     Some(d) => shard
@@ -1455,6 +1461,7 @@ impl Delivery {
         );
         match appended {
             Ok((dsn_id, ticket)) => {
+                let mut last = ticket.0;
                 tracing::info!(%id, %dsn_id, kind = ?kind, "dsn queued");
                 self.metrics
                     .dsns
@@ -1475,10 +1482,14 @@ impl Delivery {
                         remote: String::new(),
                         category: String::new(),
                     };
-                    let _ = self.shard.borrow_mut().append_status(&rec);
+                    match self.shard.borrow_mut().append_status(&rec) {
+                        Ok(t) => last = last.max(t.0),
+                        Err(e) => tracing::error!(%id, error = %e, "cannot record the dsn flag"),
+                    }
                 }
-                // Sent only once durable (with the flags above: one fdatasync covers both).
-                self.unsynced.borrow_mut().push((dsn_id, ticket.0));
+                // Sent only once durable together with its flags (the last ticket: a segment
+                // switch between them would make the DSN durable before the flags).
+                self.unsynced.borrow_mut().push((dsn_id, last));
                 self.flush.notify_one();
                 self.kick.notify_one();
             }

@@ -658,6 +658,13 @@ impl Shard {
     /// segment is fdatasynced (and everything appended marked durable), sealed and trimmed
     /// before the switch.
     fn new_segment(&mut self, room: Room, need: u64, now_ms: u64) -> Result<(), SpoolError> {
+        // The new header will hold the active segment's frame count: a later recovery that finds
+        // fewer there knows its tail was lost to damage, not to a crash. So those frames must be
+        // on disk before the new header is: sync the active segment first (the seal below would
+        // sync it anyway, only too late for that).
+        if self.has_active {
+            self.sync()?;
+        }
         let min_size = (FILE_HEADER_LEN as u64 + need).next_multiple_of(4096);
         let mut size = self.cfg.segment_size.max(min_size).next_multiple_of(4096);
         let seq = self.next_seq;
@@ -684,8 +691,6 @@ impl Shard {
             tracing::warn!(error = %err, "spool shard full");
             return Err(err);
         }
-        // The previous segment's frame count goes in the new header: a later recovery that
-        // finds fewer there knows its tail was lost to damage, not to a crash.
         let key = segment::new_key();
         let new = segment::NewHeader {
             shard: self.cfg.shard,

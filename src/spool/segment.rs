@@ -211,7 +211,8 @@ pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
     if missing.is_empty() {
         match dir.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
-            _ => {}
+            Some(_) => sync_dir(Path::new("."))?,
+            None => {}
         }
     }
     Ok(())

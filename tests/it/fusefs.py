@@ -5,8 +5,8 @@
 
 `fault`: a passthrough to BACKING_DIR that fails fsync on demand. Before each fsync/fdatasync (of
 a file or a directory) it reads CONTROL_FILE: "eio" or "enospc" makes that sync fail with EIO or
-ENOSPC (the write itself succeeded, as when a device fails at writeback); anything else (or no
-file) lets it through.
+ENOSPC, and puts the file back as it was at its last successful sync (the kernel may drop the
+dirty pages whose writeback failed); anything else (or no file) lets it through.
 
 `volatile`: a filesystem in memory that loses power. Everything lives in memory, as in a disk
 cache that nothing writes back on its own:
@@ -18,7 +18,10 @@ cache that nothing writes back on its own:
 
 When CONTROL_FILE says "cut" the power goes: the durable state is written out to OUT_DIR (each
 durable name with its file's durable contents), "fusefs cut" is printed, and every later
-operation fails with EIO. The test then kills the program that used the mount, unmounts it, and
+operation fails with EIO. "cut-some" is a cut after which the disk kept, besides, a random part
+of what was not synced: each 4 KiB page of a file that differs from its durable contents, and
+each directory entry changed since its directory's last sync, is kept or lost at random (the
+page cache writes back in any order). The test then kills the program that used the mount, unmounts it, and
 starts the program again on OUT_DIR: what it finds there is what a disk would have kept.
 
 Both print "fusefs mounted" once the mount is up; unmount with `umount MOUNTPOINT`. Locks
@@ -26,6 +29,7 @@ Both print "fusefs mounted" once the mount is up; unmount with `umount MOUNTPOIN
 """
 import errno
 import os
+import random
 import stat
 import sys
 import threading
@@ -40,6 +44,10 @@ class FaultFS(Operations):
     def __init__(self, root, control):
         self.root = root
         self.control = control
+        # Each file's contents at its last successful sync: a failed sync puts them back, as
+        # the kernel may drop the dirty pages whose writeback failed.
+        self.synced = {}
+        self.mutex = threading.Lock()
 
     def _p(self, path):
         return os.path.join(self.root, path.lstrip("/"))
@@ -128,11 +136,19 @@ class FaultFS(Operations):
         os.close(fh)
 
     def fsync(self, path, datasync, fh):
-        self._fault()
-        if datasync:
-            os.fdatasync(fh)
-        else:
-            os.fsync(fh)
+        with self.mutex:
+            try:
+                self._fault()
+            except FuseOSError:
+                before = self.synced.get(path, b"")
+                os.ftruncate(fh, len(before))
+                os.pwrite(fh, before, 0)
+                raise
+            if datasync:
+                os.fdatasync(fh)
+            else:
+                os.fsync(fh)
+            self.synced[path] = os.pread(fh, os.fstat(fh).st_size, 0)
 
     def opendir(self, path):
         return 0
@@ -166,7 +182,7 @@ class VolatileFS(Operations):
     def __init__(self, control, out):
         self.control = control
         self.out = out
-        self.lock = threading.RLock()
+        self.mutex = threading.RLock()
         self.root = Node(stat.S_IFDIR | 0o755)
         self.cut = False
         self.fds = {}
@@ -174,7 +190,7 @@ class VolatileFS(Operations):
         threading.Thread(target=self._watch, daemon=True).start()
 
     def __call__(self, op, *args):
-        with self.lock:
+        with self.mutex:
             if self.cut:
                 raise FuseOSError(errno.EIO)
             return super().__call__(op, *args)
@@ -185,25 +201,46 @@ class VolatileFS(Operations):
             time.sleep(0.002)
             try:
                 with open(self.control) as f:
-                    if f.read().strip() != "cut":
-                        continue
+                    mode = f.read().strip()
             except OSError:
                 continue
-            with self.lock:
+            if mode not in ("cut", "cut-some"):
+                continue
+            with self.mutex:
                 self.cut = True
-                self._dump(self.root, self.out)
+                self._dump(self.root, self.out, random.Random() if mode == "cut-some" else None)
             print("fusefs cut", flush=True)
             return
 
-    def _dump(self, node, path):
+    def _dump(self, node, path, rng):
         os.makedirs(path, exist_ok=True)
-        for name, child in node.durable_entries.items():
+        entries = dict(node.durable_entries)
+        if rng:
+            for name in set(node.entries) | set(node.durable_entries):
+                if node.entries.get(name) is not node.durable_entries.get(name) and rng.random() < 0.5:
+                    if name in node.entries:
+                        entries[name] = node.entries[name]
+                    else:
+                        entries.pop(name, None)
+        for name, child in entries.items():
             p = os.path.join(path, name)
             if child.is_dir():
-                self._dump(child, p)
+                self._dump(child, p, rng)
             else:
                 with open(p, "wb") as f:
-                    f.write(child.durable)
+                    f.write(self._kept(child, rng))
+
+    @staticmethod
+    def _kept(node, rng):
+        if not rng:
+            return node.durable
+        live, durable = bytes(node.data), node.durable
+        size = rng.choice((len(live), len(durable)))
+        out = bytearray(size)
+        for at in range(0, size, 4096):
+            page = rng.choice((live, durable))[at:at + min(4096, size - at)]
+            out[at:at + len(page)] = page
+        return bytes(out)
 
     # Names.
     def _walk(self, path):
@@ -361,4 +398,5 @@ if __name__ == "__main__":
         mountpoint, control, out = sys.argv[2:5]
         fs = VolatileFS(control, out)
     threading.Thread(target=announce, args=(mountpoint,), daemon=True).start()
-    FUSE(fs, mountpoint, foreground=True, nothreads=False)
+    # hard_remove: an unlinked open file goes at once (no .fuse_hidden file left to dump).
+    FUSE(fs, mountpoint, foreground=True, nothreads=False, hard_remove=True)
