@@ -55,21 +55,41 @@ pub fn ensure_self_signed(
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     if cert.exists() && key.exists() {
-        return Ok((cert, key));
+        // A pair that no longer reads (an older build wrote it without syncing, and the power
+        // went) is made again: it is ours, not the operator's.
+        if read_certs(&cert).is_ok() && read_key(&key).is_ok() {
+            return Ok((cert, key));
+        }
+        tracing::warn!(cert = %cert.display(), "the self-signed certificate is unreadable; making a new one");
     }
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let names = vec![hostname.to_owned(), "localhost".to_owned()];
     let generated = rcgen::generate_simple_self_signed(names)?;
-    std::fs::write(&key, generated.key_pair.serialize_pem()).map_err(io_err(&key))?;
-    set_private(&key);
-    std::fs::write(&cert, generated.cert.pem()).map_err(io_err(&cert))?;
+    write_durably(&key, generated.key_pair.serialize_pem().as_bytes(), 0o600)?;
+    write_durably(&cert, generated.cert.pem().as_bytes(), 0o644)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
     tracing::warn!(cert = %cert.display(), "generated a self-signed certificate; configure [tls] for production");
     Ok((cert, key))
 }
 
-fn set_private(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+/// Writes `path` whole or not at all, durably: a temporary file with `mode`, fsynced, renamed
+/// into place (the caller fsyncs the directory). A power cut found an empty certificate once.
+fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsSetupError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("pem.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(io_err(path))
 }
 
 /// Builds the rustls server configuration from PEM files (ring provider, TLS 1.2 and 1.3).
