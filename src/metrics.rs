@@ -253,8 +253,8 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
     simple(
         "ringmta_spool_damaged_records",
         "gauge",
-        "Records lost to damage in the middle of spool segments, found at start (later records \
-         were kept); `ringmta spool check` lists where.",
+        "Records lost to damage in spool segments (in the middle, or at the end when the next \
+         segment counted them), found at start; `ringmta spool check` lists where.",
         sum(cores, |c| load(&c.spool_lost_records)),
     );
     simple(

@@ -114,8 +114,8 @@ impl RecoveryReport {
         self.segments.iter().filter(|s| !s.is_clean())
     }
 
-    /// Records lost to damage in the middle of segments (not counting torn tails, which hold
-    /// only appends that were never acknowledged).
+    /// Records lost to damage: in the middle of segments, or at the end of one whose successor
+    /// counted them (not counting torn tails, which hold only appends never acknowledged).
     pub fn lost_records(&self) -> u64 {
         self.segments
             .iter()

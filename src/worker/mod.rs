@@ -456,8 +456,8 @@ impl Core {
                 }
             };
             let Some((target, ino, file)) = pending else {
-                // Message commits and final delivery outcomes wake us at once; other status
-                // records (deferrals, DSN flags) wait at most LAZY_FLUSH.
+                // Message commits, final delivery outcomes and DSNs (with their flags) wake us
+                // at once; deferrals wait at most LAZY_FLUSH.
                 tokio::select! {
                     _ = self.kick.notified() => {}
                     _ = tokio::time::sleep(LAZY_FLUSH) => {}
