@@ -614,8 +614,10 @@ impl Segment {
     /// loses the truncation leaves zeros past `end`, which recovery reads as a clean end.
     ///
     /// With `check_tail` (a segment recovered from disk) nothing is cut unless every byte past
-    /// `end` is zero (a format 1 scan looks only at the frame header after the last frame, so a
-    /// frame whose header never reached the disk would otherwise vanish unseen). A segment this
+    /// `end` is zero. Only format 1 needs the check here (its scan looks only at the frame
+    /// header after the last frame, so a frame whose header never reached the disk would
+    /// otherwise vanish unseen); a format 2 scan read the whole tail and reported any non-zero
+    /// byte, and a segment with a report is not trimmed. A segment this
     /// process wrote needs no check (it never writes past `end`).
     pub fn trim(&mut self, check_tail: bool) -> io::Result<u64> {
         let (Map::Read(old), Some(file)) = (&self.map, &self.file) else {
@@ -626,7 +628,8 @@ impl Segment {
         if self.header_error.is_some() || keep >= len {
             return Ok(0);
         }
-        if check_tail && old[self.end..].iter().any(|&b| b != 0) {
+        // A format 2 scan has read the whole tail already (a clean end means only zeros).
+        if check_tail && self.format == FrameFormat::V1 && old[self.end..].iter().any(|&b| b != 0) {
             return Ok(0);
         }
         // A recovered segment is open read-only; the cut needs a handle that may write.

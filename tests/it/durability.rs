@@ -20,6 +20,20 @@ fn listed_ids(server: &Server) -> BTreeSet<String> {
         .collect()
 }
 
+/// A real client (tests/it/client.py, smtplib) sending to `port` in the background, its
+/// "OK <id>" lines on a pipe.
+fn load_client(port: &str, args: &[&str]) -> std::process::Child {
+    Command::new("python3")
+        .arg("-c")
+        .arg(CLIENT)
+        .args(["--port", port])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// The next pseudo-random number (xorshift64): when to kill.
 fn xorshift(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
@@ -38,16 +52,7 @@ fn sigkill_during_load_loses_no_acknowledged_message() {
     for round in 0..5 {
         let port = server.port("smtp").to_string();
         let clients: Vec<_> = (0..4)
-            .map(|_| {
-                Command::new("python3")
-                    .arg("-c")
-                    .arg(CLIENT)
-                    .args(["--port", &port, "--seconds", "2.5", "--size", "2000"])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
+            .map(|_| load_client(&port, &["--seconds", "2.5", "--size", "2000"]))
             .collect();
         let delay = 300 + xorshift(&mut seed) % 1500;
         std::thread::sleep(Duration::from_millis(delay));
@@ -446,15 +451,12 @@ fn soak_of_kills_during_acceptance_delivery_and_purge_loses_nothing() {
             .iter()
             .enumerate()
             .map(|(k, to)| {
-                let mut cmd = Command::new("python3");
-                cmd.arg("-c").arg(CLIENT).args(["--port", &port]);
-                cmd.args(["--seconds", "1.5", "--size", "3000"]);
-                cmd.args(["--tag", &format!("r{round}c{k}")]);
+                let tag = format!("r{round}c{k}");
+                let mut args = vec!["--seconds", "1.5", "--size", "3000", "--tag", &tag];
                 for r in *to {
-                    cmd.args(["--to", r]);
+                    args.extend(["--to", r]);
                 }
-                let child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn();
-                (child.unwrap(), *to)
+                (load_client(&port, &args), *to)
             })
             .collect();
         let delay = 100 + xorshift(&mut seed) % 1400;
@@ -744,16 +746,7 @@ fn a_power_cut_keeps_every_message_acknowledged_before_it() {
         let mut server = Server::start_in(&spool, &base_config(&spool, settings));
         let port = server.port("smtp").to_string();
         let clients: Vec<_> = (0..3)
-            .map(|_| {
-                Command::new("python3")
-                    .arg("-c")
-                    .arg(CLIENT)
-                    .args(["--port", &port, "--seconds", "4", "--size", "6000"])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
+            .map(|_| load_client(&port, &["--seconds", "4", "--size", "6000"]))
             .collect();
         let delay = 300 + xorshift(&mut seed) % 2500;
         let mode = if (cut / 2) % 2 == 0 {
