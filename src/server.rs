@@ -24,7 +24,7 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
     // process mid-flush.
     let sigset = crate::net::signals::block().context("blocking the shutdown signals")?;
     let config = Arc::new(config);
-    spool::segment::create_dir_durably(&config.spool_dir)
+    spool::disk::create_dir_durably(&spool::disk::RealDisk, &config.spool_dir)
         .with_context(|| format!("cannot create spool_dir {}", config.spool_dir.display()))?;
     let _lock = spool::lock(&config.spool_dir)?;
     // Every shard on disk needs a worker, or its acknowledged mail would never be delivered

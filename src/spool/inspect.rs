@@ -1,6 +1,7 @@
 //! Offline views of a spool: `ringmta spool check` and the reader behind `spool dump`.
 
 use super::*;
+use disk::RealDisk;
 
 /// What `ringmta spool check` reports: per shard, what recovery would read and drop.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,10 +69,10 @@ impl fmt::Display for CheckReport {
 pub fn check(dir: &Path) -> Result<CheckReport, SpoolError> {
     let mut report = CheckReport::default();
     for shard in recovery::list_shards(dir)? {
-        let rec = recovery::recover_shard(dir, shard, Load::Read, true)?;
+        let rec = recovery::recover_shard(&RealDisk, dir, shard, Load::Read, true)?;
         report.shards.push(rec.report);
     }
-    report.ledgers = ledger::read_ledger(dir, |_| {})?;
+    report.ledgers = ledger::read_ledger(&RealDisk, dir, |_| {})?;
     Ok(report)
 }
 
@@ -107,7 +108,7 @@ pub struct SpoolSnapshot {
 pub fn read_spool(dir: &Path) -> Result<SpoolSnapshot, SpoolError> {
     let mut snap = SpoolSnapshot::default();
     for shard in recovery::list_shards(dir)? {
-        let rec = recovery::recover_shard(dir, shard, Load::Read, false)?;
+        let rec = recovery::recover_shard(&RealDisk, dir, shard, Load::Read, false)?;
         let seg = |seq: u64| {
             rec.segments
                 .binary_search_by_key(&seq, |e| e.seg.seq)
@@ -145,7 +146,7 @@ pub fn read_spool(dir: &Path) -> Result<SpoolSnapshot, SpoolError> {
     let live: HashSet<u64> = snap.messages.iter().map(|m| m.id.0).collect();
     let mut seen = HashSet::new();
     let mut failed = None;
-    ledger::read_ledger(dir, |p| {
+    ledger::read_ledger(&RealDisk, dir, |p| {
         let id = p.id.to_native();
         if live.contains(&id) || !seen.insert(id) {
             return;

@@ -21,14 +21,14 @@
 //! then hard-linked into place and the directory fsynced), so it always starts with a complete
 //! header.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rkyv::util::AlignedVec;
 
 use super::SpoolError;
+use super::disk::{self, Disk, DiskFile, Mode};
 use super::record::{self, ArchivedPlaceholder, FrameError, FrameFormat, FramePos, RecordKind};
 use super::recovery::SegmentReport;
 use super::segment::{self, FILE_HEADER_LEN, LEDGER_MAGIC};
@@ -47,12 +47,9 @@ pub fn ledger_file_name(seq: u64) -> String {
 
 /// The ledger files of `spool_dir` in order, oldest first: (seq, path), the format 1 file as
 /// seq 0.
-pub(crate) fn list(spool_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+pub(crate) fn list(disk: &dyn Disk, spool_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut files = Vec::new();
-    for entry in fs::read_dir(spool_dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for name in disk.list_dir(spool_dir)? {
         let seq = if name == LEGACY_LEDGER_FILE {
             0
         } else {
@@ -64,7 +61,7 @@ pub(crate) fn list(spool_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
                 None => continue,
             }
         };
-        files.push((seq, entry.path()));
+        files.push((seq, spool_dir.join(name)));
     }
     files.sort();
     Ok(files)
@@ -73,7 +70,7 @@ pub(crate) fn list(spool_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// The file a handle appends to.
 struct Current {
     seq: u64,
-    file: File,
+    file: Box<dyn DiskFile>,
     format: FrameFormat,
     created_ms: u64,
     /// (offset, next frame number) up to which this handle has validated the file (a frame
@@ -83,14 +80,16 @@ struct Current {
 
 /// A shard's handle on the shared ledger.
 pub(crate) struct Ledger {
+    disk: Arc<dyn Disk>,
     spool_dir: PathBuf,
     shard: u8,
     current: Option<Current>,
 }
 
 impl Ledger {
-    pub(crate) fn new(spool_dir: &Path, shard: u8) -> Self {
+    pub(crate) fn new(disk: Arc<dyn Disk>, spool_dir: &Path, shard: u8) -> Self {
         Ledger {
+            disk,
             spool_dir: spool_dir.to_owned(),
             shard,
             current: None,
@@ -128,8 +127,8 @@ impl Ledger {
         path: &Path,
         archives: &[AlignedVec],
     ) -> Result<(u64, u64), SpoolError> {
-        let mut file = &cur.file;
-        let len = file.metadata().map_err(Self::io_err(path, "stat"))?.len();
+        let file = &cur.file;
+        let len = file.size().map_err(Self::io_err(path, "stat"))?;
         // Re-read from the last frame this handle validated (another shard may have appended).
         let (from, number) = cur
             .valid_end
@@ -137,8 +136,7 @@ impl Ledger {
             .unwrap_or((FILE_HEADER_LEN as u64, 0));
         let mut buf = AlignedVec::<16>::new();
         buf.resize((len - from) as usize, 0);
-        file.read_exact_at(&mut buf, from)
-            .map_err(Self::io_err(path, "read"))?;
+        disk::read_exact_at(&**file, &mut buf, from).map_err(Self::io_err(path, "read"))?;
         let scan = segment::scan_frames(cur.format, &buf, (from, number), true, |_, f| {
             placeholder(f).map(|_| ())
         });
@@ -164,7 +162,8 @@ impl Ledger {
             ));
             number += 1;
         }
-        if let Err(e) = file.write_all(&frames) {
+        // At `valid`, the end of the file: the lock keeps other appenders out until the sync.
+        if let Err(e) = file.write_at(&[&frames], valid) {
             // Leave no partial frame behind for the next appender or reader.
             let _ = file.set_len(valid);
             return Err(Self::io_err(path, "write")(e));
@@ -176,23 +175,19 @@ impl Ledger {
     /// The newest ledger file, opened for appending; a new one when there is none yet, when the
     /// newest is due for rotation, or when its header cannot be read.
     fn open(&mut self, now_ms: u64) -> Result<Current, SpoolError> {
-        let dir = &self.spool_dir;
-        let files = list(dir).map_err(Self::io_err(dir, "list"))?;
+        let (disk, dir) = (&*self.disk, &self.spool_dir);
+        let files = list(disk, dir).map_err(Self::io_err(dir, "list"))?;
         let newest = files.last().map_or(0, |&(seq, _)| seq);
         if let Some(cur) = self.current.take() {
-            let len = cur.file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+            let len = cur.file.size().unwrap_or(u64::MAX);
             if cur.seq == newest && !due(cur.created_ms, len, now_ms) {
                 return Ok(cur);
             }
         }
         if newest > 0 {
             let path = dir.join(ledger_file_name(newest));
-            if let Some(cur) = open_file(&path, newest)? {
-                let len = cur
-                    .file
-                    .metadata()
-                    .map_err(Self::io_err(&path, "stat"))?
-                    .len();
+            if let Some(cur) = open_file(disk, &path, newest)? {
+                let len = cur.file.size().map_err(Self::io_err(&path, "stat"))?;
                 if !due(cur.created_ms, len, now_ms) {
                     return Ok(cur);
                 }
@@ -210,20 +205,22 @@ impl Ledger {
             prev_frames: None,
         };
         let header = segment::file_header(LEDGER_MAGIC, new);
-        let mut t = File::create(&tmp).map_err(Self::io_err(&tmp, "create"))?;
-        t.write_all(&header)
+        let t = disk
+            .open(&tmp, Mode::Create)
+            .map_err(Self::io_err(&tmp, "create"))?;
+        t.write_at(&[&header], 0)
             .and_then(|()| t.sync_all())
             .map_err(Self::io_err(&tmp, "write"))?;
         // link(2) fails if another shard created the file first: theirs is just as good.
-        let linked = fs::hard_link(&tmp, &path);
-        let _ = fs::remove_file(&tmp);
+        let linked = disk.hard_link(&tmp, &path);
+        let _ = disk.remove_file(&tmp);
         match linked {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Self::io_err(&path, "link")(e)),
         }
-        segment::sync_dir(dir).map_err(Self::io_err(dir, "fsync"))?;
-        match open_file(&path, seq)? {
+        disk::sync_dir(disk, dir).map_err(Self::io_err(dir, "fsync"))?;
+        match open_file(disk, &path, seq)? {
             Some(cur) => Ok(cur),
             None => Err(SpoolError::BadHeader {
                 path,
@@ -239,15 +236,15 @@ impl Ledger {
         now_ms: u64,
         retention_ms: u64,
     ) -> Result<Vec<PathBuf>, SpoolError> {
-        let dir = &self.spool_dir;
-        let files = list(dir).map_err(Self::io_err(dir, "list"))?;
+        let (disk, dir) = (&*self.disk, &self.spool_dir);
+        let files = list(disk, dir).map_err(Self::io_err(dir, "list"))?;
         let cutoff = now_ms.saturating_sub(retention_ms);
         // When each file was started, from its 64-byte header; `None` when unreadable. Files
         // are started in order, so the first readable start after a file bounds every
         // placeholder in it (a file with a damaged header does not stop the others expiring).
         let started: Vec<Option<u64>> = files
             .iter()
-            .map(|(_, p)| read_header(p).map(|h| h.created_ms))
+            .map(|(_, p)| read_header(disk, p).map(|h| h.created_ms))
             .collect();
         let mut removed = Vec::new();
         for (i, (_, old)) in files.iter().enumerate() {
@@ -255,20 +252,20 @@ impl Ledger {
             if bound.is_none_or(|&t| t > cutoff) {
                 continue;
             }
-            match fs::remove_file(old) {
+            match disk.remove_file(old) {
                 Ok(()) => removed.push(old.clone()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Self::io_err(old, "unlink")(e)),
             }
         }
         // Temporary files of a creation that a crash interrupted (a live one is seconds old).
-        for (path, age) in stale_tmp(dir) {
-            if age > std::time::Duration::from_secs(60) && fs::remove_file(&path).is_ok() {
+        for (path, age) in stale_tmp(disk, dir) {
+            if age > std::time::Duration::from_secs(60) && disk.remove_file(&path).is_ok() {
                 removed.push(path);
             }
         }
         if !removed.is_empty() {
-            segment::sync_dir(dir).map_err(Self::io_err(dir, "fsync"))?;
+            disk::sync_dir(disk, dir).map_err(Self::io_err(dir, "fsync"))?;
             tracing::info!(
                 files = removed.len(),
                 "ledger files past retention.ledger removed"
@@ -286,13 +283,11 @@ fn due(created_ms: u64, len: u64, now_ms: u64) -> bool {
 
 /// Opens a format 2 ledger file for appending; `None` when its header is not a valid format 2
 /// ledger header (it is then left alone and a new file started).
-fn open_file(path: &Path, seq: u64) -> Result<Option<Current>, SpoolError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .open(path)
+fn open_file(disk: &dyn Disk, path: &Path, seq: u64) -> Result<Option<Current>, SpoolError> {
+    let file = disk
+        .open(path, Mode::Write)
         .map_err(Ledger::io_err(path, "open"))?;
-    Ok(match header_of(&file) {
+    Ok(match header_of(&*file) {
         Some(hd) if hd.seq == seq && hd.format != FrameFormat::V1 => Some(Current {
             seq,
             file,
@@ -305,32 +300,28 @@ fn open_file(path: &Path, seq: u64) -> Result<Option<Current>, SpoolError> {
 }
 
 /// The file header of an open ledger file, if it is valid (reads 64 bytes only).
-fn header_of(file: &File) -> Option<segment::FileHeader> {
+fn header_of(file: &dyn DiskFile) -> Option<segment::FileHeader> {
     let mut h = [0u8; FILE_HEADER_LEN];
-    file.read_exact_at(&mut h, 0).ok()?;
+    disk::read_exact_at(file, &mut h, 0).ok()?;
     segment::parse_file_header(&h, LEDGER_MAGIC).ok()
 }
 
 /// The file header of the ledger file at `path`, if it is valid.
-fn read_header(path: &Path) -> Option<segment::FileHeader> {
-    header_of(&File::open(path).ok()?)
+fn read_header(disk: &dyn Disk, path: &Path) -> Option<segment::FileHeader> {
+    header_of(&*disk.open(path, Mode::Read).ok()?)
 }
 
 /// Leftover `ledger-*.tmp-NN` files and their age.
-fn stale_tmp(dir: &Path) -> Vec<(PathBuf, std::time::Duration)> {
-    let Ok(entries) = fs::read_dir(dir) else {
+fn stale_tmp(disk: &dyn Disk, dir: &Path) -> Vec<(PathBuf, std::time::Duration)> {
+    let Ok(names) = disk.list_dir(dir) else {
         return Vec::new();
     };
-    entries
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("ledger-") && name.contains(".tmp-")
-        })
-        .filter_map(|e| {
-            let age = e.metadata().ok()?.modified().ok()?.elapsed().ok()?;
-            Some((e.path(), age))
+    names
+        .into_iter()
+        .filter(|name| name.starts_with("ledger-") && name.contains(".tmp-"))
+        .filter_map(|name| {
+            let path = dir.join(name);
+            Some((path.clone(), disk.age(&path)?))
         })
         .collect()
 }
@@ -347,17 +338,18 @@ fn placeholder<'a>(f: &record::Frame<'a>) -> Result<&'a ArchivedPlaceholder, Fra
 /// appends or truncates), handing every valid placeholder to `visit`. One report per file; none
 /// when there is no ledger yet.
 pub(crate) fn read_ledger(
+    disk: &dyn Disk,
     spool_dir: &Path,
     mut visit: impl FnMut(&ArchivedPlaceholder),
 ) -> Result<Vec<SegmentReport>, SpoolError> {
-    let files = match list(spool_dir) {
+    let files = match list(disk, spool_dir) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Ledger::io_err(spool_dir, "list")(e)),
     };
     let mut reports = Vec::new();
     for (seq, path) in files {
-        let buf = match segment::read_aligned(&path) {
+        let buf = match segment::read_aligned(disk, &path) {
             Ok(b) => b,
             // Expired by a running server since the listing.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -400,7 +392,10 @@ pub(crate) fn read_ledger(
 mod tests {
     use super::*;
     use crate::spool::TornTail;
+    use crate::spool::disk::RealDisk;
     use crate::spool::record::Placeholder;
+    use std::fs::{self, OpenOptions};
+    use std::io::Write;
 
     const DAY: u64 = 86_400_000;
 
@@ -416,12 +411,12 @@ mod tests {
     /// Every id in the ledger files, oldest file first, and the last file's torn tail.
     fn ids(dir: &Path) -> (Vec<u64>, Option<TornTail>) {
         let mut ids = Vec::new();
-        let reports = read_ledger(dir, |p| ids.push(p.id.to_native())).unwrap();
+        let reports = read_ledger(&RealDisk, dir, |p| ids.push(p.id.to_native())).unwrap();
         (ids, reports.last().and_then(|r| r.torn.clone()))
     }
 
     fn names(dir: &Path) -> Vec<String> {
-        list(dir)
+        list(&RealDisk, dir)
             .unwrap()
             .into_iter()
             .map(|(_, p)| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -431,13 +426,17 @@ mod tests {
     #[test]
     fn a_torn_ledger_tail_is_ignored_then_truncated_by_the_next_append() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(read_ledger(dir.path(), |_| {}).unwrap().is_empty());
-        let mut a = Ledger::new(dir.path(), 0);
+        assert!(
+            read_ledger(&RealDisk, dir.path(), |_| {})
+                .unwrap()
+                .is_empty()
+        );
+        let mut a = Ledger::new(disk::real(), dir.path(), 0);
         a.append(&[archive(1)], 0).unwrap();
         // A crash in the middle of another append: half a frame, then zeros.
         let path = dir.path().join(ledger_file_name(1));
         let len = fs::metadata(&path).unwrap().len();
-        let cur = open_file(&path, 1).unwrap().unwrap();
+        let cur = open_file(&RealDisk, &path, 1).unwrap().unwrap();
         let at = FramePos {
             offset: len,
             number: 1,
@@ -456,7 +455,7 @@ mod tests {
         assert_eq!(seen, [1]);
         assert!(tail.is_some());
         // Another shard's handle (no cached end) repairs the tail before appending.
-        let mut b = Ledger::new(dir.path(), 1);
+        let mut b = Ledger::new(disk::real(), dir.path(), 1);
         b.append(&[archive(3)], 0).unwrap();
         a.append(&[archive(4), archive(5)], 0).unwrap();
         assert_eq!(ids(dir.path()), (vec![1, 3, 4, 5], None));
@@ -480,8 +479,8 @@ mod tests {
         fs::write(&legacy, &old).unwrap();
         let before = fs::read(&legacy).unwrap();
 
-        let mut a = Ledger::new(dir.path(), 0);
-        let mut b = Ledger::new(dir.path(), 1);
+        let mut a = Ledger::new(disk::real(), dir.path(), 0);
+        let mut b = Ledger::new(disk::real(), dir.path(), 1);
         a.append(&[archive(2)], 10 * DAY).unwrap();
         b.append(&[archive(3)], 10 * DAY + 1).unwrap();
         // A day later the next append starts a new file, whichever shard makes it.
@@ -517,7 +516,7 @@ mod tests {
     #[test]
     fn a_ledger_file_with_a_damaged_header_does_not_stop_expiry() {
         let dir = tempfile::tempdir().unwrap();
-        let mut a = Ledger::new(dir.path(), 0);
+        let mut a = Ledger::new(disk::real(), dir.path(), 0);
         for day in 1..=3 {
             a.append(&[archive(day)], day * DAY).unwrap();
         }
@@ -530,7 +529,7 @@ mod tests {
         let tmp = dir.path().join(format!("{}.tmp-01", ledger_file_name(4)));
         fs::write(&tmp, b"x").unwrap();
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        File::options()
+        std::fs::File::options()
             .write(true)
             .open(&tmp)
             .unwrap()

@@ -22,7 +22,7 @@ impl SpoolLock {
 /// Fails with [`SpoolError::Locked`] when another process (or another `lock` call in this one)
 /// holds it. The lock file records the holder's pid, for operators only.
 pub fn lock(dir: &Path) -> Result<SpoolLock, SpoolError> {
-    super::segment::create_dir_durably(dir).map_err(|source| SpoolError::Io {
+    disk::create_dir_durably(&disk::RealDisk, dir).map_err(|source| SpoolError::Io {
         op: "create",
         path: dir.to_owned(),
         source,

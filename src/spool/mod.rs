@@ -32,8 +32,11 @@
 //! Files: this one holds the [`Shard`] (appends, flushes, segment switching); `state.rs` the
 //! per-message index; `purge.rs` retention; `record.rs` the record formats; `segment.rs` the
 //! mapped files; `recovery.rs` start-up; `ledger.rs` placeholders of purged mail; `inspect.rs`
-//! the offline `spool check` and dump; `lock.rs` the directory lock; `error.rs` the errors.
+//! the offline `spool check` and dump; `lock.rs` the directory lock; `error.rs` the errors;
+//! `disk.rs` the seam every file operation goes through (the filesystem, or in tests the
+//! simulated disk of `simdisk.rs`, which `power_tests.rs` cuts the power of).
 
+pub mod disk;
 mod error;
 mod inspect;
 mod ledger;
@@ -42,6 +45,8 @@ mod purge;
 pub mod record;
 pub mod recovery;
 pub mod segment;
+#[cfg(test)]
+mod simdisk;
 mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -49,6 +54,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rkyv::rancor;
 
@@ -66,6 +72,7 @@ pub use recovery::{RecoveryReport, SegmentReport};
 pub use segment::{Damage, HeaderError, TornTail};
 pub use state::{MessageState, RecipientState, RecipientStatus, RecordRef};
 
+use disk::{Disk, DiskFile};
 use record::RecordKind;
 use recovery::SegmentEntry;
 use segment::{FILE_HEADER_LEN, Load, Segment};
@@ -190,9 +197,11 @@ pub struct ShardStats {
 /// One core's spool: its segments, index and append position. Not shared between threads.
 pub struct Shard {
     cfg: ShardConfig,
+    /// Where its files live: the filesystem, or a simulated disk in tests.
+    disk: Arc<dyn Disk>,
     shard_dir: PathBuf,
     /// The shard directory, open: what `active_file` hands out while there is no active segment.
-    dir_file: File,
+    dir_file: Box<dyn DiskFile>,
     /// Sorted by `seg.seq`. When `has_active`, the last one is the active (writable) segment.
     segments: Vec<SegmentEntry>,
     has_active: bool,
@@ -220,20 +229,32 @@ impl Shard {
     /// When the new segment cannot be reserved (disk full, `max_bytes`) the shard still opens
     /// (so that delivery and purge can free space); the next append tries again.
     pub fn open(cfg: ShardConfig, now_ms: u64) -> Result<(Shard, RecoveryReport), SpoolError> {
+        Shard::open_on(disk::real(), cfg, now_ms)
+    }
+
+    /// [`Shard::open`] on another [`Disk`] (a simulated one, in tests).
+    pub fn open_on(
+        disk: Arc<dyn Disk>,
+        cfg: ShardConfig,
+        now_ms: u64,
+    ) -> Result<(Shard, RecoveryReport), SpoolError> {
         let shard_dir = recovery::shard_dir(&cfg.dir, cfg.shard);
         let io_err = |op, path: &Path, source| SpoolError::Io {
             op,
             path: path.to_owned(),
             source,
         };
-        if !shard_dir.is_dir() {
-            fs::create_dir_all(&shard_dir).map_err(|e| io_err("create", &shard_dir, e))?;
-            segment::sync_dir(&cfg.dir).map_err(|e| io_err("fsync", &cfg.dir, e))?;
+        if disk.kind(&shard_dir) != Some(disk::Kind::Dir) {
+            disk::create_dir_durably(&*disk, &shard_dir)
+                .map_err(|e| io_err("create", &shard_dir, e))?;
         }
-        let dir_file = File::open(&shard_dir).map_err(|e| io_err("open", &shard_dir, e))?;
-        let rec = recovery::recover_shard(&cfg.dir, cfg.shard, Load::Map, false)?;
+        let dir_file = disk
+            .open(&shard_dir, disk::Mode::Read)
+            .map_err(|e| io_err("open", &shard_dir, e))?;
+        let rec = recovery::recover_shard(&*disk, &cfg.dir, cfg.shard, Load::Map, false)?;
         for tmp in &rec.report.removed_tmp {
-            fs::remove_file(tmp).map_err(|e| io_err("remove", tmp, e))?;
+            disk.remove_file(tmp)
+                .map_err(|e| io_err("remove", tmp, e))?;
         }
         let mut segments = rec.segments;
         // After a crash of the process (not of the machine) the last segment's unsynced
@@ -245,11 +266,13 @@ impl Shard {
                 .sync_data()
                 .map_err(|err| io_err("fdatasync", &e.seg.path, err))?;
         }
-        trim_recovered(&mut segments, &rec.report);
+        trim_recovered(&*disk, &mut segments, &rec.report);
         let next_seq = segments.last().map_or(1, |s| s.seg.seq + 1);
         let bytes = segments.iter().map(|s| s.seg.len()).sum();
         let next_counter = rec.max_counter.map_or(0, |c| c + 1).max(now_ms);
         let mut shard = Shard {
+            ledger: ledger::Ledger::new(disk.clone(), &cfg.dir, cfg.shard),
+            disk,
             shard_dir,
             dir_file,
             segments,
@@ -261,7 +284,6 @@ impl Shard {
             durable: 0,
             bytes,
             poisoned: None,
-            ledger: ledger::Ledger::new(&cfg.dir, cfg.shard),
             lost_records: rec.report.lost_records(),
             cfg,
         };
@@ -410,10 +432,11 @@ impl Shard {
     /// to that number is then in this file or already durable (a segment switch syncs the old
     /// file first). While no segment could be reserved (spool full), this is the shard directory,
     /// on which `fdatasync` is harmless and there is nothing pending.
-    pub fn active_file(&self) -> &File {
+    /// `None` on a simulated disk, which has no real file to hand out.
+    pub fn active_file(&self) -> Option<&File> {
         match self.segments.last() {
-            Some(e) if self.has_active => e.seg.file().unwrap_or(&self.dir_file),
-            _ => &self.dir_file,
+            Some(e) if self.has_active => e.seg.file().unwrap_or(&*self.dir_file).std_file(),
+            _ => self.dir_file.std_file(),
         }
     }
 
@@ -704,7 +727,7 @@ impl Shard {
                 .map(|e| e.seg.frames_written()),
         };
         let seg = loop {
-            match Segment::create(&self.shard_dir, new, size) {
+            match Segment::create(&*self.disk, &self.shard_dir, new, size) {
                 Ok(seg) => break seg,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
                     // On a nearly full disk an outcome still gets a segment just big enough.
@@ -726,7 +749,7 @@ impl Shard {
                 }
             }
         };
-        segment::sync_dir(&self.shard_dir).map_err(|source| SpoolError::Io {
+        disk::sync_dir(&*self.disk, &self.shard_dir).map_err(|source| SpoolError::Io {
             op: "fsync",
             path: self.shard_dir.clone(),
             source,
@@ -752,7 +775,7 @@ impl Shard {
             return Ok(());
         };
         e.seg.seal();
-        match e.seg.trim(false) {
+        match e.seg.trim(&*self.disk, false) {
             Ok(freed) => self.bytes -= freed,
             // The segment stays whole: only space is lost, never a record.
             Err(err) => tracing::warn!(path = %e.seg.path.display(), error = %err,
@@ -811,7 +834,7 @@ impl Shard {
 
 /// Gives back the reserved space past the last record of each recovered segment that read to
 /// a clean end (the active segment of the previous run, typically mostly empty).
-fn trim_recovered(segments: &mut [SegmentEntry], report: &RecoveryReport) {
+fn trim_recovered(disk: &dyn Disk, segments: &mut [SegmentEntry], report: &RecoveryReport) {
     for e in segments {
         let clean = report
             .segments
@@ -820,12 +843,14 @@ fn trim_recovered(segments: &mut [SegmentEntry], report: &RecoveryReport) {
         if !clean {
             continue;
         }
-        if let Err(err) = e.seg.trim(true) {
+        if let Err(err) = e.seg.trim(disk, true) {
             tracing::warn!(path = %e.seg.path.display(), error = %err,
                 "cannot give back the unused space of a recovered segment");
         }
     }
 }
 
+#[cfg(test)]
+mod power_tests;
 #[cfg(test)]
 mod tests;

@@ -72,7 +72,7 @@ impl Shard {
                 continue;
             }
             let path = self.segments[i].seg.path.clone();
-            match fs::remove_file(&path) {
+            match self.disk.remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(source) => {
@@ -92,7 +92,7 @@ impl Shard {
             report.bytes_freed += e.seg.len();
             report.removed.push(path);
         }
-        segment::sync_dir(&self.shard_dir).map_err(|source| SpoolError::Io {
+        disk::sync_dir(&*self.disk, &self.shard_dir).map_err(|source| SpoolError::Io {
             op: "fsync",
             path: self.shard_dir.clone(),
             source,

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use crate::ids::QueueId;
 
+use super::disk::Disk;
 use super::ledger;
 use super::record::{FrameError, StatusKind};
 use super::segment::{self, Damage, HeaderError, Load, Rec, Segment, TornTail};
@@ -199,7 +200,7 @@ pub fn shard_dir(spool_dir: &Path, shard: u8) -> PathBuf {
 pub(crate) type SegmentFiles = (Vec<(u64, PathBuf)>, Vec<PathBuf>);
 
 /// Lists `(seq, path)` of the segment files of a shard directory, sorted, and the `*.tmp` files.
-pub(crate) fn list_segments(dir: &Path) -> Result<SegmentFiles, SpoolError> {
+pub(crate) fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<SegmentFiles, SpoolError> {
     let io_err = |source| SpoolError::Io {
         op: "list",
         path: dir.to_owned(),
@@ -207,19 +208,16 @@ pub(crate) fn list_segments(dir: &Path) -> Result<SegmentFiles, SpoolError> {
     };
     let mut segs = Vec::new();
     let mut tmps = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
+    let names = match disk.list_dir(dir) {
+        Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((segs, tmps)),
         Err(e) => return Err(io_err(e)),
     };
-    for entry in entries {
-        let entry = entry.map_err(io_err)?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(seq) = segment::parse_segment_file_name(name) {
-            segs.push((seq, entry.path()));
+    for name in names {
+        if let Some(seq) = segment::parse_segment_file_name(&name) {
+            segs.push((seq, dir.join(name)));
         } else if name.starts_with("seg-") && name.ends_with(".tmp") {
-            tmps.push(entry.path());
+            tmps.push(dir.join(name));
         }
     }
     segs.sort();
@@ -249,13 +247,14 @@ pub fn list_shards(spool_dir: &Path) -> Result<Vec<u8>, SpoolError> {
 
 /// Scans every segment of `shard` and the ledger. Never writes.
 pub(crate) fn recover_shard(
+    disk: &dyn Disk,
     spool_dir: &Path,
     shard: u8,
     how: Load,
     full_tail: bool,
 ) -> Result<Recovered, SpoolError> {
     let dir = shard_dir(spool_dir, shard);
-    let (files, tmps) = list_segments(&dir)?;
+    let (files, tmps) = list_segments(disk, &dir)?;
     let mut report = RecoveryReport {
         shard,
         removed_tmp: tmps,
@@ -266,7 +265,7 @@ pub(crate) fn recover_shard(
     let mut max_counter: Option<u64> = None;
     let mut segments = Vec::with_capacity(files.len());
     for (seq, path) in files {
-        let seg = Segment::load(&path, shard, seq, how).map_err(|source| SpoolError::Io {
+        let seg = Segment::load(disk, &path, shard, seq, how).map_err(|source| SpoolError::Io {
             op: "open",
             path: path.clone(),
             source,
@@ -352,7 +351,7 @@ pub(crate) fn recover_shard(
         segments.push(entry);
     }
     missing_tails(&segments, &mut report);
-    let ledger = ledger::read_ledger(spool_dir, |p| {
+    let ledger = ledger::read_ledger(disk, spool_dir, |p| {
         let id = QueueId(p.id.to_native());
         if id.shard() != shard {
             return;

@@ -1,14 +1,16 @@
 //! Segment files: creation with reserved space, the shared mapping, appends, and flushes.
 //!
-//! This is the only module of the spool with `unsafe` code (mapping files and reading rkyv
-//! archives without re-validating them). It never decides *what* to write; `mod.rs` does.
+//! With `disk.rs`, this is the only module of the spool with `unsafe` code (mapping files and
+//! reading rkyv archives without re-validating them). It never decides *what* to write; `mod.rs`
+//! does. Every file operation goes through a [`Disk`]; on one that cannot map (the simulated disk
+//! of the tests) a segment keeps its bytes in memory and appends are copied there too.
 //!
 //! What is durable after each call (Linux semantics):
 //!
 //! - [`Segment::create`]: the file exists under its final name with all of its space reserved
 //!   (`fallocate`) and a valid file header, and both are durable: the file is fsynced before the
 //!   rename from its temporary name, and the caller fsyncs the directory after it
-//!   ([`sync_dir`]). A crash before that leaves at most a `*.tmp` file, which recovery removes.
+//!   ([`disk::sync_dir`]). A crash before that leaves at most a `*.tmp` file, which recovery removes.
 //! - [`Segment::append`]: nothing. The frame is written with one `pwritev(2)` into the page cache
 //!   (visible at once through the segment's read-only shared mapping, which maps the same pages)
 //!   and becomes durable only when a later `fdatasync` of the segment file returns `Ok`.
@@ -36,14 +38,13 @@
 
 #![allow(unsafe_code)]
 
-use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use memmap2::{Mmap, MmapOptions};
+use memmap2::Mmap;
 use rkyv::util::AlignedVec;
+
+use super::disk::{self, Disk, DiskFile, Mode};
 
 use super::record::{
     self, ArchivedMessageMeta, ArchivedStatusRecord, FRAME_ALIGN, Frame, FrameError, FrameFormat,
@@ -181,61 +182,10 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// fsyncs a directory so that entries created, renamed or removed in it are durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Creates `dir` and any missing parents, and fsyncs the parent of each directory it created: a
-/// new name is durable only once its directory is synced, so an unsynced spool directory could
-/// vanish with everything in it at a power cut.
-pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
-    let mut missing = Vec::new();
-    let mut p = dir;
-    while !p.exists() {
-        missing.push(p);
-        match p.parent() {
-            Some(q) if !q.as_os_str().is_empty() => p = q,
-            _ => break,
-        }
-    }
-    fs::create_dir_all(dir)?;
-    for created in missing.iter().rev() {
-        match created.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
-            _ => sync_dir(Path::new("."))?,
-        }
-    }
-    // A directory made by someone else (an operator's mkdir, a package script) may not be
-    // durable either: one fsync of its parent at start costs nothing.
-    if missing.is_empty() {
-        match dir.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
-            Some(_) => sync_dir(Path::new("."))?,
-            None => {}
-        }
-    }
-    Ok(())
-}
-
 /// Reads a whole file into a 16-byte aligned buffer (readers that must not map: a live spool
 /// may be purged or, for the ledger, have a torn tail truncated while they read).
-pub fn read_aligned(path: &Path) -> io::Result<AlignedVec<16>> {
-    let file = File::open(path)?;
-    let len = file.metadata()?.len() as usize;
-    let mut buf = AlignedVec::<16>::with_capacity(len);
-    buf.resize(len, 0);
-    let mut done = 0;
-    while done < len {
-        match file.read_at(&mut buf[done..], done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.resize(done, 0);
-    Ok(buf)
+pub fn read_aligned(disk: &dyn Disk, path: &Path) -> io::Result<AlignedVec<16>> {
+    disk::read_all(&*disk.open(path, Mode::Read)?)
 }
 
 /// A validated record handed to a scan visitor.
@@ -290,7 +240,10 @@ enum Map {
     /// The active segment: a read-only shared mapping of the whole preallocated file; appends go
     /// through `pwritev` on the file and show up in the mapping (same page cache).
     Active(Mmap),
+    /// A copy in memory: a segment loaded with [`Load::Read`], or one on a disk that cannot map.
     Owned(AlignedVec<16>),
+    /// The active segment on a disk that cannot map: appends are copied into it as well.
+    ActiveOwned(AlignedVec<16>),
 }
 
 impl Map {
@@ -299,48 +252,9 @@ impl Map {
             Map::Empty => &[],
             Map::Read(m) => m,
             Map::Active(m) => m,
-            Map::Owned(v) => v,
+            Map::Owned(v) | Map::ActiveOwned(v) => v,
         }
     }
-}
-
-/// `pwritev` of all `parts` at `offset`, continuing after short writes.
-fn write_all_vectored_at(file: &File, parts: &[&[u8]], mut offset: u64) -> io::Result<()> {
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let iov: Vec<libc::iovec> = parts
-        .iter()
-        .filter(|p| !p.is_empty())
-        .map(|p| libc::iovec {
-            iov_base: p.as_ptr() as *mut libc::c_void,
-            iov_len: p.len(),
-        })
-        .collect();
-    let n = loop {
-        // SAFETY: every iovec points into a live slice of `parts`, which outlives the call, and
-        // the kernel only reads from them; the count fits in c_int (a frame has a few parts).
-        let r = unsafe {
-            libc::pwritev(
-                file.as_raw_fd(),
-                iov.as_ptr(),
-                iov.len() as libc::c_int,
-                offset as libc::off_t,
-            )
-        };
-        if r >= 0 {
-            break r as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    if n == total {
-        return Ok(());
-    }
-    // Short write (rare for regular files): write the rest from a contiguous copy.
-    let rest: Vec<u8> = parts.concat().split_off(n);
-    offset += n as u64;
-    file.write_all_at(&rest, offset)
 }
 
 /// How to load an existing segment.
@@ -366,7 +280,7 @@ pub struct Segment {
     pub prev_frames: Option<u64>,
     /// Number the next frame would get: frames written so far, damaged ones included.
     next_number: u64,
-    file: Option<File>,
+    file: Option<Box<dyn DiskFile>>,
     map: Map,
     end: usize,
     frames: Vec<u64>,
@@ -378,30 +292,40 @@ impl Segment {
     /// Durable on return: the file (header and reserved size) and its rename. The caller must
     /// fsync `dir` to make the directory entry durable. `ENOSPC`/`EDQUOT` come back as they are
     /// and the partial file is removed.
-    pub fn create(dir: &Path, new: NewHeader<'_>, size: u64) -> io::Result<Segment> {
+    pub fn create(
+        disk: &dyn Disk,
+        dir: &Path,
+        new: NewHeader<'_>,
+        size: u64,
+    ) -> io::Result<Segment> {
         let seq = new.seq;
         debug_assert!(size as usize >= FILE_HEADER_LEN && size.is_multiple_of(16));
         let path = dir.join(segment_file_name(seq));
         let tmp = dir.join(format!("{}.tmp", segment_file_name(seq)));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let file = disk.open(&tmp, Mode::CreateNew)?;
         let header = file_header(SEGMENT_MAGIC, new);
-        let prepared = reserve(&file, size)
-            .and_then(|()| file.write_all_at(&header, 0))
+        let prepared = file
+            .allocate(size)
+            .and_then(|()| file.write_at(&[&header], 0))
             .and_then(|()| file.sync_all())
-            .and_then(|()| fs::rename(&tmp, &path));
+            .and_then(|()| disk.rename(&tmp, &path));
         if let Err(e) = prepared {
-            let _ = fs::remove_file(&tmp);
+            let _ = disk.remove_file(&tmp);
             return Err(e);
         }
         // SAFETY: the file was just created by us, is exclusively ours (the spool lock keeps other
         // ringmta processes out and the tool only reads), and is never truncated while mapped:
         // purge only unlinks, which keeps the pages alive. The mapping is read-only; writes go
         // through `pwritev`, so no store can fault on an unreservable page.
-        let map = unsafe { MmapOptions::new().len(size as usize).map(&file)? };
+        let map = match unsafe { file.map(size as usize)? } {
+            Some(m) => Map::Active(m),
+            None => {
+                let mut v = AlignedVec::<16>::with_capacity(size as usize);
+                v.extend_from_slice(&header);
+                v.resize(size as usize, 0);
+                Map::ActiveOwned(v)
+            }
+        };
         Ok(Segment {
             seq,
             path,
@@ -410,7 +334,7 @@ impl Segment {
             prev_frames: new.prev_frames,
             next_number: 0,
             file: Some(file),
-            map: Map::Active(map),
+            map,
             end: FILE_HEADER_LEN,
             frames: Vec::new(),
         })
@@ -418,20 +342,28 @@ impl Segment {
 
     /// Loads an existing segment for reading and checks its file header against `shard`/`seq`.
     /// Records are not read until [`Segment::scan`].
-    pub fn load(path: &Path, shard: u8, seq: u64, how: Load) -> io::Result<Segment> {
+    pub fn load(
+        disk: &dyn Disk,
+        path: &Path,
+        shard: u8,
+        seq: u64,
+        how: Load,
+    ) -> io::Result<Segment> {
         let (file, map) = match how {
-            Load::Read => (None, Map::Owned(read_aligned(path)?)),
+            Load::Read => (None, Map::Owned(read_aligned(disk, path)?)),
             Load::Map => {
-                let file = File::open(path)?;
-                let len = file.metadata()?.len();
+                let file = disk.open(path, Mode::Read)?;
+                let len = file.size()?;
+                // SAFETY: the caller holds the spool lock, so no other ringmta process writes
+                // this file, and this process never writes to or truncates a recovered segment
+                // below its end (appends go to a new one; purge only unlinks; `trim` remaps
+                // first). The bytes are treated as untrusted until `scan` validates them.
                 let map = if len == 0 {
                     Map::Empty
+                } else if let Some(m) = unsafe { file.map(len as usize)? } {
+                    Map::Read(m)
                 } else {
-                    // SAFETY: the caller holds the spool lock, so no other ringmta process writes
-                    // this file, and this process never writes to or truncates a recovered
-                    // segment (appends go to a new one; purge only unlinks). The bytes are
-                    // treated as untrusted until `scan` validates them.
-                    Map::Read(unsafe { Mmap::map(&file)? })
+                    Map::Owned(disk::read_all(&*file)?)
                 };
                 (Some(file), map)
             }
@@ -501,13 +433,18 @@ impl Segment {
         meta: &[u8],
         body: &[&[u8]],
     ) -> io::Result<Option<u64>> {
-        let (Map::Active(map), Some(file)) = (&self.map, &self.file) else {
+        let cap = match &self.map {
+            Map::Active(m) => m.len(),
+            Map::ActiveOwned(v) => v.len(),
+            _ => return Ok(None),
+        };
+        let Some(file) = &self.file else {
             return Ok(None);
         };
         let body_len: usize = body.iter().map(|p| p.len()).sum();
         let plen = record::payload_len(meta.len(), body_len);
         let flen = self.format.frame_len(plen);
-        if plen > record::MAX_PAYLOAD_LEN || self.end + flen > map.len() {
+        if plen > record::MAX_PAYLOAD_LEN || self.end + flen > cap {
             return Ok(None);
         }
         let start = self.end;
@@ -538,7 +475,14 @@ impl Segment {
         // Writing through a syscall rather than the mapping keeps writeback from having to
         // write-protect mapped pages (TLB shoot-downs on every fdatasync) and avoids faulting
         // in (and zeroing) preallocated pages before they are overwritten.
-        write_all_vectored_at(file, &parts, start as u64)?;
+        file.write_at(&parts, start as u64)?;
+        if let Map::ActiveOwned(v) = &mut self.map {
+            let mut at = start;
+            for p in &parts {
+                v[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+        }
         self.frames.push(start as u64);
         self.next_number += 1;
         self.end = start + flen;
@@ -556,8 +500,8 @@ impl Segment {
     }
 
     /// The open file, if loaded with [`Load::Map`] or created.
-    pub fn file(&self) -> Option<&File> {
-        self.file.as_ref()
+    pub fn file(&self) -> Option<&dyn DiskFile> {
+        self.file.as_deref()
     }
 
     /// Size of the file in bytes (the mapping covers all of it).
@@ -594,15 +538,18 @@ impl Segment {
     pub fn remaining(&self) -> u64 {
         match &self.map {
             Map::Active(m) => (m.len() - self.end) as u64,
+            Map::ActiveOwned(v) => (v.len() - self.end) as u64,
             _ => 0,
         }
     }
 
     /// Turns a writable segment into a read-only one: later appends return `None`.
     pub fn seal(&mut self) {
-        if let Map::Active(m) = std::mem::replace(&mut self.map, Map::Empty) {
-            self.map = Map::Read(m);
-        }
+        self.map = match std::mem::replace(&mut self.map, Map::Empty) {
+            Map::Active(m) => Map::Read(m),
+            Map::ActiveOwned(v) => Map::Owned(v),
+            other => other,
+        };
     }
 
     /// Gives the reserved space past the last frame of a sealed (or recovered) mapped segment
@@ -619,10 +566,12 @@ impl Segment {
     /// otherwise vanish unseen); a format 2 scan read the whole tail and reported any non-zero
     /// byte, and a segment with a report is not trimmed. A segment this
     /// process wrote needs no check (it never writes past `end`).
-    pub fn trim(&mut self, check_tail: bool) -> io::Result<u64> {
-        let (Map::Read(old), Some(file)) = (&self.map, &self.file) else {
+    pub fn trim(&mut self, disk: &dyn Disk, check_tail: bool) -> io::Result<u64> {
+        // A segment copied with `Load::Read` has no file: nothing to cut.
+        let (Map::Read(_) | Map::Owned(_), Some(file)) = (&self.map, &self.file) else {
             return Ok(0);
         };
+        let old = self.map.bytes();
         let keep = (self.end as u64).next_multiple_of(4096);
         let len = old.len() as u64;
         if self.header_error.is_some() || keep >= len {
@@ -633,17 +582,25 @@ impl Segment {
             return Ok(0);
         }
         // A recovered segment is open read-only; the cut needs a handle that may write.
-        let writable = OpenOptions::new().write(true).open(&self.path)?;
+        let writable = disk.open(&self.path, Mode::Write)?;
+        if let Map::Owned(v) = &mut self.map {
+            writable.set_len(keep)?;
+            v.resize(keep as usize, 0);
+            return Ok(len - keep);
+        }
         // Map the prefix that stays before cutting the file, so that no mapped page ever lies
         // past the end of the file (touching one would raise SIGBUS).
         // SAFETY: as for `load`: the spool lock keeps other writers out and this process never
         // writes below `end` again; the new mapping covers only bytes that stay in the file.
-        let map = unsafe { MmapOptions::new().len(keep as usize).map(file)? };
-        self.map = Map::Read(map);
+        if let Some(map) = unsafe { file.map(keep as usize)? } {
+            self.map = Map::Read(map);
+        }
         if let Err(e) = writable.set_len(keep) {
             // The file keeps its length: map all of it again so that `len` stays true.
             // SAFETY: as above; the file was not cut, so every mapped byte is in it.
-            self.map = Map::Read(unsafe { MmapOptions::new().len(len as usize).map(file)? });
+            if let Some(map) = unsafe { file.map(len as usize)? } {
+                self.map = Map::Read(map);
+            }
             return Err(e);
         }
         Ok(len - keep)
@@ -715,37 +672,6 @@ pub(crate) fn v1_file_header(magic: &[u8; 8], shard: u8, seq: u64) -> [u8; FILE_
     let crc = crc32c::crc32c(&h[..60]);
     h[60..64].copy_from_slice(&crc.to_le_bytes());
     h
-}
-
-/// Reserves `size` bytes for the file so that later stores through a mapping cannot fail.
-fn reserve(file: &File, size: u64) -> io::Result<()> {
-    let len =
-        libc::off_t::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    loop {
-        // SAFETY: plain syscall on a valid open file descriptor owned by `file`.
-        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            // Filesystems without fallocate: writing zeros allocates the blocks just the same.
-            Some(libc::EOPNOTSUPP) => return write_zeros(file, size),
-            _ => return Err(err),
-        }
-    }
-}
-
-fn write_zeros(file: &File, size: u64) -> io::Result<()> {
-    let zeros = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    while at < size {
-        let n = (size - at).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], at)?;
-        at += n as u64;
-    }
-    Ok(())
 }
 
 /// Validates the archive of a frame that passed the header and CRC checks.
@@ -955,7 +881,7 @@ mod tests {
             key: &key,
             prev_frames: None,
         };
-        let mut seg = Segment::create(dir.path(), new, 4096).unwrap();
+        let mut seg = Segment::create(&disk::RealDisk, dir.path(), new, 4096).unwrap();
         let meta = record::archive(&record::MessageMeta::default()).unwrap();
         let off = seg
             .append(RecordKind::Message, 0, &meta, &[b"ab", b"cd"])
@@ -963,7 +889,7 @@ mod tests {
             .unwrap();
         assert_eq!(off, FILE_HEADER_LEN as u64);
         seg.sync_data().unwrap();
-        let bytes = read_aligned(&seg.path).unwrap();
+        let bytes = read_aligned(&disk::RealDisk, &seg.path).unwrap();
         assert_eq!(bytes.len(), 4096);
         let f = record::decode_frame(seg.format, off, &bytes[off as usize..])
             .unwrap()
@@ -983,7 +909,7 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        let mut again = Segment::load(&seg.path, 1, 5, Load::Map).unwrap();
+        let mut again = Segment::load(&disk::RealDisk, &seg.path, 1, 5, Load::Map).unwrap();
         let mut n = 0;
         let end = again.scan(true, |_, _| n += 1);
         assert_eq!((n, end.torn), (1, None));

@@ -51,7 +51,7 @@ fn append(shard: &mut Shard, rcpts: usize, body: &[u8]) -> QueueId {
 
 /// Decodes the frames of a segment file as stored on disk.
 fn frames_on_disk(path: &Path) -> Vec<(RecordKind, Vec<u8>, Vec<u8>)> {
-    let bytes = segment::read_aligned(path).unwrap();
+    let bytes = segment::read_aligned(&disk::RealDisk, path).unwrap();
     let mut pos = FILE_HEADER_LEN;
     let mut out = Vec::new();
     let fmt = segment::parse_file_header(&bytes, segment::SEGMENT_MAGIC)
@@ -65,7 +65,7 @@ fn frames_on_disk(path: &Path) -> Vec<(RecordKind, Vec<u8>, Vec<u8>)> {
 }
 
 fn segment_paths(dir: &Path) -> Vec<PathBuf> {
-    let (segs, _) = recovery::list_segments(&recovery::shard_dir(dir, 0)).unwrap();
+    let (segs, _) = recovery::list_segments(&disk::RealDisk, &recovery::shard_dir(dir, 0)).unwrap();
     segs.into_iter().map(|(_, p)| p).collect()
 }
 
@@ -676,7 +676,7 @@ fn check_reports_a_corrupt_record() {
 /// Ids recovered from `image` written as the only segment of a spool in `dir`, and the report.
 fn recover_image(dir: &Path, path: &Path, image: &[u8]) -> (Vec<QueueId>, RecoveryReport) {
     fs::write(path, image).unwrap();
-    let rec = recovery::recover_shard(dir, 0, Load::Read, false).unwrap();
+    let rec = recovery::recover_shard(&disk::RealDisk, dir, 0, Load::Read, false).unwrap();
     let mut ids: Vec<QueueId> = rec.index.keys().copied().collect();
     ids.sort();
     (ids, rec.report)
@@ -705,7 +705,7 @@ fn damage_fixture(
     // A restart: the next segment's header counts this one's frames.
     drop(Shard::open(cfg(dir), 3_000).unwrap());
     let image = fs::read(&path).unwrap();
-    let rec = recovery::recover_shard(dir, 0, Load::Read, false).unwrap();
+    let rec = recovery::recover_shard(&disk::RealDisk, dir, 0, Load::Read, false).unwrap();
     let seg = &rec.segments[0].seg;
     let frames: Vec<(usize, usize, QueueId)> = (0..seg.record_count() as usize)
         .map(|k| {
@@ -841,7 +841,7 @@ fn a_lost_end_of_a_segment_is_damage_when_the_next_segment_counted_its_frames() 
     );
     // The newest segment has no successor: zeros at its end are the clean end (or a tail).
     let newest = segment_paths(dir.path())[1].clone();
-    let rec = recovery::recover_shard(dir.path(), 0, Load::Read, false).unwrap();
+    let rec = recovery::recover_shard(&disk::RealDisk, dir.path(), 0, Load::Read, false).unwrap();
     assert!(rec.report.segments[1].is_clean(), "{newest:?}");
 }
 
@@ -891,7 +891,8 @@ fn a_frame_copied_into_a_body_is_never_read_as_a_record() {
     let path = segment_paths(dir.path())[0].clone();
     let on_disk = fs::read(&path).unwrap();
     let (off, len) = {
-        let rec = recovery::recover_shard(dir.path(), 0, Load::Read, false).unwrap();
+        let rec =
+            recovery::recover_shard(&disk::RealDisk, dir.path(), 0, Load::Read, false).unwrap();
         let seg = &rec.segments[0].seg;
         let off = seg.frame_offsets()[0] as usize;
         (off, seg.end() as usize - off)
@@ -910,7 +911,7 @@ fn a_frame_copied_into_a_body_is_never_read_as_a_record() {
     drop(shard);
     let image = fs::read(&path).unwrap();
     // Damage the carrier's header: the scan must look for the next valid header from there.
-    let rec = recovery::recover_shard(dir.path(), 0, Load::Read, false).unwrap();
+    let rec = recovery::recover_shard(&disk::RealDisk, dir.path(), 0, Load::Read, false).unwrap();
     let carrier_off = rec.segments[0].seg.frame_offsets()[1] as usize;
     assert!(
         image[carrier_off..]

@@ -446,16 +446,21 @@ impl Core {
                 if shard.durable_seq() >= shard.appended_seq() {
                     None
                 } else {
-                    let active = shard.active_file();
-                    let ino = active.metadata().map(|m| m.ino()).unwrap_or(0);
-                    let file = match &cached {
-                        Some((i, _)) if *i == ino && ino != 0 => Ok(None),
-                        _ => active.try_clone().map(Some),
+                    let file = match shard.active_file() {
+                        Some(active) => {
+                            let ino = active.metadata().map(|m| m.ino()).unwrap_or(0);
+                            match &cached {
+                                Some((i, _)) if *i == ino && ino != 0 => Ok((ino, None)),
+                                _ => active.try_clone().map(|f| (ino, Some(f))),
+                            }
+                        }
+                        // Only a simulated disk has no real file; the server never runs on one.
+                        None => Err(std::io::Error::other("spool shard has no real file")),
                     };
-                    Some((shard.appended_seq(), ino, file))
+                    Some((shard.appended_seq(), file))
                 }
             };
-            let Some((target, ino, file)) = pending else {
+            let Some((target, file)) = pending else {
                 // Message commits, final delivery outcomes and DSNs (with their flags) wake us
                 // at once; deferrals wait at most LAZY_FLUSH.
                 tokio::select! {
@@ -465,11 +470,11 @@ impl Core {
                 continue;
             };
             let result = match file {
-                Ok(Some(f)) => {
+                Ok((ino, Some(f))) => {
                     cached = Some((ino, tokio_uring::fs::File::from_std(f)));
                     Ok(())
                 }
-                Ok(None) => Ok(()),
+                Ok((_, None)) => Ok(()),
                 Err(e) => Err(e),
             };
             let result = match (result, &cached) {
