@@ -8,6 +8,9 @@
 #       on tests/it/fusefs.py's volatile filesystem; every message acknowledged before a cut
 #       must be in the spool ringmta finds after it (issue 21). Needs root, /dev/fuse, libfuse2
 #       and `pip install fusepy`.
+#   loadtest/durability.sh disk-model [CASES]  the shard on the simulated disk of
+#       src/spool/simdisk.rs, CASES random workloads (default 2000), the power cut before every
+#       disk operation of each; the unit test spool::power_tests with more cases (issue 21).
 #
 # Results go in docs/security.md.
 set -euo pipefail
@@ -17,7 +20,14 @@ case "${1:-}" in
         default=100 lines='^(soak|test result|thread)' ;;
   power-cut) var=RINGMTA_POWER_CUTS test=a_power_cut_keeps_every_message_acknowledged_before_it
         default=50 lines='^(power cut|test result|thread)' ;;
-  *) echo "usage: $0 soak|power-cut [N]" >&2; exit 2 ;;
+  disk-model)
+    PROPTEST_CASES="${2:-2000}" cargo test --release --locked --lib -- spool::power_tests \
+      --nocapture 2>&1 | awk '
+        /^power model:/ { w++; cuts += $3; msgs += $5; acked += substr($7, 2); purged += $11 }
+        /^(test result|thread)/ { print }
+        END { printf "power model: %d workloads, %d cuts, %d messages, %d of them acknowledged before the end, %d purged\n", w, cuts, msgs, acked, purged }'
+    exit 0 ;;
+  *) echo "usage: $0 soak|power-cut|disk-model [N]" >&2; exit 2 ;;
 esac
 env "$var=${2:-$default}" cargo test --release --locked --test it "$test" -- --nocapture 2>&1 |
   grep -E "$lines" || true

@@ -1,12 +1,19 @@
-//! The seam between the spool and the filesystem: every file operation whose durability the
-//! spool depends on goes through a [`Disk`].
+//! The seam between the spool and the filesystem: every file operation of a shard (recovery,
+//! appends, syncs, segment creation and rotation, purge, the ledger) goes through a [`Disk`].
+//! One sync does not: the worker's group commit fdatasyncs a duplicate of
+//! [`super::Shard::active_file`] through io_uring (the tests' commit loop syncs
+//! `Shard::active_disk_file` instead, under the same contract).
 //!
 //! [`RealDisk`] is the filesystem. The unit tests replace it with `SimDisk` (`simdisk.rs`), an
 //! in-memory disk that can lose power: it keeps what each completed sync covered and drops (or
 //! keeps any subset of) the rest, which a process kill never shows.
 //!
-//! The spool lock file and the offline tools' reads of a live spool use the real filesystem
-//! directly; nothing else in the spool does.
+//! The spool lock file and the offline tools' listing of shard directories use the real
+//! filesystem directly.
+//!
+//! Crate-private: an implementation's `map` must return a mapping of exactly the bytes asked
+//! for, of the same file `write_at` writes, or the spool's unchecked reads of what it appended
+//! would read something else (the callers check the length; the rest is this module's duty).
 
 #![allow(unsafe_code)]
 
@@ -96,6 +103,9 @@ pub trait DiskFile: Send + Sync {
     unsafe fn map(&self, len: usize) -> io::Result<Option<Mmap>>;
     /// The real file, for callers that flush through io_uring; `None` on a simulated disk.
     fn std_file(&self) -> Option<&File>;
+    /// A second handle on the same open file, as `dup(2)` (what the worker's commit loop keeps).
+    #[cfg(test)]
+    fn try_clone(&self) -> io::Result<Box<dyn DiskFile>>;
 }
 
 /// The filesystem.
@@ -199,6 +209,11 @@ impl DiskFile for File {
 
     fn std_file(&self) -> Option<&File> {
         Some(self)
+    }
+
+    #[cfg(test)]
+    fn try_clone(&self) -> io::Result<Box<dyn DiskFile>> {
+        Ok(Box::new(File::try_clone(self)?))
     }
 }
 
@@ -343,5 +358,11 @@ pub fn create_dir_durably(disk: &dyn Disk, dir: &Path) -> io::Result<()> {
     {
         sync_dir(disk, &parent)?;
     }
-    Ok(())
+    match disk.kind(dir) {
+        Some(Kind::Dir) => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        )),
+    }
 }

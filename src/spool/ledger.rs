@@ -12,14 +12,14 @@
 //! placeholder in it was written before that (appends go to the newest file; a shard that raced
 //! a rotation may add to the previous file for the length of one purge).
 //!
-//! Files are written with plain `write(2)` in append mode, not mapped: purges are rare and
-//! several shards append. Durable after [`Ledger::append`] returns `Ok`: the placeholders it
-//! wrote (they were `fdatasync`ed). Appends from different shards are serialised by an exclusive
-//! `flock` on the file, held from the tail check to the `fdatasync`, so the only way a torn tail
-//! can exist is a crash during an append; the next append truncates it (under the lock) before
-//! writing, and readers stop at it. Each file is created atomically (written as a temporary file,
-//! then hard-linked into place and the directory fsynced), so it always starts with a complete
-//! header.
+//! Files are written with positioned writes at the end the appender validated (under the lock),
+//! not mapped: purges are rare and several shards append. Durable after [`Ledger::append`]
+//! returns `Ok`: the placeholders it wrote (they were `fdatasync`ed). Appends from different
+//! shards are serialised by an exclusive `flock` on the file, held from the tail check to the
+//! `fdatasync`, so the only way a torn tail can exist is a crash during an append; the next
+//! append truncates it (under the lock) before writing, and readers stop at it. Each file is
+//! created atomically (written as a temporary file, then hard-linked into place and the
+//! directory fsynced), so it always starts with a complete header.
 
 use std::io;
 use std::path::{Path, PathBuf};

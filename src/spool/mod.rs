@@ -36,7 +36,7 @@
 //! `disk.rs` the seam every file operation goes through (the filesystem, or in tests the
 //! simulated disk of `simdisk.rs`, which `power_tests.rs` cuts the power of).
 
-pub mod disk;
+pub(crate) mod disk;
 mod error;
 mod inspect;
 mod ledger;
@@ -233,7 +233,7 @@ impl Shard {
     }
 
     /// [`Shard::open`] on another [`Disk`] (a simulated one, in tests).
-    pub fn open_on(
+    pub(crate) fn open_on(
         disk: Arc<dyn Disk>,
         cfg: ShardConfig,
         now_ms: u64,
@@ -434,9 +434,15 @@ impl Shard {
     /// on which `fdatasync` is harmless and there is nothing pending.
     /// `None` on a simulated disk, which has no real file to hand out.
     pub fn active_file(&self) -> Option<&File> {
+        self.active_disk_file().std_file()
+    }
+
+    /// [`Shard::active_file`] as the shard's [`Disk`] sees it (what the tests' commit loop
+    /// syncs).
+    pub(crate) fn active_disk_file(&self) -> &dyn DiskFile {
         match self.segments.last() {
-            Some(e) if self.has_active => e.seg.file().unwrap_or(&*self.dir_file).std_file(),
-            _ => self.dir_file.std_file(),
+            Some(e) if self.has_active => e.seg.file().unwrap_or(&*self.dir_file),
+            _ => &*self.dir_file,
         }
     }
 

@@ -318,7 +318,7 @@ impl Segment {
         // purge only unlinks, which keeps the pages alive. The mapping is read-only; writes go
         // through `pwritev`, so no store can fault on an unreservable page.
         let map = match unsafe { file.map(size as usize)? } {
-            Some(m) => Map::Active(m),
+            Some(m) => Map::Active(exact(m, size as usize)?),
             None => {
                 let mut v = AlignedVec::<16>::with_capacity(size as usize);
                 v.extend_from_slice(&header);
@@ -361,7 +361,7 @@ impl Segment {
                 let map = if len == 0 {
                     Map::Empty
                 } else if let Some(m) = unsafe { file.map(len as usize)? } {
-                    Map::Read(m)
+                    Map::Read(exact(m, len as usize)?)
                 } else {
                     Map::Owned(disk::read_all(&*file)?)
                 };
@@ -592,15 +592,14 @@ impl Segment {
         // past the end of the file (touching one would raise SIGBUS).
         // SAFETY: as for `load`: the spool lock keeps other writers out and this process never
         // writes below `end` again; the new mapping covers only bytes that stay in the file.
-        if let Some(map) = unsafe { file.map(keep as usize)? } {
-            self.map = Map::Read(map);
-        }
+        let unmappable = || io::Error::other("a mapped segment's disk no longer maps it");
+        let map = unsafe { file.map(keep as usize)? }.ok_or_else(unmappable)?;
+        self.map = Map::Read(exact(map, keep as usize)?);
         if let Err(e) = writable.set_len(keep) {
             // The file keeps its length: map all of it again so that `len` stays true.
             // SAFETY: as above; the file was not cut, so every mapped byte is in it.
-            if let Some(map) = unsafe { file.map(len as usize)? } {
-                self.map = Map::Read(map);
-            }
+            let map = unsafe { file.map(len as usize)? }.ok_or_else(unmappable)?;
+            self.map = Map::Read(exact(map, len as usize)?);
             return Err(e);
         }
         Ok(len - keep)
@@ -672,6 +671,19 @@ pub(crate) fn v1_file_header(magic: &[u8; 8], shard: u8, seq: u64) -> [u8; FILE_
     let crc = crc32c::crc32c(&h[..60]);
     h[60..64].copy_from_slice(&crc.to_le_bytes());
     h
+}
+
+/// A mapping checked to be `len` bytes long, as asked for (what makes the SIGBUS reasoning of
+/// `trim` and the bounds of every read hold whatever the disk returned).
+fn exact(map: Mmap, len: usize) -> io::Result<Mmap> {
+    if map.len() == len {
+        Ok(map)
+    } else {
+        Err(io::Error::other(format!(
+            "mapping of {} bytes where {len} were asked for",
+            map.len()
+        )))
+    }
 }
 
 /// Validates the archive of a frame that passed the header and CRC checks.
