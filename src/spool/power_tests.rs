@@ -63,11 +63,11 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (1..=2usize, 0..3000usize).prop_map(|(rcpts, body)| Step::Message { rcpts, body }),
         2 => any::<usize>().prop_map(|pick| Step::Defer { pick }),
-        3 => (any::<usize>(), any::<bool>()).prop_map(|(pick, failed)| Step::Finish { pick, failed }),
+        4 => (any::<usize>(), any::<bool>()).prop_map(|(pick, failed)| Step::Finish { pick, failed }),
         2 => any::<bool>().prop_map(|racing| Step::Commit { racing }),
         1 => Just(Step::Sync),
-        1 => Just(Step::Rotate),
-        1 => Just(Step::Purge),
+        2 => Just(Step::Rotate),
+        2 => Just(Step::Purge),
     ]
 }
 
