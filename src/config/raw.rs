@@ -124,6 +124,9 @@ pub struct RawListen {
     pub submissions: Option<Vec<String>>,
     /// HTTP API and metrics. Default: `"127.0.0.1:8025"`.
     pub http: Option<String>,
+    /// Load balancers whose connections open with a PROXY protocol header (v1 or v2), as CIDR
+    /// blocks. Default: none.
+    pub proxy_protocol: Option<Vec<String>>,
 }
 
 /// `[tls]`.

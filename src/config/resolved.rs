@@ -43,6 +43,8 @@ pub struct Config {
     pub tls: TlsSource,
     /// Networks that may relay without AUTH on the smtp port.
     pub trusted_networks: Vec<Cidr>,
+    /// `listen.proxy_protocol`: load balancers whose connections open with a PROXY header.
+    pub proxy_protocol: Vec<Cidr>,
     /// Users; `None` = no `[[users]]` given (the dev user is generated).
     pub users: Option<Vec<User>>,
     /// Limits.
@@ -186,6 +188,11 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         n => n,
     };
 
+    let proxy_protocol = users::cidrs(
+        &mut r,
+        "listen.proxy_protocol",
+        raw.listen.proxy_protocol.as_deref().unwrap_or_default(),
+    );
     let (listeners, http, tls) = listen::resolve(&mut r, raw.listen, raw.tls);
 
     let trusted_networks = users::trusted_networks(&mut r, raw.relay.trusted_networks);
@@ -313,6 +320,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         spool_dir,
         threads,
         listeners,
+        proxy_protocol,
         http,
         tls,
         trusted_networks,

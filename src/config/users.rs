@@ -94,17 +94,19 @@ pub struct User {
 /// `relay.trusted_networks`, loopback when not given.
 pub(super) fn trusted_networks(r: &mut Resolver, trusted_raw: Option<Vec<String>>) -> Vec<Cidr> {
     let trusted_raw = trusted_raw.unwrap_or_else(|| vec!["127.0.0.0/8".into(), "::1/128".into()]);
-    let mut trusted_networks = Vec::new();
-    for (i, s) in trusted_raw.iter().enumerate() {
+    cidrs(r, "relay.trusted_networks", &trusted_raw)
+}
+
+/// A list of CIDR blocks under `key`; each one that does not parse is a problem.
+pub(super) fn cidrs(r: &mut Resolver, key: &str, raw: &[String]) -> Vec<Cidr> {
+    let mut out = Vec::new();
+    for (i, s) in raw.iter().enumerate() {
         match Cidr::parse(s) {
-            Some(c) => trusted_networks.push(c),
-            None => r.problem(
-                format!("relay.trusted_networks[{i}]"),
-                format!("{s:?} is not a CIDR block"),
-            ),
+            Some(c) => out.push(c),
+            None => r.problem(format!("{key}[{i}]"), format!("{s:?} is not a CIDR block")),
         }
     }
-    trusted_networks
+    out
 }
 
 /// The `[[users]]` entries.

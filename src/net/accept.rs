@@ -1,14 +1,25 @@
 //! Accept loops: several accepts in flight per listener, admission asked of the application,
 //! a refused client told why (the reply `smtp` maps) and closed.
+//!
+//! A connection from a load balancer in `listen.proxy_protocol` must open with a PROXY header
+//! (`proxy.rs`); it is read here, before admission, so that the per-address limits, the session
+//! and its log see the client the balancer names. A balancer that sends no valid header within
+//! [`PROXY_HEADER_TIMEOUT`] is logged and disconnected without a greeting.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use crate::smtp::PortRole;
-use crate::smtp::Reply;
+use crate::smtp::{ConnectionRefused, Reply};
 
 use super::Application;
+use super::conn::Arrival;
+use super::proxy::{self, Header, Parsed};
+use super::transport::Transport;
+
+/// Longest wait for a balancer's PROXY header (HAProxy sends it with the connection).
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accept operations kept in flight per listener and core: with one, a busy event loop accepts
 /// at most one connection per turn and new clients wait in the backlog.
@@ -46,21 +57,95 @@ async fn accept_loop<A: Application>(
                 continue;
             }
         };
+        let transport = Transport::new(stream);
+        if app.proxied(peer.ip()) {
+            tokio_uring::spawn(serve_proxied(Rc::clone(&app), transport, peer, role));
+            continue;
+        }
         let ip = peer.ip();
         if let Err(why) = app.admit(ip) {
-            let mut text = Vec::new();
-            Reply::from(&why).encode(&mut text);
-            tokio_uring::spawn(async move {
-                let _ = stream.set_nodelay(true);
-                let _ = stream.write_all(text).await;
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-            });
+            tokio_uring::spawn(refuse(transport, why));
             continue;
         }
         let app = Rc::clone(&app);
         tokio_uring::spawn(async move {
-            super::conn::serve(Rc::clone(&app), stream, peer, role).await;
+            super::conn::serve(Rc::clone(&app), transport, Arrival::direct(peer), role).await;
             app.release(ip);
         });
+    }
+}
+
+/// Tells a refused client why, and closes.
+async fn refuse(mut transport: Transport, why: ConnectionRefused) {
+    let mut text = Vec::new();
+    Reply::from(&why).encode(&mut text);
+    let _ = transport.write_all(text).await;
+    transport.close().await;
+}
+
+/// A connection from a trusted balancer: its PROXY header, then admission and the session as
+/// for the client it names.
+async fn serve_proxied<A: Application>(
+    app: Rc<A>,
+    mut transport: Transport,
+    balancer: SocketAddr,
+    role: PortRole,
+) {
+    let read = tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_header(&transport)).await;
+    let (header, pending) = match read {
+        Ok(Ok(x)) => x,
+        Ok(Err(Some(why))) => {
+            tracing::warn!(%balancer, error = %why, "connection from a proxy_protocol peer without a valid PROXY header; closed");
+            transport.close().await;
+            return;
+        }
+        // Connected and closed without a byte: a balancer's TCP health check.
+        Ok(Err(None)) => {
+            tracing::debug!(%balancer, "proxy_protocol peer closed before sending anything");
+            transport.close().await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%balancer, "no PROXY header within 10 s from a proxy_protocol peer; closed");
+            transport.close().await;
+            return;
+        }
+    };
+    let client = match header {
+        Header::Proxied { source, .. } => source,
+        Header::Local => balancer,
+    };
+    let ip = client.ip();
+    if let Err(why) = app.admit(ip) {
+        refuse(transport, why).await;
+        return;
+    }
+    let arrival = Arrival {
+        peer: client,
+        via: Some(balancer),
+        pending,
+    };
+    super::conn::serve(Rc::clone(&app), transport, arrival, role).await;
+    app.release(ip);
+}
+
+/// Reads until the bytes hold a complete PROXY header: the header, and what came after it; or
+/// why not (`None`: the peer closed without sending a byte).
+async fn read_header(transport: &Transport) -> Result<(Header, Vec<u8>), Option<String>> {
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        match proxy::parse(&buf) {
+            Ok(Parsed::Complete(header, len)) => return Ok((header, buf.split_off(len))),
+            Ok(Parsed::Incomplete) => {}
+            Err(e) => return Err(Some(e.to_string())),
+        }
+        let (res, b) = transport.read_raw_sized(buf, 256).await;
+        buf = b;
+        match res {
+            Ok(0) if buf.is_empty() => return Err(None),
+            Ok(0) => return Err(Some("closed before a complete PROXY header".into())),
+            Ok(_) => {}
+            Err(e) => return Err(Some(e.to_string())),
+        }
     }
 }

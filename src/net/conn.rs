@@ -23,14 +23,39 @@ use super::{Application, SessionSetup};
 
 type ReadFuture = Pin<Box<dyn std::future::Future<Output = (std::io::Result<usize>, Vec<u8>)>>>;
 
+/// Who a connection is from, as the accept loop found out.
+pub struct Arrival {
+    /// The client: the connection's own peer, or the one its balancer's PROXY header named.
+    pub peer: SocketAddr,
+    /// The balancer that relayed it, if any.
+    pub via: Option<SocketAddr>,
+    /// Bytes the client sent that were read with the PROXY header.
+    pub pending: Vec<u8>,
+}
+
+impl Arrival {
+    /// A connection straight from its client.
+    pub fn direct(peer: SocketAddr) -> Arrival {
+        Arrival {
+            peer,
+            via: None,
+            pending: Vec::new(),
+        }
+    }
+}
+
 /// Serves one accepted connection to completion.
 pub async fn serve<A: Application>(
     app: Rc<A>,
-    stream: tokio_uring::net::TcpStream,
-    peer: SocketAddr,
+    mut transport: Transport,
+    arrival: Arrival,
     role: PortRole,
 ) {
-    let mut transport = Transport::new(stream);
+    let Arrival {
+        peer,
+        via,
+        mut pending,
+    } = arrival;
     let SessionSetup {
         config: session_config,
         peer: peer_info,
@@ -45,7 +70,7 @@ pub async fn serve<A: Application>(
     if role == PortRole::Submissions {
         let handshake = Box::pin(tokio::time::timeout(
             command_timeout,
-            transport.accept_tls(Arc::clone(&server_tls), Vec::new()),
+            transport.accept_tls(Arc::clone(&server_tls), std::mem::take(&mut pending)),
         ))
         .await
         .unwrap_or_else(|_| Err(timed_out("tls handshake")));
@@ -70,7 +95,9 @@ pub async fn serve<A: Application>(
         data_timeout,
         transport,
         peer,
-        input: Vec::new(),
+        // What the client sent with its balancer's PROXY header (plaintext here: with implicit
+        // TLS it went to the handshake above).
+        input: pending,
         out: Vec::with_capacity(1024),
         accepted: 0,
         refused: 0,
@@ -80,6 +107,7 @@ pub async fn serve<A: Application>(
     driver.transport.close().await;
     tracing::info!(
         %peer,
+        via = via.map(tracing::field::display),
         role = ?role,
         tls = driver.transport.is_tls(),
         accepted = driver.accepted,

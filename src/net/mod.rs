@@ -9,6 +9,7 @@
 pub mod accept;
 pub mod conn;
 pub mod listen;
+pub mod proxy;
 pub mod signals;
 pub mod stream;
 pub mod tls;
@@ -48,6 +49,9 @@ pub struct SessionSetup {
 pub trait Application: 'static {
     /// Decides whether a new connection from `ip` is served, and counts it when it is.
     fn admit(&self, ip: IpAddr) -> Result<(), ConnectionRefused>;
+    /// Whether a connection from `ip` comes from a load balancer that opens it with a PROXY
+    /// header (`listen.proxy_protocol`).
+    fn proxied(&self, ip: IpAddr) -> bool;
     /// A connection that [`admit`](Self::admit) let in has ended.
     fn release(&self, ip: IpAddr);
 

@@ -672,6 +672,11 @@ impl Application for Core {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    fn proxied(&self, ip: IpAddr) -> bool {
+        let balancers = &self.shared.config.proxy_protocol;
+        !balancers.is_empty() && balancers.iter().any(|c| c.contains(ip))
+    }
+
     fn release(&self, ip: IpAddr) {
         self.connections.set(self.connections.get() - 1);
         if self.connections.get() == 0 {

@@ -301,7 +301,19 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
-        let stream = std::net::TcpStream::connect(addr).unwrap();
+        Raw::from_stream(std::net::TcpStream::connect(addr).unwrap())
+    }
+
+    /// Connects from a chosen loopback source address (any of 127.0.0.0/8 works on Linux).
+    pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> Raw {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::new(source, 0).into()).unwrap();
+        sock.connect(&addr.into()).unwrap();
+        Raw::from_stream(sock.into())
+    }
+
+    fn from_stream(stream: std::net::TcpStream) -> Raw {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();

@@ -8,3 +8,4 @@ mod hardening;
 mod harness;
 mod ingress;
 mod ops;
+mod proxy;
