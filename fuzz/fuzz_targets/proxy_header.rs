@@ -1,6 +1,7 @@
 //! A balancer's PROXY header is parsed before anything else on the connection: any bytes give
-//! an answer (more, a header that fits them, or a reason), never a panic, and the answer for a
-//! prefix never contradicts the answer for the whole.
+//! an answer (more, a header that fits them, or a reason), never a panic; and when the bytes
+//! hold a complete header, the bytes after it change nothing and every shorter prefix asks for
+//! more.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use ringmta::net::proxy::{Parsed, parse};

@@ -4,7 +4,15 @@
 //! A connection from a load balancer in `listen.proxy_protocol` must open with a PROXY header
 //! (`proxy.rs`); it is read here, before admission, so that the per-address limits, the session
 //! and its log see the client the balancer names. A balancer that sends no valid header within
-//! [`PROXY_HEADER_TIMEOUT`] is logged and disconnected without a greeting.
+//! [`PROXY_HEADER_TIMEOUT`] is logged and disconnected without a greeting. A header that names
+//! no client (v2 `LOCAL` or `UNSPEC`, v1 `UNKNOWN`) leaves the balancer's address, but never
+//! its relay trust: HAProxy sends those for its health checks and for clients it cannot name
+//! (a unix socket), and those must not relay without AUTH because the balancer may.
+//!
+//! Connections still waiting for their header are not admitted yet, so they are capped on
+//! their own: [`MAX_AWAITING_HEADER`] per core.
+
+use std::cell::Cell;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -20,6 +28,13 @@ use super::transport::Transport;
 
 /// Longest wait for a balancer's PROXY header (HAProxy sends it with the connection).
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections per core waiting for their PROXY header; more are closed at once.
+pub const MAX_AWAITING_HEADER: usize = 512;
+
+thread_local! {
+    /// Connections of this core waiting for their PROXY header.
+    static AWAITING_HEADER: Cell<usize> = const { Cell::new(0) };
+}
 
 /// Accept operations kept in flight per listener and core: with one, a busy event loop accepts
 /// at most one connection per turn and new clients wait in the backlog.
@@ -59,6 +74,14 @@ async fn accept_loop<A: Application>(
         };
         let transport = Transport::new(stream);
         if app.proxied(peer.ip()) {
+            if AWAITING_HEADER.get() >= MAX_AWAITING_HEADER {
+                tracing::debug!(%peer, "too many connections waiting for a PROXY header; closed");
+                tokio_uring::spawn(async move {
+                    let mut transport = transport;
+                    transport.close().await;
+                });
+                continue;
+            }
             tokio_uring::spawn(serve_proxied(Rc::clone(&app), transport, peer, role));
             continue;
         }
@@ -91,7 +114,9 @@ async fn serve_proxied<A: Application>(
     balancer: SocketAddr,
     role: PortRole,
 ) {
+    AWAITING_HEADER.set(AWAITING_HEADER.get() + 1);
     let read = tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_header(&transport)).await;
+    AWAITING_HEADER.set(AWAITING_HEADER.get() - 1);
     let (header, pending) = match read {
         Ok(Ok(x)) => x,
         Ok(Err(Some(why))) => {
@@ -106,14 +131,19 @@ async fn serve_proxied<A: Application>(
             return;
         }
         Err(_) => {
-            tracing::warn!(%balancer, "no PROXY header within 10 s from a proxy_protocol peer; closed");
+            tracing::warn!(%balancer, "connection from a proxy_protocol peer without a valid PROXY header within 10 s; closed");
             transport.close().await;
             return;
         }
     };
-    let client = match header {
-        Header::Proxied { source, .. } => source,
-        Header::Local => balancer,
+    let (client, untrusted) = match header {
+        // `::ffff:a.b.c.d` (HAProxy on a dual-stack bind) is the IPv4 client it names: one
+        // address for the limits, the log and Received.
+        Header::Proxied { source, .. } => (
+            SocketAddr::new(source.ip().to_canonical(), source.port()),
+            false,
+        ),
+        Header::Local => (balancer, true),
     };
     let ip = client.ip();
     if let Err(why) = app.admit(ip) {
@@ -124,6 +154,7 @@ async fn serve_proxied<A: Application>(
         peer: client,
         via: Some(balancer),
         pending,
+        untrusted,
     };
     super::conn::serve(Rc::clone(&app), transport, arrival, role).await;
     app.release(ip);
@@ -145,6 +176,10 @@ async fn read_header(transport: &Transport) -> Result<(Header, Vec<u8>), Option<
             Ok(0) if buf.is_empty() => return Err(None),
             Ok(0) => return Err(Some("closed before a complete PROXY header".into())),
             Ok(_) => {}
+            // A TCP health check may close with a reset rather than a FIN.
+            Err(e) if buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(None);
+            }
             Err(e) => return Err(Some(e.to_string())),
         }
     }

@@ -31,6 +31,8 @@ pub struct Arrival {
     pub via: Option<SocketAddr>,
     /// Bytes the client sent that were read with the PROXY header.
     pub pending: Vec<u8>,
+    /// Never relay-trusted whatever its address (a PROXY header that named no client).
+    pub untrusted: bool,
 }
 
 impl Arrival {
@@ -40,6 +42,7 @@ impl Arrival {
             peer,
             via: None,
             pending: Vec::new(),
+            untrusted: false,
         }
     }
 }
@@ -55,15 +58,19 @@ pub async fn serve<A: Application>(
         peer,
         via,
         mut pending,
+        untrusted,
     } = arrival;
     let SessionSetup {
         config: session_config,
-        peer: peer_info,
+        peer: mut peer_info,
         tls: server_tls,
         command_timeout,
         data_timeout,
         recipient_check,
     } = app.session(role, peer);
+    if untrusted {
+        peer_info.is_trusted = false;
+    }
     let is_trusted = peer_info.is_trusted;
 
     let mut tls = None;
@@ -143,12 +150,17 @@ impl<A: Application> Driver<A> {
         }
         let mut pending_read: Option<ReadFuture> = None;
         let mut raw = Vec::new();
+        // Bytes that came with a PROXY header are input like any read's.
+        let mut preread = !self.input.is_empty();
         loop {
             // Carry out everything the session asked for; this may unblock buffered input.
             match self.pump(session).await {
                 Pump::Close => return,
                 Pump::Fed => continue,
                 Pump::Idle => {}
+            }
+            if std::mem::take(&mut preread) && self.feed(session) {
+                continue;
             }
             if pending_read.is_none() {
                 let chunk = if session.is_transferring() {

@@ -12,6 +12,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// The longest version 1 header, CRLF included (the specification's bound).
 const V1_MAX: usize = 107;
+/// The longest version 2 address block and TLVs taken (HAProxy's own are a few hundred bytes;
+/// the 16-bit length field would allow 64 KiB per waiting connection).
+const V2_MAX_BODY: usize = 4096;
 
 /// What a complete header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,13 +87,14 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyError> {
             Ok(Parsed::Incomplete)
         };
     };
-    let line = std::str::from_utf8(&buf[6..end]).map_err(|_| ProxyError::V1("not ASCII"))?;
-    let mut f = line.split(' ');
-    let proto = f.next().unwrap_or("");
-    if proto == "UNKNOWN" {
-        // The rest of the line is to be ignored.
+    let rest = &buf[6..end];
+    if rest == b"UNKNOWN" || rest.starts_with(b"UNKNOWN ") {
+        // The rest of the line is to be ignored, whatever its bytes.
         return Ok(Parsed::Complete(Header::Local, end + 2));
     }
+    let line = std::str::from_utf8(rest).map_err(|_| ProxyError::V1("not ASCII"))?;
+    let mut f = line.split(' ');
+    let proto = f.next().unwrap_or("");
     let fields: Vec<&str> = f.collect();
     let [src, dst, sport, dport] = fields[..] else {
         return Err(ProxyError::V1("expected 4 fields after the protocol"));
@@ -129,6 +133,15 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyError> {
     if ver_cmd >> 4 != 2 {
         return Err(ProxyError::V2("version is not 2"));
     }
+    let known = matches!((ver_cmd & 0x0f, family), (0, _) | (1, 0x00 | 0x11 | 0x21));
+    if !known {
+        return Err(ProxyError::V2(
+            "unknown command, or not a TCP connection (UDP and unix sockets are not taken)",
+        ));
+    }
+    if len > V2_MAX_BODY {
+        return Err(ProxyError::V2("longer than 4 KiB"));
+    }
     let total = 16 + len;
     if buf.len() < total {
         return Ok(Parsed::Incomplete);
@@ -164,8 +177,7 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyError> {
                 destination: SocketAddr::new(ip(16), port(34)),
             }
         }
-        (1, _) => return Err(ProxyError::V2("not a TCP connection")),
-        _ => return Err(ProxyError::V2("unknown command")),
+        _ => unreachable!("checked above"),
     };
     // Type-length-value fields after the addresses (ALPN, authority, TLS facts) are skipped.
     Ok(Parsed::Complete(header, total))
@@ -301,9 +313,106 @@ mod tests {
         assert!(matches!(parse(&v3), Err(ProxyError::V2(_))));
     }
 
+    #[test]
+    fn edge_cases_of_the_specification() {
+        // LOCAL keeps the connection's address whatever its address block says.
+        assert_eq!(
+            parse(&v2(0, 0x11, &[0; 12])),
+            Ok(Parsed::Complete(Header::Local, 28))
+        );
+        assert_eq!(
+            parse(b"PROXY UNKNOWN\r\n"),
+            Ok(Parsed::Complete(Header::Local, 15))
+        );
+        assert_eq!(
+            parse(b"PROXY UNKNOWN \xff\xfe\r\n"),
+            Ok(Parsed::Complete(Header::Local, 18))
+        );
+        // The longest v1 header the specification allows (107 bytes) is taken; one byte more is
+        // not.
+        let longest = b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
+        assert_eq!(longest.len(), 104);
+        let mut h = b"PROXY UNKNOWN ".to_vec();
+        h.resize(105, b'x');
+        h.extend_from_slice(b"\r\n");
+        assert_eq!(parse(&h), Ok(Parsed::Complete(Header::Local, 107)));
+        h.insert(20, b'x');
+        assert_eq!(parse(&h), Err(ProxyError::TooLong));
+        assert!(matches!(parse(longest), Ok(Parsed::Complete(_, 104))));
+        // An IPv4-mapped source is returned as sent (the accept loop makes it IPv4).
+        assert_eq!(
+            parse(b"PROXY TCP6 ::ffff:192.0.2.7 ::1 1 25\r\n"),
+            Ok(Parsed::Complete(
+                proxied("[::ffff:192.0.2.7]:1", "[::1]:25"),
+                38
+            ))
+        );
+        // A v2 header declaring more than 4 KiB, or a family not taken, is refused at once.
+        let mut big = V2_SIGNATURE.to_vec();
+        big.extend_from_slice(&[0x21, 0x11, 0x20, 0x00]);
+        assert!(matches!(parse(&big), Err(ProxyError::V2(_))));
+        let mut unix = V2_SIGNATURE.to_vec();
+        unix.extend_from_slice(&[0x21, 0x31, 0x00, 0xd8]);
+        assert!(matches!(parse(&unix), Err(ProxyError::V2(_))));
+    }
+
+    /// A valid header of either version, what it says, and its bytes.
+    fn any_header() -> impl Strategy<Value = (Header, Vec<u8>)> {
+        let v4 = (
+            any::<[u8; 4]>(),
+            any::<[u8; 4]>(),
+            any::<u16>(),
+            any::<u16>(),
+        );
+        let v6 = (
+            any::<[u8; 16]>(),
+            any::<[u8; 16]>(),
+            any::<u16>(),
+            any::<u16>(),
+        );
+        prop_oneof![
+            v4.prop_map(|(s, d, sp, dp)| {
+                let (s, d) = (Ipv4Addr::from(s), Ipv4Addr::from(d));
+                let text = format!("PROXY TCP4 {s} {d} {sp} {dp}\r\n");
+                let h = Header::Proxied {
+                    source: SocketAddr::new(s.into(), sp),
+                    destination: SocketAddr::new(d.into(), dp),
+                };
+                (h, text.into_bytes())
+            }),
+            (v6, proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
+                |((s, d, sp, dp), tlvs)| {
+                    let mut body = s.to_vec();
+                    body.extend_from_slice(&d);
+                    body.extend_from_slice(&sp.to_be_bytes());
+                    body.extend_from_slice(&dp.to_be_bytes());
+                    body.extend_from_slice(&tlvs);
+                    let h = Header::Proxied {
+                        source: SocketAddr::new(Ipv6Addr::from(s).into(), sp),
+                        destination: SocketAddr::new(Ipv6Addr::from(d).into(), dp),
+                    };
+                    (h, v2(1, 0x21, &body))
+                }
+            ),
+        ]
+    }
+
     proptest! {
         #[test]
-        fn any_bytes_parse_without_panicking_and_a_header_fits_them(
+        fn a_valid_header_reads_back_whatever_follows_and_every_prefix_asks_for_more(
+            (header, bytes) in any_header(),
+            after in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut input = bytes.clone();
+            input.extend_from_slice(&after);
+            prop_assert_eq!(parse(&input), Ok(Parsed::Complete(header, bytes.len())));
+            for cut in 0..bytes.len() {
+                prop_assert_eq!(parse(&input[..cut]), Ok(Parsed::Incomplete));
+            }
+        }
+
+        #[test]
+        fn any_bytes_parse_without_panicking(
             bytes in proptest::collection::vec(any::<u8>(), 0..300),
             v1 in any::<bool>(),
         ) {

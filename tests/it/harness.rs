@@ -313,7 +313,7 @@ impl Raw {
         Raw::from_stream(sock.into())
     }
 
-    fn from_stream(stream: std::net::TcpStream) -> Raw {
+    pub fn from_stream(stream: std::net::TcpStream) -> Raw {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();

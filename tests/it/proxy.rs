@@ -1,18 +1,18 @@
 //! The PROXY protocol on the listeners (`listen.proxy_protocol`): a trusted balancer names the
 //! client, and the per-address limits and the session log count on that client.
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Raw, Server, base_config, have, python};
 
-/// Listeners taking PROXY headers from 127.0.0.1 only, one connection per untrusted address.
-fn proxied_config(dir: &std::path::Path) -> String {
+/// Listeners taking PROXY headers from 127.0.0.1 only, one connection per untrusted address;
+/// `trusted` for `relay.trusted_networks`.
+fn proxied_config(dir: &std::path::Path, trusted: &str) -> String {
     base_config(
         dir,
-        "[limits]\nmax_connections_per_ip = 1\n[relay]\ntrusted_networks = [\"10.0.0.0/8\"]\n",
+        &format!("[limits]\nmax_connections_per_ip = 1\n[relay]\ntrusted_networks = {trusted}\n"),
     )
     .replace("threads = 2", "threads = 1")
     .replace(
@@ -21,9 +21,21 @@ fn proxied_config(dir: &std::path::Path) -> String {
     )
 }
 
-fn v2_header(client: [u8; 4], port: u16) -> Vec<u8> {
+fn start(trusted: &str) -> (tempfile::TempDir, Server) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let s = Server::start_in_env(
+        &dir,
+        &proxied_config(&dir, trusted),
+        &[("RUST_LOG", "info")],
+    );
+    (tmp, s)
+}
+
+/// A v2 header naming `client:port` (`cmd` 1: PROXY, 0: LOCAL).
+fn v2_header(cmd: u8, client: [u8; 4], port: u16) -> Vec<u8> {
     let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&[0x20 | cmd, 0x11, 0, 12]);
     h.extend_from_slice(&client);
     h.extend_from_slice(&[127, 0, 0, 1]);
     h.extend_from_slice(&port.to_be_bytes());
@@ -31,37 +43,99 @@ fn v2_header(client: [u8; 4], port: u16) -> Vec<u8> {
     h
 }
 
+/// Asserts that the server closes the connection without writing a byte (end of stream, not
+/// this client's own 20 s read timeout).
+fn closed_without_a_reply(c: &mut Raw) {
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut c.stream, &mut buf).expect("closed by the server");
+    assert_eq!(n, 0, "no reply: {:?}", String::from_utf8_lossy(&buf[..n]));
+}
+
+/// A client behind the balancer: connects, sends `header`, expects the greeting.
+fn behind(s: &Server, header: &[u8]) -> Raw {
+    let mut c = Raw::connect(s.addr("smtp"));
+    c.send(header);
+    let r = c.reply();
+    assert!(r.starts_with("220"), "{r}");
+    c
+}
+
+/// Whether a relay from this session is accepted (RCPT to a domain that is not local).
+fn relays(c: &mut Raw) -> String {
+    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<app@client.example>").starts_with("250"));
+    c.cmd("RCPT TO:<someone@elsewhere.example>")
+}
+
 #[test]
-fn a_balancers_proxy_header_names_the_client_for_limits_and_the_log() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("spool");
-    let s = Server::start_in_env(&dir, &proxied_config(&dir), &[("RUST_LOG", "info")]);
+fn a_balancers_proxy_header_names_the_client_for_limits_relay_and_the_log() {
+    let (_tmp, s) = start("[\"10.0.0.0/8\", \"127.0.0.1/32\"]");
     let smtp = s.addr("smtp");
 
     // Two clients behind the balancer (127.0.0.1): each is counted on its own address.
-    let mut first = Raw::connect(smtp);
-    first.send(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n");
-    let r = first.reply();
-    assert!(r.starts_with("220"), "{r}");
+    let mut first = behind(&s, b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n");
     let mut second = Raw::connect(smtp);
-    second.send(&v2_header([192, 0, 2, 7], 40001));
+    second.send(&v2_header(1, [192, 0, 2, 7], 40001));
     let r = second.reply();
     assert!(
         r.starts_with("421 4.7.0"),
         "the same client again, over v2: {r}"
     );
-    let mut other = Raw::connect(smtp);
-    other.send(&v2_header([192, 0, 2, 8], 40002));
-    assert!(other.reply().starts_with("220"));
+    let mut other = behind(&s, &v2_header(1, [192, 0, 2, 8], 40002));
     assert!(other.cmd("EHLO client.example").starts_with("250"));
     assert!(other.cmd("QUIT").starts_with("221"));
     let line = s.wait_log("peer=192.0.2.8:40002", 10);
     assert!(line.contains("via=127.0.0.1:"), "{line}");
 
+    // The slot is released when the session ends: the same client is let in again.
+    assert!(first.cmd("QUIT").starts_with("221"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = Raw::connect(smtp);
+        again.send(b"PROXY TCP4 192.0.2.7 127.0.0.1 40003 25\r\n");
+        if again.reply().starts_with("220") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "192.0.2.7's slot was never released"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Relay rules see the named client, not the (trusted) balancer; a header naming no client
+    // keeps the balancer's address but not its trust.
+    let mut inside = behind(&s, &v2_header(1, [10, 1, 2, 3], 40004));
+    let r = relays(&mut inside);
+    assert!(r.starts_with("250"), "10.1.2.3 is trusted: {r}");
+    let mut outside = behind(&s, &v2_header(1, [192, 0, 2, 9], 40005));
+    let r = relays(&mut outside);
+    assert!(r.starts_with("554 5.7.1"), "192.0.2.9 is not: {r}");
+    for header in [
+        v2_header(0, [10, 1, 2, 3], 40006),
+        b"PROXY UNKNOWN\r\n".to_vec(),
+    ] {
+        let mut anonymous = behind(&s, &header);
+        let r = relays(&mut anonymous);
+        assert!(r.starts_with("554 5.7.1"), "no client named, no trust: {r}");
+    }
+
+    // What the client sent along with the header is answered without waiting for more.
+    let mut eager = Raw::connect(smtp);
+    let mut bytes = v2_header(1, [192, 0, 2, 10], 40007);
+    bytes.extend_from_slice(b"EHLO eager.example\r\n");
+    eager.send(&bytes);
+    assert!(eager.reply().starts_with("220"));
+    let r = eager.reply();
+    assert!(r.starts_with("250"), "{r}");
+
     // A balancer that sends no valid header gets no greeting.
     let mut broken = Raw::connect(smtp);
-    broken.send(b"PROXY TCP4 192.0.2.9 nonsense\r\n");
-    assert_eq!(broken.reply(), "", "closed without a reply");
+    broken.send(b"PROXY TCP4 192.0.2.11 nonsense\r\n");
+    closed_without_a_reply(&mut broken);
     s.wait_log("without a valid PROXY header", 10);
 
     // Anyone else is not believed: the header is just a bad command, and the address counted is
@@ -69,10 +143,34 @@ fn a_balancers_proxy_header_names_the_client_for_limits_and_the_log() {
     let direct = "127.0.0.2".parse::<IpAddr>().unwrap();
     let mut c = Raw::connect_from(direct, smtp);
     assert!(c.reply().starts_with("220"));
-    let r = c.cmd("PROXY TCP4 192.0.2.10 127.0.0.1 40003 25");
+    let r = c.cmd("PROXY TCP4 192.0.2.12 127.0.0.1 40008 25");
     assert!(r.starts_with("500 5.5.1"), "{r}");
     assert!(c.cmd("QUIT").starts_with("221"));
     s.wait_log("peer=127.0.0.2:", 10);
+}
+
+#[test]
+fn implicit_tls_works_behind_a_proxy_header() {
+    let (_tmp, s) = start("[\"10.0.0.0/8\"]");
+    let header: String = v2_header(1, [192, 0, 2, 30], 40030)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let script = "import socket, ssl, sys\n\
+                  s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=20)\n\
+                  s.sendall(bytes.fromhex(sys.argv[2]))\n\
+                  ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n\
+                  ctx.check_hostname = False\n\
+                  ctx.verify_mode = ssl.CERT_NONE\n\
+                  t = ctx.wrap_socket(s, server_hostname='mx.test')\n\
+                  print(t.recv(512).decode().split()[0])\n\
+                  t.sendall(b'QUIT\\r\\n')\n\
+                  print(t.recv(512).decode().split()[0])\n";
+    let (code, out, err) = python(script, &[s.port("submissions").to_string(), header]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["220", "221"]);
+    let line = s.wait_log("peer=192.0.2.30:40030", 10);
+    assert!(line.contains("tls=true"), "{line}");
 }
 
 /// HAProxy in a child process, killed on drop.
@@ -100,36 +198,54 @@ fn haproxy_with_proxy_v2_in_front_passes_the_client_address_to_the_log_and_the_l
         ringmta::testkit::skip("haproxy is not installed (apt-get install haproxy)");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("spool");
-    let s = Server::start_in_env(&dir, &proxied_config(&dir), &[("RUST_LOG", "info")]);
+    let (tmp, s) = start("[\"10.0.0.0/8\"]");
     let front = free_port();
     let cfg = tmp.path().join("haproxy.cfg");
-    let mut f = std::fs::File::create(&cfg).unwrap();
-    write!(
-        f,
-        "global\n  maxconn 64\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  \
-         timeout server 30s\nfrontend smtp\n  bind 127.0.0.1:{front}\n  default_backend ringmta\n\
-         backend ringmta\n  server r1 {} send-proxy-v2 source 127.0.0.1\n",
-        s.addr("smtp")
+    let log = tmp.path().join("haproxy.log");
+    // `noreuseport`: HAProxy would otherwise bind with SO_REUSEPORT, and a port another test's
+    // server took in the meantime would silently share its connections.
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 64\n  noreuseport\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
+             timeout client 30s\n  timeout server 30s\nfrontend smtp\n  bind 127.0.0.1:{front}\n  \
+             default_backend ringmta\nbackend ringmta\n  server r1 {} send-proxy-v2 source 127.0.0.1\n",
+            s.addr("smtp")
+        ),
     )
     .unwrap();
-    drop(f);
-    let _haproxy = Haproxy(
+    let out = std::fs::File::create(&log).unwrap();
+    let mut haproxy = Haproxy(
         Command::new("haproxy")
             .arg("-db")
             .arg("-f")
             .arg(&cfg)
             .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
             .spawn()
             .expect("haproxy starts"),
     );
     let front = SocketAddr::from(([127, 0, 0, 1], front));
+    // Ready when a client through it is greeted by ringmta.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(front).is_err() {
+    loop {
+        if let Ok(Some(status)) = haproxy.0.try_wait() {
+            panic!(
+                "haproxy exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if let Ok(stream) = std::net::TcpStream::connect(front) {
+            let mut probe = Raw::from_stream(stream);
+            if probe.reply().starts_with("220") {
+                assert!(probe.cmd("QUIT").starts_with("221"));
+                break;
+            }
+        }
         assert!(
             Instant::now() < deadline,
-            "haproxy did not listen within 10 s"
+            "no greeting through haproxy within 10 s"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -162,26 +278,9 @@ fn haproxy_with_proxy_v2_in_front_passes_the_client_address_to_the_log_and_the_l
 
 #[test]
 fn a_balancer_that_stalls_inside_its_header_is_disconnected_without_a_greeting() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("spool");
-    let s = Server::start_in_env(&dir, &proxied_config(&dir), &[("RUST_LOG", "info")]);
+    let (_tmp, s) = start("[\"10.0.0.0/8\"]");
     let mut c = Raw::connect(s.addr("smtp"));
     c.send(b"PROXY TCP4 192.0.2.7 ");
-    // The server closes (end of stream, not this client's own 20 s read timeout) and says nothing.
-    c.stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let n = std::io::Read::read(&mut c.stream, &mut buf).expect("closed by the server");
-    assert_eq!(
-        n,
-        0,
-        "no greeting: {:?}",
-        String::from_utf8_lossy(&buf[..n])
-    );
-    s.wait_log("no PROXY header within 10 s", 5);
-    // The slot is not held: the next client behind the balancer is served.
-    let mut next = Raw::connect(s.addr("smtp"));
-    next.send(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n");
-    assert!(next.reply().starts_with("220"));
+    closed_without_a_reply(&mut c);
+    s.wait_log("without a valid PROXY header within 10 s", 5);
 }
