@@ -254,6 +254,8 @@ impl SuspendTarget {
 #[derive(Debug, Subcommand)]
 pub enum SpoolAction {
     /// Verify every record's checksum and report what recovery would do. Changes nothing.
+    /// Exit status: 0 clean, 1 torn tails only (appends a crash cut off, never acknowledged),
+    /// 2 damage (records lost, or a file whose header cannot be read), 3 the check could not run.
     Check,
 }
 
@@ -337,10 +339,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             config,
             action: SpoolAction::Check,
         } => {
-            let config = load(config.as_deref())?;
-            let report = crate::spool::check(&config.spool_dir)?;
-            println!("{report}");
-            Ok(ExitCode::SUCCESS)
+            // 1 and 2 are verdicts: a check that cannot run says so with its own status.
+            let checked = load(config.as_deref())
+                .and_then(|config| Ok(crate::spool::check(&config.spool_dir)?));
+            match checked {
+                Ok(report) => {
+                    println!("{report}");
+                    Ok(ExitCode::from(report.exit_code()))
+                }
+                Err(e) => {
+                    eprintln!("ringmta: {e:#}");
+                    Ok(ExitCode::from(3))
+                }
+            }
         }
         Command::Queue { config, action } => {
             let config = load(config.as_deref())?;

@@ -18,6 +18,25 @@ impl CheckReport {
         self.shards.iter().all(|s| s.damaged().next().is_none())
             && self.ledgers.iter().all(SegmentReport::is_clean)
     }
+
+    /// The exit status of `ringmta spool check`: 0 clean; 1 torn tails only (what a crash
+    /// leaves: appends never acknowledged, which recovery drops); 2 damage (records lost in the
+    /// middle of a file or at the end of one its successor counted, or a file whose header
+    /// cannot be read).
+    pub fn exit_code(&self) -> u8 {
+        let mut files = self
+            .shards
+            .iter()
+            .flat_map(|s| &s.segments)
+            .chain(&self.ledgers);
+        if files.any(|f| f.header_error.is_some() || !f.damaged.is_empty()) {
+            2
+        } else if self.is_clean() {
+            0
+        } else {
+            1
+        }
+    }
 }
 
 impl fmt::Display for CheckReport {
@@ -166,4 +185,73 @@ pub fn read_spool(dir: &Path) -> Result<SpoolSnapshot, SpoolError> {
     }
     snap.placeholders.sort_by_key(|p| p.id);
     Ok(snap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use record::FrameError;
+
+    fn file(torn: bool, damaged: bool, header: bool) -> SegmentReport {
+        SegmentReport {
+            path: PathBuf::from("seg"),
+            shard: Some(0),
+            seq: 1,
+            len: 4096,
+            records: 1,
+            end: 128,
+            header_error: header.then_some(HeaderError::Crc),
+            torn: torn.then_some(TornTail {
+                offset: 128,
+                bytes: 10,
+                reason: FrameError::Kind(9),
+            }),
+            damaged: if damaged {
+                vec![Damage {
+                    offset: 128,
+                    bytes: 64,
+                    frames: 1,
+                    reason: FrameError::Kind(9),
+                }]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn check_of(segments: Vec<SegmentReport>, ledgers: Vec<SegmentReport>) -> CheckReport {
+        CheckReport {
+            shards: vec![RecoveryReport {
+                segments,
+                ..RecoveryReport::default()
+            }],
+            ledgers,
+        }
+    }
+
+    #[test]
+    fn the_exit_status_tells_clean_from_torn_tails_from_damage() {
+        let ok = || file(false, false, false);
+        assert_eq!(check_of(vec![ok()], vec![ok()]).exit_code(), 0);
+        assert_eq!(
+            check_of(vec![ok(), file(true, false, false)], vec![]).exit_code(),
+            1
+        );
+        assert_eq!(
+            check_of(vec![ok()], vec![file(true, false, false)]).exit_code(),
+            1
+        );
+        assert_eq!(
+            check_of(vec![file(true, true, false)], vec![]).exit_code(),
+            2
+        );
+        assert_eq!(
+            check_of(vec![ok()], vec![file(false, false, true)]).exit_code(),
+            2
+        );
+        assert_eq!(
+            check_of(vec![file(false, false, true)], vec![ok()]).exit_code(),
+            2
+        );
+    }
 }

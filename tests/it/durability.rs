@@ -129,7 +129,7 @@ fn torn_tail_is_cut_reported_and_nothing_committed_is_lost() {
     assert!(damaged > 0, "no segment with data found");
 
     let (code, report, err) = server.cli(&["spool", "check"]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 1, "torn tails only: {report}{err}");
     assert!(
         report.to_lowercase().contains("torn") || report.to_lowercase().contains("corrupt"),
         "{report}"
@@ -701,7 +701,10 @@ fn fdatasync_failing_with_eio_or_enospc_stops_acknowledging_and_loses_nothing_ac
     }
     server.stop();
     let (code, check, _) = server.cli(&["spool", "check"]);
-    assert_eq!(code, 0, "{check}");
+    assert!(
+        code == 0 || code == 1,
+        "no damage, at most torn tails: {check}"
+    );
     assert!(acked.is_subset(&listed_ids(&server)));
 }
 
@@ -789,12 +792,14 @@ fn a_power_cut_keeps_every_message_acknowledged_before_it() {
         // (the unsynced end of a segment is its preallocated zeros); with a random part of
         // the rest, torn tails are expected, but never a segment shorter than the next one
         // counted (that would be reported as damage).
-        // (`spool check` exits 0 whatever it finds: its verdict line is what says.)
+        // (Exit status 0: clean; 1: torn tails only; 2: damage.)
         let (code, check, _) = after.cli(&["spool", "check"]);
-        assert_eq!(code, 0, "cut {cut}: {check}");
         match mode {
-            "cut" => assert!(check.contains(CLEAN), "cut {cut}: {check}"),
-            _ => assert!(!check.contains("missing at the end"), "cut {cut}: {check}"),
+            "cut" => assert!(code == 0 && check.contains(CLEAN), "cut {cut}: {check}"),
+            _ => assert!(
+                code <= 1 && !check.contains("missing at the end"),
+                "cut {cut}: exit {code}: {check}"
+            ),
         }
         let lost: Vec<_> = acked.difference(&present).collect();
         eprintln!(
