@@ -24,6 +24,7 @@ pub mod content;
 pub mod control;
 pub mod delivery;
 pub mod feedback;
+pub mod fsutil;
 pub mod http;
 pub mod http_client;
 pub mod ids;

@@ -248,10 +248,8 @@ impl Poster {
 
     /// Saves the offset: written aside, synced, renamed.
     fn save(&self, offset: u64) {
-        let tmp = self.offset_file.with_extension("tmp");
-        let saved = std::fs::write(&tmp, offset.to_string())
-            .and_then(|()| File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, &self.offset_file));
+        let saved =
+            crate::fsutil::replace_durably(&self.offset_file, offset.to_string().as_bytes(), 0o644);
         if let Err(e) = saved {
             tracing::error!(error = %e, "cannot save the webhook offset");
         }

@@ -65,31 +65,12 @@ pub fn ensure_self_signed(
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let names = vec![hostname.to_owned(), "localhost".to_owned()];
     let generated = rcgen::generate_simple_self_signed(names)?;
-    write_durably(&key, generated.key_pair.serialize_pem().as_bytes(), 0o600)?;
-    write_durably(&cert, generated.cert.pem().as_bytes(), 0o644)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
+    let key_pem = generated.key_pair.serialize_pem();
+    crate::fsutil::replace_durably(&key, key_pem.as_bytes(), 0o600).map_err(io_err(&key))?;
+    let cert_pem = generated.cert.pem();
+    crate::fsutil::replace_durably(&cert, cert_pem.as_bytes(), 0o644).map_err(io_err(&cert))?;
     tracing::warn!(cert = %cert.display(), "generated a self-signed certificate; configure [tls] for production");
     Ok((cert, key))
-}
-
-/// Writes `path` whole or not at all, durably: a temporary file with `mode`, fsynced, renamed
-/// into place (the caller fsyncs the directory). A power cut found an empty certificate once.
-fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsSetupError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("pem.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(io_err(path))
 }
 
 /// Builds the rustls server configuration from PEM files (ring provider, TLS 1.2 and 1.3).

@@ -190,10 +190,10 @@ fn dev_user(spool_dir: &std::path::Path) -> Result<User> {
                 .take(20)
                 .map(char::from)
                 .collect();
-            std::fs::write(&path, &p)
+            // Mode 0600 from the start, and durable: a password printed once must still be the
+            // password after a power cut.
+            crate::fsutil::replace_durably(&path, p.as_bytes(), 0o600)
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
             p
         }
     };

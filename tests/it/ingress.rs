@@ -514,6 +514,14 @@ fn dev_defaults_print_a_working_user() {
     );
     queued_id(&out[0]);
     assert!(dir.join("tls/cert.pem").exists());
+    use std::os::unix::fs::PermissionsExt;
+    for (file, want) in [("dev-user", 0o600), ("tls/key.pem", 0o600)] {
+        let mode = std::fs::metadata(dir.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, want, "{file} is private");
+    }
 }
 
 #[test]
