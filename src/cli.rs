@@ -254,8 +254,10 @@ impl SuspendTarget {
 #[derive(Debug, Subcommand)]
 pub enum SpoolAction {
     /// Verify every record's checksum and report what recovery would do. Changes nothing.
-    /// Exit status: 0 clean, 1 torn tails only (appends a crash cut off, never acknowledged),
-    /// 2 damage (records lost, or a file whose header cannot be read), 3 the check could not run.
+    /// Exit status (as fsck's): 0 clean, 1 torn tails only (appends a crash cut off, never
+    /// acknowledged), 4 damage (records lost, or a file whose header cannot be read; after a
+    /// power cut possibly unsynced appends of the active segment), 8 the check could not run
+    /// (2: a mistyped command line).
     Check,
 }
 
@@ -339,7 +341,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             config,
             action: SpoolAction::Check,
         } => {
-            // 1 and 2 are verdicts: a check that cannot run says so with its own status.
+            // 1 and 4 are verdicts: a check that cannot run says so with its own status.
             let checked = load(config.as_deref())
                 .and_then(|config| Ok(crate::spool::check(&config.spool_dir)?));
             match checked {
@@ -349,7 +351,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => {
                     eprintln!("ringmta: {e:#}");
-                    Ok(ExitCode::from(3))
+                    Ok(ExitCode::from(8))
                 }
             }
         }

@@ -6,16 +6,23 @@
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Tells apart the temporary files of writers in this process.
+static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
 
 /// Replaces `path` with `bytes`: a temporary file created with `mode` (never wider, not even
 /// for a moment: the password and the key are 0600), written, fsynced, renamed into place, and
 /// the directory fsynced. A crash or a power cut leaves the old file or the new one, never an
-/// empty or partial one (a power cut once left an empty certificate behind; issue 21).
+/// empty or partial one (a power cut once left an empty certificate behind; issue 21). Each
+/// call writes its own temporary file (`path.tmp-PID-N`), so two writers of one file never
+/// rename each other's half-written bytes into place; the last rename wins. A crash can leave a
+/// temporary file behind.
 pub fn replace_durably(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
+    tmp.push(format!(".tmp-{}-{n}", std::process::id()));
     let tmp = std::path::PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

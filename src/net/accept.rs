@@ -82,11 +82,19 @@ async fn accept_loop<A: Application>(
                 });
                 continue;
             }
-            tokio_uring::spawn(serve_proxied(Rc::clone(&app), transport, peer, role));
+            // Counted now, not when the task first runs: every accept of this turn sees it.
+            let waiting = Awaiting::new();
+            tokio_uring::spawn(serve_proxied(
+                Rc::clone(&app),
+                transport,
+                peer,
+                role,
+                waiting,
+            ));
             continue;
         }
         let ip = peer.ip();
-        if let Err(why) = app.admit(ip) {
+        if let Err(why) = app.admit(ip, true) {
             tokio_uring::spawn(refuse(transport, why));
             continue;
         }
@@ -95,6 +103,22 @@ async fn accept_loop<A: Application>(
             super::conn::serve(Rc::clone(&app), transport, Arrival::direct(peer), role).await;
             app.release(ip);
         });
+    }
+}
+
+/// One connection of this core waiting for its PROXY header, counted until dropped.
+struct Awaiting;
+
+impl Awaiting {
+    fn new() -> Awaiting {
+        AWAITING_HEADER.set(AWAITING_HEADER.get() + 1);
+        Awaiting
+    }
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        AWAITING_HEADER.set(AWAITING_HEADER.get() - 1);
     }
 }
 
@@ -113,10 +137,10 @@ async fn serve_proxied<A: Application>(
     mut transport: Transport,
     balancer: SocketAddr,
     role: PortRole,
+    waiting: Awaiting,
 ) {
-    AWAITING_HEADER.set(AWAITING_HEADER.get() + 1);
     let read = tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_header(&transport)).await;
-    AWAITING_HEADER.set(AWAITING_HEADER.get() - 1);
+    drop(waiting);
     let (header, pending) = match read {
         Ok(Ok(x)) => x,
         Ok(Err(Some(why))) => {
@@ -146,7 +170,7 @@ async fn serve_proxied<A: Application>(
         Header::Local => (balancer, true),
     };
     let ip = client.ip();
-    if let Err(why) = app.admit(ip) {
+    if let Err(why) = app.admit(ip, !untrusted) {
         refuse(transport, why).await;
         return;
     }

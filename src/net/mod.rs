@@ -47,8 +47,10 @@ pub struct SessionSetup {
 /// The application, as the I/O layer sees it. The worker implements it; `net` calls nothing
 /// else of it.
 pub trait Application: 'static {
-    /// Decides whether a new connection from `ip` is served, and counts it when it is.
-    fn admit(&self, ip: IpAddr) -> Result<(), ConnectionRefused>;
+    /// Decides whether a new connection from `ip` is served, and counts it when it is. With
+    /// `may_trust` false the per-address limits apply even to a trusted address (a balancer's
+    /// connection whose PROXY header named no client).
+    fn admit(&self, ip: IpAddr, may_trust: bool) -> Result<(), ConnectionRefused>;
     /// Whether a connection from `ip` comes from a load balancer that opens it with a PROXY
     /// header (`listen.proxy_protocol`).
     fn proxied(&self, ip: IpAddr) -> bool;

@@ -19,10 +19,11 @@ impl CheckReport {
             && self.ledgers.iter().all(SegmentReport::is_clean)
     }
 
-    /// The exit status of `ringmta spool check`: 0 clean; 1 torn tails only (what a crash
-    /// leaves: appends never acknowledged, which recovery drops); 2 damage (records lost in the
-    /// middle of a file or at the end of one its successor counted, or a file whose header
-    /// cannot be read).
+    /// The exit status of `ringmta spool check`, after fsck(8): 0 clean; 1 torn tails only
+    /// (what a crash leaves: appends never acknowledged, which recovery drops); 4 damage
+    /// (records lost in the middle of a file or at the end of one its successor counted, or a
+    /// file whose header cannot be read). After a power cut, damage in the segment that was
+    /// being appended to can also be unsynced appends that reached the disk out of order.
     pub fn exit_code(&self) -> u8 {
         let mut files = self
             .shards
@@ -30,7 +31,7 @@ impl CheckReport {
             .flat_map(|s| &s.segments)
             .chain(&self.ledgers);
         if files.any(|f| f.header_error.is_some() || !f.damaged.is_empty()) {
-            2
+            4
         } else if self.is_clean() {
             0
         } else {
@@ -243,15 +244,15 @@ mod tests {
         );
         assert_eq!(
             check_of(vec![file(true, true, false)], vec![]).exit_code(),
-            2
+            4
         );
         assert_eq!(
             check_of(vec![ok()], vec![file(false, false, true)]).exit_code(),
-            2
+            4
         );
         assert_eq!(
             check_of(vec![file(false, false, true)], vec![ok()]).exit_code(),
-            2
+            4
         );
     }
 }

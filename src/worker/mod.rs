@@ -639,10 +639,10 @@ fn start_delivery(core: &Rc<Core>) {
 }
 
 impl Application for Core {
-    fn admit(&self, ip: IpAddr) -> Result<(), ConnectionRefused> {
+    fn admit(&self, ip: IpAddr, may_trust: bool) -> Result<(), ConnectionRefused> {
         use crate::metrics::Refusal;
         let limits = &self.shared.config.limits;
-        let trusted = self.is_trusted(ip);
+        let trusted = may_trust && self.is_trusted(ip);
         let from_ip = self.per_ip.borrow().get(&ip).copied().unwrap_or(0);
         let refusal = if self.connections.get() >= limits.max_connections_per_core {
             Some((Refusal::PerCore, ConnectionRefused::TooManyConnections))

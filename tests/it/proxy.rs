@@ -114,14 +114,36 @@ fn a_balancers_proxy_header_names_the_client_for_limits_relay_and_the_log() {
     let mut outside = behind(&s, &v2_header(1, [192, 0, 2, 9], 40005));
     let r = relays(&mut outside);
     assert!(r.starts_with("554 5.7.1"), "192.0.2.9 is not: {r}");
-    for header in [
-        v2_header(0, [10, 1, 2, 3], 40006),
-        b"PROXY UNKNOWN\r\n".to_vec(),
-    ] {
-        let mut anonymous = behind(&s, &header);
-        let r = relays(&mut anonymous);
-        assert!(r.starts_with("554 5.7.1"), "no client named, no trust: {r}");
-    }
+    let mut anonymous = behind(&s, &v2_header(0, [10, 1, 2, 3], 40006));
+    let r = relays(&mut anonymous);
+    assert!(r.starts_with("554 5.7.1"), "no client named, no trust: {r}");
+    // ... nor its exemption from the per-address limits.
+    let mut more = Raw::connect(smtp);
+    more.send(b"PROXY UNKNOWN\r\n");
+    let r = more.reply();
+    assert!(
+        r.starts_with("421 4.7.0"),
+        "a second unnamed connection: {r}"
+    );
+    assert!(anonymous.cmd("QUIT").starts_with("221"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut unknown = loop {
+        let mut c = Raw::connect(smtp);
+        c.send(b"PROXY UNKNOWN\r\n");
+        if c.reply().starts_with("220") {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the unnamed slot was never released"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let r = relays(&mut unknown);
+    assert!(
+        r.starts_with("554 5.7.1"),
+        "v1 UNKNOWN, no trust either: {r}"
+    );
 
     // What the client sent along with the header is answered without waiting for more.
     let mut eager = Raw::connect(smtp);
@@ -156,16 +178,39 @@ fn implicit_tls_works_behind_a_proxy_header() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let script = "import socket, ssl, sys\n\
-                  s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=20)\n\
-                  s.sendall(bytes.fromhex(sys.argv[2]))\n\
-                  ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n\
-                  ctx.check_hostname = False\n\
-                  ctx.verify_mode = ssl.CERT_NONE\n\
-                  t = ctx.wrap_socket(s, server_hostname='mx.test')\n\
-                  print(t.recv(512).decode().split()[0])\n\
-                  t.sendall(b'QUIT\\r\\n')\n\
-                  print(t.recv(512).decode().split()[0])\n";
+    // The header and the TLS ClientHello go out in one write, so that the server reads part of
+    // the handshake along with the header (memory BIOs let the script build the hello first).
+    let script = r#"
+import socket, ssl, sys
+s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=20)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(inc, out, server_hostname='mx.test')
+first = True
+def step(call):
+    global first
+    while True:
+        try:
+            return call()
+        except ssl.SSLWantReadError:
+            data = out.read()
+            if first:
+                data = bytes.fromhex(sys.argv[2]) + data
+                first = False
+            if data:
+                s.sendall(data)
+            chunk = s.recv(65536)
+            if not chunk:
+                sys.exit('closed by the server')
+            inc.write(chunk)
+step(tls.do_handshake)
+print(step(lambda: tls.read(512)).decode().split()[0])
+tls.write(b'QUIT\r\n')
+s.sendall(out.read())
+print(step(lambda: tls.read(512)).decode().split()[0])
+"#;
     let (code, out, err) = python(script, &[s.port("submissions").to_string(), header]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["220", "221"]);
