@@ -62,15 +62,12 @@ pub async fn serve<A: Application>(
     } = arrival;
     let SessionSetup {
         config: session_config,
-        peer: mut peer_info,
+        peer: peer_info,
         tls: server_tls,
         command_timeout,
         data_timeout,
         recipient_check,
-    } = app.session(role, peer);
-    if untrusted {
-        peer_info.is_trusted = false;
-    }
+    } = app.session(role, peer, !untrusted);
     let is_trusted = peer_info.is_trusted;
 
     let mut tls = None;

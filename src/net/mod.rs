@@ -60,7 +60,8 @@ pub trait Application: 'static {
     /// accept(2) failed (out of descriptors or memory); the listener backs off and retries.
     fn accept_failed(&self, error: &std::io::Error);
     /// The settings of a session on a listener of `role` with this peer.
-    fn session(&self, role: PortRole, peer: SocketAddr) -> SessionSetup;
+    /// `may_trust` as for [`admit`](Self::admit).
+    fn session(&self, role: PortRole, peer: SocketAddr, may_trust: bool) -> SessionSetup;
     /// Whether a client outside the trusted networks may start another transaction.
     fn allow_mail(&self, ip: IpAddr) -> bool;
     /// Checks AUTH credentials.

@@ -691,13 +691,13 @@ impl Application for Core {
         }
     }
 
-    fn session(&self, role: PortRole, peer: SocketAddr) -> SessionSetup {
+    fn session(&self, role: PortRole, peer: SocketAddr, may_trust: bool) -> SessionSetup {
         let config = &self.shared.config;
         SessionSetup {
             config: Arc::clone(self.shared.session_config(role)),
             peer: PeerInfo {
                 addr: peer,
-                is_trusted: self.is_trusted(peer.ip()),
+                is_trusted: may_trust && self.is_trusted(peer.ip()),
             },
             tls: Arc::clone(&self.shared.tls),
             command_timeout: config.limits.command_timeout,
