@@ -40,7 +40,7 @@ struct Entry {
 
 struct State {
     users: std::sync::RwLock<HashMap<String, Entry>>,
-    failures: IpCounter,
+    failures: Arc<IpCounter>,
     cache: Mutex<HashMap<u64, Instant>>,
     hasher: std::hash::RandomState,
     policy: ThrottlePolicy,
@@ -68,7 +68,7 @@ impl AuthService {
         let users = user_map(users);
         let state = Arc::new(State {
             users: std::sync::RwLock::new(users),
-            failures: IpCounter::new(policy.window),
+            failures: Arc::new(IpCounter::new(policy.window)),
             cache: Mutex::new(HashMap::new()),
             hasher: std::hash::RandomState::new(),
             policy,
@@ -94,6 +94,11 @@ impl AuthService {
             tx,
             state: reload_state,
         }
+    }
+
+    /// The per-address AUTH failure counter (a cluster shares it), when the throttle is on.
+    pub fn failure_counter(&self) -> Option<Arc<IpCounter>> {
+        (self.state.policy.max_failures > 0).then(|| Arc::clone(&self.state.failures))
     }
 
     /// Replaces the users (SIGHUP reload). Cached verifications are dropped, so a changed

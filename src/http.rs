@@ -69,6 +69,8 @@ pub struct Api {
     pub sites: Arc<crate::delivery::sites::Sites>,
     /// Mail-client autoconfiguration, when `[autoconfig]` is enabled.
     pub autoconfig: Option<crate::config::autoconfig::Autoconfig>,
+    /// This node's cluster membership, when `[cluster]` is set.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Handle to the running HTTP thread.
@@ -174,6 +176,9 @@ impl Api {
                 let mut text = render(&self.metrics);
                 path_metrics(&mut text, &self.sites.snapshot(std::time::Instant::now()));
                 webhook_metrics(&mut text, &self.webhooks);
+                if let Some(c) = &self.cluster {
+                    c.render_metrics(&mut text);
+                }
                 reply(200, "text/plain; version=0.0.4", text)
             }
             // Thunderbird asks autoconfig.<domain> for either path (no credentials: public).

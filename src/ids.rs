@@ -6,17 +6,24 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// The id of one accepted message, unique across the whole spool and across restarts.
+/// The id of one accepted message, unique across the whole spool and across restarts, and
+/// across the nodes of a cluster.
 ///
-/// Layout: the high 56 bits are a per-shard monotonic counter seeded from the clock in
-/// milliseconds, the low 8 bits are the shard (core) index. Displayed as 16 lowercase hex digits.
+/// Layout, high bits first: a 48-bit per-shard monotonic counter seeded from the clock in
+/// milliseconds, the 8-bit node number (`cluster.node_id`; 0 on a single host), the 8-bit shard
+/// (core) index. Displayed as 16 lowercase hex digits. See
+/// `docs/decisions/2026-12-03-node-in-queue-id.md`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QueueId(pub u64);
 
 impl QueueId {
-    /// Builds an id from a shard index and that shard's counter value.
-    pub fn new(shard: u8, counter: u64) -> Self {
-        QueueId((counter << 8) | u64::from(shard))
+    /// Counters at or above this no longer fit (the year 10889, at one id per millisecond).
+    pub const COUNTER_LIMIT: u64 = 1 << 48;
+
+    /// Builds an id from a node number, a shard index and that shard's counter value (below
+    /// [`Self::COUNTER_LIMIT`]).
+    pub fn new(node: u8, shard: u8, counter: u64) -> Self {
+        QueueId((counter << 16) | (u64::from(node) << 8) | u64::from(shard))
     }
 
     /// The shard (core) that owns this message's records.
@@ -24,9 +31,14 @@ impl QueueId {
         (self.0 & 0xff) as u8
     }
 
+    /// The cluster node that accepted this message (0 on a single host).
+    pub fn node(self) -> u8 {
+        ((self.0 >> 8) & 0xff) as u8
+    }
+
     /// The per-shard counter part.
     pub fn counter(self) -> u64 {
-        self.0 >> 8
+        self.0 >> 16
     }
 }
 
@@ -83,8 +95,8 @@ mod tests {
 
     #[test]
     fn queue_id_round_trips_through_text() {
-        let id = QueueId::new(3, 0x1234_5678_9abc);
-        assert_eq!(id.shard(), 3);
+        let id = QueueId::new(7, 3, 0x1234_5678_9abc);
+        assert_eq!((id.node(), id.shard()), (7, 3));
         assert_eq!(id.counter(), 0x1234_5678_9abc);
         assert_eq!(id.to_string().parse::<QueueId>(), Ok(id));
         assert!("xyz".parse::<QueueId>().is_err());

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod autoconfig;
 pub mod bounce;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod content;
 pub mod control;

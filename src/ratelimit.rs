@@ -11,7 +11,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
@@ -28,6 +29,19 @@ pub struct IpCounter {
     /// Keyed per process, so that an attacker cannot choose addresses that share a shard.
     hasher: std::hash::RandomState,
     shards: [Mutex<Shard>; SHARDS],
+    /// The other nodes' counts, when a cluster shares this one (`[cluster]`).
+    peers: OnceLock<Peers>,
+}
+
+/// What a cluster adds to a counter: the events counted here since the last exchange, and
+/// what the other nodes counted in the current window as of that exchange.
+#[derive(Debug, Default)]
+struct Peers {
+    pending: Mutex<HashMap<IpAddr, u32>>,
+    others: Mutex<HashMap<IpAddr, u32>>,
+    /// This node's own count is multiplied by it: 1 while the nodes exchange counts, the
+    /// number of nodes while they cannot (each node then allows its share of the limit).
+    factor: AtomicU32,
 }
 
 #[derive(Debug, Default)]
@@ -49,7 +63,65 @@ impl IpCounter {
             window,
             hasher: std::hash::RandomState::new(),
             shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
+            peers: OnceLock::new(),
         }
+    }
+
+    /// The length of a window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Starts keeping the events counted here for the other nodes of a cluster, and adding
+    /// theirs to every count.
+    pub fn share(&self) {
+        let _ = self.peers.set(Peers {
+            factor: AtomicU32::new(1),
+            ..Peers::default()
+        });
+    }
+
+    /// The events counted here since the last call, by address (IPv6 by /64).
+    pub fn take_pending(&self) -> Vec<(IpAddr, u32)> {
+        match self.peers.get() {
+            None => Vec::new(),
+            Some(p) => std::mem::take(&mut *p.pending.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Sets what the other nodes counted in the current window, and the factor of this node's
+    /// own counts (see [`Peers`]).
+    pub fn set_peers(&self, others: HashMap<IpAddr, u32>, factor: u32) {
+        if let Some(p) = self.peers.get() {
+            *p.others.lock().unwrap_or_else(|e| e.into_inner()) = others;
+            p.factor.store(factor.max(1), Ordering::Release);
+        }
+    }
+
+    /// A count of this node's `local` events from the address keyed `key`, with the cluster's.
+    fn with_peers(&self, key: IpAddr, local: u32, counted: bool) -> u32 {
+        let Some(p) = self.peers.get() else {
+            return local;
+        };
+        if counted {
+            *p.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_insert(0) += 1;
+        }
+        let others = p
+            .others
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied()
+            .unwrap_or(0);
+        local
+            .saturating_mul(p.factor.load(Ordering::Acquire))
+            .saturating_add(others)
     }
 
     /// Counts one event from `ip` at `now`; returns the events in its current window,
@@ -81,17 +153,21 @@ impl IpCounter {
             };
         }
         w.events = w.events.saturating_add(1);
-        w.events
+        let local = w.events;
+        drop(shard);
+        self.with_peers(key, local, true)
     }
 
     /// Events from `ip` in its current window, without counting one.
     pub fn count(&self, ip: IpAddr, now: Instant) -> u32 {
         let key = key(ip);
-        self.shard(key)
+        let local = self
+            .shard(key)
             .map
             .get(&key)
             .filter(|w| now.saturating_duration_since(w.started) < self.window)
-            .map_or(0, |w| w.events)
+            .map_or(0, |w| w.events);
+        self.with_peers(key, local, false)
     }
 
     fn shard(&self, key: IpAddr) -> std::sync::MutexGuard<'_, Shard> {
@@ -107,7 +183,7 @@ impl IpCounter {
 #[derive(Debug)]
 pub struct RateLimit {
     max: u32,
-    counter: IpCounter,
+    counter: Arc<IpCounter>,
 }
 
 impl RateLimit {
@@ -115,8 +191,13 @@ impl RateLimit {
     pub fn new(max: u32, window: Duration) -> RateLimit {
         RateLimit {
             max,
-            counter: IpCounter::new(window),
+            counter: Arc::new(IpCounter::new(window)),
         }
+    }
+
+    /// Its counter (a cluster shares it), when the limit is on.
+    pub fn counter(&self) -> Option<Arc<IpCounter>> {
+        (self.max > 0).then(|| Arc::clone(&self.counter))
     }
 
     /// Counts one event; `false` when `ip` has gone over the limit in this window.

@@ -52,6 +52,26 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
     }
 
     let shared = Arc::new(Shared::build(Arc::clone(&config))?);
+    // Limits, throttles, suspensions and suppressions shared with the other nodes.
+    let cluster = match &config.cluster {
+        None => None,
+        Some(settings) => Some(crate::cluster::Cluster::start(
+            settings.clone(),
+            crate::cluster::Parts {
+                sites: Arc::clone(&shared.sites),
+                suppressions: Arc::clone(&shared.suppressions),
+                suspensions: Arc::clone(&shared.suspensions),
+                counters: [
+                    ("connections", shared.connection_rate.counter()),
+                    ("messages", shared.message_rate.counter()),
+                    ("auth_failures", shared.auth.failure_counter()),
+                ]
+                .into_iter()
+                .filter_map(|(name, c)| Some((name, c?)))
+                .collect(),
+            },
+        )?),
+    };
     // Webhook posters read the event log from their saved offsets, on threads of their own.
     let webhook_stats = crate::webhook::start(
         &config.webhooks,
@@ -90,6 +110,7 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
                     .collect(),
                 sites: Arc::clone(&shared.sites),
                 autoconfig: config.autoconfig.clone(),
+                cluster: cluster.clone(),
             };
             let h = crate::http::HttpServer::start(addr, api)?;
             // `ringmta queue ...` finds the API here when the configured port is 0.
@@ -117,8 +138,11 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
             max_bytes: config.spool.max_size,
             durability: config.spool.durability,
         };
-        let (shard, report) =
+        let (mut shard, report) =
             Shard::open(cfg, now_ms).with_context(|| format!("cannot open spool shard {i}"))?;
+        if let Some(c) = &cluster {
+            shard.set_node(c.node_id());
+        }
         tracing::info!(shard = i, "{report}");
         shards.push(shard);
     }
@@ -211,6 +235,9 @@ pub fn serve(config: Config, config_path: Option<&std::path::Path>) -> Result<()
     }
     if let Some(h) = http {
         h.stop();
+    }
+    if let Some(c) = &cluster {
+        c.stop();
     }
     tracing::info!("ringmta stopped");
     Ok(())

@@ -48,12 +48,17 @@ pub struct Entry {
     pub expires_ms: Option<u64>,
 }
 
-#[derive(Serialize, Deserialize)]
+/// A change to the list: a line of its log, and what nodes of a cluster tell each other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
-enum Op {
+pub enum Change {
+    /// An entry added or replaced.
     Add(Entry),
+    /// An entry removed.
     Remove {
+        /// The address, lower case.
         address: String,
+        /// Whose list.
         user: Option<String>,
     },
 }
@@ -70,6 +75,17 @@ pub struct Suppressions {
     path: Option<PathBuf>,
     /// Told of every refusal (the `suppressed` event); set once by the worker setup.
     observer: std::sync::OnceLock<Observer>,
+    /// Told of every change made here (not of those applied from other nodes).
+    on_change: std::sync::OnceLock<ChangeHook>,
+}
+
+/// What [`Suppressions::on_change`] keeps.
+struct ChangeHook(Box<dyn Fn(&Change) + Send + Sync>);
+
+impl std::fmt::Debug for ChangeHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeHook")
+    }
 }
 
 /// What [`Suppressions::observe`] keeps.
@@ -104,6 +120,7 @@ impl Suppressions {
             log: None,
             path: None,
             observer: std::sync::OnceLock::new(),
+            on_change: std::sync::OnceLock::new(),
         }
     }
 
@@ -116,11 +133,11 @@ impl Suppressions {
                 for line in BufReader::new(f).split(b'\n') {
                     // A torn last line (a crash mid-append, maybe inside a UTF-8 sequence) is
                     // skipped.
-                    match serde_json::from_slice::<Op>(&line?) {
-                        Ok(Op::Add(e)) => {
+                    match serde_json::from_slice::<Change>(&line?) {
+                        Ok(Change::Add(e)) => {
                             map.insert((e.user.clone(), e.address.clone()), e);
                         }
-                        Ok(Op::Remove { address, user }) => {
+                        Ok(Change::Remove { address, user }) => {
                             map.remove(&(user, address));
                         }
                         Err(_) => {}
@@ -135,7 +152,7 @@ impl Suppressions {
         {
             let mut out = std::io::BufWriter::new(File::create(&tmp)?);
             for e in map.values() {
-                serde_json::to_writer(&mut out, &Op::Add(e.clone()))?;
+                serde_json::to_writer(&mut out, &Change::Add(e.clone()))?;
                 out.write_all(b"\n")?;
             }
             out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
@@ -152,6 +169,7 @@ impl Suppressions {
             log: Some(Mutex::new(log)),
             path: Some(path.to_owned()),
             observer: std::sync::OnceLock::new(),
+            on_change: std::sync::OnceLock::new(),
         })
     }
 
@@ -200,11 +218,61 @@ impl Suppressions {
             at_ms,
             expires_ms,
         };
-        self.write(&Op::Add(entry.clone()), sync)?;
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        entries.insert((entry.user.clone(), entry.address.clone()), entry.clone());
-        self.count.store(entries.len(), Ordering::Release);
+        let change = Change::Add(entry);
+        self.apply_change(&change, sync)?;
+        self.told(&change);
+        let Change::Add(entry) = change else {
+            unreachable!("built above")
+        };
         Ok(entry)
+    }
+
+    /// Applies a change another node made (`[cluster]`): written to the log (not synced: the
+    /// node that made it has it) and not told to [`Self::on_change`]. Returns whether it
+    /// changed anything.
+    pub fn apply(&self, change: &Change) -> std::io::Result<bool> {
+        let current = {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            match change {
+                Change::Add(e) => entries.get(&(e.user.clone(), e.address.clone())) == Some(e),
+                Change::Remove { address, user } => {
+                    !entries.contains_key(&(user.clone(), address.clone()))
+                }
+            }
+        };
+        if current {
+            return Ok(false);
+        }
+        self.apply_change(change, false)?;
+        Ok(true)
+    }
+
+    /// Sets the function told of every change made on this node (once; later calls are
+    /// ignored).
+    pub fn on_change(&self, hook: Box<dyn Fn(&Change) + Send + Sync>) {
+        let _ = self.on_change.set(ChangeHook(hook));
+    }
+
+    fn told(&self, change: &Change) {
+        if let Some(ChangeHook(hook)) = self.on_change.get() {
+            hook(change);
+        }
+    }
+
+    /// Logs `change`, then applies it in memory.
+    fn apply_change(&self, change: &Change, sync: bool) -> std::io::Result<()> {
+        self.write(change, sync)?;
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        match change {
+            Change::Add(e) => {
+                entries.insert((e.user.clone(), e.address.clone()), e.clone());
+            }
+            Change::Remove { address, user } => {
+                entries.remove(&(user.clone(), address.clone()));
+            }
+        }
+        self.count.store(entries.len(), Ordering::Release);
+        Ok(())
     }
 
     /// Removes `address` from `user`'s list; returns whether it was there.
@@ -219,11 +287,10 @@ impl Suppressions {
         {
             return Ok(false);
         }
-        self.write(&Op::Remove { address, user }, true)?;
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        let removed = entries.remove(&key).is_some();
-        self.count.store(entries.len(), Ordering::Release);
-        Ok(removed)
+        let change = Change::Remove { address, user };
+        self.apply_change(&change, true)?;
+        self.told(&change);
+        Ok(true)
     }
 
     /// Every entry in force at `now_ms`, sorted by address then user.
@@ -240,7 +307,7 @@ impl Suppressions {
         out
     }
 
-    fn write(&self, op: &Op, sync: bool) -> std::io::Result<()> {
+    fn write(&self, op: &Change, sync: bool) -> std::io::Result<()> {
         let Some(log) = &self.log else {
             return Ok(());
         };

@@ -10,6 +10,7 @@
 //! reported at once.
 
 pub mod autoconfig;
+pub mod cluster;
 mod content;
 mod delivery;
 pub mod egress;

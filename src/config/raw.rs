@@ -54,6 +54,8 @@ pub struct RawConfig {
     /// Where events are posted.
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
+    /// Nodes sharing limits through Redis. Default: off.
+    pub cluster: Option<super::cluster::RawCluster>,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,

@@ -67,6 +67,8 @@ pub struct Config {
     pub api_tokens: Vec<super::tokens::ApiToken>,
     /// Where events are posted.
     pub webhooks: Vec<super::webhooks::Webhook>,
+    /// `[cluster]`, when this node shares its limits with others through Redis.
+    pub cluster: Option<super::cluster::ClusterSettings>,
     /// Mail-client autoconfiguration, when served.
     pub autoconfig: Option<super::autoconfig::Autoconfig>,
     /// Log format.
@@ -250,6 +252,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         &listeners,
         http.is_some(),
     );
+    let cluster = super::cluster::resolve(&mut r, raw.cluster);
     let webhooks = raw
         .webhooks
         .iter()
@@ -334,6 +337,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         retention_ledger,
         api_tokens,
         webhooks,
+        cluster,
         autoconfig,
         suppression_scope: raw
             .suppression

@@ -14,7 +14,7 @@
 //! that ramps back. Only a throttled site's state is behind a lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,24 @@ pub fn site_of(hops: &[NextHop]) -> String {
 /// An egress path: (site, egress source).
 type PathKey = (String, Option<String>);
 
+/// How the connection limit of a path is shared with other nodes (`[cluster]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sharing {
+    /// A single host: every path may use its whole limit.
+    Alone,
+    /// Leases from Redis: a new path opens nothing until its first grant.
+    Leased,
+    /// Redis cannot be reached: a new path takes its fallback share among this many nodes.
+    Fallback(usize),
+}
+
+/// A node's share of a limit of `limit` among `nodes` nodes while they cannot agree through
+/// Redis: `limit / nodes` rounded down, but at least 1 so that mail keeps moving (a limit
+/// smaller than the number of nodes is then exceeded, by one connection per node at most).
+pub fn fallback_share(limit: usize, nodes: usize) -> usize {
+    (limit / nodes.max(1)).max(1).min(limit)
+}
+
 /// Every site the process has delivered to, with the limits they share.
 pub struct Sites {
     /// The limits of a path no shaping rule matches (`[delivery]`).
@@ -52,6 +70,17 @@ pub struct Sites {
     sites: Mutex<HashMap<PathKey, Arc<Site>>>,
     /// The site each recipient domain resolved to last (for the queue summary by site).
     domains: Mutex<HashMap<String, String>>,
+    /// How new paths start sharing their limits (`Sharing`, encoded by `sharing_code`).
+    sharing: AtomicUsize,
+}
+
+/// `Sharing` in one word: 0 alone, `usize::MAX` leased, n a fallback among n nodes.
+fn sharing_code(s: Sharing) -> usize {
+    match s {
+        Sharing::Alone => 0,
+        Sharing::Leased => usize::MAX,
+        Sharing::Fallback(n) => n.clamp(1, usize::MAX - 1),
+    }
 }
 
 impl Sites {
@@ -63,7 +92,20 @@ impl Sites {
             epoch,
             sites: Mutex::new(HashMap::new()),
             domains: Mutex::new(HashMap::new()),
+            sharing: AtomicUsize::new(0),
         }
+    }
+
+    /// How paths created from now on share their limits with other nodes (the cluster agent
+    /// sets it; existing paths get their caps from the agent itself).
+    pub fn set_sharing(&self, sharing: Sharing) {
+        self.sharing.store(sharing_code(sharing), Ordering::Release);
+    }
+
+    /// Every egress path used so far.
+    pub fn paths(&self) -> Vec<Arc<Site>> {
+        let sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        sites.values().cloned().collect()
     }
 
     /// The egress path to the site named `name` from `source` (`None`: no egress source),
@@ -82,8 +124,18 @@ impl Sites {
             return Arc::clone(site);
         }
         let (limits, rule) = limits_for(&self.rules, name, domain, self.defaults);
+        let (cap, divisor) = match self.sharing.load(Ordering::Acquire) {
+            0 => (usize::MAX, 1),
+            usize::MAX => (0, 1),
+            n => (fallback_share(limits.max_connections, n), n as u64),
+        };
         let site = Arc::new(Site {
             name: name.to_owned(),
+            domain: domain.to_owned(),
+            cap: AtomicUsize::new(cap),
+            rate_divisor: AtomicU64::new(divisor),
+            signals: AtomicU64::new(0),
+            last_signal: AtomicU8::new(0),
             source: source.map(str::to_owned),
             rule: rule.map(|r| r.origin.clone()),
             max_connections: limits.max_connections,
@@ -196,6 +248,16 @@ pub struct PathInfo {
 /// by every core.
 pub struct Site {
     name: String,
+    /// The recipient domain the path was first looked up for (its shaping rule's match).
+    domain: String,
+    /// The connections this node may hold, as leased through the cluster (`usize::MAX` alone).
+    cap: AtomicUsize,
+    /// The share of the message rate this node sends at: the interval is multiplied by it.
+    rate_divisor: AtomicU64,
+    /// Throttling signals taken from this node's own replies (not from other nodes).
+    signals: AtomicU64,
+    /// The last of them (`Signal as u8 + 1`; 0: none yet).
+    last_signal: AtomicU8,
     /// The egress source the path leaves from, if any.
     source: Option<String>,
     /// The shaping rule that set its limits (its origin), if any.
@@ -274,26 +336,90 @@ impl Site {
     }
 
     /// How many connections the site may have open at `now`: its limit, or less while it is
-    /// throttled.
+    /// throttled or while the cluster leases this node less.
     fn limit(&self, now: Instant) -> usize {
+        let cap = self.cap.load(Ordering::Acquire);
         if !self.throttled.load(Ordering::Acquire) {
-            return self.max_connections;
+            return self.max_connections.min(cap);
         }
         let throttle = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
         let now_ms = self.ms(now);
         if throttle.is_over(now_ms, self.max_connections, &self.policy) {
             self.throttled.store(false, Ordering::Release);
         }
-        throttle.limit(now_ms, self.max_connections, &self.policy)
+        throttle
+            .limit(now_ms, self.max_connections, &self.policy)
+            .min(cap)
     }
 
-    /// Whether connections may start or take new messages at `now` (not paused).
+    /// Whether an open connection may take a new message at `now`: the path is not paused and
+    /// does not hold more connections than it may (a connection over the limit closes).
     pub fn accepting(&self, now: Instant) -> bool {
-        self.limit(now) > 0
+        let limit = self.limit(now);
+        limit > 0 && self.connections.load(Ordering::Acquire) <= limit
+    }
+
+    /// The recipient domain the path was first looked up for.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The path's own connection limit (before throttles and cluster shares).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// Connections open now, and whether a core waits for a slot.
+    pub fn demand(&self) -> (usize, bool) {
+        let waiting = !self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        (self.connections.load(Ordering::Acquire), waiting)
+    }
+
+    /// Sets the connections this node may hold (its cluster lease or fallback share) and the
+    /// divisor of its message rate; a raised cap wakes the cores waiting for a slot.
+    pub fn set_share(&self, cap: usize, rate_divisor: u64) {
+        self.rate_divisor
+            .store(rate_divisor.max(1), Ordering::Release);
+        let old = self.cap.swap(cap, Ordering::AcqRel);
+        if cap > old {
+            self.wake_waiting();
+        }
+    }
+
+    /// The connections this node may hold now (`usize::MAX` when not limited by a cluster).
+    pub fn cap(&self) -> usize {
+        self.cap.load(Ordering::Acquire)
+    }
+
+    /// How many throttling signals this node's own replies gave, and the last one.
+    pub fn own_signals(&self) -> (u64, Option<Signal>) {
+        let last = match self.last_signal.load(Ordering::Acquire) {
+            1 => Some(Signal::RateLimited),
+            2 => Some(Signal::Blocklisted),
+            _ => None,
+        };
+        (self.signals.load(Ordering::Acquire), last)
     }
 
     /// Takes a throttling signal received at `now`; returns how long the site is paused.
     pub fn signal(&self, signal: Signal, now: Instant) -> Duration {
+        self.last_signal.store(
+            match signal {
+                Signal::RateLimited => 1,
+                Signal::Blocklisted => 2,
+            },
+            Ordering::Release,
+        );
+        self.signals.fetch_add(1, Ordering::AcqRel);
+        self.signal_from_peer(signal, now)
+    }
+
+    /// Takes a throttling signal another node received (`[cluster]`), at `now`.
+    pub fn signal_from_peer(&self, signal: Signal, now: Instant) -> Duration {
         let mut throttle = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
         let now_ms = self.ms(now);
         let until = throttle.signal(signal, now_ms, &self.policy);
@@ -341,10 +467,13 @@ impl Site {
             return None;
         }
         let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let interval = self
+            .send_interval_ns
+            .saturating_mul(self.rate_divisor.load(Ordering::Acquire));
         let reserved = self
             .next_send_ns
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |next| {
-                Some(next.max(now_ns) + self.send_interval_ns)
+                Some(next.max(now_ns) + interval)
             })
             .expect("the update always succeeds");
         let slot = reserved.max(now_ns);
@@ -367,8 +496,14 @@ impl SiteSlot {
 impl Drop for SiteSlot {
     fn drop(&mut self) {
         self.site.connections.fetch_sub(1, Ordering::AcqRel);
-        let waiting =
-            std::mem::take(&mut *self.site.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        self.site.wake_waiting();
+    }
+}
+
+impl Site {
+    /// Wakes every core that waited for a slot.
+    fn wake_waiting(&self) {
+        let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
         for wake in waiting {
             wake.notify_one();
         }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use serde::Serialize;
 
 /// What a suspension holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     /// Recipients of this domain (lower case).
@@ -42,7 +42,7 @@ impl Target {
 }
 
 /// One suspension.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Suspension {
     /// Its id (for the resume).
     pub id: u64,
@@ -58,6 +58,22 @@ impl Suspension {
     }
 }
 
+/// A change to the suspensions, as nodes of a cluster tell each other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Change {
+    /// A suspension added.
+    Suspend(Suspension),
+    /// A suspension ended by the operator.
+    Resume {
+        /// Its id.
+        id: u64,
+    },
+}
+
+/// What [`Suspensions::on_change`] keeps.
+type ChangeHook = Box<dyn Fn(&Change) + Send + Sync>;
+
 /// Every suspension.
 #[derive(Default)]
 pub struct Suspensions {
@@ -67,6 +83,8 @@ pub struct Suspensions {
     /// Bumped on every change, so that cores know to look at what they hold again.
     generation: AtomicU64,
     next_id: AtomicU64,
+    /// Told of every change made here (not of those applied from other nodes).
+    on_change: std::sync::OnceLock<ChangeHook>,
 }
 
 impl Suspensions {
@@ -80,7 +98,48 @@ impl Suspensions {
         let mut list = self.lock();
         list.push(s.clone());
         self.changed(list.len());
+        drop(list);
+        self.told(&Change::Suspend(s.clone()));
         s
+    }
+
+    /// Makes ids start above `base` (a cluster node's number in the high bits keeps the ids of
+    /// different nodes apart).
+    pub fn set_id_base(&self, base: u64) {
+        self.next_id.fetch_max(base, Ordering::AcqRel);
+    }
+
+    /// Sets the function told of every change made on this node (once).
+    pub fn on_change(&self, hook: ChangeHook) {
+        let _ = self.on_change.set(hook);
+    }
+
+    fn told(&self, change: &Change) {
+        if let Some(hook) = self.on_change.get() {
+            hook(change);
+        }
+    }
+
+    /// Applies a change another node made, not told to [`Self::on_change`]; returns whether it
+    /// changed anything.
+    pub fn apply(&self, change: &Change) -> bool {
+        let mut list = self.lock();
+        let changed = match change {
+            Change::Suspend(s) if !list.iter().any(|x| x.id == s.id) => {
+                list.push(s.clone());
+                true
+            }
+            Change::Suspend(_) => false,
+            Change::Resume { id } => {
+                let before = list.len();
+                list.retain(|s| s.id != *id);
+                list.len() < before
+            }
+        };
+        if changed {
+            self.changed(list.len());
+        }
+        changed
     }
 
     /// Ends a suspension; false when there is none with that id.
@@ -90,6 +149,10 @@ impl Suspensions {
         list.retain(|s| s.id != id);
         let found = list.len() < before;
         self.changed(list.len());
+        drop(list);
+        if found {
+            self.told(&Change::Resume { id });
+        }
         found
     }
 

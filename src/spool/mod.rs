@@ -208,6 +208,8 @@ pub struct Shard {
     index: HashMap<QueueId, MessageState>,
     /// Lowest counter the next id may use; above every id recovered or assigned.
     next_counter: u64,
+    /// The cluster node number in every id assigned ([`Shard::set_node`]; 0 on a single host).
+    node: u8,
     next_seq: u64,
     appended: u64,
     /// Invariant: `durable <= appended`.
@@ -279,6 +281,7 @@ impl Shard {
             has_active: false,
             index: rec.index,
             next_counter,
+            node: 0,
             next_seq,
             appended: 0,
             durable: 0,
@@ -301,6 +304,12 @@ impl Shard {
         Ok((shard, rec.report))
     }
 
+    /// Sets the cluster node number carried by every id assigned from now on (ids stay unique
+    /// across nodes whose numbers differ).
+    pub fn set_node(&mut self, node: u8) {
+        self.node = node;
+    }
+
     /// Appends a message record and assigns its id: above every id recovered or assigned before,
     /// and at least `now_ms` (so ids roughly follow time across restarts).
     ///
@@ -312,11 +321,15 @@ impl Shard {
     ) -> Result<(QueueId, CommitTicket), SpoolError> {
         self.check_poisoned()?;
         let counter = self.next_counter.max(now_ms);
-        let id = QueueId::new(self.cfg.shard, counter);
-        if counter >= 1 << 56 {
+        let id = QueueId::new(self.node, self.cfg.shard, counter);
+        if counter >= QueueId::COUNTER_LIMIT {
             return Err(SpoolError::IdsExhausted {
                 shard: self.cfg.shard,
-                last: QueueId::new(self.cfg.shard, self.next_counter.saturating_sub(1)),
+                last: QueueId::new(
+                    self.node,
+                    self.cfg.shard,
+                    self.next_counter.saturating_sub(1),
+                ),
             });
         }
         let mut meta = msg.meta.clone();

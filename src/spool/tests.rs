@@ -234,7 +234,7 @@ fn bad_status_records_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (mut shard, _) = Shard::open(cfg(dir.path()), 1_000).unwrap();
     let id = append(&mut shard, 1, b"x");
-    let unknown = QueueId::new(0, 1);
+    let unknown = QueueId::new(0, 0, 1);
     let e = shard
         .append_status(&status(unknown, 0, StatusKind::Delivered, 1))
         .unwrap_err();
@@ -852,7 +852,7 @@ fn a_segment_of_format_1_is_still_read() {
     fs::create_dir_all(&shard_dir).unwrap();
     // A format 1 file header (no key) and frames, as builds before format 2 wrote them.
     let mut image = segment::v1_file_header(segment::SEGMENT_MAGIC, 0, 1).to_vec();
-    let id = QueueId::new(0, 1_000);
+    let id = QueueId::new(0, 0, 1_000);
     let m = MessageMeta {
         id: id.0,
         ..meta(1)

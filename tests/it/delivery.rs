@@ -2,18 +2,11 @@
 //! and resolves MX records through a real DNS server on loopback.
 
 use crate::harness::{
-    Dns, PyServer, Raw, Server, Sink, count_outcome, events, outcomes_of, python, wait_events,
+    Dns, PyServer, Raw, Server, Sink, count_outcome, events, outcomes_of, python, submit,
+    wait_events,
 };
 
 const CLIENT: &str = include_str!("client.py");
-
-fn submit(server: &Server, args: &[&str]) -> Vec<String> {
-    let mut argv = vec!["--port".to_owned(), server.port("smtp").to_string()];
-    argv.extend(args.iter().map(|s| s.to_string()));
-    let (code, out, err) = python(CLIENT, &argv);
-    assert_eq!(code, 0, "client failed: {err}");
-    out.lines().map(String::from).collect()
-}
 
 fn routed_to(sink: &Sink, extra: &str) -> String {
     format!(

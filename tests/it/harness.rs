@@ -268,6 +268,16 @@ impl Drop for Server {
     }
 }
 
+/// Sends with the smtplib driver (`client.py`) to the server's smtp port; returns its lines
+/// ("OK <queue id>" or "ERR ...").
+pub fn submit(server: &Server, args: &[&str]) -> Vec<String> {
+    let mut argv = vec!["--port".to_owned(), server.port("smtp").to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let (code, out, err) = python(include_str!("client.py"), &argv);
+    assert_eq!(code, 0, "client failed: {err}");
+    out.lines().map(String::from).collect()
+}
+
 /// Runs a Python 3 script with the given arguments; returns (status, stdout, stderr).
 pub fn python(script: &str, args: &[String]) -> (i32, String, String) {
     let out = Command::new("python3")

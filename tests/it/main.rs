@@ -1,6 +1,7 @@
 //! Integration tests: the real binary on loopback, driven by real clients.
 
 mod clients;
+mod cluster;
 mod content;
 mod delivery;
 mod durability;
