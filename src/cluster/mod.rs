@@ -85,8 +85,7 @@ impl Cluster {
     /// answers; it is checked again at every join), wires the shared structures and starts the
     /// agent thread.
     pub fn start(settings: ClusterSettings, parts: Parts) -> Result<Arc<Cluster>> {
-        let client = redis::Client::open(settings.redis.as_str())
-            .with_context(|| format!("cluster.redis {:?}", settings.redis))?;
+        let client = client(&settings)?;
         match client.get_connection_with_timeout(Duration::from_secs(2)) {
             Ok(mut con) => agent::claim_node_id(&mut con, &settings)?,
             Err(e) => tracing::warn!(
@@ -204,6 +203,26 @@ impl Cluster {
     }
 }
 
+/// A client of the configured Redis: TLS verified against `redis_ca_file` when it is set.
+fn client(settings: &ClusterSettings) -> Result<redis::Client> {
+    let url = settings.redis.as_str();
+    let client = match &settings.redis_ca_file {
+        None => redis::Client::open(url),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cluster.redis_ca_file {}", path.display()))?;
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+        }
+    };
+    client.with_context(|| format!("cluster.redis {url:?}"))
+}
+
 /// The node number `settings` claims, refused when another node's name holds it.
 fn check_claim(settings: &ClusterSettings, holder: Option<String>) -> Result<()> {
     match holder {
@@ -225,6 +244,7 @@ mod tests {
     fn a_node_number_held_by_another_name_is_refused() {
         let s = ClusterSettings {
             redis: "redis://127.0.0.1".into(),
+            redis_ca_file: None,
             node: "a".into(),
             node_id: 7,
             lease: Duration::from_secs(5),

@@ -15,6 +15,9 @@ pub struct RawCluster {
     pub redis: Option<String>,
     /// This node's name, unique in the cluster.
     pub node: Option<String>,
+    /// PEM file of the certificate authorities a `rediss://` server is verified against.
+    /// Default: the system's roots.
+    pub redis_ca_file: Option<String>,
     /// The node number in queue ids, 1–255. Default: derived from `node`.
     pub node_id: Option<u8>,
     /// How long a silent node's leases last, and how long a node cut off from Redis keeps the
@@ -30,6 +33,8 @@ pub struct RawCluster {
 pub struct ClusterSettings {
     /// The Redis URL.
     pub redis: String,
+    /// The CA certificates (PEM) a `rediss://` server is verified against, if not the system's.
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// This node's name.
     pub node: String,
     /// The node number in queue ids (never 0).
@@ -82,7 +87,22 @@ pub(super) fn resolve(r: &mut Resolver, raw: Option<RawCluster>) -> Option<Clust
     if nodes == 0 {
         r.problem("cluster.nodes", "at least 1");
     }
+    let redis_ca_file = raw.redis_ca_file.as_ref().map(std::path::PathBuf::from);
+    if let Some(path) = &redis_ca_file {
+        if !redis.starts_with("rediss://") {
+            r.problem(
+                "cluster.redis_ca_file",
+                "only for a rediss:// (TLS) cluster.redis",
+            );
+        } else if let Err(e) = std::fs::metadata(path) {
+            r.problem(
+                "cluster.redis_ca_file",
+                format!("cannot read {}: {e}", path.display()),
+            );
+        }
+    }
     Some(ClusterSettings {
+        redis_ca_file,
         node_id: raw.node_id.unwrap_or_else(|| node_id_of(&node)),
         redis,
         node,

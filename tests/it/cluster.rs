@@ -15,10 +15,18 @@ struct Redis {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Its options beyond the port: TLS files, a password.
+    options: Vec<String>,
+    tls: bool,
 }
 
 impl Redis {
     fn start() -> Option<Redis> {
+        Redis::start_with(Vec::new(), false)
+    }
+
+    /// A Redis with these `options`; `tls`: its port speaks TLS only.
+    fn start_with(options: Vec<String>, tls: bool) -> Option<Redis> {
         if !crate::harness::have("redis-server") {
             ringmta::testkit::skip("redis-server is needed (apt-get install redis-server)");
             return None;
@@ -33,17 +41,25 @@ impl Redis {
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
+            options,
+            tls,
         };
         r.launch();
         Some(r)
     }
 
     fn launch(&mut self) {
+        let port = self.port.to_string();
+        let ports: Vec<&str> = match self.tls {
+            false => vec!["--port", &port],
+            true => vec!["--port", "0", "--tls-port", &port],
+        };
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .args(ports)
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(self.dir.path())
+            .args(&self.options)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -66,6 +82,11 @@ impl Redis {
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// The URL with TLS and a password.
+    fn tls_url(&self, password: &str) -> String {
+        format!("rediss://:{password}@127.0.0.1:{}", self.port)
+    }
 }
 
 impl Drop for Redis {
@@ -74,21 +95,31 @@ impl Drop for Redis {
     }
 }
 
-/// A node routed to `sink`, with the HTTP API on, in `dir`.
+/// A node routed to `sink`, with the HTTP API on, in `dir`, joined to `redis`.
 fn node(dir: &Path, name: &str, redis: &Redis, sink: &Sink, delivery: &str) -> Server {
+    let s = node_with(
+        dir,
+        name,
+        &format!("redis = \"{}\"", redis.url()),
+        sink,
+        delivery,
+    );
+    wait_metric(&s, "ringmta_cluster_redis_up", 1.0, 20);
+    s
+}
+
+/// A node routed to `sink` whose `[cluster]` has `cluster` (its `redis` and more).
+fn node_with(dir: &Path, name: &str, cluster: &str, sink: &Sink, delivery: &str) -> Server {
     let config = crate::harness::base_config(
         dir,
         &format!(
             "[delivery]\nroutes = {{ \"*\" = \"{}\" }}\nretry_schedule = [\"1s\"]\n{delivery}\n\
-             [cluster]\nredis = \"{}\"\nnode = \"{name}\"\nlease = \"1s\"\n",
+             [cluster]\n{cluster}\nnode = \"{name}\"\nlease = \"1s\"\n",
             sink.addr,
-            redis.url()
         ),
     )
     .replace("http = \"\"", "http = \"127.0.0.1:0\"");
-    let s = Server::start_in(dir, &config);
-    wait_metric(&s, "ringmta_cluster_redis_up", 1.0, 20);
-    s
+    Server::start_in(dir, &config)
 }
 
 /// Waits (bounded) until the node's cluster metric `name` equals `value`.
@@ -361,4 +392,69 @@ fn the_per_address_connection_rate_is_counted_over_both_nodes() {
     // Another address is not affected.
     let mut other = Raw::connect_from("127.0.0.8".parse().unwrap(), b.addr("smtp"));
     assert!(other.reply().starts_with("220"));
+}
+
+/// `rediss://` with a password: a node given the CA joins; a wrong password and an unknown CA are
+/// each logged with the reason, and those nodes run on their fallback shares.
+#[test]
+fn a_node_joins_redis_over_tls_with_a_password_and_a_bad_one_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pair =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (tmp.path().join("redis.crt"), tmp.path().join("redis.key"));
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&key, pair.key_pair.serialize_pem()).unwrap();
+    let options = [
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "s3cret",
+    ];
+    let Some(redis) = Redis::start_with(options.iter().map(|s| s.to_string()).collect(), true)
+    else {
+        return;
+    };
+    let sink = Sink::start();
+    let ca = format!("redis_ca_file = \"{}\"", cert.display());
+    let good = node_with(
+        &tmp.path().join("good"),
+        "good",
+        &format!("redis = \"{}\"\n{ca}", redis.tls_url("s3cret")),
+        &sink,
+        "",
+    );
+    wait_metric(&good, "ringmta_cluster_redis_up", 1.0, 20);
+
+    let wrong = node_with(
+        &tmp.path().join("wrong"),
+        "wrong",
+        &format!("redis = \"{}\"\n{ca}", redis.tls_url("guess")),
+        &sink,
+        "",
+    );
+    let line = wrong.wait_log("cluster: Redis cannot be reached", 10);
+    assert!(
+        line.contains("WRONGPASS") || line.contains("uthentication"),
+        "{line}"
+    );
+    let untrusted = node_with(
+        &tmp.path().join("untrusted"),
+        "untrusted",
+        &format!("redis = \"{}\"", redis.tls_url("s3cret")),
+        &sink,
+        "",
+    );
+    let line = untrusted.wait_log("cluster: Redis cannot be reached", 10);
+    assert!(line.contains("certificate"), "{line}");
+    for s in [&wrong, &untrusted] {
+        wait_metric(s, "ringmta_cluster_redis_up", 0.0, 1);
+    }
+    // Both still take mail.
+    for s in [&wrong, &untrusted] {
+        assert!(submit(s, &[]).iter().all(|l| l.starts_with("OK ")));
+    }
 }
