@@ -23,13 +23,9 @@ rm -rf "$WORK"; mkdir -p "$WORK"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
+# shellcheck source=loadtest/lib.sh
+. loadtest/lib.sh
 
-start_sink() {  # sets SINK and SINK_PID; the sink exits by itself after N messages
-  "$BIN/loadtest" sink --listen 127.0.0.1:0 --exit-after "$N" > "$WORK/sink.out" 2>&1 &
-  SINK_PID=$!; pids+=("$SINK_PID")
-  for _ in $(seq 100); do grep -q listening "$WORK/sink.out" && break; sleep 0.05; done
-  SINK=$(awk '/listening/{print $NF}' "$WORK/sink.out")
-}
 wait_sink() {  # bounded wait for the sink to reach N; prints seconds since $1
   local t0=$1 i
   for i in $(seq 6000); do kill -0 "$SINK_PID" 2>/dev/null || break; sleep 0.05; done

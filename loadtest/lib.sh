@@ -1,5 +1,14 @@
-# lib.sh -- shared by the memory scripts: a one-worker ringmta on a loopback port 0, its config
-# and its anonymous memory. Source it after setting WORK and BIN.
+# lib.sh -- shared by the benchmark and memory scripts: a one-worker ringmta on a loopback port
+# 0, its config and its anonymous memory, and the sink. Source it after setting WORK and BIN.
+
+# start_sink: a sink that exits by itself after N messages; sets SINK (its address) and
+# SINK_PID, and adds the pid to the caller's `pids`.
+start_sink() {  # sets SINK and SINK_PID; the sink exits by itself after N messages
+  "$BIN/loadtest" sink --listen 127.0.0.1:0 --exit-after "$N" > "$WORK/sink.out" 2>&1 &
+  SINK_PID=$!; pids+=("$SINK_PID")
+  for _ in $(seq 100); do grep -q listening "$WORK/sink.out" && break; sleep 0.05; done
+  SINK=$(awk '/listening/{print $NF}' "$WORK/sink.out")
+}
 
 # ringmta_config EXTRA: writes $WORK/ringmta.toml, the common part plus EXTRA (TOML tables).
 ringmta_config() {

@@ -29,25 +29,20 @@ pub struct IpCounter {
     /// Keyed per process, so that an attacker cannot choose addresses that share a shard.
     hasher: std::hash::RandomState,
     shards: [Mutex<Shard>; SHARDS],
-    /// The other nodes' counts, when a cluster shares this one (`[cluster]`).
-    peers: OnceLock<Peers>,
-}
-
-/// What a cluster adds to a counter: the events counted here since the last exchange, and
-/// what the other nodes counted in the current window as of that exchange.
-#[derive(Debug, Default)]
-struct Peers {
-    pending: Mutex<HashMap<IpAddr, u32>>,
-    others: Mutex<HashMap<IpAddr, u32>>,
-    /// This node's own count is multiplied by it: 1 while the nodes exchange counts, the
-    /// number of nodes while they cannot (each node then allows its share of the limit).
-    factor: AtomicU32,
+    /// Set when a cluster shares this counter (`[cluster]`): this node's own count is
+    /// multiplied by it, 1 while the nodes exchange counts, the number of nodes while they
+    /// cannot (each node then allows its share of the limit). Unset: no cluster.
+    factor: OnceLock<AtomicU32>,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
     map: HashMap<IpAddr, Window>,
     last_sweep: Option<Instant>,
+    /// With a cluster: the events counted here since the last exchange, and what the other
+    /// nodes counted in the current window as of that exchange.
+    pending: HashMap<IpAddr, u32>,
+    others: HashMap<IpAddr, u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -63,7 +58,7 @@ impl IpCounter {
             window,
             hasher: std::hash::RandomState::new(),
             shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
-            peers: OnceLock::new(),
+            factor: OnceLock::new(),
         }
     }
 
@@ -75,52 +70,43 @@ impl IpCounter {
     /// Starts keeping the events counted here for the other nodes of a cluster, and adding
     /// theirs to every count.
     pub fn share(&self) {
-        let _ = self.peers.set(Peers {
-            factor: AtomicU32::new(1),
-            ..Peers::default()
-        });
+        let _ = self.factor.set(AtomicU32::new(1));
     }
 
     /// The events counted here since the last call, by address (IPv6 by /64).
     pub fn take_pending(&self) -> Vec<(IpAddr, u32)> {
-        match self.peers.get() {
-            None => Vec::new(),
-            Some(p) => std::mem::take(&mut *p.pending.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_iter()
-                .collect(),
-        }
+        self.shards
+            .iter()
+            .flat_map(|s| std::mem::take(&mut s.lock().unwrap_or_else(|e| e.into_inner()).pending))
+            .collect()
     }
 
     /// Sets what the other nodes counted in the current window, and the factor of this node's
-    /// own counts (see [`Peers`]).
+    /// own counts (see `factor`).
     pub fn set_peers(&self, others: HashMap<IpAddr, u32>, factor: u32) {
-        if let Some(p) = self.peers.get() {
-            *p.others.lock().unwrap_or_else(|e| e.into_inner()) = others;
-            p.factor.store(factor.max(1), Ordering::Release);
+        let Some(f) = self.factor.get() else { return };
+        let mut by_shard: Vec<HashMap<IpAddr, u32>> = vec![HashMap::new(); SHARDS];
+        for (ip, n) in others {
+            by_shard[self.shard_of(ip)].insert(ip, n);
         }
+        for (shard, others) in self.shards.iter().zip(by_shard) {
+            shard.lock().unwrap_or_else(|e| e.into_inner()).others = others;
+        }
+        f.store(factor.max(1), Ordering::Release);
     }
 
-    /// A count of this node's `local` events from the address keyed `key`, with the cluster's.
-    fn with_peers(&self, key: IpAddr, local: u32, counted: bool) -> u32 {
-        let Some(p) = self.peers.get() else {
+    /// A count of this node's `local` events from the address keyed `key`, with the cluster's
+    /// (under the shard's lock, already held).
+    fn with_peers(&self, shard: &mut Shard, key: IpAddr, local: u32, counted: bool) -> u32 {
+        let Some(factor) = self.factor.get() else {
             return local;
         };
         if counted {
-            *p.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(key)
-                .or_insert(0) += 1;
+            *shard.pending.entry(key).or_insert(0) += 1;
         }
-        let others = p
-            .others
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .copied()
-            .unwrap_or(0);
+        let others = shard.others.get(&key).copied().unwrap_or(0);
         local
-            .saturating_mul(p.factor.load(Ordering::Acquire))
+            .saturating_mul(factor.load(Ordering::Acquire))
             .saturating_add(others)
     }
 
@@ -154,26 +140,28 @@ impl IpCounter {
         }
         w.events = w.events.saturating_add(1);
         let local = w.events;
-        drop(shard);
-        self.with_peers(key, local, true)
+        self.with_peers(&mut shard, key, local, true)
     }
 
     /// Events from `ip` in its current window, without counting one.
     pub fn count(&self, ip: IpAddr, now: Instant) -> u32 {
         let key = key(ip);
-        let local = self
-            .shard(key)
+        let mut shard = self.shard(key);
+        let local = shard
             .map
             .get(&key)
             .filter(|w| now.saturating_duration_since(w.started) < self.window)
             .map_or(0, |w| w.events);
-        self.with_peers(key, local, false)
+        self.with_peers(&mut shard, key, local, false)
+    }
+
+    fn shard_of(&self, key: IpAddr) -> usize {
+        use std::hash::BuildHasher;
+        (self.hasher.hash_one(key) as usize) % SHARDS
     }
 
     fn shard(&self, key: IpAddr) -> std::sync::MutexGuard<'_, Shard> {
-        use std::hash::BuildHasher;
-        let h = self.hasher.hash_one(key);
-        let shard = &self.shards[(h as usize) % SHARDS];
+        let shard = &self.shards[self.shard_of(key)];
         // A panic while holding the lock leaves counts that are still valid numbers.
         shard.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -237,6 +225,30 @@ mod tests {
             "other addresses unaffected"
         );
         assert!(limit.allow(a, t0 + Duration::from_secs(60)), "new window");
+    }
+
+    #[test]
+    fn a_shared_counter_adds_the_other_nodes_counts_and_keeps_its_own_for_them() {
+        let c = IpCounter::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let (a, b) = (ip("192.0.2.1"), ip("2001:db8::1"));
+        assert_eq!(c.add(a, t0), 1);
+        assert!(c.take_pending().is_empty(), "not shared: nothing kept");
+        c.share();
+        assert_eq!(c.add(a, t0), 2);
+        assert_eq!(c.add(b, t0), 1);
+        let mut pending = c.take_pending();
+        pending.sort();
+        assert_eq!(pending, [(a, 1), (key(b), 1)]);
+        assert!(c.take_pending().is_empty(), "taken once");
+        // The others counted 5 from a: every count adds them.
+        c.set_peers(HashMap::from([(a, 5)]), 1);
+        assert_eq!(c.count(a, t0), 7);
+        assert_eq!(c.add(a, t0), 8);
+        assert_eq!(c.count(b, t0), 1);
+        // Redis away, two nodes: this node's own events count twice, the others' are unknown.
+        c.set_peers(HashMap::new(), 2);
+        assert_eq!(c.count(a, t0), 6);
     }
 
     #[test]

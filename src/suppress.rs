@@ -398,6 +398,46 @@ mod tests {
     const DAY: u64 = 86_400_000;
 
     #[test]
+    fn changes_made_here_are_told_and_changes_from_other_nodes_are_kept_but_not_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        let s = Suppressions::open(&path, Scope::Global, 0).unwrap();
+        let told = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let t = std::sync::Arc::clone(&told);
+        s.on_change(Box::new(move |c| t.lock().unwrap().push(c.clone())));
+        s.add("Here@X.test", None, "manual", "op", (1, None), true)
+            .unwrap();
+        let theirs = Entry {
+            address: "there@x.test".into(),
+            user: None,
+            reason: "user_unknown".into(),
+            reply: "550 5.1.1".into(),
+            at_ms: 2,
+            expires_ms: None,
+        };
+        assert!(s.apply(&Change::Add(theirs.clone())).unwrap());
+        assert!(!s.apply(&Change::Add(theirs.clone())).unwrap(), "once");
+        assert!(s.find("there@x.test", None, 3).is_some());
+        assert!(s.remove("here@x.test", None).unwrap());
+        let removal = Change::Remove {
+            address: "there@x.test".into(),
+            user: None,
+        };
+        assert!(s.apply(&removal).unwrap());
+        assert!(!s.apply(&removal).unwrap());
+        let told = told.lock().unwrap().clone();
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert!(matches!(&told[0], Change::Add(e) if e.address == "here@x.test"));
+        assert!(matches!(&told[1], Change::Remove { address, .. } if address == "here@x.test"));
+        // What came from elsewhere is in the file too: a restart keeps it.
+        assert!(s.apply(&Change::Add(theirs)).unwrap());
+        drop(s);
+        let again = Suppressions::open(&path, Scope::Global, 0).unwrap();
+        let kept: Vec<String> = again.list(3).into_iter().map(|e| e.address).collect();
+        assert_eq!(kept, ["there@x.test"]);
+    }
+
+    #[test]
     fn dates() {
         assert_eq!(iso_date(0), "1970-01-01");
         assert_eq!(iso_date(1_795_000_000_000), "2026-11-18");

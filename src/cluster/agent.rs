@@ -39,8 +39,12 @@ const BUSY_HOLD: Duration = Duration::from_secs(2);
 /// How long one Redis call may take before Redis counts as down.
 const TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Renews this node's lease; returns the live nodes.
+/// Renews this node's lease; returns the live nodes, or -1 when another process holds the
+/// node's name (KEYS = nodes, the name's token; ARGV = node, lease ms, this process's token).
 const HEARTBEAT: &str = r"
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[3] then return -1 end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
@@ -92,7 +96,14 @@ end
 return {grant, math.max(#busy, 1)}
 ";
 
-/// Claims `settings.node_id` for this node's name; refused when another name holds it.
+/// Why a node cannot take part, whatever Redis's health: another node holds its number or
+/// another process runs under its name.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct Conflict(pub String);
+
+/// Claims `settings.node_id` for this node's name; refused ([`Conflict`]) when another name
+/// holds it.
 pub(super) fn claim_node_id(con: &mut Connection, settings: &ClusterSettings) -> Result<()> {
     let _: bool = redis::cmd("HSETNX")
         .arg(NODE_IDS)
@@ -105,7 +116,7 @@ pub(super) fn claim_node_id(con: &mut Connection, settings: &ClusterSettings) ->
         .arg(settings.node_id)
         .query(con)
         .context("cluster: reading the node number")?;
-    super::check_claim(settings, holder)
+    super::check_claim(settings, holder).map_err(|e| Conflict(e.to_string()).into())
 }
 
 #[derive(Default)]
@@ -134,6 +145,9 @@ pub(super) struct Agent {
     heartbeat: Script,
     lease: Script,
     started: Instant,
+    /// This process's token: two processes configured with one node name are told apart.
+    token: String,
+    /// When the last successful heartbeat was sent (the lease runs from there).
     last_contact: Option<Instant>,
     /// When the node joined again after running on its fallback shares: for one lease it
     /// takes no more than those shares, until every node has told Redis what it holds.
@@ -163,6 +177,7 @@ impl Agent {
             heartbeat: Script::new(HEARTBEAT),
             lease: Script::new(LEASE),
             started: Instant::now(),
+            token: format!("{:016x}", rand::random::<u64>()),
             last_contact: None,
             rejoined: None,
             fell_back: false,
@@ -197,13 +212,21 @@ impl Agent {
             }
             std::thread::sleep(TICK.saturating_sub(started.elapsed()));
         }
-        // A node that stops frees its leases at once rather than after `cluster.lease`.
+        // A node that stops frees its leases and its name at once rather than after
+        // `cluster.lease`.
         if let Some(con) = &mut self.con {
-            let _: redis::RedisResult<()> = redis::cmd("ZREM")
+            let node = &self.cluster.settings.node;
+            let _: redis::RedisResult<()> = redis::pipe()
+                .cmd("ZREM")
                 .arg(NODES)
-                .arg(&self.cluster.settings.node)
+                .arg(node)
+                .ignore()
+                .cmd("DEL")
+                .arg(token_key(node))
+                .ignore()
                 .query(con);
         }
+        self.cluster.finished.store(true, Ordering::Release);
     }
 
     fn connect(&self) -> Result<Connection> {
@@ -216,13 +239,25 @@ impl Agent {
     /// One exchange with Redis; `fresh`: a new connection, so join first.
     fn exchange(&mut self, con: &mut Connection, fresh: bool) -> Result<()> {
         let settings = &self.cluster.settings;
-        let nodes: usize = self
+        let sent = Instant::now();
+        let nodes: i64 = self
             .heartbeat
             .key(NODES)
+            .key(token_key(&settings.node))
             .arg(&settings.node)
             .arg(settings.lease.as_millis() as u64)
+            .arg(&self.token)
             .invoke(con)?;
-        self.cluster.nodes.store(nodes.max(1), Ordering::Release);
+        if nodes < 0 {
+            return Err(Conflict(format!(
+                "another process runs as node {:?} (give each node its own cluster.node)",
+                settings.node
+            ))
+            .into());
+        }
+        self.cluster
+            .nodes
+            .store((nodes as usize).max(1), Ordering::Release);
         if fresh {
             self.join(con)?;
         }
@@ -231,7 +266,7 @@ impl Agent {
         self.renew_leases(con)?;
         self.read_events(con)?;
         self.exchange_counts(con)?;
-        self.last_contact = Some(Instant::now());
+        self.last_contact = Some(sent);
         Ok(())
     }
 
@@ -254,10 +289,15 @@ impl Agent {
                     .map_or_else(|| "0-0".to_owned(), |e| e.id.clone()),
             );
         }
+        // The events missed, then this node's own changes made meanwhile, then what is left
+        // to merge: an entry only one side has is added to the other (with an event, so that
+        // the nodes already up learn it too).
         self.read_events(con)?;
+        self.flush(con)?;
         let now_ms = crate::time::unix_ms(SystemTime::now());
+        let mut news: Vec<(&str, String)> = Vec::new();
 
-        let theirs: HashMap<String, String> = redis::cmd("HGETALL").arg(SUPPRESSIONS).query(con)?;
+        let theirs = hscan(con, SUPPRESSIONS)?;
         for json in theirs.values() {
             if let Ok(entry) = serde_json::from_str::<crate::suppress::Entry>(json)
                 && entry.expires_ms.is_none_or(|t| t > now_ms)
@@ -276,9 +316,11 @@ impl Agent {
                     .arg(field)
                     .arg(serde_json::to_string(&entry)?)
                     .ignore();
+                let change = crate::suppress::Change::Add(entry);
+                news.push(("suppression", serde_json::to_string(&change)?));
             }
         }
-        let theirs: HashMap<String, String> = redis::cmd("HGETALL").arg(SUSPENSIONS).query(con)?;
+        let theirs = hscan(con, SUSPENSIONS)?;
         for (id, json) in &theirs {
             match serde_json::from_str::<crate::delivery::suspend::Suspension>(json) {
                 Ok(s) if s.until_ms.is_none_or(|u| u > now_ms) => {
@@ -298,10 +340,20 @@ impl Agent {
                     .arg(s.id)
                     .arg(serde_json::to_string(&s)?)
                     .ignore();
+                let change = crate::delivery::suspend::Change::Suspend(s);
+                news.push(("suspension", serde_json::to_string(&change)?));
             }
         }
-        if !pipe.is_empty() {
-            pipe.query::<()>(con)?;
+        for (kind, data) in news {
+            self.add_event(&mut pipe, kind, data);
+        }
+        // In slices, so that a long list does not make one call outlast the timeout.
+        for slice in pipe.cmd_iter().collect::<Vec<_>>().chunks(1000) {
+            let mut part = redis::pipe();
+            for cmd in slice {
+                part.add_command((*cmd).clone()).ignore();
+            }
+            part.query::<()>(con)?;
         }
 
         self.parts.sites.set_sharing(Sharing::Leased);
@@ -387,19 +439,24 @@ impl Agent {
     fn publish_throttles(&mut self, con: &mut Connection) -> Result<()> {
         let mut pipe = redis::pipe();
         let mut sent = 0;
+        let (now, now_ms) = (Instant::now(), crate::time::unix_ms(SystemTime::now()));
         for site in self.parts.sites.paths() {
-            let (count, last) = site.own_signals();
+            let (count, last, left) = site.own_signals(now);
             let state = self.paths.entry(path_key(&site)).or_default();
             if count <= state.published {
                 continue;
             }
             state.published = count;
-            let Some(signal) = last else { continue };
+            // A pause over by now (Redis was away while it lasted) is not told.
+            let Some(signal) = last.filter(|_| !left.is_zero()) else {
+                continue;
+            };
             let data = serde_json::json!({
                 "site": site.name(),
                 "source": site.source(),
                 "domain": site.domain(),
                 "signal": signal.name(),
+                "until_ms": now_ms + left.as_millis() as u64,
             });
             self.add_event(&mut pipe, "throttle", data.to_string());
             sent += 1;
@@ -424,8 +481,16 @@ impl Agent {
             }
             let busy = state.busy_until.is_some_and(|t| now < t);
             if !busy && !state.registered && connections == 0 {
+                // Idle and unknown to Redis: it holds nothing, so it may open nothing until
+                // its first grant (it may still have a fallback share from an outage).
+                if site.cap() > 0 {
+                    site.set_share(0, 1);
+                }
                 continue;
             }
+            // What this node may hold is counted, not only what it holds: a grant lowered by
+            // this call applies only when its reply comes back.
+            let held = connections.max(site.cap().min(site.max_connections()));
             pipe.cmd("EVALSHA")
                 .arg(self.lease.get_hash())
                 .arg(2)
@@ -437,7 +502,7 @@ impl Agent {
                 .arg(NODES)
                 .arg(&self.cluster.settings.node)
                 .arg(u8::from(busy))
-                .arg(connections)
+                .arg(held)
                 .arg(site.max_connections());
             asked.push((site, busy, connections));
         }
@@ -445,11 +510,18 @@ impl Agent {
             return Ok(());
         }
         let grants: Vec<(usize, u64)> = pipe.query(con)?;
+        // Just back from the fallback shares: the other nodes may still hold theirs without
+        // Redis knowing, so for one lease no grant goes above this node's share.
         let settle = self
             .rejoined
             .is_some_and(|t| now.duration_since(t) < self.cluster.settings.lease);
+        let nodes = self.cluster.nodes.load(Ordering::Acquire);
         for ((site, busy, connections), (grant, busy_nodes)) in asked.into_iter().zip(grants) {
-            let cap = if settle { grant.min(site.cap()) } else { grant };
+            let cap = if settle {
+                grant.min(fallback_share(site.max_connections(), nodes))
+            } else {
+                grant
+            };
             site.set_share(cap, busy_nodes);
             if let Some(state) = self.paths.get_mut(&path_key(&site)) {
                 state.registered = busy || connections > 0;
@@ -513,8 +585,12 @@ impl Agent {
                     source: Option<String>,
                     domain: String,
                     signal: String,
+                    until_ms: u64,
                 }
                 let t: Throttle = serde_json::from_str(data)?;
+                if t.until_ms <= crate::time::unix_ms(SystemTime::now()) {
+                    return Ok(());
+                }
                 let signal = match t.signal.as_str() {
                     "rate_limited" => Signal::RateLimited,
                     "blocklisted" => Signal::Blocklisted,
@@ -578,9 +654,11 @@ impl Agent {
         Ok(())
     }
 
-    /// Redis did not answer: keep the grants for one lease, then take the fallback shares.
+    /// Redis did not answer (or refused this node): keep the grants for one lease, then take
+    /// the fallback shares.
     fn lost(&mut self, e: &anyhow::Error) {
         self.con = None;
+        let conflict = e.downcast_ref::<Conflict>().is_some();
         let was_up = self.cluster.up.swap(false, Ordering::AcqRel);
         if was_up {
             self.cluster.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -592,35 +670,59 @@ impl Agent {
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
         {
             self.logged = Some(Instant::now());
-            tracing::warn!(
-                error = %format!("{e:#}"),
-                lease_ms = self.cluster.settings.lease.as_millis() as u64,
-                "cluster: Redis cannot be reached; keeping the current shares for one lease, then each limit divided by the nodes last seen"
-            );
+            if conflict {
+                tracing::error!(
+                    "cluster: cannot join: {e:#}; running on the fallback shares until it is fixed"
+                );
+            } else {
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    lease_ms = self.cluster.settings.lease.as_millis() as u64,
+                    "cluster: Redis cannot be reached; keeping the current shares for one lease, then each limit divided by the nodes last seen"
+                );
+            }
         }
         self.rejoined = None;
-        let nodes = self.cluster.nodes.load(Ordering::Acquire).max(1);
+        // The grants hold until the lease this node last renewed runs out: the others count
+        // them until then.
         let since = self.last_contact.unwrap_or(self.started);
-        let expired = since.elapsed() >= self.cluster.settings.lease;
-        if expired {
-            self.parts.sites.set_sharing(Sharing::Fallback(nodes));
+        if since.elapsed() < self.cluster.settings.lease {
+            return;
         }
+        let nodes = self.cluster.nodes.load(Ordering::Acquire).max(1);
+        self.parts.sites.set_sharing(Sharing::Fallback(nodes));
         for site in self.parts.sites.paths() {
-            let share = fallback_share(site.max_connections(), nodes);
-            let cap = if expired {
-                share
-            } else {
-                share.min(site.cap())
-            };
-            site.set_share(cap, nodes as u64);
+            site.set_share(fallback_share(site.max_connections(), nodes), nodes as u64);
         }
         for (_, counter) in &self.parts.counters {
             counter.take_pending();
             counter.set_peers(HashMap::new(), nodes as u32);
         }
-        self.ips.clear();
         self.fell_back = true;
     }
+}
+
+/// Every field of the hash `key`, read in pages (a long list never makes one slow call).
+fn hscan(con: &mut Connection, key: &str) -> Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+            .arg(key)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query(con)?;
+        out.extend(page);
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
+fn token_key(node: &str) -> String {
+    format!("ringmta:node-token:{node}")
 }
 
 fn path_key(site: &Site) -> (String, Option<String>) {

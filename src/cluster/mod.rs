@@ -78,6 +78,8 @@ pub struct Cluster {
     dropped: AtomicU64,
     outbox: crossbeam_channel::Sender<Outgoing>,
     stop: AtomicBool,
+    /// Set by the agent when it has stopped (and left Redis's node set).
+    finished: AtomicBool,
 }
 
 impl Cluster {
@@ -86,13 +88,19 @@ impl Cluster {
     /// agent thread.
     pub fn start(settings: ClusterSettings, parts: Parts) -> Result<Arc<Cluster>> {
         let client = client(&settings)?;
-        match client.get_connection_with_timeout(Duration::from_secs(2)) {
-            Ok(mut con) => agent::claim_node_id(&mut con, &settings)?,
+        // A node number held by another node stops the start; Redis being away does not.
+        let claimed = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .map_err(anyhow::Error::from)
+            .and_then(|mut con| agent::claim_node_id(&mut con, &settings));
+        match claimed {
+            Err(e) if e.downcast_ref::<agent::Conflict>().is_some() => return Err(e),
             Err(e) => tracing::warn!(
                 redis = %settings.redis,
-                error = %e,
+                error = %format!("{e:#}"),
                 "cluster: Redis cannot be reached at start; running on the fallback shares until it can"
             ),
+            Ok(()) => {}
         }
         let (tx, rx) = crossbeam_channel::bounded(BACKLOG);
         let cluster = Arc::new(Cluster {
@@ -105,6 +113,7 @@ impl Cluster {
             dropped: AtomicU64::new(0),
             outbox: tx,
             stop: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
         });
         parts
             .suspensions
@@ -141,9 +150,14 @@ impl Cluster {
         self.settings.node_id
     }
 
-    /// Stops the agent (at shutdown); its leases run out after `cluster.lease`.
+    /// Stops the agent (at shutdown) and waits for it, at most a second, to give this node's
+    /// leases back.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while !self.finished.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn send(&self, change: Outgoing) {

@@ -242,10 +242,13 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                     session.handle_tls_established(delivery.clock().monotonic());
                 }
                 ClientEvent::Ready => {
-                    // A paused or suspended path takes no new message: the jobs wait.
+                    // A paused or suspended path takes no new message: the jobs wait. A path
+                    // over its limit (a throttle's ramp, a smaller cluster grant) closes just
+                    // enough of its connections.
                     if sent >= slot.site().max_messages_per_connection()
                         || !slot.site().accepting(delivery.clock().monotonic())
                         || delivery.path_suspended(slot.site())
+                        || slot.over_limit(delivery.clock().monotonic())
                     {
                         session.quit(delivery.clock().monotonic());
                         continue;

@@ -591,7 +591,14 @@ impl Delivery {
                 .iter()
                 .filter(|(_, paths)| {
                     paths.iter().any(|site| {
-                        site.has_free_slot(self.clock.monotonic()) && !self.path_suspended(site)
+                        let free = site.has_free_slot(self.clock.monotonic());
+                        if !free {
+                            // Still waiting: stay registered, so that a freed slot (or a
+                            // cluster grant) wakes this loop and the path still counts as
+                            // wanted.
+                            site.wait_for_slot(&self.kick);
+                        }
+                        free && !self.path_suspended(site)
                     })
                 })
                 .map(|(key, _)| key.clone())

@@ -136,6 +136,8 @@ impl Sites {
             rate_divisor: AtomicU64::new(divisor),
             signals: AtomicU64::new(0),
             last_signal: AtomicU8::new(0),
+            own_until_ms: AtomicU64::new(0),
+            retiring: AtomicUsize::new(0),
             source: source.map(str::to_owned),
             rule: rule.map(|r| r.origin.clone()),
             max_connections: limits.max_connections,
@@ -258,6 +260,10 @@ pub struct Site {
     signals: AtomicU64,
     /// The last of them (`Signal as u8 + 1`; 0: none yet).
     last_signal: AtomicU8,
+    /// The end of the pause the last of them started, in ms since `epoch`.
+    own_until_ms: AtomicU64,
+    /// Open connections that saw the path over its limit and are closing (each counted once).
+    retiring: AtomicUsize,
     /// The egress source the path leaves from, if any.
     source: Option<String>,
     /// The shaping rule that set its limits (its origin), if any.
@@ -308,7 +314,7 @@ impl Site {
             rule: self.rule.clone(),
             connections: self.connections.load(Ordering::Acquire),
             connection_limit: limit,
-            throttled: limit < self.max_connections,
+            throttled: limit < self.max_connections.min(self.cap.load(Ordering::Acquire)),
             delivered: n(PathOutcome::Delivered),
             deferred: n(PathOutcome::Deferred),
             rejected: n(PathOutcome::Rejected),
@@ -352,11 +358,9 @@ impl Site {
             .min(cap)
     }
 
-    /// Whether an open connection may take a new message at `now`: the path is not paused and
-    /// does not hold more connections than it may (a connection over the limit closes).
+    /// Whether connections may start or take new messages at `now` (not paused).
     pub fn accepting(&self, now: Instant) -> bool {
-        let limit = self.limit(now);
-        limit > 0 && self.connections.load(Ordering::Acquire) <= limit
+        self.limit(now) > 0
     }
 
     /// The recipient domain the path was first looked up for.
@@ -395,14 +399,23 @@ impl Site {
         self.cap.load(Ordering::Acquire)
     }
 
-    /// How many throttling signals this node's own replies gave, and the last one.
-    pub fn own_signals(&self) -> (u64, Option<Signal>) {
+    /// How many throttling signals this node's own replies gave, the last one, and what is
+    /// left at `now` of the pause it started.
+    pub fn own_signals(&self, now: Instant) -> (u64, Option<Signal>, Duration) {
         let last = match self.last_signal.load(Ordering::Acquire) {
             1 => Some(Signal::RateLimited),
             2 => Some(Signal::Blocklisted),
             _ => None,
         };
-        (self.signals.load(Ordering::Acquire), last)
+        let left = self
+            .own_until_ms
+            .load(Ordering::Acquire)
+            .saturating_sub(self.ms(now));
+        (
+            self.signals.load(Ordering::Acquire),
+            last,
+            Duration::from_millis(left),
+        )
     }
 
     /// Takes a throttling signal received at `now`; returns how long the site is paused.
@@ -414,8 +427,11 @@ impl Site {
             },
             Ordering::Release,
         );
+        let pause = self.signal_from_peer(signal, now);
+        self.own_until_ms
+            .store(self.ms(now) + pause.as_millis() as u64, Ordering::Release);
         self.signals.fetch_add(1, Ordering::AcqRel);
-        self.signal_from_peer(signal, now)
+        pause
     }
 
     /// Takes a throttling signal another node received (`[cluster]`), at `now`.
@@ -433,12 +449,7 @@ impl Site {
         if let Some(slot) = self.try_acquire(now) {
             return Some(slot);
         }
-        {
-            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            if !waiting.iter().any(|w| Arc::ptr_eq(w, wake)) {
-                waiting.push(Arc::clone(wake));
-            }
-        }
+        self.wait_for_slot(wake);
         // A slot freed between the first try and the registration woke nobody: try again.
         self.try_acquire(now)
     }
@@ -446,6 +457,15 @@ impl Site {
     /// Whether a connection slot is free at `now`.
     pub fn has_free_slot(&self, now: Instant) -> bool {
         self.connections.load(Ordering::Acquire) < self.limit(now)
+    }
+
+    /// Registers `wake` to be notified when a slot frees (a core whose mail waits for this
+    /// path, which also tells the cluster agent that the path is wanted).
+    pub fn wait_for_slot(&self, wake: &Arc<Notify>) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if !waiting.iter().any(|w| Arc::ptr_eq(w, wake)) {
+            waiting.push(Arc::clone(wake));
+        }
     }
 
     fn try_acquire(self: &Arc<Self>, now: Instant) -> Option<SiteSlot> {
@@ -457,6 +477,7 @@ impl Site {
             .ok()
             .map(|_| SiteSlot {
                 site: Arc::clone(self),
+                retiring: AtomicBool::new(false),
             })
     }
 
@@ -484,6 +505,8 @@ impl Site {
 /// A connection slot of a site; freeing it (drop) wakes the cores that waited for one.
 pub struct SiteSlot {
     site: Arc<Site>,
+    /// Whether this connection was picked to close because the path is over its limit.
+    retiring: AtomicBool,
 }
 
 impl SiteSlot {
@@ -491,10 +514,35 @@ impl SiteSlot {
     pub fn site(&self) -> &Arc<Site> {
         &self.site
     }
+
+    /// Whether this connection should close rather than take another message at `now`: the
+    /// path holds more connections than it may now (a throttle ramp, a smaller cluster
+    /// grant). Only as many connections as are over the limit are picked, once each.
+    pub fn over_limit(&self, now: Instant) -> bool {
+        if self.retiring.load(Ordering::Acquire) {
+            return true;
+        }
+        let limit = self.site.limit(now);
+        let site = &self.site;
+        let picked = site
+            .retiring
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                (site.connections.load(Ordering::Acquire).saturating_sub(r) > limit)
+                    .then_some(r + 1)
+            })
+            .is_ok();
+        if picked {
+            self.retiring.store(true, Ordering::Release);
+        }
+        picked
+    }
 }
 
 impl Drop for SiteSlot {
     fn drop(&mut self) {
+        if self.retiring.load(Ordering::Acquire) {
+            self.site.retiring.fetch_sub(1, Ordering::AcqRel);
+        }
         self.site.connections.fetch_sub(1, Ordering::AcqRel);
         self.site.wake_waiting();
     }
@@ -650,6 +698,49 @@ mod tests {
                 .accepting(t0 + ms(200)),
             "one site only"
         );
+    }
+
+    #[test]
+    fn a_lower_cap_closes_only_the_connections_over_it_and_a_higher_one_wakes_the_waiters() {
+        let t0 = Instant::now();
+        let sites = Sites::new(limits(4, 10, ThrottlePolicy::default()), vec![], t0);
+        sites.set_sharing(Sharing::Leased);
+        let core = Arc::new(Notify::new());
+        let site = sites.get("mx.test", None, "d.test");
+        assert!(site.acquire(&core, t0).is_none(), "no grant yet");
+        assert_eq!(site.demand(), (0, true), "wanted");
+        site.set_share(4, 2);
+        assert!(
+            site.waiting.lock().unwrap().is_empty(),
+            "the grant woke the core"
+        );
+        let slots: Vec<SiteSlot> = (0..4).map(|_| site.acquire(&core, t0).unwrap()).collect();
+        // The rate is shared by two nodes: twice the interval.
+        assert_eq!(site.rate_delay(t0), None);
+        assert_eq!(site.rate_delay(t0), Some(Duration::from_millis(200)));
+        // The grant drops to 1: three connections close, once each, and the fourth stays.
+        site.set_share(1, 1);
+        let over: Vec<bool> = slots.iter().map(|s| s.over_limit(t0)).collect();
+        assert_eq!(over, [true, true, true, false]);
+        assert!(slots[0].over_limit(t0), "still picked");
+        assert!(!slots[3].over_limit(t0));
+        let mut slots = slots;
+        slots.truncate(1);
+        slots.pop();
+        assert_eq!(site.retiring.load(Ordering::Acquire), 0);
+        // Another node's throttle pauses this one's path too.
+        assert_eq!(
+            site.signal_from_peer(Signal::RateLimited, t0),
+            Duration::from_millis(60_000)
+        );
+        assert!(!site.accepting(t0));
+        assert_eq!(site.own_signals(t0).0, 0, "not this node's own signal");
+        // Fallback: new paths take their share among the nodes last seen.
+        sites.set_sharing(Sharing::Fallback(3));
+        assert_eq!(sites.get("other.test", None, "d.test").cap(), 1);
+        assert_eq!(fallback_share(10, 3), 3);
+        assert_eq!(fallback_share(1, 3), 1);
+        assert_eq!(fallback_share(0, 3), 0);
     }
 
     #[test]

@@ -126,6 +126,11 @@ impl Suspensions {
         let mut list = self.lock();
         let changed = match change {
             Change::Suspend(s) if !list.iter().any(|x| x.id == s.id) => {
+                // One of this node's own from before a restart: new ids go above it.
+                let next = self.next_id.load(Ordering::Acquire);
+                if s.id >> 40 == next >> 40 {
+                    self.next_id.fetch_max(s.id, Ordering::AcqRel);
+                }
                 list.push(s.clone());
                 true
             }
@@ -211,6 +216,48 @@ impl Suspensions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_from_other_nodes_apply_once_and_ids_stay_apart() {
+        use std::sync::Arc;
+        let s = Suspensions::default();
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let t = Arc::clone(&told);
+        s.on_change(Box::new(move |c| t.lock().unwrap().push(c.clone())));
+        s.set_id_base(7 << 40);
+        // This node's own suspension from before a restart, merged back from Redis.
+        let old = Suspension {
+            id: (7 << 40) + 5,
+            target: Target::Domain("a.test".into()),
+            until_ms: None,
+        };
+        assert!(s.apply(&Change::Suspend(old.clone())));
+        assert!(!s.apply(&Change::Suspend(old.clone())), "once");
+        // Another node's, with a higher number.
+        let theirs = Suspension {
+            id: (9 << 40) + 1,
+            target: Target::Domain("b.test".into()),
+            until_ms: None,
+        };
+        assert!(s.apply(&Change::Suspend(theirs.clone())));
+        assert!(
+            told.lock().unwrap().is_empty(),
+            "applied changes are not told"
+        );
+        let mine = s.add(Target::Domain("c.test".into()), None);
+        assert_eq!(
+            mine.id,
+            (7 << 40) + 6,
+            "above this node's old one, in its range"
+        );
+        assert!(s.apply(&Change::Resume { id: theirs.id }));
+        assert!(!s.holds_message(0, "b.test", None));
+        assert!(s.resume(old.id));
+        assert_eq!(
+            *told.lock().unwrap(),
+            [Change::Suspend(mine), Change::Resume { id: old.id }]
+        );
+    }
 
     #[test]
     fn targets_hold_what_they_name_until_resumed_or_expired() {

@@ -392,6 +392,46 @@ fn the_per_address_connection_rate_is_counted_over_both_nodes() {
     // Another address is not affected.
     let mut other = Raw::connect_from("127.0.0.8".parse().unwrap(), b.addr("smtp"));
     assert!(other.reply().starts_with("220"));
+
+    // A copied config: a second process named node-a is refused by Redis (and says so), but
+    // still takes mail on its fallback shares.
+    let twin = node_with(
+        &tmp.path().join("twin"),
+        "node-a",
+        &format!("redis = \"{}\"", redis.url()),
+        &sink,
+        "",
+    );
+    let line = twin.wait_log("cluster: cannot join", 10);
+    assert!(
+        line.contains("another process runs as node \"node-a\""),
+        "{line}"
+    );
+    wait_metric(&twin, "ringmta_cluster_redis_up", 0.0, 1);
+    // A node number held by another node's name stops the start.
+    let dir = tmp.path().join("clash");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        crate::harness::base_config(
+            &dir,
+            &format!(
+                "[cluster]\nredis = \"{}\"\nnode = \"node-c\"\nnode_id = {}\n",
+                redis.url(),
+                ringmta::config::cluster::node_id_of("node-a")
+            ),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmta"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("is held by node \"node-a\""), "{err}");
 }
 
 /// `rediss://` with a password: a node given the CA joins; a wrong password and an unknown CA are
