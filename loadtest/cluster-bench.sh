@@ -9,7 +9,8 @@
 # Per phase it prints e2e msg/s (until the sink has every message), the nodes' CPU seconds per
 # 1000 messages (all nodes together) and the Redis commands per message.
 #
-# Environment: N=20000 messages per phase, SIZE=1024, CONC=50 (per sender), ROUNDS=3,
+# Environment: N=20000 messages per phase, SIZE=1024, CONC=50 (connections in all, split between
+# the senders), ROUNDS=3,
 # THREADS=2 (threads of the single node; each of the two nodes gets THREADS/2),
 # WORK=/tmp/ringmta-cluster-bench. Needs `cargo build --release` and redis-server.
 # Everything listens on and connects to 127.0.0.1 only; every process is stopped at the end.
@@ -73,10 +74,10 @@ phase() {
   start_sink
   if [ "$2" = 1 ]; then node solo "$THREADS" "$3"; else node mta-a "$HALF" 1; node mta-b "$HALF" 1; fi
   sleep 0.5  # the first grant
-  local per=$(( N / ${#ADDRS[@]} )) c0 r0 t0 senders=() a i
+  local per=$(( N / ${#ADDRS[@]} )) conc=$(( CONC / ${#ADDRS[@]} )) c0 r0 t0 senders=() a i
   c0=$(cpu); r0=$(redis_commands); t0=$(date +%s.%N)
   for a in "${ADDRS[@]}"; do
-    "$BIN/loadtest" send --target "$a" -c "$CONC" -m "$per" -s "$SIZE" --pipelining \
+    "$BIN/loadtest" send --target "$a" -c "$conc" -m "$per" -s "$SIZE" --pipelining \
       > "$WORK/send-$a.out" 2>&1 &
     senders+=($!)
   done
@@ -92,7 +93,7 @@ phase() {
   for p in "${NODE_PIDS[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
 }
 
-echo "# $N x $SIZE B per phase, c=$CONC per sender, durable; one node: threads=$THREADS; two nodes: threads=$HALF each"
+echo "# $N x $SIZE B per phase, c=$CONC in all, durable; one node: threads=$THREADS; two nodes: threads=$HALF each"
 for r in $(seq "$ROUNDS"); do
   phase "round $r: one node, no cluster" 1 0
   phase "round $r: one node, [cluster]" 1 1
