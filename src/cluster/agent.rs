@@ -489,7 +489,11 @@ impl Agent {
                 continue;
             }
             // What this node may hold is counted, not only what it holds: a grant lowered by
-            // this call applies only when its reply comes back.
+            // this call applies only when its reply comes back. A path going idle gives its
+            // grant up first, so that Redis can forget it.
+            if !busy {
+                site.set_share(0, 1);
+            }
             let held = connections.max(site.cap().min(site.max_connections()));
             pipe.cmd("EVALSHA")
                 .arg(self.lease.get_hash())

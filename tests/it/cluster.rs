@@ -154,16 +154,35 @@ fn peak(log: &Path) -> usize {
 }
 
 fn post(server: &Server, path: &str) -> String {
+    request(server, "POST", path)
+}
+
+/// The whole response to a request without a body on the node's HTTP API.
+fn request(server: &Server, method: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(server.addr("http")).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     c.write_all(
-        format!("POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
+            .as_bytes(),
     )
     .unwrap();
     let mut text = String::new();
     c.read_to_string(&mut text).unwrap();
     text
+}
+
+/// Waits (bounded) until `GET path` on the node answers with a body for which `pred` holds.
+fn wait_api(server: &Server, path: &str, secs: u64, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = request(server, "GET", path);
+        if pred(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "GET {path} never matched: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits (bounded) until the node refuses `rcpt` as suppressed; returns the reply.
@@ -289,6 +308,47 @@ fn two_nodes_share_a_site_limit_a_throttle_and_the_suppression_list() {
         reply.contains("5.1.1") || reply.contains("suppress"),
         "{reply}"
     );
+    // Removed on node B: node A takes it again.
+    let r = request(&b, "DELETE", "/api/v1/suppressions/gone@example.net");
+    assert!(r.contains(" 200 "), "{r}");
+    wait_api(&a, "/api/v1/suppressions", 10, |r| {
+        !r.contains("gone@example.net")
+    });
+
+    // A suspension made on node A holds on node B; resumed on node B, it ends on node A.
+    let r = post(&a, "/api/v1/suspensions?domain=held.example");
+    assert!(r.contains(" 201 "), "{r}");
+    let id = r
+        .split("\"id\":")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    wait_api(&b, "/api/v1/suspensions", 10, |r| {
+        r.contains("held.example")
+    });
+    let r = request(&b, "DELETE", &format!("/api/v1/suspensions/{id}"));
+    assert!(r.contains(" 200 "), "{r}");
+    wait_api(&a, "/api/v1/suspensions", 10, |r| {
+        !r.contains("held.example")
+    });
+
+    // Node B has been idle for longer than a path stays busy: it gave its grant back, and
+    // node A alone may use the whole limit.
+    let since = ringmta::time::unix_ms(std::time::SystemTime::now());
+    std::thread::sleep(Duration::from_millis(2_500));
+    let before = sink.messages().len();
+    submit(&a, &["--count", "20", "--reconnect"]);
+    sink.wait_for("20 more from node A", 60, |m| m.len() >= before + 20);
+    let late = std::fs::read_to_string(&log).unwrap();
+    let open_alone = late
+        .lines()
+        .filter(|l| l.split(' ').next().unwrap().parse::<u64>().unwrap() >= since)
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
+        .max();
+    assert_eq!(open_alone, Some(2), "node A alone: {late}");
 }
 
 #[test]
