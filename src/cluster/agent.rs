@@ -53,9 +53,11 @@ return redis.call('ZCARD', KEYS[1])
 ";
 
 /// One path's lease: KEYS = path hash, nodes; ARGV = node, want (0/1), connections held,
-/// limit. Forgets the nodes whose lease ran out, splits the limit evenly among the nodes that
-/// want connections (the remainder rotating every minute), and grants this node its share of
-/// what the others do not hold. Returns the grant and the number of busy nodes.
+/// limit, this process's token. Forgets the entries of nodes whose lease ran out and of
+/// processes that are gone (a node stopped or restarted: its name's token changed or was
+/// removed), splits the limit evenly among the nodes that want connections (the remainder
+/// rotating every minute), and grants this node its share of what the others do not hold.
+/// Returns the grant and the number of busy nodes.
 const LEASE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -66,10 +68,11 @@ for i = 1, #fields, 2 do
   local n = fields[i]
   if n ~= node then
     local until_ms = redis.call('ZSCORE', KEYS[2], n)
-    if (not until_ms) or tonumber(until_ms) < now then
+    local h, w, token = string.match(fields[i + 1], '(%d+) (%d+) (%S+)')
+    if (not until_ms) or tonumber(until_ms) < now or (not token)
+      or redis.call('GET', 'ringmta:node-token:' .. n) ~= token then
       redis.call('HDEL', KEYS[1], n)
     else
-      local h, w = string.match(fields[i + 1], '(%d+) (%d+)')
       others = others + tonumber(h)
       if tonumber(w) > 0 then table.insert(busy, n) end
     end
@@ -90,7 +93,7 @@ local held = math.max(grant, held_now)
 if held == 0 and want == 0 then
   redis.call('HDEL', KEYS[1], node)
 else
-  redis.call('HSET', KEYS[1], node, held .. ' ' .. want)
+  redis.call('HSET', KEYS[1], node, held .. ' ' .. want .. ' ' .. ARGV[5])
   redis.call('PEXPIRE', KEYS[1], 86400000)
 end
 return {grant, math.max(#busy, 1)}
@@ -491,8 +494,11 @@ impl Agent {
             // What this node may hold is counted, not only what it holds: a grant lowered by
             // this call applies only when its reply comes back. A path going idle gives its
             // grant up first, so that Redis can forget it.
+            let mut connections = connections;
             if !busy {
                 site.set_share(0, 1);
+                // A core may have taken a slot with the old cap just before: count it.
+                connections = site.demand().0;
             }
             let held = connections.max(site.cap().min(site.max_connections()));
             pipe.cmd("EVALSHA")
@@ -507,7 +513,8 @@ impl Agent {
                 .arg(&self.cluster.settings.node)
                 .arg(u8::from(busy))
                 .arg(held)
-                .arg(site.max_connections());
+                .arg(site.max_connections())
+                .arg(&self.token);
             asked.push((site, busy, connections));
         }
         if asked.is_empty() {
@@ -686,13 +693,13 @@ impl Agent {
                 );
             }
         }
-        self.rejoined = None;
         // The grants hold until the lease this node last renewed runs out: the others count
         // them until then.
         let since = self.last_contact.unwrap_or(self.started);
         if since.elapsed() < self.cluster.settings.lease {
             return;
         }
+        self.rejoined = None;
         let nodes = self.cluster.nodes.load(Ordering::Acquire).max(1);
         self.parts.sites.set_sharing(Sharing::Fallback(nodes));
         for site in self.parts.sites.paths() {
