@@ -2,9 +2,9 @@
 # 0, its config and its anonymous memory, and the sink. Source it after setting WORK and BIN.
 
 # start_sink: a sink that exits by itself after N messages; sets SINK (its address) and
-# SINK_PID, and adds the pid to the caller's `pids`.
+# SINK_PID, and adds the pid to the caller's `pids`. Runs under `taskset` when PIN_LOAD is set.
 start_sink() {  # sets SINK and SINK_PID; the sink exits by itself after N messages
-  "$BIN/loadtest" sink --listen 127.0.0.1:0 --exit-after "$N" > "$WORK/sink.out" 2>&1 &
+  ${PIN_LOAD[@]+"${PIN_LOAD[@]}"} "$BIN/loadtest" sink --listen 127.0.0.1:0 --exit-after "$N" > "$WORK/sink.out" 2>&1 &
   SINK_PID=$!; pids+=("$SINK_PID")
   for _ in $(seq 100); do grep -q listening "$WORK/sink.out" && break; sleep 0.05; done
   SINK=$(awk '/listening/{print $NF}' "$WORK/sink.out")

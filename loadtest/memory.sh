@@ -5,7 +5,7 @@
 #   N=100000 SIZE=1024 loadtest/memory.sh        (needs cargo build --release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-100000}; SIZE=${SIZE:-1024}; WORK=${WORK:-/tmp/ringmta-mem}; BIN=target/release
+N=${N:-100000}; SIZE=${SIZE:-1024}; WORK=${WORK:-/tmp/ringmta-mem}; BIN=${BIN:-target/release}
 rm -rf "$WORK"; mkdir -p "$WORK"
 . loadtest/lib.sh
 ringmta_config '[limits]
