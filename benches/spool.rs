@@ -68,7 +68,7 @@ fn append_commit(c: &mut Criterion) {
                     black_box(
                         shard
                             .append_message(
-                                &NewMessage {
+                                &mut NewMessage {
                                     meta: meta(),
                                     options: Default::default(),
                                     body: &parts,
@@ -96,7 +96,7 @@ fn recovery(c: &mut Criterion) {
             let parts: [&[u8]; 1] = [&body];
             shard
                 .append_message(
-                    &NewMessage {
+                    &mut NewMessage {
                         meta: meta(),
                         options: Default::default(),
                         body: &parts,
@@ -141,7 +141,7 @@ fn record_access(c: &mut Criterion) {
         ids.push(
             shard
                 .append_message(
-                    &NewMessage {
+                    &mut NewMessage {
                         meta: meta(),
                         options: Default::default(),
                         body: &parts,

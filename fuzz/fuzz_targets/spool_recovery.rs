@@ -82,12 +82,12 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 MessageOptions::default()
             };
-            let new = NewMessage {
+            let mut new = NewMessage {
                 meta: meta(&sender),
                 options,
                 body: &parts,
             };
-            let (id, _) = shard.append_message(&new, NOW).unwrap();
+            let (id, _) = shard.append_message(&mut new, NOW).unwrap();
             written.insert(id.0, (sender, options, body));
         }
         shard.sync().unwrap();

@@ -1459,7 +1459,7 @@ impl Delivery {
         };
         let parts: [&[u8]; 1] = [&bytes];
         let appended = self.shard.borrow_mut().append_message(
-            &NewMessage {
+            &mut NewMessage {
                 meta,
                 options: Default::default(),
                 body: &parts,

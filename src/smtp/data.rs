@@ -32,6 +32,9 @@ enum LineState {
     DotCr,
 }
 
+/// What a body buffer reserves at its first bytes.
+const INITIAL_BODY_CAPACITY: usize = 4096;
+
 /// A size-bounded body buffer.
 #[derive(Clone, Debug, Default)]
 struct BodySink {
@@ -59,6 +62,12 @@ impl BodySink {
             self.overflow = true;
             self.body = Vec::new();
             return;
+        }
+        if self.body.capacity() == 0 {
+            // Start at 4 KiB rather than growing 8, 16, 32, ... bytes at a time: most
+            // messages fit, and a large one then doubles from there.
+            self.body
+                .reserve(bytes.len().max(INITIAL_BODY_CAPACITY).min(self.max));
         }
         self.body.extend_from_slice(bytes);
     }

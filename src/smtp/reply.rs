@@ -120,6 +120,9 @@ impl Reply {
     }
 
     /// Appends the wire form (`250-...\r\n` lines, the last with a space) to `out`.
+    ///
+    /// Writes straight into `out`: a session encodes several replies per message, and this
+    /// allocates nothing once `out` has room.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let empty = [String::new()];
         let lines: &[String] = if self.lines.is_empty() {
@@ -128,14 +131,26 @@ impl Reply {
             &self.lines
         };
         let code = self.code.min(999);
+        let digits = [
+            b'0' + (code / 100) as u8,
+            b'0' + (code / 10 % 10) as u8,
+            b'0' + (code % 10) as u8,
+        ];
         for (i, text) in lines.iter().enumerate() {
-            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-            let line = match (self.enhanced, text.is_empty()) {
-                (Some(enh), true) => format!("{code:03}{sep}{enh}\r\n"),
-                (Some(enh), false) => format!("{code:03}{sep}{enh} {text}\r\n"),
-                (None, _) => format!("{code:03}{sep}{text}\r\n"),
-            };
-            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(&digits);
+            out.push(if i + 1 == lines.len() { b' ' } else { b'-' });
+            if let Some(enh) = self.enhanced {
+                push_decimal(out, enh.class.into());
+                out.push(b'.');
+                push_decimal(out, enh.subject);
+                out.push(b'.');
+                push_decimal(out, enh.detail);
+                if !text.is_empty() {
+                    out.push(b' ');
+                }
+            }
+            out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
     }
 
@@ -233,6 +248,22 @@ impl fmt::Display for Reply {
         let text = String::from_utf8_lossy(&bytes);
         f.write_str(text.trim_end_matches("\r\n"))
     }
+}
+
+/// Appends `n` in decimal, without leading zeros.
+fn push_decimal(out: &mut Vec<u8>, n: u16) {
+    let mut buf = [0u8; 5];
+    let mut at = buf.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[at..]);
 }
 
 /// Bounds for [`Reply::parse`].
@@ -347,6 +378,12 @@ mod tests {
         };
         assert_eq!(r.to_bytes(), b"550-5.7.1 a\r\n550 5.7.1\r\n");
         assert_eq!(r.to_string(), "550-5.7.1 a\r\n550 5.7.1");
+        let r = Reply::with_enhanced(421, (4, 7, 28), "slow down");
+        assert_eq!(r.to_bytes(), b"421 4.7.28 slow down\r\n");
+        let r = Reply::with_enhanced(554, (5, 110, 999), "x");
+        assert_eq!(r.to_bytes(), b"554 5.110.999 x\r\n");
+        let r = Reply::new(99, None, "odd");
+        assert_eq!(r.to_bytes(), b"099 odd\r\n");
     }
 
     #[test]

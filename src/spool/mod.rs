@@ -136,7 +136,7 @@ impl ShardConfig {
 /// (for example `[received_header, client_body]`), so the body is never copied before the spool.
 #[derive(Clone, Debug)]
 pub struct NewMessage<'a> {
-    /// Envelope and session facts; `meta.id` is ignored and replaced by the assigned id.
+    /// Envelope and session facts; `meta.id` is ignored and set to the assigned id.
     pub meta: MessageMeta,
     /// Delivery options (stored only when one is set).
     pub options: MessageOptions,
@@ -221,6 +221,8 @@ pub struct Shard {
     ledger: ledger::Ledger,
     /// Records lost to damage in the middle of segments, as found by recovery.
     lost_records: u64,
+    /// The buffer records are archived into, reused from one append to the next.
+    scratch: rkyv::util::AlignedVec,
 }
 
 impl Shard {
@@ -288,6 +290,7 @@ impl Shard {
             bytes,
             poisoned: None,
             lost_records: rec.report.lost_records(),
+            scratch: Default::default(),
             cfg,
         };
         match shard.new_segment(Room::Intake, 0, now_ms) {
@@ -316,7 +319,7 @@ impl Shard {
     /// Durable on return: nothing; see the module doc and [`CommitTicket`].
     pub fn append_message(
         &mut self,
-        msg: &NewMessage<'_>,
+        msg: &mut NewMessage<'_>,
         now_ms: u64,
     ) -> Result<(QueueId, CommitTicket), SpoolError> {
         self.check_poisoned()?;
@@ -332,10 +335,11 @@ impl Shard {
                 ),
             });
         }
-        let mut meta = msg.meta.clone();
-        meta.id = id.0;
-        let archived =
-            record::archive(&meta).map_err(|source| SpoolError::Encode { id, source })?;
+        // Set in place: a clone here would copy the envelope (every recipient) per message.
+        msg.meta.id = id.0;
+        let meta = &msg.meta;
+        let archived = record::archive_into(meta, std::mem::take(&mut self.scratch))
+            .map_err(|source| SpoolError::Encode { id, source })?;
         let block = msg.options.encode();
         let mut parts: Vec<&[u8]> = Vec::with_capacity(msg.body.len() + 1);
         let flags = if msg.options.is_default() {
@@ -360,7 +364,9 @@ impl Shard {
             &parts,
             plen,
             now_ms,
-        )?;
+        );
+        self.scratch = archived;
+        let offset = offset?;
         self.next_counter = counter + 1;
         let at = RecordRef {
             segment: self.active_seq(),
@@ -396,7 +402,8 @@ impl Shard {
         let Some(kind) = StatusKind::from_u8(rec.kind) else {
             return Err(SpoolError::BadStatusKind { id, kind: rec.kind });
         };
-        let archived = record::archive(rec).map_err(|source| SpoolError::Encode { id, source })?;
+        let archived = record::archive_into(rec, std::mem::take(&mut self.scratch))
+            .map_err(|source| SpoolError::Encode { id, source })?;
         let plen = archived.len();
         let offset = self.append_frame(
             id,
@@ -406,7 +413,9 @@ impl Shard {
             &[],
             plen,
             rec.at_ms,
-        )?;
+        );
+        self.scratch = archived;
+        let offset = offset?;
         let at = RecordRef {
             segment: self.active_seq(),
             offset,

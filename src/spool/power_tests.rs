@@ -122,12 +122,12 @@ fn append(shard: &mut Shard, done: &mut Done, rcpts: usize, len: usize, now: u64
     let body: Vec<u8> = (0..len).map(|j| b'a' + ((i * 7 + j) % 26) as u8).collect();
     let mut m = meta(rcpts);
     m.reverse_path = format!("m{i}@example.com");
-    let msg = NewMessage {
+    let mut msg = NewMessage {
         meta: m.clone(),
         options: Default::default(),
         body: &[&body],
     };
-    let (id, t) = shard.append_message(&msg, now)?;
+    let (id, t) = shard.append_message(&mut msg, now)?;
     done.messages.push((id, t.0, rcpts, m.reverse_path, body));
     Ok(())
 }
@@ -378,12 +378,14 @@ fn check_recovery(
     }
 
     // The recovered spool takes new mail and makes it durable.
-    let msg = NewMessage {
+    let mut msg = NewMessage {
         meta: meta(1),
         options: Default::default(),
         body: &[b"after the cut"],
     };
-    let appended = shard.append_message(&msg, 6_000).and_then(|_| shard.sync());
+    let appended = shard
+        .append_message(&mut msg, 6_000)
+        .and_then(|_| shard.sync());
     prop_assert!(appended.is_ok(), "after recovery: {:?}", appended.err());
     Ok(())
 }

@@ -703,18 +703,45 @@ pub fn decode_frame(
     }))
 }
 
-/// Serialises a record with rkyv into an aligned buffer.
-pub fn archive<T>(value: &T) -> Result<AlignedVec, rancor::Error>
-where
+/// What [`archive`] can serialise: any record rkyv's high-level serializer takes.
+pub trait Archivable:
+    for<'a> Serialize<
+    rkyv::api::high::HighSerializer<
+        AlignedVec,
+        rkyv::ser::allocator::ArenaHandle<'a>,
+        rancor::Error,
+    >,
+>
+{
+}
+
+impl<T> Archivable for T where
     T: for<'a> Serialize<
         rkyv::api::high::HighSerializer<
             AlignedVec,
             rkyv::ser::allocator::ArenaHandle<'a>,
             rancor::Error,
         >,
-    >,
+    >
 {
-    rkyv::to_bytes::<rancor::Error>(value)
+}
+
+/// Serialises a record with rkyv into an aligned buffer.
+pub fn archive<T>(value: &T) -> Result<AlignedVec, rancor::Error>
+where
+    T: Archivable,
+{
+    archive_into(value, AlignedVec::new())
+}
+
+/// [`archive`] into `buf` (cleared first), so that a caller archiving record after record
+/// reuses one buffer instead of growing a new one each time.
+pub fn archive_into<T>(value: &T, mut buf: AlignedVec) -> Result<AlignedVec, rancor::Error>
+where
+    T: Archivable,
+{
+    buf.clear();
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, buf)
 }
 
 /// Validates a message archive (checked rkyv access). `meta` must be 16-byte aligned.

@@ -450,12 +450,12 @@ mod tests {
             let body: Vec<u8> = (0..40 + i * 7)
                 .map(|j| if j % 9 < 3 { 0 } else { j as u8 })
                 .collect();
-            let msg = NewMessage {
+            let mut msg = NewMessage {
                 meta: meta(2),
                 options: Default::default(),
                 body: &[&body],
             };
-            let id = shard.append_message(&msg, 1_000).unwrap().0;
+            let id = shard.append_message(&mut msg, 1_000).unwrap().0;
             bodies.insert(id, body);
             id
         };
@@ -527,12 +527,12 @@ mod tests {
                 assert_eq!(delivered, Some(Some(StatusKind::Delivered)));
             }
             // New appends go to a new segment and survive the next reopen.
-            let msg = NewMessage {
+            let mut msg = NewMessage {
                 meta: meta(1),
                 options: Default::default(),
                 body: &[b"after"],
             };
-            let (id, _) = shard.append_message(&msg, 1).unwrap();
+            let (id, _) = shard.append_message(&mut msg, 1).unwrap();
             // Above every recovered id (ids of torn records were never acknowledged).
             assert!(shard.messages().all(|old| old <= id));
             shard.sync().unwrap();
@@ -556,14 +556,14 @@ mod tests {
         let c = crate::spool::ShardConfig::new(dir.path(), 0);
         let (mut shard, _) = Shard::open(c.clone(), 1_000).unwrap();
         let body = [b'x'; 64];
-        let msg = NewMessage {
+        let mut msg = NewMessage {
             meta: meta(1),
             options: Default::default(),
             body: &[&body],
         };
         let started = Instant::now();
         for _ in 0..1_000_000 {
-            shard.append_message(&msg, 1_000).unwrap();
+            shard.append_message(&mut msg, 1_000).unwrap();
         }
         shard.sync().unwrap();
         let appended = started.elapsed();

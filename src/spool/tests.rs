@@ -41,12 +41,12 @@ pub(super) fn status(id: QueueId, rcpt: u32, kind: StatusKind, at_ms: u64) -> St
 }
 
 fn append(shard: &mut Shard, rcpts: usize, body: &[u8]) -> QueueId {
-    let msg = NewMessage {
+    let mut msg = NewMessage {
         meta: meta(rcpts),
         options: Default::default(),
         body: &[b"Received: x\r\n", body],
     };
-    shard.append_message(&msg, 1_000).unwrap().0
+    shard.append_message(&mut msg, 1_000).unwrap().0
 }
 
 /// Decodes the frames of a segment file as stored on disk.
@@ -109,12 +109,12 @@ fn a_messages_options_survive_recovery_next_to_messages_without() {
     };
     let (with, without) = {
         let (mut shard, _) = Shard::open(cfg(dir.path()), 1_000).unwrap();
-        let msg = NewMessage {
+        let mut msg = NewMessage {
             meta: meta(1),
             options,
             body: &[b"Subject: code\r\n\r\n123456\r\n"],
         };
-        let with = shard.append_message(&msg, 1_000).unwrap().0;
+        let with = shard.append_message(&mut msg, 1_000).unwrap().0;
         let without = append(&mut shard, 1, b"plain");
         shard.sync().unwrap();
         (with, without)
@@ -305,14 +305,14 @@ fn max_bytes_gives_full_and_the_shard_recovers_when_space_returns() {
     };
     let (mut shard, _) = Shard::open(c, 1_000).unwrap();
     let body = vec![b'x'; 3000];
-    let msg = NewMessage {
+    let mut msg = NewMessage {
         meta: meta(1),
         options: Default::default(),
         body: &[&body],
     };
     let mut ids = Vec::new();
     let err = loop {
-        match shard.append_message(&msg, 1_000) {
+        match shard.append_message(&mut msg, 1_000) {
             Ok((id, _)) => ids.push(id),
             Err(e) => break e,
         }
@@ -329,7 +329,7 @@ fn max_bytes_gives_full_and_the_shard_recovers_when_space_returns() {
     assert!(err.to_string().contains("seg-"), "{err}");
     // Still full on retry, and still readable.
     assert!(matches!(
-        shard.append_message(&msg, 1_000),
+        shard.append_message(&mut msg, 1_000),
         Err(SpoolError::Full { .. })
     ));
     assert_eq!(shard.message(ids[0]).unwrap().body.len(), 3000);
@@ -345,14 +345,14 @@ fn max_bytes_gives_full_and_the_shard_recovers_when_space_returns() {
     let purged = shard.purge(10_000, 1_000).unwrap();
     assert_eq!(purged.removed.len(), 1);
     assert_eq!(purged.purged, ids[..2]);
-    let (id, t) = shard.append_message(&msg, 1_000).unwrap();
+    let (id, t) = shard.append_message(&mut msg, 1_000).unwrap();
     assert!(id > ids[3]);
     shard.sync().unwrap();
     assert!(shard.durable_seq() >= t.0);
     // Raising the limit also makes room.
     shard.set_max_bytes(0);
     for _ in 0..10 {
-        shard.append_message(&msg, 1_000).unwrap();
+        shard.append_message(&mut msg, 1_000).unwrap();
     }
 }
 
@@ -379,13 +379,13 @@ fn a_trickle_of_mail_with_idle_rotations_keeps_the_spool_small() {
     let (mut shard, _) = Shard::open(c, 1_000).unwrap();
     let body = vec![b'x'; 500];
     for i in 0..30u64 {
-        let msg = NewMessage {
+        let mut msg = NewMessage {
             meta: meta(1),
             options: Default::default(),
             body: &[&body],
         };
         let (id, _) = shard
-            .append_message(&msg, 1_000 + i)
+            .append_message(&mut msg, 1_000 + i)
             .unwrap_or_else(|e| panic!("message {i}: {e}"));
         shard
             .append_status(&status(id, 0, StatusKind::Delivered, 2_000 + i))
@@ -428,13 +428,13 @@ fn a_full_spool_still_records_every_outcome_and_queues_dsns() {
     };
     let (mut shard, _) = Shard::open(c, 1_000).unwrap();
     let body = vec![b'x'; 3000];
-    let msg = NewMessage {
+    let mut msg = NewMessage {
         meta: meta(1),
         options: Default::default(),
         body: &[&body],
     };
     let mut ids = Vec::new();
-    while let Ok((id, _)) = shard.append_message(&msg, 1_000) {
+    while let Ok((id, _)) = shard.append_message(&mut msg, 1_000) {
         ids.push(id);
     }
     assert!(!ids.is_empty());
@@ -455,7 +455,7 @@ fn a_full_spool_still_records_every_outcome_and_queues_dsns() {
     dsn.reverse_path = String::new();
     shard
         .append_message(
-            &NewMessage {
+            &mut NewMessage {
                 meta: dsn,
                 options: Default::default(),
                 body: &[&body],
@@ -464,7 +464,7 @@ fn a_full_spool_still_records_every_outcome_and_queues_dsns() {
         )
         .unwrap();
     assert!(matches!(
-        shard.append_message(&msg, 3_000),
+        shard.append_message(&mut msg, 3_000),
         Err(SpoolError::Full { .. })
     ));
     shard.sync().unwrap();
@@ -637,13 +637,13 @@ fn a_failed_sync_poisons_the_shard() {
     shard.mark_sync_failed();
     shard.mark_durable(1);
     assert_eq!(shard.durable_seq(), 0);
-    let msg = NewMessage {
+    let mut msg = NewMessage {
         meta: meta(1),
         options: Default::default(),
         body: &[b"x"],
     };
     assert!(matches!(
-        shard.append_message(&msg, 1),
+        shard.append_message(&mut msg, 1),
         Err(SpoolError::Poisoned { .. })
     ));
     assert!(matches!(shard.sync(), Err(SpoolError::Poisoned { .. })));

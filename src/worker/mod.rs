@@ -282,7 +282,7 @@ impl Core {
         };
         parts.insert(0, &dkim_header);
         let appended = self.shard.borrow_mut().append_message(
-            &NewMessage {
+            &mut NewMessage {
                 meta,
                 options,
                 body: &parts,

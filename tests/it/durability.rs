@@ -314,7 +314,7 @@ fn a_failure_dsn_lost_by_a_crash_is_sent_at_the_next_start_and_only_once() {
         let body: &[&[u8]] = &[b"From: sender@client.test\r\nSubject: lost dsn\r\n\r\nhi\r\n"];
         let (id, _) = shard
             .append_message(
-                &NewMessage {
+                &mut NewMessage {
                     meta,
                     options: Default::default(),
                     body,

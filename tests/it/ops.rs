@@ -519,12 +519,12 @@ fn readyz_is_503_until_recovery_ends() {
         };
         let body: [&[u8]; 1] = [b"Subject: queued\r\n\r\nx\r\n"];
         for _ in 0..400_000 {
-            let msg = NewMessage {
+            let mut msg = NewMessage {
                 meta: meta.clone(),
                 options: Default::default(),
                 body: &body,
             };
-            shard.append_message(&msg, 1_000).unwrap();
+            shard.append_message(&mut msg, 1_000).unwrap();
         }
         shard.sync().unwrap();
     }
