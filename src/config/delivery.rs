@@ -20,6 +20,9 @@ pub struct Route {
     pub next_hop: String,
 }
 
+/// Longest `delivery.connection_idle_time`: a server may drop an idle client after 5 minutes.
+const MAX_CONNECTION_IDLE_TIME: Duration = Duration::from_secs(300);
+
 /// Outbound delivery settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliverySettings {
@@ -48,6 +51,8 @@ pub struct DeliverySettings {
     pub command_timeout: Duration,
     /// Wait for the end-of-data reply.
     pub data_timeout: Duration,
+    /// An open connection with nothing to send waits this long for a message before QUIT.
+    pub connection_idle_time: Duration,
     /// Operator bounce rules file.
     pub bounce_rules: Option<PathBuf>,
     /// STARTTLS policy overrides by lower-case recipient domain.
@@ -165,6 +170,21 @@ impl DeliverySettings {
                 d.data_timeout.as_ref(),
                 Duration::from_secs(600),
             ),
+            connection_idle_time: {
+                let t = r.duration(
+                    "delivery.connection_idle_time",
+                    d.connection_idle_time.as_ref(),
+                    Duration::from_secs(2),
+                );
+                if t > MAX_CONNECTION_IDLE_TIME {
+                    r.problem(
+                        "delivery.connection_idle_time",
+                        "is over 5m: receivers close idle connections long before (RFC 5321 \
+                         §4.5.3.2.7 gives them 5 minutes)",
+                    );
+                }
+                t.min(MAX_CONNECTION_IDLE_TIME)
+            },
             bounce_rules: d.bounce_rules.as_ref().map(PathBuf::from),
             route_tls: Vec::new(),
             tls_ca_file: d.tls_ca_file.as_ref().map(PathBuf::from),

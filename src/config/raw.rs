@@ -362,6 +362,9 @@ pub struct RawDelivery {
     pub command_timeout: Option<String>,
     /// Wait for the reply to the end of data. Default: 10m (RFC 5321 §4.5.3.2.6).
     pub data_timeout: Option<String>,
+    /// How long an open outbound connection with nothing to send waits for a message before
+    /// QUIT. Default: 2s; "0s" closes at once.
+    pub connection_idle_time: Option<String>,
     /// Extra bounce classification rules (TOML), tried before the built-in ones.
     pub bounce_rules: Option<String>,
     /// STARTTLS policy per recipient domain, overriding `tls` (e.g. `{ "bank.example" = "required" }`).

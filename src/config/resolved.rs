@@ -495,6 +495,21 @@ content = "30d"
     }
 
     #[test]
+    fn connection_idle_time_defaults_to_2s_and_stops_at_5m() {
+        let c = from_toml("", "t").unwrap();
+        assert_eq!(c.delivery.connection_idle_time, Duration::from_secs(2));
+        let c = from_toml("[delivery]\nconnection_idle_time = \"0s\"\n", "t").unwrap();
+        assert_eq!(c.delivery.connection_idle_time, Duration::ZERO);
+        match from_toml("[delivery]\nconnection_idle_time = \"6m\"\n", "t").unwrap_err() {
+            ConfigError::Invalid(p) => {
+                assert_eq!(p[0].key, "delivery.connection_idle_time");
+                assert!(p[0].message.contains("over 5m"), "{}", p[0].message);
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
     fn durations_and_sizes() {
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("0s"), Some(Duration::ZERO));

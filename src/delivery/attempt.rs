@@ -242,27 +242,49 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                     session.handle_tls_established(delivery.clock().monotonic());
                 }
                 ClientEvent::Ready => {
-                    // A paused or suspended path takes no new message: the jobs wait. A path
-                    // over its limit (a throttle's ramp, a smaller cluster grant) closes just
-                    // enough of its connections.
-                    if sent >= slot.site().max_messages_per_connection()
-                        || !slot.site().accepting(delivery.clock().monotonic())
-                        || delivery.path_suspended(slot.site())
-                        || slot.over_limit(delivery.clock().monotonic())
-                    {
-                        session.quit(delivery.clock().monotonic());
-                        continue;
-                    }
-                    if let Some(wait) = slot.site().rate_delay(delivery.clock().monotonic()) {
-                        tokio::time::sleep(wait).await;
-                    }
                     // A job with nothing left to send is skipped: the session must get the
-                    // next job or a QUIT, never sit idle with no deadline.
+                    // next job or a QUIT, never sit idle with no deadline. With no job, it
+                    // waits `delivery.connection_idle_time` for one.
+                    let mut paced = false;
+                    let mut idle_until = None;
+                    let mut peer_gone = false;
                     let started = loop {
+                        // A paused or suspended path takes no new message: the jobs wait. A
+                        // path over its limit (a throttle's ramp, a smaller cluster grant)
+                        // closes just enough of its connections.
+                        if sent >= slot.site().max_messages_per_connection()
+                            || !slot.site().accepting(delivery.clock().monotonic())
+                            || delivery.path_suspended(slot.site())
+                            || slot.over_limit(delivery.clock().monotonic())
+                        {
+                            break None;
+                        }
+                        // The site's message rate: a send time reserved before each job taken.
+                        if !paced {
+                            paced = true;
+                            let now = delivery.clock().monotonic();
+                            if let Some(wait) = slot.site().rate_delay(now) {
+                                tokio::time::sleep(wait).await;
+                            }
+                        }
                         let Some((job_key, mut job)) =
                             delivery.next_job(key, slot.site().name(), tls_policy, &hop.name)
                         else {
-                            break None;
+                            if !delivery
+                                .wait_for_job(key, slot.site(), &mut idle_until)
+                                .await
+                            {
+                                break None;
+                            }
+                            // The server may have closed the connection (or said 421) while
+                            // it waited: then it ends here, with no job taken and nothing
+                            // counted against the site or the mail.
+                            if transport.peer_closed() {
+                                peer_gone = true;
+                                break None;
+                            }
+                            paced = false;
+                            continue;
                         };
                         match start_job(&delivery, &job_key, &mut session, &mut job) {
                             Start::Sent => break Some(Some((job_key, job))),
@@ -273,6 +295,11 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                             }
                         }
                     };
+                    if peer_gone {
+                        tracing::debug!(%remote, "idle connection closed by the server");
+                        closed = true;
+                        break;
+                    }
                     match started {
                         None => session.quit(delivery.clock().monotonic()),
                         // The session is ending; its next event says how.

@@ -86,13 +86,41 @@ pub struct DestKey {
 /// A site reached through an egress pool: the destinations whose jobs its connections share.
 type SitePool = (String, Option<egress::PoolId>);
 
+/// How often an idle connection looks whether mail waits for a slot of its site.
+const IDLE_LOOK: Duration = Duration::from_millis(50);
+
+/// An idle connection's entry in its destination's list ([`Delivery::wait_for_job`]): dropped,
+/// it takes the entry out if no job took it first, and counts the connection active again.
+struct IdleListing<'a> {
+    delivery: &'a Delivery,
+    key: &'a DestKey,
+    token: u64,
+}
+
+impl Drop for IdleListing<'_> {
+    fn drop(&mut self) {
+        let mut dests = self.delivery.dests.borrow_mut();
+        if let Some(d) = dests.get_mut(self.key)
+            && let Some(at) = d.idle.iter().position(|(t, _)| *t == self.token)
+        {
+            d.idle.swap_remove(at);
+            d.active += 1;
+            let n = &self.delivery.idle_count;
+            n.set(n.get() - 1);
+        }
+    }
+}
+
 /// A destination (recipient domain and egress pool) with its ready queue and connection count.
 #[derive(Default)]
 pub struct Destination {
     /// Jobs ready to go, by priority.
     pub queue: Ready<Job>,
-    /// Open connections.
+    /// Open connections, those waiting for a job ([`Delivery::wait_for_job`]) not counted.
     pub active: usize,
+    /// Open connections waiting for a job: the first job for the destination (or its site) goes
+    /// to one of them rather than to a new connection.
+    idle: Vec<(u64, tokio::sync::oneshot::Sender<()>)>,
 }
 
 /// What an operator asked for a message's recipients that are not final yet.
@@ -131,6 +159,8 @@ pub struct DeliveryConfig {
     pub route_tls: Vec<(String, crate::smtp::client::TlsPolicy)>,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// An open connection with nothing to send waits this long for a job before QUIT.
+    pub connection_idle_time: Duration,
     /// Outbound session timeouts.
     pub timeouts: crate::smtp::client::ClientTimeouts,
     /// The VERP bounce domain: messages leave with `bounces+<queue id>@<it>` as return path.
@@ -192,6 +222,10 @@ pub struct Delivery {
     /// Time zero of the wheel.
     epoch: std::time::Instant,
     dests: RefCell<HashMap<DestKey, Destination>>,
+    /// Numbers the idle connections' entries in `dests`.
+    idle_tokens: Cell<u64>,
+    /// How many connections wait in the `idle` lists of `dests`.
+    idle_count: Cell<usize>,
     /// Destinations whose site had no free connection slot: no connection starts for them until
     /// a slot frees anywhere in the process (the site wakes this core through `kick`).
     parked: RefCell<HashMap<DestKey, Vec<Arc<sites::Site>>>>,
@@ -288,6 +322,8 @@ impl Delivery {
             epoch: clock.monotonic(),
             clock,
             dests: RefCell::new(HashMap::new()),
+            idle_tokens: Cell::new(0),
+            idle_count: Cell::new(0),
             parked: RefCell::new(HashMap::new()),
             sites,
             egress,
@@ -766,24 +802,28 @@ impl Delivery {
                 if !dests.contains_key(key) {
                     return;
                 }
-                if self.parked.borrow().contains_key(key) {
-                    return;
-                }
                 // The connections of the domain's whole site on this core serve its queue.
                 let (active, queued) = self.site_load(&dests, key);
                 let want = queued.min(self.config.max_connections);
-                if active < want {
+                if active >= want {
+                    return;
+                }
+                // An idle connection of the site takes the job before a new one is opened; it
+                // holds a slot already, so this holds for a parked destination too.
+                if self.wake_idle(&mut dests, key) {
+                    false
+                } else if self.parked.borrow().contains_key(key) {
+                    return;
+                } else {
                     let Some(d) = dests.get_mut(key) else {
                         return;
                     };
                     d.active += 1;
                     true
-                } else {
-                    false
                 }
             };
             if !start {
-                return;
+                continue;
             }
             let this = Rc::clone(self);
             let key = key.clone();
@@ -803,6 +843,97 @@ impl Delivery {
                     this.start_connections(&k);
                 }
             });
+        }
+    }
+
+    /// Hands a job of `key` to an idle connection of its site (one of `key`'s own first), which
+    /// counts as active again. False when none waits.
+    ///
+    /// Another domain's connection is only woken when `key`'s domain has no enforced MTA-STS
+    /// policy: under one, [`Delivery::next_job`] also asks whether that connection's MX host and
+    /// TLS meet the policy, and a connection woken for a job it may not carry would hold the job
+    /// back until its idle time ran out.
+    fn wake_idle(&self, dests: &mut HashMap<DestKey, Destination>, key: &DestKey) -> bool {
+        if self.idle_count.get() == 0 {
+            return false;
+        }
+        let wake = |d: &mut Destination| {
+            while let Some((_, waiter)) = d.idle.pop() {
+                self.idle_count.set(self.idle_count.get() - 1);
+                // The entry leaves the list either way, so the connection counts as active
+                // again either way (its listing no longer finds it to do so).
+                d.active += 1;
+                if waiter.send(()).is_ok() {
+                    return true;
+                }
+            }
+            false
+        };
+        if dests.get_mut(key).is_some_and(wake) {
+            return true;
+        }
+        let enforced = self
+            .sts
+            .cached(&key.domain)
+            .is_some_and(|c| c.policy.mode == crate::queue::sts::Mode::Enforce);
+        !enforced
+            && self
+                .site_keys(key)
+                .iter()
+                .filter(|k| *k != key)
+                .any(|k| dests.get_mut(k).is_some_and(wake))
+    }
+
+    /// Holds an open connection of `key` to `site` that has nothing to send, so that the next
+    /// message for its destination or site reuses it instead of paying for a new TCP
+    /// connection, greeting and EHLO on both sides. `until` is when its idle time ends: set by
+    /// the first wait (`delivery.connection_idle_time` from now), kept by the waits that follow
+    /// a wake that brought nothing. True when a job came for it ([`Delivery::start_connections`]
+    /// counted it active again); false when the idle time is over, at shutdown, or as soon as
+    /// mail waits for one of the site's slots (another core's, or a destination this connection
+    /// cannot serve): the caller then quits and frees its slot.
+    pub async fn wait_for_job(
+        &self,
+        key: &DestKey,
+        site: &sites::Site,
+        until: &mut Option<tokio::time::Instant>,
+    ) -> bool {
+        let idle_for = self.config.connection_idle_time;
+        if idle_for.is_zero() || *self.shutdown.borrow() || site.demand().1 {
+            return false;
+        }
+        let until = *until.get_or_insert_with(|| tokio::time::Instant::now() + idle_for);
+        let (waiter, woken) = tokio::sync::oneshot::channel();
+        let token = self.idle_tokens.get();
+        self.idle_tokens.set(token + 1);
+        {
+            let mut dests = self.dests.borrow_mut();
+            let d = dests.entry(key.clone()).or_default();
+            d.active -= 1;
+            d.idle.push((token, waiter));
+            self.idle_count.set(self.idle_count.get() + 1);
+        }
+        // However the wait ends (timeout, shutdown, the task dropped), a connection still
+        // listed as idle leaves the list and counts as active until it has quit.
+        let _listed = IdleListing {
+            delivery: self,
+            key,
+            token,
+        };
+        let mut shutdown = self.shutdown.clone();
+        let mut woken = woken;
+        loop {
+            let next_look = (tokio::time::Instant::now() + IDLE_LOOK).min(until);
+            tokio::select! {
+                // A wake and the end of the wait at once: the wake wins (it counted us).
+                biased;
+                got = &mut woken => return got.is_ok(),
+                _ = shutdown.wait_for(|s| *s) => return false,
+                _ = tokio::time::sleep_until(next_look) => {}
+            }
+            if tokio::time::Instant::now() >= until || site.demand().1 {
+                return false;
+            }
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod accept;
 pub mod conn;
 pub mod listen;
+pub mod peek;
 pub mod proxy;
 pub mod signals;
 pub mod stream;

@@ -1,6 +1,6 @@
 //! Signal handling for the main thread: workers never see signals; the main thread waits for
-//! them synchronously and turns them into a shutdown broadcast. One of the two places with
-//! `unsafe` code (the spool's segment mapping is the other).
+//! them synchronously and turns them into a shutdown broadcast. One of the few places with
+//! `unsafe` code (see docs/architecture.md).
 
 #![allow(unsafe_code)]
 

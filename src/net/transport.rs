@@ -43,6 +43,13 @@ impl Transport {
         }
     }
 
+    /// Whether the peer has closed the connection, or sent bytes nobody asked for, while it was
+    /// idle ([`crate::net::peek::peer_closed`]).
+    pub fn peer_closed(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        crate::net::peek::peer_closed(self.stream.as_raw_fd())
+    }
+
     /// Whether TLS is active.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()

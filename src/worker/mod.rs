@@ -607,6 +607,7 @@ fn start_delivery(core: &Rc<Core>) {
         hostname: config.hostname.clone(),
         tls: d.tls,
         connect_timeout: d.connect_timeout,
+        connection_idle_time: d.connection_idle_time,
         timeouts: crate::smtp::client::ClientTimeouts {
             greeting: d.command_timeout,
             command: d.command_timeout,

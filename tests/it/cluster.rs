@@ -342,10 +342,11 @@ fn two_nodes_share_a_site_limit_a_throttle_and_the_suppression_list() {
         r.contains(" 200 ") && !r.contains("held.example")
     });
 
-    // Node B has been idle for longer than a path stays busy: it gave its grant back, and
-    // node A alone may use the whole limit.
+    // Node B has been idle for longer than a path stays busy (its connections wait
+    // `delivery.connection_idle_time`, 2 s, for more mail before they quit; the path is idle
+    // 2 s after that): it gave its grant back, and node A alone may use the whole limit.
     let since = ringmta::time::unix_ms(std::time::SystemTime::now());
-    std::thread::sleep(Duration::from_millis(2_500));
+    std::thread::sleep(Duration::from_millis(4_500));
     let before = sink.messages().len();
     submit(&a, &["--count", "20", "--reconnect"]);
     sink.wait_for("20 more from node A", 60, |m| m.len() >= before + 20);

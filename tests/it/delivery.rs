@@ -1973,7 +1973,14 @@ fn a_testing_policy_delivers_and_a_new_txt_id_fetches_the_policy_again() {
         return;
     };
     let dir = tmp.path().join("relay");
-    let config = sts_relay_config(&dir, (dns.port, hop.port("smtp"), sts.port), tmp.path(), "");
+    // Each message on a connection of its own: the policy is looked up as a connection starts,
+    // and an idle connection would carry the next message without a lookup.
+    let config = sts_relay_config(
+        &dir,
+        (dns.port, hop.port("smtp"), sts.port),
+        tmp.path(),
+        "connection_idle_time = \"0s\"\n",
+    );
     let relay = Server::start_in(&dir, &config);
     let fetched = || {
         std::fs::read_to_string(&log)
@@ -2163,5 +2170,68 @@ fn dane_tlsa_records_in_a_signed_zone_decide_which_certificate_is_accepted() {
         "h@pkix.dane.test",
     ] {
         assert!(ls.contains(rcpt), "{ls}");
+    }
+}
+
+/// The client ports of the sink's transaction log, one per message, in arrival order, once it
+/// has `n` of them (the sink writes the log from a thread of its own: a bounded wait).
+fn transaction_ports(path: &std::path::Path, n: usize) -> Vec<String> {
+    for _ in 0..100 {
+        let ports: Vec<String> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .collect();
+        if ports.len() >= n {
+            return ports;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the sink's transaction log never had {n} lines");
+}
+
+/// Connection reuse (issue 18): a connection with nothing left to send waits
+/// `delivery.connection_idle_time` for the next message to its destination instead of quitting,
+/// so a message queued meanwhile goes over it with no new connection, greeting or EHLO; once the
+/// idle time has passed it quits, and the next message opens a new one. With `"0s"` every
+/// message that finds no connection busy opens its own.
+#[test]
+fn an_idle_connection_carries_the_next_message_and_quits_after_the_idle_time() {
+    for (idle, reused) in [("3s", true), ("0s", false)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (conns, txns) = (tmp.path().join("connections"), tmp.path().join("txns"));
+        let sink = Sink::start_with(&[
+            "--connection-log",
+            conns.to_str().unwrap(),
+            "--transaction-log",
+            txns.to_str().unwrap(),
+        ]);
+        let dir = tmp.path().join("spool");
+        let config = crate::harness::base_config(
+            &dir,
+            &routed_to(&sink, &format!("connection_idle_time = \"{idle}\"\n")),
+        )
+        .replace("threads = 2", "threads = 1");
+        let s = Server::start_in(&dir, &config);
+        submit(&s, &["--to", "one@example.net"]);
+        sink.wait_for("the first message", 30, |m| m.len() == 1);
+        submit(&s, &["--to", "two@example.net"]);
+        sink.wait_for("the second message", 30, |m| m.len() == 2);
+        let ports = transaction_ports(&txns, 2);
+        let ehlos = connection_log(&conns).len();
+        if reused {
+            assert_eq!(ports[0], ports[1], "idle {idle}: {ports:?}");
+            assert_eq!(ehlos, 1, "idle {idle}: one connection, one EHLO");
+            // Past the idle time the connection has quit: the next message opens another.
+            std::thread::sleep(std::time::Duration::from_millis(4_500));
+            submit(&s, &["--to", "three@example.net"]);
+            sink.wait_for("the third message", 30, |m| m.len() == 3);
+            let ports = transaction_ports(&txns, 3);
+            assert_ne!(ports[2], ports[1], "idle {idle}: {ports:?}");
+            assert_eq!(connection_log(&conns).len(), 2);
+        } else {
+            assert_ne!(ports[0], ports[1], "idle {idle}: {ports:?}");
+            assert_eq!(ehlos, 2, "idle {idle}: a connection per message");
+        }
     }
 }
