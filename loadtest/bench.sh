@@ -10,7 +10,7 @@
 #
 # Environment: N=20000 messages, SIZE=1024, CONC=50, THREADS=0 (ringmta threads, 0 = per core),
 # PER_CONN=1 (messages per connection; 1 = a new SMTP session per message), DURABILITY=fsync,
-# RAW=1 (also measure the raw ceiling), WORK=/tmp/ringmta-bench, EXTRA='' (TOML appended to
+# RAW=1 (also measure the raw ceiling), LOG_LEVEL=warn (ringmta's), WORK=/tmp/ringmta-bench, EXTRA='' (TOML appended to
 # ringmta's config, e.g. a [[dkim]] key), SCAN='' (clamd or rspamd: start that scanner with
 # tests/it/scanners.sh and configure it), MTA_CPUS='' and LOAD_CPUS='' (CPU lists for
 # `taskset -c`: pin ringmta and the load tool to separate cores). Needs `cargo build --release`.
@@ -83,7 +83,7 @@ routes = { "*" = "$SINK" }
 max_connections = 32
 max_messages_per_connection = 1000
 [log]
-level = "warn"
+level = "${LOG_LEVEL:-warn}"
 $EXTRA
 CONF
 "${PIN_MTA[@]}" "$BIN/ringmta" serve --config "$WORK/ringmta.toml" > "$WORK/ringmta.out" 2> "$WORK/ringmta.err" &
