@@ -35,6 +35,10 @@ pub struct SinkArgs {
     /// Fraction of messages answered 554 at end of data.
     #[arg(long, default_value_t = 0.0)]
     permfail: f64,
+    /// Close a connection that has sent nothing for this many ms, with `421 4.4.2`, as servers
+    /// do with idle clients (default: never).
+    #[arg(long)]
+    idle_close: Option<u64>,
     /// Delay in ms before every end-of-data reply (and the stall of `slow-` recipients, default 10000).
     #[arg(long)]
     delay: Option<u64>,
@@ -240,7 +244,19 @@ async fn serve(shared: Arc<Shared>, mut t: Transport, peer: SocketAddr, mut rng:
                 break;
             }
         }
-        let (res, buf) = t.read_raw(std::mem::take(&mut raw)).await;
+        let read = t.read_raw(std::mem::take(&mut raw));
+        let (res, buf) = match shared.args.idle_close {
+            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let _ = t
+                        .write_all(b"421 4.4.2 sink.loadtest idle too long\r\n".to_vec())
+                        .await;
+                    break;
+                }
+            },
+            None => read.await,
+        };
         raw = buf;
         match res {
             Ok(0) | Err(_) => break,

@@ -2235,3 +2235,48 @@ fn an_idle_connection_carries_the_next_message_and_quits_after_the_idle_time() {
         }
     }
 }
+
+/// A next hop that closes idle clients (`421 4.4.2`, then the socket) while ringmta's connection
+/// waits for mail: the next message does not go to that dead connection, and is delivered on a
+/// new one at the first attempt, with no deferral and nothing held against the site.
+#[test]
+fn a_connection_the_server_closed_while_idle_is_not_used_for_the_next_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (conns, txns) = (tmp.path().join("connections"), tmp.path().join("txns"));
+    let sink = Sink::start_with(&[
+        "--idle-close",
+        "300",
+        "--connection-log",
+        conns.to_str().unwrap(),
+        "--transaction-log",
+        txns.to_str().unwrap(),
+    ]);
+    let dir = tmp.path().join("spool");
+    let config = crate::harness::base_config(
+        &dir,
+        &routed_to(
+            &sink,
+            "connection_idle_time = \"10s\"\nretry_schedule = [\"1h\"]\n",
+        ),
+    )
+    .replace("threads = 2", "threads = 1");
+    let s = Server::start_in(&dir, &config);
+    submit(&s, &["--to", "one@example.net"]);
+    sink.wait_for("the first message", 30, |m| m.len() == 1);
+    // The sink says 421 and closes the idle connection after 300 ms.
+    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    submit(&s, &["--to", "two@example.net"]);
+    sink.wait_for("the second message", 30, |m| m.len() == 2);
+    let ev = wait_events(&dir, "two deliveries", 30, |ev| {
+        crate::harness::count_outcome(ev, "delivered") == 2
+    });
+    assert_eq!(outcomes_of(&ev, "two@example.net"), ["delivered"], "{ev:?}");
+    assert_eq!(crate::harness::count_outcome(&ev, "deferred"), 0, "{ev:?}");
+    assert!(
+        !ev.iter().any(|e| e["event"] == "site_throttled"),
+        "a closing server is not a throttle: {ev:?}"
+    );
+    let ports = transaction_ports(&txns, 2);
+    assert_ne!(ports[0], ports[1], "{ports:?}");
+    assert_eq!(connection_log(&conns).len(), 2);
+}
