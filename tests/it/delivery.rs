@@ -2173,6 +2173,30 @@ fn dane_tlsa_records_in_a_signed_zone_decide_which_certificate_is_accepted() {
     }
 }
 
+/// A sink logging its connections and transactions under `dir` (with extra `flags`), and the
+/// two logs' paths.
+fn logged_sink(
+    dir: &std::path::Path,
+    flags: &[&str],
+) -> (Sink, std::path::PathBuf, std::path::PathBuf) {
+    let (conns, txns) = (dir.join("connections"), dir.join("txns"));
+    let mut args = vec![
+        "--connection-log",
+        conns.to_str().unwrap(),
+        "--transaction-log",
+        txns.to_str().unwrap(),
+    ];
+    args.extend_from_slice(flags);
+    (Sink::start_with(&args), conns, txns)
+}
+
+/// A one-worker ringmta in `dir` relaying everything to `sink`, with `delivery` keys added.
+fn one_worker_relay(dir: &std::path::Path, sink: &Sink, delivery: &str) -> Server {
+    let config = crate::harness::base_config(dir, &routed_to(sink, delivery))
+        .replace("threads = 2", "threads = 1");
+    Server::start_in(dir, &config)
+}
+
 /// The client ports of the sink's transaction log, one per message, in arrival order, once it
 /// has `n` of them (the sink writes the log from a thread of its own: a bounded wait).
 fn transaction_ports(path: &std::path::Path, n: usize) -> Vec<String> {
@@ -2199,20 +2223,9 @@ fn transaction_ports(path: &std::path::Path, n: usize) -> Vec<String> {
 fn an_idle_connection_carries_the_next_message_and_quits_after_the_idle_time() {
     for (idle, reused) in [("3s", true), ("0s", false)] {
         let tmp = tempfile::tempdir().unwrap();
-        let (conns, txns) = (tmp.path().join("connections"), tmp.path().join("txns"));
-        let sink = Sink::start_with(&[
-            "--connection-log",
-            conns.to_str().unwrap(),
-            "--transaction-log",
-            txns.to_str().unwrap(),
-        ]);
+        let (sink, conns, txns) = logged_sink(tmp.path(), &[]);
         let dir = tmp.path().join("spool");
-        let config = crate::harness::base_config(
-            &dir,
-            &routed_to(&sink, &format!("connection_idle_time = \"{idle}\"\n")),
-        )
-        .replace("threads = 2", "threads = 1");
-        let s = Server::start_in(&dir, &config);
+        let s = one_worker_relay(&dir, &sink, &format!("connection_idle_time = \"{idle}\"\n"));
         submit(&s, &["--to", "one@example.net"]);
         sink.wait_for("the first message", 30, |m| m.len() == 1);
         submit(&s, &["--to", "two@example.net"]);
@@ -2242,25 +2255,13 @@ fn an_idle_connection_carries_the_next_message_and_quits_after_the_idle_time() {
 #[test]
 fn a_connection_the_server_closed_while_idle_is_not_used_for_the_next_message() {
     let tmp = tempfile::tempdir().unwrap();
-    let (conns, txns) = (tmp.path().join("connections"), tmp.path().join("txns"));
-    let sink = Sink::start_with(&[
-        "--idle-close",
-        "300",
-        "--connection-log",
-        conns.to_str().unwrap(),
-        "--transaction-log",
-        txns.to_str().unwrap(),
-    ]);
+    let (sink, conns, txns) = logged_sink(tmp.path(), &["--idle-close", "300"]);
     let dir = tmp.path().join("spool");
-    let config = crate::harness::base_config(
+    let s = one_worker_relay(
         &dir,
-        &routed_to(
-            &sink,
-            "connection_idle_time = \"10s\"\nretry_schedule = [\"1h\"]\n",
-        ),
-    )
-    .replace("threads = 2", "threads = 1");
-    let s = Server::start_in(&dir, &config);
+        &sink,
+        "connection_idle_time = \"10s\"\nretry_schedule = [\"1h\"]\n",
+    );
     submit(&s, &["--to", "one@example.net"]);
     sink.wait_for("the first message", 30, |m| m.len() == 1);
     // The sink says 421 and closes the idle connection after 300 ms.
