@@ -120,6 +120,9 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
     };
     let mut session = ClientSession::new(client, false, delivery.clock().monotonic());
     let mut sent = 0usize;
+    // Whether the connection has waited for mail: its failures then say nothing about the
+    // destination's other queued jobs (the server may simply have dropped an idle client).
+    let mut waited = false;
     let mut job_started = delivery.clock().monotonic();
     let mut current: Option<Job> = None;
     // The destination of the job in flight: this connection's own, or another domain of its
@@ -166,7 +169,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                     slot.site(),
                     key,
                     &mut current,
-                    sent == 0,
+                    sent == 0 && !waited,
                     (ConnFailure::Reset, &format!("write to {remote}: {e}")),
                     &remote,
                 );
@@ -222,7 +225,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                             slot.site(),
                             key,
                             &mut current,
-                            sent == 0,
+                            sent == 0 && !waited,
                             (
                                 failure,
                                 &match dane::mismatch(&e) {
@@ -248,15 +251,18 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                     let mut paced = false;
                     let mut idle_until = None;
                     let mut peer_gone = false;
+                    // A paused or suspended path takes no new message: the jobs wait. A path
+                    // over its limit (a throttle's ramp, a smaller cluster grant) closes just
+                    // enough of its connections, waiting ones first.
+                    let may_send = || {
+                        let now = delivery.clock().monotonic();
+                        sent < slot.site().max_messages_per_connection()
+                            && slot.site().accepting(now)
+                            && !delivery.path_suspended(slot.site())
+                            && !slot.over_limit(now)
+                    };
                     let started = loop {
-                        // A paused or suspended path takes no new message: the jobs wait. A
-                        // path over its limit (a throttle's ramp, a smaller cluster grant)
-                        // closes just enough of its connections.
-                        if sent >= slot.site().max_messages_per_connection()
-                            || !slot.site().accepting(delivery.clock().monotonic())
-                            || delivery.path_suspended(slot.site())
-                            || slot.over_limit(delivery.clock().monotonic())
-                        {
+                        if !may_send() {
                             break None;
                         }
                         // The site's message rate: a send time reserved before each job taken.
@@ -267,24 +273,26 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                                 tokio::time::sleep(wait).await;
                             }
                         }
+                        // After a wait the server may have closed the connection (or said
+                        // 421): it then ends here, with no job taken and nothing counted
+                        // against the site or the mail.
+                        if idle_until.is_some() && transport.peer_closed() {
+                            peer_gone = true;
+                            break None;
+                        }
                         let Some((job_key, mut job)) =
                             delivery.next_job(key, slot.site().name(), tls_policy, &hop.name)
                         else {
-                            if !delivery
-                                .wait_for_job(key, slot.site(), &mut idle_until)
+                            waited = true;
+                            if delivery
+                                .wait_for_job(key, slot.site(), &mut idle_until, may_send)
                                 .await
                             {
-                                break None;
+                                paced = false;
+                                continue;
                             }
-                            // The server may have closed the connection (or said 421) while
-                            // it waited: then it ends here, with no job taken and nothing
-                            // counted against the site or the mail.
-                            if transport.peer_closed() {
-                                peer_gone = true;
-                                break None;
-                            }
-                            paced = false;
-                            continue;
+                            peer_gone = transport.peer_closed();
+                            break None;
                         };
                         match start_job(&delivery, &job_key, &mut session, &mut job) {
                             Start::Sent => break Some(Some((job_key, job))),
@@ -412,7 +420,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                         slot.site(),
                         key,
                         &mut current,
-                        sent == 0 && !throttled,
+                        sent == 0 && !waited && !throttled,
                         (failure, &detail),
                         &remote,
                     );
@@ -463,7 +471,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                         slot.site(),
                         key,
                         &mut current,
-                        sent == 0,
+                        sent == 0 && !waited,
                         (ConnFailure::Tls, &format!("tls with {remote}: {e}")),
                         &remote,
                     );
@@ -478,7 +486,7 @@ pub async fn connection(delivery: Rc<Delivery>, key: &DestKey) {
                     slot.site(),
                     key,
                     &mut current,
-                    sent == 0,
+                    sent == 0 && !waited,
                     (
                         ConnFailure::Reset,
                         &format!("connection to {remote} closed"),

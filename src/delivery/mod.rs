@@ -892,14 +892,19 @@ impl Delivery {
     /// counted it active again); false when the idle time is over, at shutdown, or as soon as
     /// mail waits for one of the site's slots (another core's, or a destination this connection
     /// cannot serve): the caller then quits and frees its slot.
+    ///
+    /// `wanted` says whether the connection may still carry mail (its path not paused,
+    /// suspended or over its limit); it is asked at every look, so that a path whose limit
+    /// shrinks retires its waiting connections first.
     pub async fn wait_for_job(
         &self,
         key: &DestKey,
         site: &sites::Site,
         until: &mut Option<tokio::time::Instant>,
+        wanted: impl Fn() -> bool,
     ) -> bool {
         let idle_for = self.config.connection_idle_time;
-        if idle_for.is_zero() || *self.shutdown.borrow() || site.demand().1 {
+        if idle_for.is_zero() || *self.shutdown.borrow() || site.demand().1 || !wanted() {
             return false;
         }
         let until = *until.get_or_insert_with(|| tokio::time::Instant::now() + idle_for);
@@ -931,7 +936,7 @@ impl Delivery {
                 _ = shutdown.wait_for(|s| *s) => return false,
                 _ = tokio::time::sleep_until(next_look) => {}
             }
-            if tokio::time::Instant::now() >= until || site.demand().1 {
+            if tokio::time::Instant::now() >= until || site.demand().1 || !wanted() {
                 return false;
             }
         }
@@ -1012,7 +1017,16 @@ impl Delivery {
                         domain: d.clone(),
                         pool: key.pool,
                     })
-                    .collect()
+                    .collect::<Vec<_>>()
+            })
+            .map(|mut keys| {
+                // The domain was learned under another pool only: it is still one of its own
+                // site's destinations (left out, its connections would go uncounted and
+                // `start_connections` would start them without end).
+                if !keys.contains(key) {
+                    keys.push(key.clone());
+                }
+                keys
             })
             .unwrap_or_else(|| vec![key.clone()])
     }
