@@ -2281,3 +2281,35 @@ fn a_connection_the_server_closed_while_idle_is_not_used_for_the_next_message() 
     assert_ne!(ports[0], ports[1], "{ports:?}");
     assert_eq!(connection_log(&conns).len(), 2);
 }
+
+/// A waiting connection holds one of its site's slots, so it gives the slot up as soon as mail on
+/// another worker waits for one: with one connection allowed to the site and two workers, the
+/// mail each worker takes goes out in seconds, not after the first connection's 30 s idle time.
+#[test]
+fn a_waiting_connection_quits_when_another_worker_needs_its_slot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sink, conns, _txns) = logged_sink(tmp.path(), &[]);
+    let dir = tmp.path().join("spool");
+    let config = crate::harness::base_config(
+        &dir,
+        &routed_to(
+            &sink,
+            "max_connections = 1\nconnection_idle_time = \"30s\"\nretry_schedule = [\"1h\"]\n",
+        ),
+    );
+    assert!(config.contains("threads = 2"), "{config}");
+    let s = Server::start_in(&dir, &config);
+    submit(&s, &["--to", "first@example.net"]);
+    sink.wait_for("the first message", 30, |m| m.len() == 1);
+    // Eight sessions of their own: the kernel spreads them over both workers' listeners.
+    let out = submit(
+        &s,
+        &["--count", "8", "--reconnect", "--to", "more@example.net"],
+    );
+    assert!(out.iter().all(|l| l.starts_with("OK ")), "{out:?}");
+    sink.wait_for("the eight, well inside the 30 s idle time", 10, |m| {
+        m.len() == 9
+    });
+    let log = connection_log(&conns);
+    assert!(log.iter().all(|(_, _, open)| *open == 1), "{log:?}");
+}
