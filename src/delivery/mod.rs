@@ -872,16 +872,19 @@ impl Delivery {
         if dests.get_mut(key).is_some_and(wake) {
             return true;
         }
-        let enforced = self
-            .sts
-            .cached(&key.domain)
-            .is_some_and(|c| c.policy.mode == crate::queue::sts::Mode::Enforce);
-        !enforced
+        !self.sts_enforced(&key.domain)
             && self
                 .site_keys(key)
                 .iter()
                 .filter(|k| *k != key)
                 .any(|k| dests.get_mut(k).is_some_and(wake))
+    }
+
+    /// Whether `domain`'s cached MTA-STS policy is in `enforce` mode.
+    fn sts_enforced(&self, domain: &str) -> bool {
+        self.sts
+            .cached(domain)
+            .is_some_and(|c| c.policy.mode == crate::queue::sts::Mode::Enforce)
     }
 
     /// Holds an open connection of `key` to `site` that has nothing to send, so that the next
@@ -990,11 +993,7 @@ impl Delivery {
     /// `key` itself included; `key` alone before its domain was resolved. A domain a connection
     /// could not serve is not counted with it, so it gets connections of its own.
     fn site_keys(&self, key: &DestKey) -> Vec<DestKey> {
-        let enforced = |d: &str| {
-            self.sts
-                .cached(d)
-                .is_some_and(|c| c.policy.mode == crate::queue::sts::Mode::Enforce)
-        };
+        let enforced = |d: &str| self.sts_enforced(d);
         let (tls, sts) = (self.tls_policy(&key.domain), enforced(&key.domain));
         let site = self
             .domain_sites
